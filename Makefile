@@ -1,0 +1,55 @@
+# kdlab — build, demo and tests on a fresh machine, with nothing installed by hand first.
+#
+#   make demo    set up LibTorch, build the release binary, run the demo
+#   make test    set up LibTorch, then formatting, clippy and the test suite
+#   make build   the release binary ($(CARGO_TARGET_DIR)/release/kdlab)
+#
+# LibTorch comes from PyPI's torch==2.11.0 wheel (the version tch 0.24 expects), installed once
+# into a virtual environment under ~/.cache (about 7 GB with its CUDA libraries, ~2 minutes).
+# Set LIBTORCH=/path/to/libtorch to build against a LibTorch you already have instead.
+
+SHELL := /bin/bash
+TORCH_VERSION := 2.11.0
+KDLAB_TORCH_VENV ?= $(HOME)/.cache/kdlab-torch-venv
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/kdlab-target
+PYTHON ?= python3
+BIN := $(CARGO_TARGET_DIR)/release/kdlab
+
+ifeq ($(strip $(LIBTORCH)),)
+TORCH_STAMP := $(KDLAB_TORCH_VENV)/.kdlab-torch-$(TORCH_VERSION)
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(KDLAB_TORCH_VENV)
+export PATH := $(KDLAB_TORCH_VENV)/bin:$(PATH)
+else
+TORCH_STAMP :=
+endif
+
+.PHONY: all build demo test torch fmt lint clean-runs bench-ref
+
+all: build
+
+# The virtual environment with PyTorch (and numpy, used by the reference checks).
+torch: $(TORCH_STAMP)
+$(KDLAB_TORCH_VENV)/.kdlab-torch-$(TORCH_VERSION):
+	@echo "Installing PyTorch $(TORCH_VERSION) (LibTorch for tch) into $(KDLAB_TORCH_VENV) ..."
+	$(PYTHON) -m venv $(KDLAB_TORCH_VENV)
+	$(KDLAB_TORCH_VENV)/bin/pip install -q --disable-pip-version-check "torch==$(TORCH_VERSION)" numpy
+	$(KDLAB_TORCH_VENV)/bin/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
+	touch $@
+
+build: torch
+	cargo build --release
+
+demo: build
+	$(BIN) demo
+
+test: torch
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings
+	cargo test --release
+
+fmt:
+	cargo fmt
+
+clean-runs:
+	rm -rf runs demo-runs

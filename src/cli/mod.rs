@@ -1,0 +1,68 @@
+//! The command line. Thin by design: every command parses its flags, calls the library, and prints.
+mod data_cmd;
+mod demo;
+mod models_cmd;
+mod train_cmd;
+
+use crate::util::device::{self, DeviceChoice};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kdlab",
+    version,
+    about = "A knowledge-distillation laboratory: train teacher ladders, probe their dark knowledge, distil, sweep, report"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where to compute.
+#[derive(Args, Clone, Debug)]
+pub struct Runtime {
+    /// cpu, cuda, or auto (CUDA when LibTorch has it and a GPU is present, else the CPU).
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub device: DeviceChoice,
+    /// LibTorch intra-op threads (0: every core).
+    #[arg(long, default_value_t = 0, global = true)]
+    pub threads: usize,
+}
+
+impl Runtime {
+    /// Applies the thread setting and resolves the device.
+    pub fn init(&self) -> Result<tch::Device> {
+        device::set_threads(self.threads);
+        device::resolve(self.device)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (a teacher, or a student without distillation).
+    Train(train_cmd::TrainArgs),
+    /// Accuracy and per-class accuracy of a trained run.
+    Eval(train_cmd::EvalArgs),
+    /// Save a run's logits (and the labels) as NumPy .npy files.
+    Logits(train_cmd::LogitsArgs),
+    /// Get data sets and look at them.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+    /// List the model zoo with parameter counts.
+    Models(models_cmd::ModelsArgs),
+    /// The main job in miniature: a capacity ladder of teachers on the embedded data, and a table.
+    Demo(demo::DemoArgs),
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train(a) => train_cmd::train(a),
+        Command::Eval(a) => train_cmd::eval(a),
+        Command::Logits(a) => train_cmd::logits(a),
+        Command::Data(c) => data_cmd::run(c),
+        Command::Models(a) => models_cmd::run(a),
+        Command::Demo(a) => demo::run(a),
+    }
+}

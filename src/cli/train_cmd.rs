@@ -1,0 +1,288 @@
+//! `kdlab train`, `kdlab eval`, `kdlab logits`.
+use super::Runtime;
+use crate::data::{self, npy};
+use crate::train::checkpoint;
+use crate::train::config::{self, TrainConfig};
+use crate::train::eval;
+use crate::train::objective::CrossEntropy;
+use crate::train::schedule::Schedule;
+use crate::train::trainer::{self, RunOptions};
+use crate::util::fmt;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Every key of the training configuration as a flag; a flag overrides the same key in --config.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigFlags {
+    /// TOML file with any of the keys below (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Architecture (`kdlab models` lists them).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Data set: fashion-mnist-mini (embedded), fashion-mnist, mnist, cifar10, cifar100, or a directory.
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Base learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    #[arg(long)]
+    pub nesterov: Option<bool>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long, value_enum)]
+    pub schedule: Option<Schedule>,
+    /// Epochs after which the rate is multiplied by gamma, e.g. 150,180,210.
+    #[arg(long, value_delimiter = ',')]
+    pub milestones: Option<Vec<usize>>,
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    #[arg(long)]
+    pub warmup_epochs: Option<usize>,
+    /// Random crops and flips (true/false).
+    #[arg(long)]
+    pub augment: Option<bool>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep a checkpoint every N epochs (0: only last and best).
+    #[arg(long)]
+    pub save_every: Option<usize>,
+}
+
+impl ConfigFlags {
+    /// The flags that were given, as TOML values keyed like the config file.
+    pub fn overrides(&self) -> toml::Table {
+        let mut t = toml::Table::new();
+        let mut put = |k: &str, v: Option<toml::Value>| {
+            if let Some(v) = v {
+                t.insert(k.to_string(), v);
+            }
+        };
+        put("model", self.model.clone().map(toml::Value::String));
+        put("data", self.data.clone().map(toml::Value::String));
+        put("epochs", self.epochs.map(|v| toml::Value::Integer(v as i64)));
+        put("batch_size", self.batch_size.map(|v| toml::Value::Integer(v as i64)));
+        put("lr", self.lr.map(toml::Value::Float));
+        put("momentum", self.momentum.map(toml::Value::Float));
+        put("nesterov", self.nesterov.map(toml::Value::Boolean));
+        put("weight_decay", self.weight_decay.map(toml::Value::Float));
+        put("schedule", self.schedule.map(|s| toml::Value::try_from(s).expect("schedule serialises")));
+        put(
+            "milestones",
+            self.milestones
+                .clone()
+                .map(|m| toml::Value::Array(m.into_iter().map(|v| toml::Value::Integer(v as i64)).collect())),
+        );
+        put("gamma", self.gamma.map(toml::Value::Float));
+        put("warmup_epochs", self.warmup_epochs.map(|v| toml::Value::Integer(v as i64)));
+        put("augment", self.augment.map(toml::Value::Boolean));
+        put("seed", self.seed.map(|v| toml::Value::Integer(v as i64)));
+        put("save_every", self.save_every.map(|v| toml::Value::Integer(v as i64)));
+        t
+    }
+
+    /// The config file overlaid with the flags, validated.
+    pub fn resolve(&self) -> Result<TrainConfig> {
+        let origin = self.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
+        let mut table = config::read_table(self.config.as_deref())?;
+        table.extend(self.overrides());
+        let cfg: TrainConfig = config::from_table(table, &origin)?;
+        cfg.validate().map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub cfg: ConfigFlags,
+    /// Run directory (default: runs/<model>-s<seed>). Started again, an unfinished run resumes.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bars or per-epoch lines.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub rt: Runtime,
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let cfg = a.cfg.resolve()?;
+    let device = a.rt.init()?;
+    let out = a.out.unwrap_or_else(|| PathBuf::from(format!("runs/{}-s{}", cfg.model, cfg.seed)));
+    let data = data::source::load(&cfg.data)?;
+    println!(
+        "train {} on {} ({} train / {} test, {}, {} classes) for {} epochs on {} → {}",
+        cfg.model,
+        data.name,
+        data.train.len(),
+        data.test.len(),
+        data.shape(),
+        data.classes,
+        cfg.epochs,
+        crate::util::device::describe(device),
+        out.display()
+    );
+    let opts = RunOptions { quiet: a.quiet, ..RunOptions::new(out, device, "train") };
+    let r = trainer::train(&cfg, &data, &mut CrossEntropy, &opts)?;
+    println!(
+        "done: {} ({} params) final test accuracy {:.2}%, best {:.2}% at epoch {}, {} of training; {}",
+        cfg.model,
+        fmt::count(r.params),
+        100.0 * r.final_test_acc,
+        100.0 * r.best_test_acc,
+        r.best_epoch,
+        fmt::duration(r.wall_time_s),
+        r.dir.display()
+    );
+    Ok(())
+}
+
+/// The data a run was trained on, loaded again (or `data` if given), checked against the record.
+pub fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<data::Dataset> {
+    let run_dir = run_dir_of(checkpoint_json);
+    let record = crate::train::run::read_record(&run_dir)?;
+    let spec = match (data, &record) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(r)) => {
+            r.config.get("data").and_then(|d| d.as_str()).map(str::to_string).context("run.json has no data key")?
+        }
+        (None, None) => bail!("{}: no run.json beside the checkpoint; name the data with --data", run_dir.display()),
+    };
+    let ds = data::source::load(&spec)?;
+    if let (None, Some(r)) = (data, &record) {
+        if r.data.fingerprint != ds.fingerprint() {
+            eprintln!("warning: data '{spec}' differs from what {} was trained on", run_dir.display());
+        }
+    }
+    Ok(ds)
+}
+
+/// The run directory holding a checkpoint sidecar (`run/last.json` or `run/checkpoints/epoch-N.json`).
+pub fn run_dir_of(json: &Path) -> PathBuf {
+    let parent = json.parent().unwrap_or(Path::new("."));
+    if parent.file_name().is_some_and(|n| n == "checkpoints") {
+        parent.parent().unwrap_or(Path::new(".")).to_path_buf()
+    } else {
+        parent.to_path_buf()
+    }
+}
+
+fn check_compatible(meta: &checkpoint::CheckpointMeta, ds: &data::Dataset) -> Result<()> {
+    if meta.input != ds.shape() || meta.classes != ds.classes {
+        bail!(
+            "the model takes {} inputs with {} classes, but {} has {} inputs with {} classes",
+            meta.input,
+            meta.classes,
+            ds.name,
+            ds.shape(),
+            ds.classes
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Run directory, optionally @best, @last or @epochN (default: last).
+    #[arg(long)]
+    pub run: String,
+    /// train or test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Evaluate on this data set instead of the run's own.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub rt: Runtime,
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let device = a.rt.init()?;
+    let (model, meta, json) = checkpoint::load_model(&a.run, device)?;
+    let ds = run_data(&json, a.data.as_deref())?;
+    check_compatible(&meta, &ds)?;
+    let split = Arc::new(ds.split(&a.split)?.clone());
+    let r = eval::evaluate(&model, split, eval::plain_augment(&ds));
+    if a.json {
+        let per_class: Vec<serde_json::Value> = ds
+            .class_names
+            .iter()
+            .zip(r.class_acc())
+            .zip(&r.total_per_class)
+            .map(|((n, acc), t)| serde_json::json!({"class": n, "accuracy": acc, "samples": t}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"run": a.run, "checkpoint": json, "epoch": meta.epoch, "split": a.split,
+                "accuracy": r.acc, "loss": r.loss, "per_class": per_class})
+        );
+        return Ok(());
+    }
+    println!(
+        "{} ({}, epoch {}) on {} {}: accuracy {:.2}%, loss {:.4}",
+        a.run,
+        meta.model,
+        meta.epoch,
+        ds.name,
+        a.split,
+        100.0 * r.acc,
+        r.loss
+    );
+    let rows: Vec<Vec<String>> = ds
+        .class_names
+        .iter()
+        .zip(r.class_acc())
+        .zip(&r.total_per_class)
+        .enumerate()
+        .map(|(i, ((n, acc), t))| vec![format!("{i} {n}"), t.to_string(), format!("{:.2}%", 100.0 * acc)])
+        .collect();
+    print!("{}", fmt::table(&["class", "samples", "accuracy"], &rows));
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LogitsArgs {
+    /// Run directory, optionally @best, @last or @epochN (default: last).
+    #[arg(long)]
+    pub run: String,
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Output .npy for the (N, C) float32 logits.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Output .npy for the (N,) int64 labels (default: labels.npy beside --out).
+    #[arg(long)]
+    pub labels_out: Option<PathBuf>,
+    #[arg(long)]
+    pub data: Option<String>,
+    #[command(flatten)]
+    pub rt: Runtime,
+}
+
+pub fn logits(a: LogitsArgs) -> Result<()> {
+    let device = a.rt.init()?;
+    let (model, meta, json) = checkpoint::load_model(&a.run, device)?;
+    let ds = run_data(&json, a.data.as_deref())?;
+    check_compatible(&meta, &ds)?;
+    let split = Arc::new(ds.split(&a.split)?.clone());
+    let n = split.len();
+    let labels: Vec<i64> = split.labels.iter().map(|&y| y as i64).collect();
+    let l = eval::logits(&model, split, eval::plain_augment(&ds));
+    npy::write_f32(&a.out, &[n, meta.classes], &l)?;
+    let labels_out = a.labels_out.unwrap_or_else(|| a.out.with_file_name("labels.npy"));
+    npy::write_i64(&labels_out, &[n], &labels)?;
+    println!("wrote {} ({n} x {} float32) and {} ({n} int64)", a.out.display(), meta.classes, labels_out.display());
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Data: readers for the on-disk formats (IDX, CIFAR binary, NumPy .npy), the catalogue of known
+//! data sets and where they live, the embedded Fashion-MNIST subset, augmentation, and the
+//! background batch loader.
+pub mod augment;
+pub mod catalog;
+pub mod cifar;
+pub mod embedded;
+pub mod fetch;
+pub mod idx;
+pub mod loader;
+pub mod npy;
+pub mod source;
+
+use serde::{Deserialize, Serialize};
+
+/// Channels × height × width of one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Shape {
+    pub fn numel(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    pub fn dims(&self) -> [i64; 3] {
+        [self.c as i64, self.h as i64, self.w as i64]
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.c, self.h, self.w)
+    }
+}
+
+impl std::str::FromStr for Shape {
+    type Err = anyhow::Error;
+    /// Parses "CxHxW", e.g. "3x32x32".
+    fn from_str(s: &str) -> anyhow::Result<Shape> {
+        let parts: Vec<usize> = s
+            .split('x')
+            .map(|p| p.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("bad input shape '{s}': expected CxHxW, e.g. 3x32x32"))?;
+        match parts[..] {
+            [c, h, w] if c > 0 && h > 0 && w > 0 => Ok(Shape { c, h, w }),
+            _ => anyhow::bail!("bad input shape '{s}': expected CxHxW with positive sizes, e.g. 3x32x32"),
+        }
+    }
+}
+
+/// One split (train or test): u8 pixels, channel-planar (N×C×H×W, row-major), and labels.
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub images: Vec<u8>,
+    pub labels: Vec<u16>,
+    pub shape: Shape,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.shape.numel();
+        &self.images[i * n..(i + 1) * n]
+    }
+    /// How many samples each class has (index = class).
+    pub fn class_counts(&self, classes: usize) -> Vec<usize> {
+        let mut counts = vec![0; classes];
+        for &y in &self.labels {
+            counts[y as usize] += 1;
+        }
+        counts
+    }
+    /// Per-channel mean and standard deviation of the pixels scaled to [0, 1].
+    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let plane = self.shape.h * self.shape.w;
+        let mut sum = vec![0f64; self.shape.c];
+        let mut sq = vec![0f64; self.shape.c];
+        for img in self.images.chunks_exact(self.shape.numel()) {
+            for (c, px) in img.chunks_exact(plane).enumerate() {
+                for &p in px {
+                    let v = p as f64 / 255.0;
+                    sum[c] += v;
+                    sq[c] += v * v;
+                }
+            }
+        }
+        let n = (self.len() * plane).max(1) as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+        let std = sq.iter().zip(&mean).map(|(s, m)| ((s / n - m * m).max(1e-12)).sqrt() as f32).collect();
+        (mean.iter().map(|&m| m as f32).collect(), std)
+    }
+}
+
+/// Per-data-set defaults for input normalisation and augmentation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// Zero padding for random crops, in pixels.
+    pub pad: usize,
+    /// Random horizontal flips (off for digits, whose mirror images are other symbols).
+    pub flip: bool,
+}
+
+/// A data set ready to train on: both splits, class names, and its defaults.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// Catalogue name ("fashion-mnist", "fashion-mnist-mini", "cifar100", …) or directory name.
+    pub name: String,
+    /// Where it was read from (a directory, or "embedded").
+    pub source: String,
+    pub train: Split,
+    pub test: Split,
+    pub classes: usize,
+    pub class_names: Vec<String>,
+    pub profile: Profile,
+}
+
+impl Dataset {
+    pub fn shape(&self) -> Shape {
+        self.train.shape
+    }
+
+    /// A checksum of both splits' pixels and labels: identifies the data a run or a logit cache
+    /// was made from, independent of file names and compression.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for split in [&self.train, &self.test] {
+            h.update((split.len() as u64).to_le_bytes());
+            h.update(split.shape.to_string().as_bytes());
+            h.update(&split.images);
+            for y in &split.labels {
+                h.update(y.to_le_bytes());
+            }
+        }
+        hex(&h.finalize())
+    }
+
+    /// The first `train` and `test` samples of each split (for quick tests and smoke runs).
+    pub fn head(&self, train: usize, test: usize) -> Dataset {
+        let cut = |s: &Split, n: usize| {
+            let n = n.min(s.len());
+            Split { images: s.images[..n * s.shape.numel()].to_vec(), labels: s.labels[..n].to_vec(), shape: s.shape }
+        };
+        Dataset { train: cut(&self.train, train), test: cut(&self.test, test), ..self.clone() }
+    }
+
+    /// The split named "train" or "test".
+    pub fn split(&self, name: &str) -> anyhow::Result<&Split> {
+        match name {
+            "train" => Ok(&self.train),
+            "test" => Ok(&self.test),
+            other => anyhow::bail!("unknown split '{other}': expected 'train' or 'test'"),
+        }
+    }
+}
+
+/// Lower-case hexadecimal of a byte string.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of a byte string, as hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(bytes))
+}
+
+/// Checks that every label is below `classes`, naming the file and the first bad sample.
+pub fn check_labels(labels: &[u16], classes: usize, file: &std::path::Path) -> anyhow::Result<()> {
+    if let Some((i, y)) = labels.iter().enumerate().find(|(_, &y)| y as usize >= classes) {
+        anyhow::bail!(
+            "{}: label {y} at sample {i} is out of range (this data set has {classes} classes, 0..{})",
+            file.display(),
+            classes - 1
+        );
+    }
+    Ok(())
+}

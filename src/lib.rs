@@ -1,0 +1,12 @@
+//! kdlab: a knowledge-distillation laboratory on LibTorch (through tch).
+//!
+//! The crate is organised by stage of the data flow: `data` (readers, augmentation, loader) →
+//! `models` (the zoo) → `train` (objectives, SGD, checkpoints, the training loop) → `cli`.
+pub mod cli;
+pub mod data;
+pub mod models;
+pub mod train;
+pub mod util;
+
+/// kdlab's version, recorded in every run.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,84 @@
+//! CIFAR ResNets (He et al. 2016), depth 6n+2: a 3×3 stem, three stages of n basic blocks with
+//! widths (16, 32, 64) — or (32, 64, 128, 256) stages-after-stem for the ×4 variants of the CRD /
+//! mdistiller zoo — global average pooling and a linear classifier. Shortcuts that change shape are
+//! 1×1 convolutions with BatchNorm ("option B").
+use super::layers::{bn2d, conv2d, linear};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+#[derive(Debug)]
+struct BasicBlock {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    shortcut: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+impl BasicBlock {
+    fn new(p: nn::Path, cin: i64, cout: i64, stride: i64) -> Self {
+        let shortcut = (stride != 1 || cin != cout)
+            .then(|| (conv2d(&p / "shortcut" / 0, cin, cout, 1, stride, 0, false), bn2d(&p / "shortcut" / 1, cout)));
+        BasicBlock {
+            conv1: conv2d(&p / "conv1", cin, cout, 3, stride, 1, false),
+            bn1: bn2d(&p / "bn1", cout),
+            conv2: conv2d(&p / "conv2", cout, cout, 3, 1, 1, false),
+            bn2: bn2d(&p / "bn2", cout),
+            shortcut,
+        }
+    }
+}
+
+impl ModuleT for BasicBlock {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let out = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let out = out.apply(&self.conv2).apply_t(&self.bn2, train);
+        let skip = match &self.shortcut {
+            Some((conv, bn)) => x.apply(conv).apply_t(bn, train),
+            None => x.shallow_clone(),
+        };
+        (out + skip).relu()
+    }
+}
+
+#[derive(Debug)]
+pub struct CifarResNet {
+    stem: nn::Conv2D,
+    stem_bn: nn::BatchNorm,
+    blocks: Vec<BasicBlock>,
+    fc: nn::Linear,
+}
+
+impl CifarResNet {
+    /// `widths[0]` is the stem's width, the rest one per stage; stages after the first halve the
+    /// resolution.
+    pub fn new(p: &nn::Path, depth: usize, widths: &[i64], cin: i64, classes: i64) -> Self {
+        let n = (depth - 2) / 6;
+        let mut blocks = vec![];
+        let mut c = widths[0];
+        for (stage, &w) in widths[1..].iter().enumerate() {
+            for j in 0..n {
+                let stride = if stage > 0 && j == 0 { 2 } else { 1 };
+                blocks.push(BasicBlock::new(p / format!("layer{}", stage + 1) / j, c, w, stride));
+                c = w;
+            }
+        }
+        CifarResNet {
+            stem: conv2d(p / "conv1", cin, widths[0], 3, 1, 1, false),
+            stem_bn: bn2d(p / "bn1", widths[0]),
+            blocks,
+            fc: linear(p / "fc", c, classes),
+        }
+    }
+}
+
+impl ModuleT for CifarResNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut h = x.apply(&self.stem).apply_t(&self.stem_bn, train).relu();
+        for b in &self.blocks {
+            h = b.forward_t(&h, train);
+        }
+        // (N, C, H, W) → (N, C)
+        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+    }
+}

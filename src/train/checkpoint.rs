@@ -1,0 +1,202 @@
+//! Checkpoints: the weights (and SGD momentum) in safetensors, and a JSON sidecar saying what they
+//! are — architecture, input shape, classes, epoch, optimiser settings, the metrics so far, and the
+//! weights' sha256. The sidecar is written after the weights and names their checksum, so a crash
+//! between the two writes is detected rather than mixing an old sidecar with new weights.
+use super::model::Model;
+use super::run::EpochMetrics;
+use super::sgd::{Sgd, BUFFER_PREFIX};
+use crate::data::{sha256_hex, Shape};
+use crate::util::atomic;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+pub const FORMAT: &str = "kdlab-checkpoint/1";
+const MODEL_PREFIX: &str = "model.";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OptimizerMeta {
+    pub kind: String,
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    /// Whether the momentum buffers are in the weights file (under `optim.momentum.`).
+    pub has_momentum_buffers: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format: String,
+    pub model: String,
+    pub input: Shape,
+    pub classes: usize,
+    /// Epochs completed when this was saved.
+    pub epoch: usize,
+    pub weights_file: String,
+    pub weights_sha256: String,
+    pub params: u64,
+    pub test_acc: f64,
+    pub best_test_acc: f64,
+    pub best_epoch: usize,
+    pub optimizer: OptimizerMeta,
+    /// Every epoch's metrics up to this one, so a resumed run continues its history.
+    pub history: Vec<EpochMetrics>,
+}
+
+/// Saves weights and optimiser state as `<stem>.safetensors` and the sidecar as `<stem>.json`.
+pub fn save(dir: &Path, stem: &str, model: &Model, opt: Option<&Sgd>, mut meta: CheckpointMeta) -> Result<PathBuf> {
+    let weights = dir.join(format!("{stem}.safetensors"));
+    let mut named: Vec<(String, Tensor)> =
+        model.named_variables().into_iter().map(|(n, t)| (format!("{MODEL_PREFIX}{n}"), t)).collect();
+    if let Some(opt) = opt {
+        named.extend(opt.state());
+    }
+    let named: Vec<(String, Tensor)> =
+        named.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
+    let mut sha = String::new();
+    atomic::write_via_path(&weights, |tmp| {
+        Tensor::write_safetensors(&named, tmp).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let bytes = std::fs::read(tmp).with_context(|| format!("reading back {}", tmp.display()))?;
+        sha = sha256_hex(&bytes);
+        Ok(())
+    })?;
+    meta.format = FORMAT.to_string();
+    meta.weights_file = format!("{stem}.safetensors");
+    meta.weights_sha256 = sha;
+    meta.optimizer.has_momentum_buffers = opt.is_some_and(|o| !o.state().is_empty());
+    let json = dir.join(format!("{stem}.json"));
+    atomic::write_json(&json, &meta)?;
+    Ok(json)
+}
+
+/// Reads a sidecar.
+pub fn read_meta(json: &Path) -> Result<CheckpointMeta> {
+    let text = std::fs::read_to_string(json).with_context(|| format!("reading checkpoint {}", json.display()))?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a kdlab checkpoint sidecar", json.display()))?;
+    if meta.format != FORMAT {
+        bail!("{}: checkpoint format '{}' is not {FORMAT}", json.display(), meta.format);
+    }
+    Ok(meta)
+}
+
+/// Reads the weights file of a sidecar, verifying its checksum, as a name → tensor map.
+pub fn read_tensors(json: &Path, meta: &CheckpointMeta) -> Result<BTreeMap<String, Tensor>> {
+    let weights = json.with_file_name(&meta.weights_file);
+    let bytes = std::fs::read(&weights).with_context(|| format!("reading {}", weights.display()))?;
+    let sha = sha256_hex(&bytes);
+    if sha != meta.weights_sha256 {
+        bail!(
+            "{}: checksum {sha} differs from the one recorded in {} ({}); the weights are damaged or \
+             belong to another save",
+            weights.display(),
+            json.display(),
+            meta.weights_sha256
+        );
+    }
+    let tensors = Tensor::read_safetensors(&weights).map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
+    Ok(tensors.into_iter().collect())
+}
+
+/// Copies the saved weights into `model`, checking that names and shapes agree.
+pub fn load_weights(model: &Model, tensors: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in model.named_variables() {
+        let key = format!("{MODEL_PREFIX}{name}");
+        let Some(src) = tensors.get(&key) else {
+            bail!("{}: no tensor {key} for this {} model", origin.display(), model.arch)
+        };
+        if src.size() != var.size() {
+            bail!(
+                "{}: {key} has shape {:?}, the {} model expects {:?}",
+                origin.display(),
+                src.size(),
+                model.arch,
+                var.size()
+            );
+        }
+        var.copy_(src);
+    }
+    Ok(())
+}
+
+/// Restores model and optimiser from a checkpoint sidecar.
+pub fn restore(json: &Path, model: &Model, opt: &mut Sgd) -> Result<CheckpointMeta> {
+    let meta = read_meta(json)?;
+    let tensors = read_tensors(json, &meta)?;
+    load_weights(model, &tensors, json)?;
+    let optim: BTreeMap<String, Tensor> = tensors.into_iter().filter(|(k, _)| k.starts_with(BUFFER_PREFIX)).collect();
+    opt.load_state(&optim, &json.display().to_string())?;
+    Ok(meta)
+}
+
+/// Which checkpoint of a run: `runs/r56` (the last), `runs/r56@best`, `runs/r56@last`,
+/// `runs/r56@epoch40`; or a sidecar path directly.
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    let (dir, which) = match spec.rsplit_once('@') {
+        Some((d, w)) => (d, w),
+        None => (spec, "last"),
+    };
+    let dir = Path::new(dir);
+    if dir.extension().is_some_and(|e| e == "json") && dir.is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    if !dir.is_dir() {
+        bail!("run {}: no such directory", dir.display());
+    }
+    let json = match which {
+        "last" | "best" => dir.join(format!("{which}.json")),
+        w => {
+            let n: usize = w.strip_prefix("epoch").and_then(|n| n.parse().ok()).with_context(|| {
+                format!("{spec}: after '@' write best, last or epoch<N> (e.g. {}@epoch40)", dir.display())
+            })?;
+            dir.join("checkpoints").join(epoch_stem(n) + ".json")
+        }
+    };
+    if !json.is_file() {
+        let available = list_epochs(dir);
+        bail!(
+            "{spec}: no checkpoint {} (saved epochs: {})",
+            json.display(),
+            if available.is_empty() {
+                "none".to_string()
+            } else {
+                available.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+            }
+        );
+    }
+    Ok(json)
+}
+
+/// The file stem of the checkpoint kept for epoch `n`.
+pub fn epoch_stem(n: usize) -> String {
+    format!("epoch-{n:04}")
+}
+
+/// Epochs with a kept checkpoint in a run directory.
+pub fn list_epochs(run: &Path) -> Vec<usize> {
+    let mut v: Vec<usize> = std::fs::read_dir(run.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix("epoch-")?.strip_suffix(".json")?.parse().ok()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Loads a trained model for inference from a checkpoint spec (see `resolve`).
+pub fn load_model(spec: &str, device: Device) -> Result<(Model, CheckpointMeta, PathBuf)> {
+    let json = resolve(spec)?;
+    let meta = read_meta(&json)?;
+    let model = Model::new(&meta.model, meta.input, meta.classes, device, 0)?;
+    let tensors = read_tensors(&json, &meta)?;
+    load_weights(&model, &tensors, &json)?;
+    Ok((model, meta, json))
+}

@@ -1,0 +1,235 @@
+//! Run configuration: a TOML file and command-line flags merged into one validated struct. Unknown
+//! keys are an error that names them (and suggests the nearest valid key), wrong types name the key
+//! and the file, and out-of-range values say what range is allowed.
+use super::schedule::Schedule;
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Architecture name (see `kdlab models`).
+    pub model: String,
+    /// Data set: a catalogue name, `fashion-mnist-mini` (embedded), or a directory.
+    pub data: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    /// Epochs after which the rate is multiplied by `gamma` (step schedule); empty = 62.5%, 75%
+    /// and 87.5% of `epochs`.
+    pub milestones: Vec<usize>,
+    pub gamma: f64,
+    pub warmup_epochs: usize,
+    /// Random crops and flips with the data set's defaults.
+    pub augment: bool,
+    pub seed: u64,
+    /// Keep a checkpoint every this many epochs (0: only `last` and `best`).
+    pub save_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: String::new(),
+            data: crate::data::embedded::NAME.to_string(),
+            epochs: 30,
+            batch_size: 128,
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+            schedule: Schedule::Step,
+            milestones: vec![],
+            gamma: 0.1,
+            warmup_epochs: 0,
+            augment: true,
+            seed: 0,
+            save_every: 5,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every value's range, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.model.is_empty() {
+            bail!("no model given: set `model` (e.g. --model resnet20; `kdlab models` lists them)");
+        }
+        crate::models::parse(&self.model)?;
+        check(self.epochs >= 1, "epochs", "must be at least 1")?;
+        check(self.batch_size >= 2, "batch_size", "must be at least 2 (BatchNorm needs two samples)")?;
+        check(self.lr > 0.0 && self.lr.is_finite(), "lr", "must be a positive number")?;
+        check((0.0..1.0).contains(&self.momentum), "momentum", "must be in [0, 1)")?;
+        check(!self.nesterov || self.momentum > 0.0, "nesterov", "needs momentum > 0")?;
+        check(self.weight_decay >= 0.0 && self.weight_decay.is_finite(), "weight_decay", "must be ≥ 0")?;
+        check(self.gamma > 0.0 && self.gamma <= 1.0, "gamma", "must be in (0, 1]")?;
+        check(self.warmup_epochs < self.epochs, "warmup_epochs", "must be less than epochs")?;
+        if let Some(m) = self.milestones.iter().find(|&&m| m == 0 || m >= self.epochs) {
+            bail!("milestones: {m} is outside 1..{} (epochs = {})", self.epochs - 1, self.epochs);
+        }
+        if self.milestones.windows(2).any(|w| w[0] >= w[1]) {
+            bail!("milestones: {:?} must be increasing", self.milestones);
+        }
+        Ok(())
+    }
+
+    /// The milestones in effect (the defaults when none are given).
+    pub fn effective_milestones(&self) -> Vec<usize> {
+        if self.milestones.is_empty() {
+            super::schedule::LrSchedule::default_milestones(self.epochs)
+        } else {
+            self.milestones.clone()
+        }
+    }
+
+    pub fn lr_schedule(&self) -> super::schedule::LrSchedule {
+        super::schedule::LrSchedule {
+            base: self.lr,
+            kind: self.schedule,
+            milestones: self.effective_milestones(),
+            gamma: self.gamma,
+            warmup_epochs: self.warmup_epochs,
+            epochs: self.epochs,
+        }
+    }
+}
+
+pub fn check(ok: bool, key: &str, what: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        bail!("{key} {what}")
+    }
+}
+
+/// Reads a TOML file into a table (an empty table when `path` is None).
+pub fn read_table(path: Option<&Path>) -> Result<toml::Table> {
+    let Some(path) = path else { return Ok(toml::Table::new()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    text.parse::<toml::Table>().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Builds `T` from a table: unknown keys are refused with a suggestion, each value is checked for
+/// its type under its own name. `origin` names the source (a file, or "command line").
+pub fn from_table<T: DeserializeOwned + Serialize + Default>(table: toml::Table, origin: &str) -> Result<T> {
+    let allowed = keys_of(&T::default());
+    for key in table.keys() {
+        if !allowed.iter().any(|a| a == key) {
+            let hint = nearest(key, &allowed).map(|k| format!(" (did you mean '{k}'?)")).unwrap_or_default();
+            bail!("{origin}: unknown key '{key}'{hint}; valid keys: {}", allowed.join(", "));
+        }
+    }
+    // Check each value on its own against the default's type, so the error names the key.
+    let defaults = toml::Table::try_from(T::default()).expect("config serialises");
+    for (key, value) in &table {
+        if let Some(default) = defaults.get(key) {
+            if !same_type(default, value) {
+                bail!("{origin}: key '{key}' should be {}, found {} ({value})", type_name(default), type_name(value));
+            }
+        }
+    }
+    let mut merged = defaults;
+    merged.extend(table);
+    toml::Value::Table(merged).try_into::<T>().map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+}
+
+/// The top-level keys a config type accepts.
+pub fn keys_of<T: Serialize>(value: &T) -> Vec<String> {
+    toml::Table::try_from(value).map(|t| t.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn same_type(default: &toml::Value, value: &toml::Value) -> bool {
+    use toml::Value::*;
+    match (default, value) {
+        (Float(_), Integer(_)) => true, // `lr = 1` means 1.0
+        (Array(d), Array(v)) => d.first().is_none_or(|d0| v.iter().all(|x| same_type(d0, x))),
+        (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+    }
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a number",
+        toml::Value::Boolean(_) => "true or false",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "a list",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// The candidate closest to `key` by edit distance, if it is close enough to be a likely typo.
+pub fn nearest<'a>(key: &str, candidates: &'a [String]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(key, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.as_str())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn reads_values_and_keeps_defaults() {
+        let c: TrainConfig =
+            from_table(table("model = 'resnet8'\nlr = 1\nmilestones = [5, 8]\nschedule = 'cosine'"), "t.toml").unwrap();
+        assert_eq!(c.model, "resnet8");
+        assert_eq!(c.lr, 1.0);
+        assert_eq!(c.milestones, vec![5, 8]);
+        assert_eq!(c.schedule, Schedule::Cosine);
+        assert_eq!(c.batch_size, 128);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_named() {
+        let e = format!("{:#}", from_table::<TrainConfig>(table("lrr = 0.1"), "run.toml").unwrap_err());
+        assert!(e.contains("run.toml") && e.contains("'lrr'") && e.contains("did you mean 'lr'"), "{e}");
+        let e = format!("{:#}", from_table::<TrainConfig>(table("epochs = 'ten'"), "run.toml").unwrap_err());
+        assert!(e.contains("'epochs'") && e.contains("an integer"), "{e}");
+        let e = format!("{:#}", from_table::<TrainConfig>(table("schedule = 'linear'"), "run.toml").unwrap_err());
+        assert!(e.contains("linear"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let base = TrainConfig { model: "resnet8".into(), ..Default::default() };
+        base.validate().unwrap();
+        for (cfg, key) in [
+            (TrainConfig { lr: -0.1, ..base.clone() }, "lr"),
+            (TrainConfig { epochs: 0, ..base.clone() }, "epochs"),
+            (TrainConfig { momentum: 1.0, ..base.clone() }, "momentum"),
+            (TrainConfig { milestones: vec![40], ..base.clone() }, "milestones"),
+            (TrainConfig { model: "resnet9".into(), ..base.clone() }, "resnet9"),
+        ] {
+            let e = format!("{:#}", cfg.validate().unwrap_err());
+            assert!(e.contains(key), "{e}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Inference over a whole split: accuracy (overall and per class), mean loss, and logits.
+use super::model::Model;
+use crate::data::augment::Augment;
+use crate::data::loader::{Loader, LoaderSpec};
+use crate::data::{Dataset, Split};
+use std::sync::Arc;
+use tch::{Kind, Tensor};
+
+/// Batch size for inference (no gradients, so larger batches fit easily).
+pub const EVAL_BATCH: usize = 500;
+
+#[derive(Clone, Debug)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub acc: f64,
+    pub correct_per_class: Vec<usize>,
+    pub total_per_class: Vec<usize>,
+}
+
+impl EvalResult {
+    pub fn class_acc(&self) -> Vec<f64> {
+        self.correct_per_class
+            .iter()
+            .zip(&self.total_per_class)
+            .map(|(&c, &t)| if t == 0 { f64::NAN } else { c as f64 / t as f64 })
+            .collect()
+    }
+}
+
+/// The un-augmented, normalised inputs of a data set.
+pub fn plain_augment(data: &Dataset) -> Arc<Augment> {
+    Arc::new(Augment::new(&data.profile, false))
+}
+
+/// Converts a host batch to device tensors: images (N, C, H, W) and labels (N,).
+pub fn to_tensors(
+    batch: &crate::data::loader::Batch,
+    shape: crate::data::Shape,
+    device: tch::Device,
+) -> (Tensor, Tensor) {
+    let n = batch.len() as i64;
+    let x =
+        Tensor::from_slice(&batch.images).view([n, shape.c as i64, shape.h as i64, shape.w as i64]).to_device(device);
+    let y = Tensor::from_slice(&batch.labels).to_device(device);
+    (x, y)
+}
+
+/// Runs the model in inference mode over `split` in order, handing each batch's logits (on the
+/// CPU, float32) and labels to `visit`.
+pub fn for_each_batch(model: &Model, split: Arc<Split>, augment: Arc<Augment>, mut visit: impl FnMut(&Tensor, &[i64])) {
+    let spec = LoaderSpec { batch_size: EVAL_BATCH, shuffle: false, seed: 0, drop_last: false };
+    let shape = split.shape;
+    for batch in Loader::new(split, augment, spec, 0) {
+        let (x, _) = to_tensors(&batch, shape, model.device());
+        let logits = model.infer(&x).to_device(tch::Device::Cpu).to_kind(Kind::Float);
+        visit(&logits, &batch.labels);
+    }
+}
+
+/// Accuracy, per-class accuracy and mean cross-entropy of `model` on `split`.
+pub fn evaluate(model: &Model, split: Arc<Split>, augment: Arc<Augment>) -> EvalResult {
+    let classes = model.classes;
+    let mut r =
+        EvalResult { loss: 0.0, acc: 0.0, correct_per_class: vec![0; classes], total_per_class: vec![0; classes] };
+    let n = split.len();
+    for_each_batch(model, split, augment, |logits, labels| {
+        let y = Tensor::from_slice(labels);
+        r.loss += super::objective::cross_entropy(logits, &y).double_value(&[]) * labels.len() as f64;
+        let pred: Vec<i64> = Vec::try_from(logits.argmax(-1, false)).expect("argmax to vec");
+        for (&p, &t) in pred.iter().zip(labels) {
+            r.total_per_class[t as usize] += 1;
+            if p == t {
+                r.correct_per_class[t as usize] += 1;
+            }
+        }
+    });
+    let correct: usize = r.correct_per_class.iter().sum();
+    r.loss /= n.max(1) as f64;
+    r.acc = correct as f64 / n.max(1) as f64;
+    r
+}
+
+/// The (N × classes) float32 logits of `split`, row-major in split order.
+pub fn logits(model: &Model, split: Arc<Split>, augment: Arc<Augment>) -> Vec<f32> {
+    let mut out = Vec::with_capacity(split.len() * model.classes);
+    for_each_batch(model, split, augment, |l, _| {
+        out.extend(Vec::<f32>::try_from(l.contiguous().view(-1)).expect("logits to vec"));
+    });
+    out
+}

@@ -1,0 +1,12 @@
+//! Training: configuration, learning-rate schedules, the SGD optimiser with saveable state,
+//! checkpoints, evaluation, and the training loop shared by `train` and `distill`.
+pub mod checkpoint;
+pub mod config;
+pub mod eval;
+pub mod model;
+pub mod objective;
+pub mod progress;
+pub mod run;
+pub mod schedule;
+pub mod sgd;
+pub mod trainer;

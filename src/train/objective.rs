@@ -1,0 +1,69 @@
+//! What the trainer minimises. An objective turns the student's logits for a batch into named loss
+//! terms; the trainer sums them, logs each one, and backpropagates the sum. Plain training uses
+//! cross-entropy; the distillation methods implement the same trait.
+use crate::data::loader::Batch;
+use anyhow::Result;
+use tch::{Reduction, Tensor};
+
+/// Everything an objective may need besides the student's logits.
+pub struct StepInput<'a> {
+    /// The normalised inputs (N, C, H, W) on the training device.
+    pub images: &'a Tensor,
+    /// Labels (N,) as int64 on the training device.
+    pub labels: &'a Tensor,
+    /// The host-side batch: sample indices and augmentation views.
+    pub batch: &'a Batch,
+    /// 0-based epoch, step within it, and steps per epoch.
+    pub epoch: usize,
+    pub step: usize,
+    pub steps: usize,
+}
+
+pub trait Objective {
+    /// The method's name as recorded in run.json.
+    fn name(&self) -> String;
+    /// Named loss terms (each a scalar tensor); their sum is minimised.
+    fn terms(&mut self, logits: &Tensor, input: &StepInput) -> Result<Vec<(String, Tensor)>>;
+    /// Hyper-parameters and anything else that defines the objective, for run.json.
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "method": self.name() })
+    }
+    /// Per-epoch statistics worth keeping (e.g. ISATS's chosen temperatures); called once at the
+    /// end of every epoch.
+    fn end_epoch(&mut self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// Mean cross-entropy over the batch.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
+    logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
+}
+
+/// Plain supervised training.
+pub struct CrossEntropy;
+
+impl Objective for CrossEntropy {
+    fn name(&self) -> String {
+        "ce".into()
+    }
+    fn terms(&mut self, logits: &Tensor, input: &StepInput) -> Result<Vec<(String, Tensor)>> {
+        Ok(vec![("ce".into(), cross_entropy(logits, input.labels))])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_matches_a_hand_computation() {
+        // logits [[1, 2, 3], [0, 0, 0]], labels [2, 1]:
+        // −log softmax: row 0 → log(e¹+e²+e³) − 3 = 0.4076059644; row 1 → log 3 = 1.0986122887.
+        let logits = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 0.0, 0.0, 0.0]).view([2, 3]);
+        let labels = Tensor::from_slice(&[2i64, 1]);
+        let got = cross_entropy(&logits, &labels).double_value(&[]);
+        let want = (0.4076059644 + 1.0986122887) / 2.0;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+}

@@ -1,0 +1,119 @@
+//! A run directory: `run.json` (what was run, on what, and how it ended), `metrics.csv` (one row
+//! per epoch), checkpoints. Every file is written atomically.
+use crate::data::{Dataset, Shape};
+use crate::util::atomic;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    /// The rate at the epoch's last step.
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub time_s: f64,
+    pub images_per_s: f64,
+    /// Mean of each named loss term over the epoch.
+    #[serde(default)]
+    pub terms: BTreeMap<String, f64>,
+    /// Objective-specific statistics (e.g. ISATS's τ2 distribution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DataRecord {
+    pub name: String,
+    pub source: String,
+    pub fingerprint: String,
+    pub train_samples: usize,
+    pub test_samples: usize,
+    pub shape: Shape,
+    pub classes: usize,
+    pub class_names: Vec<String>,
+}
+
+impl DataRecord {
+    pub fn of(d: &Dataset) -> Self {
+        DataRecord {
+            name: d.name.clone(),
+            source: d.source.clone(),
+            fingerprint: d.fingerprint(),
+            train_samples: d.train.len(),
+            test_samples: d.test.len(),
+            shape: d.shape(),
+            classes: d.classes,
+            class_names: d.class_names.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub kdlab_version: String,
+    /// "train" or "distill".
+    pub kind: String,
+    pub config: serde_json::Value,
+    /// The objective (method and its hyper-parameters).
+    pub objective: serde_json::Value,
+    /// Anything else that defines the run (e.g. the teacher).
+    pub extra: serde_json::Value,
+    pub data: DataRecord,
+    pub model: String,
+    pub params: u64,
+    pub device: String,
+    pub threads: usize,
+    pub status: String,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub epochs_done: usize,
+    pub final_test_acc: Option<f64>,
+    pub best_test_acc: Option<f64>,
+    pub best_epoch: Option<usize>,
+    pub wall_time_s: f64,
+}
+
+pub fn read_record(dir: &Path) -> Result<Option<RunRecord>> {
+    let p = dir.join("run.json");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not a kdlab run record", p.display()))?))
+}
+
+pub fn write_record(dir: &Path, rec: &RunRecord) -> Result<()> {
+    atomic::write_json(&dir.join("run.json"), rec)
+}
+
+/// Writes metrics.csv: fixed columns, then one column per loss term.
+pub fn write_metrics_csv(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let terms: Vec<String> = {
+        let mut t: Vec<String> = history.iter().flat_map(|m| m.terms.keys().cloned()).collect();
+        t.sort();
+        t.dedup();
+        t
+    };
+    let mut out = String::from("epoch,lr,train_loss,train_acc,test_loss,test_acc,time_s,images_per_s");
+    for t in &terms {
+        out.push_str(&format!(",term_{t}"));
+    }
+    out.push('\n');
+    for m in history {
+        out.push_str(&format!(
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1}",
+            m.epoch, m.lr, m.train_loss, m.train_acc, m.test_loss, m.test_acc, m.time_s, m.images_per_s
+        ));
+        for t in &terms {
+            out.push_str(&m.terms.get(t).map(|v| format!(",{v:.6}")).unwrap_or_else(|| ",".into()));
+        }
+        out.push('\n');
+    }
+    atomic::write_bytes(&dir.join("metrics.csv"), out.as_bytes())
+}

@@ -1,0 +1,389 @@
+//! The training loop shared by `kdlab train` and `kdlab distill`: epochs of shuffled, augmented
+//! batches; the objective's loss terms summed and minimised with SGD; test accuracy after every
+//! epoch; checkpoints (`last`, `best`, every N epochs) and metrics written atomically; and resume
+//! from `last` when the same run is started again.
+use super::checkpoint::{self, CheckpointMeta, OptimizerMeta};
+use super::config::TrainConfig;
+use super::eval::{self, to_tensors};
+use super::model::Model;
+use super::objective::{Objective, StepInput};
+use super::progress;
+use super::run::{self, DataRecord, EpochMetrics, RunRecord};
+use super::sgd::Sgd;
+use crate::data::augment::Augment;
+use crate::data::loader::{Loader, LoaderSpec};
+use crate::data::Dataset;
+use crate::util::fmt;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind};
+
+/// Where and how to run, beyond the configuration itself.
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub device: Device,
+    /// "train" or "distill".
+    pub kind: String,
+    /// Anything else that defines the run (e.g. the teacher), compared on resume.
+    pub extra: serde_json::Value,
+    /// No progress bars and no per-epoch lines.
+    pub quiet: bool,
+    /// Stop (cleanly, as after a crash at an epoch boundary) once this many epochs are done.
+    pub stop_after: Option<usize>,
+}
+
+impl RunOptions {
+    pub fn new(out: impl Into<PathBuf>, device: Device, kind: &str) -> Self {
+        RunOptions {
+            out: out.into(),
+            device,
+            kind: kind.into(),
+            extra: serde_json::Value::Null,
+            quiet: false,
+            stop_after: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub dir: PathBuf,
+    pub history: Vec<EpochMetrics>,
+    pub final_test_acc: f64,
+    pub best_test_acc: f64,
+    pub best_epoch: usize,
+    pub params: u64,
+    /// Epochs that were already done when this invocation started (0 for a fresh run).
+    pub resumed_at: usize,
+    pub wall_time_s: f64,
+    /// False when `stop_after` ended the call before the last epoch.
+    pub complete: bool,
+}
+
+/// Trains `cfg.model` on `data` with `objective`, in `opts.out`; resumes there if a compatible
+/// run was interrupted, and returns at once if it already finished.
+pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, opts: &RunOptions) -> Result<Outcome> {
+    cfg.validate()?;
+    let dir = &opts.out;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating run directory {}", dir.display()))?;
+    let config_json = serde_json::to_value(cfg)?;
+    let objective_json = objective.describe();
+    let mut record = RunRecord {
+        kdlab_version: crate::VERSION.to_string(),
+        kind: opts.kind.clone(),
+        config: config_json,
+        objective: objective_json,
+        extra: opts.extra.clone(),
+        data: DataRecord::of(data),
+        model: cfg.model.clone(),
+        params: 0,
+        device: crate::util::device::describe(opts.device),
+        threads: tch::get_num_threads() as usize,
+        status: "running".into(),
+        error: None,
+        epochs_done: 0,
+        final_test_acc: None,
+        best_test_acc: None,
+        best_epoch: None,
+        wall_time_s: 0.0,
+    };
+    if let Some(old) = run::read_record(dir)? {
+        ensure_same_run(dir, &old, &record)?;
+        record.wall_time_s = old.wall_time_s;
+    }
+
+    let model = Model::new(&cfg.model, data.shape(), data.classes, opts.device, cfg.seed)?;
+    record.params = model.params();
+    let mut opt = Sgd::new(&model.vs, cfg.momentum, cfg.nesterov, cfg.weight_decay);
+    let last = dir.join("last.json");
+    let mut history = vec![];
+    if last.exists() {
+        let meta = checkpoint::restore(&last, &model, &mut opt)
+            .with_context(|| format!("resuming {} from {}", dir.display(), last.display()))?;
+        history = meta.history;
+        history.truncate(meta.epoch);
+    }
+    let resumed_at = history.len();
+    if resumed_at >= cfg.epochs {
+        if !opts.quiet {
+            println!("{}: already trained ({} epochs); nothing to do", dir.display(), resumed_at);
+        }
+        return finish(dir, record, &history, model.params(), resumed_at, 0.0);
+    }
+    if resumed_at > 0 && !opts.quiet {
+        println!("{}: resuming after epoch {resumed_at} of {}", dir.display(), cfg.epochs);
+    }
+    run::write_record(dir, &record)?;
+
+    let result = train_epochs(cfg, data, objective, opts, &model, &mut opt, &mut history, &mut record);
+    if let Err(e) = result {
+        record.status = "failed".into();
+        record.error = Some(format!("{e:#}"));
+        record.epochs_done = history.len();
+        // Best effort: the error itself matters more than recording it.
+        let _ = run::write_record(dir, &record);
+        return Err(e);
+    }
+    let wall = record.wall_time_s;
+    if history.len() < cfg.epochs {
+        // Stopped early on request: the run stays resumable, and says so.
+        run::write_record(dir, &record)?;
+        let mut out = finish_outcome(dir, &history, model.params(), resumed_at, wall)?;
+        out.complete = false;
+        return Ok(out);
+    }
+    finish(dir, record, &history, model.params(), resumed_at, wall)
+}
+
+fn finish(
+    dir: &Path,
+    mut record: RunRecord,
+    history: &[EpochMetrics],
+    params: u64,
+    resumed_at: usize,
+    wall: f64,
+) -> Result<Outcome> {
+    let out = finish_outcome(dir, history, params, resumed_at, wall)?;
+    let last = history.last().expect("checked by finish_outcome");
+    let best = best_epoch(history);
+    if record.status != "done" {
+        record.status = "done".into();
+        record.error = None;
+        record.epochs_done = history.len();
+        record.final_test_acc = Some(last.test_acc);
+        record.best_test_acc = Some(best.test_acc);
+        record.best_epoch = Some(best.epoch);
+        record.params = params;
+        run::write_record(dir, &record)?;
+    }
+    Ok(out)
+}
+
+/// The epoch with the highest test accuracy (the earliest among equals).
+pub fn best_epoch(history: &[EpochMetrics]) -> &EpochMetrics {
+    history
+        .iter()
+        .max_by(|a, b| a.test_acc.total_cmp(&b.test_acc).then(b.epoch.cmp(&a.epoch)))
+        .expect("a non-empty history")
+}
+
+fn finish_outcome(dir: &Path, history: &[EpochMetrics], params: u64, resumed_at: usize, wall: f64) -> Result<Outcome> {
+    let last = history.last().context("no epoch was trained")?;
+    let best = best_epoch(history);
+    Ok(Outcome {
+        dir: dir.to_path_buf(),
+        history: history.to_vec(),
+        final_test_acc: last.test_acc,
+        best_test_acc: best.test_acc,
+        best_epoch: best.epoch,
+        params,
+        resumed_at,
+        wall_time_s: wall,
+        complete: true,
+    })
+}
+
+/// A run directory may only be resumed by the same run.
+fn ensure_same_run(dir: &Path, old: &RunRecord, new: &RunRecord) -> Result<()> {
+    let pairs = [
+        ("config", &old.config, &new.config),
+        ("objective", &old.objective, &new.objective),
+        ("run", &old.extra, &new.extra),
+    ];
+    for (what, a, b) in pairs {
+        if a != b {
+            let diff = describe_diff(a, b);
+            bail!(
+                "{} already holds a different run ({what} differs: {diff}); choose another --out, or delete that directory to start over",
+                dir.display()
+            );
+        }
+    }
+    if old.data.fingerprint != new.data.fingerprint {
+        bail!(
+            "{} was trained on other data ({} {}), not on {} {}",
+            dir.display(),
+            old.data.name,
+            &old.data.fingerprint[..12],
+            new.data.name,
+            &new.data.fingerprint[..12]
+        );
+    }
+    Ok(())
+}
+
+fn describe_diff(a: &serde_json::Value, b: &serde_json::Value) -> String {
+    match (a.as_object(), b.as_object()) {
+        (Some(x), Some(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .filter(|k| x.get(*k) != y.get(*k))
+                .map(|k| format!("{k}: {} → {}", show(x.get(k)), show(y.get(k))))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        _ => format!("{a} → {b}"),
+    }
+}
+
+fn show(v: Option<&serde_json::Value>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "(none)".into())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_epochs(
+    cfg: &TrainConfig,
+    data: &Dataset,
+    objective: &mut dyn Objective,
+    opts: &RunOptions,
+    model: &Model,
+    opt: &mut Sgd,
+    history: &mut Vec<EpochMetrics>,
+    record: &mut RunRecord,
+) -> Result<()> {
+    let dir = &opts.out;
+    let schedule = cfg.lr_schedule();
+    let train_split = Arc::new(data.train.clone());
+    let test_split = Arc::new(data.test.clone());
+    let augment = Arc::new(Augment::new(&data.profile, cfg.augment));
+    let plain = eval::plain_augment(data);
+    let spec = LoaderSpec { batch_size: cfg.batch_size, shuffle: true, seed: cfg.seed, drop_last: false };
+    let shape = data.shape();
+    let end = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
+    for epoch in history.len()..end {
+        let start = Instant::now();
+        let loader = Loader::new(train_split.clone(), augment.clone(), spec, epoch as u64);
+        let steps = loader.batches();
+        let bar = if opts.quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            progress::epoch_bar(steps, format!("epoch {}/{}", epoch + 1, cfg.epochs))
+        };
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
+        let mut term_sums: BTreeMap<String, f64> = BTreeMap::new();
+        let mut lr = cfg.lr;
+        let mut busy = 0.0f64;
+        for (step, batch) in loader.enumerate() {
+            let t0 = Instant::now();
+            let (x, y) = to_tensors(&batch, shape, model.device());
+            lr = schedule.lr(epoch, step, steps);
+            let logits = model.forward_train(&x);
+            let input = StepInput { images: &x, labels: &y, batch: &batch, epoch, step, steps };
+            let terms = objective.terms(&logits, &input)?;
+            let loss = terms
+                .iter()
+                .map(|(_, t)| t.shallow_clone())
+                .reduce(|a, b| a + b)
+                .context("the objective returned no loss terms")?;
+            opt.zero_grad();
+            loss.backward();
+            let loss_v = loss.double_value(&[]);
+            if !loss_v.is_finite() {
+                bail!(
+                    "the loss became {loss_v} at epoch {} step {} of {}; training stopped (lr {lr:.4}). The last good checkpoint is {}",
+                    epoch + 1,
+                    step + 1,
+                    steps,
+                    if history.is_empty() { "none (no epoch finished)".to_string() } else { dir.join("last.json").display().to_string() }
+                );
+            }
+            opt.step(lr);
+            let n = batch.len();
+            loss_sum += loss_v * n as f64;
+            for (name, t) in &terms {
+                *term_sums.entry(name.clone()).or_default() += t.double_value(&[]) * n as f64;
+            }
+            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            seen += n;
+            busy += t0.elapsed().as_secs_f64();
+            bar.inc(1);
+            if step % 5 == 0 || step + 1 == steps {
+                bar.set_message(format!(
+                    "loss {:.4} acc {:5.1}% {:.0} img/s",
+                    loss_sum / seen as f64,
+                    100.0 * correct as f64 / seen as f64,
+                    seen as f64 / busy.max(1e-9)
+                ));
+            }
+        }
+        bar.finish_and_clear();
+        let train_time = start.elapsed().as_secs_f64();
+        let test = eval::evaluate(model, test_split.clone(), plain.clone());
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            test_loss: test.loss,
+            test_acc: test.acc,
+            time_s: start.elapsed().as_secs_f64(),
+            images_per_s: seen as f64 / train_time.max(1e-9),
+            terms: term_sums.into_iter().map(|(k, v)| (k, v / seen.max(1) as f64)).collect(),
+            extra: objective.end_epoch(),
+        };
+        history.push(metrics.clone());
+        record.wall_time_s += metrics.time_s;
+        save_epoch(cfg, dir, model, opt, history)?;
+        record.epochs_done = history.len();
+        run::write_record(dir, record)?;
+        if !opts.quiet {
+            let best = history.iter().map(|m| m.test_acc).fold(0.0, f64::max);
+            println!(
+                "epoch {:>3}/{}  lr {:.4}  loss {:.4}  train {:5.2}%  test {:5.2}% (best {:5.2}%)  {:.0} img/s  {}",
+                metrics.epoch,
+                cfg.epochs,
+                metrics.lr,
+                metrics.train_loss,
+                100.0 * metrics.train_acc,
+                100.0 * metrics.test_acc,
+                100.0 * best,
+                metrics.images_per_s,
+                fmt::duration(metrics.time_s)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes the epoch's metrics and checkpoints. `last` is written last: it is what a resumed run
+/// reads, so everything it implies must already be on disk.
+fn save_epoch(cfg: &TrainConfig, dir: &Path, model: &Model, opt: &Sgd, history: &[EpochMetrics]) -> Result<()> {
+    let m = history.last().expect("an epoch was just recorded");
+    let best = best_epoch(history);
+    let meta = CheckpointMeta {
+        format: String::new(),
+        model: model.arch.clone(),
+        input: model.input,
+        classes: model.classes,
+        epoch: m.epoch,
+        weights_file: String::new(),
+        weights_sha256: String::new(),
+        params: model.params(),
+        test_acc: m.test_acc,
+        best_test_acc: best.test_acc,
+        best_epoch: best.epoch,
+        optimizer: OptimizerMeta {
+            kind: "sgd".into(),
+            lr: m.lr,
+            momentum: cfg.momentum,
+            nesterov: cfg.nesterov,
+            weight_decay: cfg.weight_decay,
+            has_momentum_buffers: false,
+        },
+        history: history.to_vec(),
+    };
+    run::write_metrics_csv(dir, history)?;
+    if cfg.save_every > 0 && m.epoch % cfg.save_every == 0 {
+        checkpoint::save(&dir.join("checkpoints"), &checkpoint::epoch_stem(m.epoch), model, Some(opt), meta.clone())?;
+    }
+    if best.epoch == m.epoch {
+        checkpoint::save(dir, "best", model, Some(opt), meta.clone())?;
+    }
+    checkpoint::save(dir, "last", model, Some(opt), meta)?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Durable writes: every file that a later step reads is written to a temporary file in the same
+//! directory, fsynced, and renamed into place, so a reader sees the old file or the new one, never
+//! half of one — also after `kill -9` or a power cut.
+use anyhow::{Context, Result};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The temporary name used while `path` is being written: hidden, in the same directory (so the
+/// rename stays on one file system), and unique to this process.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Explains an I/O error, naming the file, and saying so plainly when the disk is full.
+pub fn describe_io(err: &io::Error, action: &str, path: &Path) -> String {
+    if err.raw_os_error() == Some(libc::ENOSPC) || err.kind() == io::ErrorKind::StorageFull {
+        format!("no space left on device while {action} {}", path.display())
+    } else {
+        format!("{action} {}: {err}", path.display())
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    // Makes the rename itself durable. Some file systems refuse to fsync a directory; the file's
+    // own contents are already safe then, so the error is not worth failing over.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes a file atomically through `fill`, which may write the temporary path in any way (tch's
+/// own savers write to a path, not to a stream).
+pub fn write_via_path<F>(path: &Path, fill: F) -> Result<()>
+where
+    F: FnOnce(&Path) -> Result<()>,
+{
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| describe_dir(dir))?;
+    let tmp = temp_path(path);
+    let result = fill(&tmp).and_then(|()| {
+        let f = File::open(&tmp).map_err(|e| anyhow::anyhow!(describe_io(&e, "reopening", &tmp)))?;
+        f.sync_all().map_err(|e| anyhow::anyhow!(describe_io(&e, "syncing", path)))?;
+        fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!(describe_io(&e, "renaming into", path)))
+    });
+    if let Err(err) = result {
+        let _ = fs::remove_file(&tmp);
+        // tch reports a failed write without the OS error; check whether the disk is the cause.
+        let msg = format!("{err:#}");
+        if !msg.contains("no space left") && disk_is_full(dir) {
+            anyhow::bail!("no space left on device while writing {}: {msg}", path.display());
+        }
+        return Err(err.context(format!("writing {}", path.display())));
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+fn describe_dir(dir: &Path) -> String {
+    format!("creating directory {}", dir.display())
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_path(path, |tmp| {
+        let mut f = File::create(tmp).map_err(|e| anyhow::anyhow!(describe_io(&e, "creating", tmp)))?;
+        f.write_all(bytes).map_err(|e| anyhow::anyhow!(describe_io(&e, "writing", path)))?;
+        f.flush().map_err(|e| anyhow::anyhow!(describe_io(&e, "writing", path)))?;
+        Ok(())
+    })
+}
+
+/// Writes a value as pretty JSON, atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    write_bytes(path, text.as_bytes())
+}
+
+/// True when the file system holding `dir` has (almost) no free blocks left for us.
+pub fn disk_is_full(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    (st.f_bavail as u128) * (st.f_frsize as u128) < 64 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_whole_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        write_bytes(&p, b"first version, longer").unwrap();
+        write_bytes(&p, b"second").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"second");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "left behind: {names:?}");
+    }
+
+    #[test]
+    fn failed_fill_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ckpt.bin");
+        write_bytes(&p, b"good").unwrap();
+        let err = write_via_path(&p, |tmp| {
+            fs::write(tmp, b"half")?;
+            anyhow::bail!("simulated crash")
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("ckpt.bin"));
+        assert_eq!(fs::read(&p).unwrap(), b"good");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

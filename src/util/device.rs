@@ -1,0 +1,86 @@
+//! Device and thread selection. The same binary runs on the CPU and, where LibTorch was built with
+//! CUDA (PyPI's torch wheel is) and a GPU is present, on the GPU.
+use anyhow::{bail, Result};
+use std::sync::Once;
+use tch::Device;
+
+/// What the user asked for with `--device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+static LOAD_CUDA: Once = Once::new();
+
+/// Rust links with `--as-needed`, which drops libtorch_cuda.so because no symbol of it is used
+/// directly; without it LibTorch reports no CUDA. Loading it by hand registers the CUDA backend.
+fn load_cuda_backend() {
+    LOAD_CUDA.call_once(|| {
+        let dir = env!("KDLAB_LIBTORCH_LIB");
+        let mut candidates = vec![];
+        if !dir.is_empty() {
+            candidates.push(format!("{dir}/libtorch_cuda.so"));
+        }
+        if let Ok(lib) = std::env::var("LIBTORCH") {
+            candidates.push(format!("{lib}/lib/libtorch_cuda.so"));
+        }
+        candidates.push("libtorch_cuda.so".to_string());
+        for path in candidates {
+            let Ok(c) = std::ffi::CString::new(path) else { continue };
+            // SAFETY: dlopen with a valid C string; the handle is deliberately kept for the
+            // process's lifetime.
+            let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if !handle.is_null() {
+                return;
+            }
+        }
+    });
+}
+
+/// True when LibTorch can use a CUDA GPU on this machine.
+pub fn cuda_available() -> bool {
+    load_cuda_backend();
+    tch::Cuda::is_available()
+}
+
+/// Resolves `--device` to a tch device; `cuda` without a usable GPU is an error, `auto` falls
+/// back to the CPU.
+pub fn resolve(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => {
+            if cuda_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                bail!(
+                    "--device cuda: LibTorch sees no CUDA GPU (is the NVIDIA driver loaded, and was \
+                     kdlab built against a CUDA build of LibTorch such as PyPI's torch==2.11.0?)"
+                )
+            }
+        }
+        DeviceChoice::Auto => Ok(if cuda_available() { Device::Cuda(0) } else { Device::Cpu }),
+    }
+}
+
+/// Sets LibTorch's intra-op threads (0 = every core) and returns the number in use.
+pub fn set_threads(threads: usize) -> usize {
+    let n = if threads == 0 { available_cores() } else { threads };
+    tch::set_num_threads(n as i32);
+    n
+}
+
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A short description of a device for logs and run records.
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
+    }
+}

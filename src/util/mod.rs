@@ -1,0 +1,6 @@
+//! Small pieces shared by every layer of kdlab: durable file writes, a stable random-number
+//! generator, device and thread selection, and number formatting.
+pub mod atomic;
+pub mod device;
+pub mod fmt;
+pub mod rng;

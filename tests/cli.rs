@@ -1,0 +1,133 @@
+//! The `kdlab` binary as a user runs it.
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kdlab(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdlab"))
+        .args(args)
+        .current_dir(cwd)
+        .env("KDLAB_DATA", cwd.join("data"))
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Writes an IDX data set the reader has never seen: 3 classes with known counts, raw files.
+fn write_idx(dir: &Path, train: &[u8], test: &[u8]) {
+    let enc = |dims: &[u32], data: &[u8]| {
+        let mut v = vec![0u8, 0, 8, dims.len() as u8];
+        for d in dims {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v.extend_from_slice(data);
+        v
+    };
+    for (p, labels) in [("train", train), ("t10k", test)] {
+        let px: Vec<u8> = (0..labels.len() * 64).map(|i| (i * 7) as u8).collect();
+        std::fs::write(dir.join(format!("{p}-images-idx3-ubyte")), enc(&[labels.len() as u32, 8, 8], &px)).unwrap();
+        std::fs::write(dir.join(format!("{p}-labels-idx1-ubyte")), enc(&[labels.len() as u32], labels)).unwrap();
+    }
+}
+
+#[test]
+fn data_info_counts_an_unseen_idx_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("mine");
+    std::fs::create_dir(&d).unwrap();
+    write_idx(&d, &[2, 0, 2, 2, 1, 0, 2], &[1, 1, 0]);
+    let o = kdlab(&["data", "info", d.to_str().unwrap(), "--json"], tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["train"], 7);
+    assert_eq!(v["classes"], 3);
+    let counts: Vec<(u64, u64)> = v["per_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["train"].as_u64().unwrap(), c["test"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(counts, vec![(2, 1), (1, 2), (4, 0)]);
+    // A truncated label file: a clear error naming it, and a failing exit code.
+    let lab = d.join("train-labels-idx1-ubyte");
+    let bytes = std::fs::read(&lab).unwrap();
+    std::fs::write(&lab, &bytes[..bytes.len() - 2]).unwrap();
+    let o = kdlab(&["data", "info", d.to_str().unwrap()], tmp.path());
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("train-labels-idx1-ubyte") && t.contains("truncated"), "{t}");
+}
+
+#[test]
+fn unknown_config_keys_are_named_with_a_suggestion() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("run.toml"), "model = 'resnet8'\nbatchsize = 64\n").unwrap();
+    let o = kdlab(&["train", "--config", "run.toml"], tmp.path());
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("run.toml") && t.contains("'batchsize'") && t.contains("batch_size"), "{t}");
+}
+
+#[test]
+fn offline_fetch_says_where_to_put_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = kdlab(&["data", "fetch", "cifar10", "--from", empty.to_str().unwrap()], tmp.path());
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("cifar-10-binary.tar.gz"), "{t}");
+    let o = kdlab(&["train", "--model", "resnet8", "--data", "cifar100", "--epochs", "1"], tmp.path());
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("kdlab data fetch cifar100"), "{t}");
+}
+
+/// Train from a TOML config with a flag overriding it, then save logits and read them with NumPy.
+#[test]
+fn train_config_eval_and_logits_that_numpy_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("idx");
+    std::fs::create_dir(&d).unwrap();
+    let train: Vec<u8> = (0..96).map(|i| (i % 3) as u8).collect();
+    let test: Vec<u8> = (0..30).map(|i| (i % 3) as u8).collect();
+    write_idx(&d, &train, &test);
+    std::fs::write(
+        tmp.path().join("run.toml"),
+        format!("model = 'cnn_w1'\ndata = '{}'\nepochs = 5\nbatch_size = 16\n", d.display()),
+    )
+    .unwrap();
+    let o =
+        kdlab(&["train", "--config", "run.toml", "--epochs", "2", "--out", "runs/c1", "--device", "cpu"], tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("runs/c1/run.json")).unwrap()).unwrap();
+    assert_eq!(rec["config"]["epochs"], 2, "the flag overrides the file");
+    assert_eq!(rec["config"]["batch_size"], 16, "the file's keys are kept");
+    let o = kdlab(&["eval", "--run", "runs/c1", "--json"], tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let ev: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ev["per_class"].as_array().unwrap().len(), 3);
+    assert_eq!(ev["accuracy"], rec["final_test_acc"]);
+    let o = kdlab(&["logits", "--run", "runs/c1", "--split", "test", "--out", "out/logits.npy"], tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    // Read back with our own reader...
+    let (n, c, _) = kdlab::data::npy::read_logits(&tmp.path().join("out/logits.npy")).unwrap();
+    assert_eq!((n, c), (30, 3));
+    // ...and with NumPy, where the PyTorch environment (which has it) is installed.
+    let venv = std::env::var("KDLAB_TORCH_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/kdlab-torch-venv", std::env::var("HOME").unwrap_or_default()));
+    let py = Path::new(&venv).join("bin/python");
+    if !py.exists() {
+        eprintln!("skipping the NumPy check: no {}", py.display());
+        return;
+    }
+    let o = Command::new(py)
+        .args(["-c", "import numpy as np; l = np.load('out/logits.npy'); y = np.load('out/labels.npy'); print(l.shape, l.dtype, y.shape, y.dtype, int(y.sum()))"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "(30, 3) float32 (30,) int64 30");
+}
