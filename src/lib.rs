@@ -2,9 +2,12 @@
 //!
 //! The crate is organised by stage of the data flow: `data` (readers, augmentation, loader) →
 //! `models` (the zoo) → `train` (objectives, SGD, checkpoints, the training loop) → `cli`.
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod models;
+pub mod probe;
+pub mod report;
 pub mod train;
 pub mod util;
 

@@ -1,7 +1,9 @@
 //! The command line. Thin by design: every command parses its flags, calls the library, and prints.
+mod bench_cmd;
 mod data_cmd;
 mod demo;
 mod models_cmd;
+mod probe_cmd;
 mod train_cmd;
 
 use crate::util::device::{self, DeviceChoice};
@@ -46,6 +48,8 @@ enum Command {
     Eval(train_cmd::EvalArgs),
     /// Save a run's logits (and the labels) as NumPy .npy files.
     Logits(train_cmd::LogitsArgs),
+    /// Dark-knowledge metrics of teachers (from runs or .npy logits): tables, JSON, CSV, plots.
+    Probe(probe_cmd::ProbeArgs),
     /// Get data sets and look at them.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -53,6 +57,8 @@ enum Command {
     Models(models_cmd::ModelsArgs),
     /// The main job in miniature: a capacity ladder of teachers on the embedded data, and a table.
     Demo(demo::DemoArgs),
+    /// Training/inference throughput, alone or side by side with the PyTorch reference.
+    Bench(bench_cmd::BenchArgs),
 }
 
 pub fn main() -> Result<()> {
@@ -61,8 +67,10 @@ pub fn main() -> Result<()> {
         Command::Train(a) => train_cmd::train(a),
         Command::Eval(a) => train_cmd::eval(a),
         Command::Logits(a) => train_cmd::logits(a),
+        Command::Probe(a) => probe_cmd::run(a),
         Command::Data(c) => data_cmd::run(c),
         Command::Models(a) => models_cmd::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench_cmd::run(a),
     }
 }

@@ -134,18 +134,62 @@ impl Array {
     }
 }
 
+/// What a .npy header says: shape, element type, byte order, and where the data starts.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+    pub descr: String,
+    pub big_endian: bool,
+    pub data_offset: usize,
+}
+
+impl Header {
+    pub fn elem_size(&self) -> usize {
+        match self.dtype {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+            Dtype::Int { bytes, .. } => bytes,
+        }
+    }
+    pub fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.elem_size()
+    }
+}
+
 /// Parses .npy bytes; `file` names the source in every error.
 pub fn parse(bytes: &[u8], file: &Path) -> Result<Array> {
+    let h = parse_header(bytes, file)?;
+    let body = &bytes[h.data_offset..];
+    check_body_len(&h, body.len() as u64, file)?;
+    Ok(Array { shape: h.shape, dtype: h.dtype, descr: h.descr, big_endian: h.big_endian, data: body.to_vec() })
+}
+
+fn check_body_len(h: &Header, len: u64, file: &Path) -> Result<()> {
+    let want = h.data_len() as u64;
+    if len != want {
+        bail!(
+            "{}: the header declares shape {:?} of {} ({want} bytes) but the file holds {len} bytes of data{}",
+            file.display(),
+            h.shape,
+            h.descr,
+            if len < want { " (truncated)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// Parses the header at the start of `bytes` (which need not hold the data).
+pub fn parse_header(bytes: &[u8], file: &Path) -> Result<Header> {
     let name = file.display();
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         bail!("{name}: not a NumPy .npy file (it does not start with \\x93NUMPY)");
     }
-    let (major, hlen, hstart) = match bytes[6] {
-        1 => (1, u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (bytes[6], u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+    let (hlen, hstart) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
         v => bail!("{name}: unsupported .npy format version {v}"),
     };
-    let _ = major;
     if bytes.len() < hstart + hlen {
         bail!("{name}: truncated .npy header");
     }
@@ -182,22 +226,74 @@ pub fn parse(bytes: &[u8], file: &Path) -> Result<Array> {
         }
         _ => bail!("{name}: unsupported dtype '{descr}' (float32, float64 or an integer type expected)"),
     };
-    let elem = match dtype {
-        Dtype::F32 => 4,
-        Dtype::F64 => 8,
-        Dtype::Int { bytes, .. } => bytes,
-    };
-    let n: usize = shape.iter().product();
-    let body = &bytes[hstart + hlen..];
-    if body.len() != n * elem {
-        bail!(
-            "{name}: the header declares shape {shape:?} of {descr} ({} bytes) but the file holds {} bytes of data{}",
-            n * elem,
-            body.len(),
-            if body.len() < n * elem { " (truncated)" } else { "" }
-        );
+    Ok(Header { shape, dtype, descr, big_endian, data_offset: hstart + hlen })
+}
+
+/// Reads an (N, C) float matrix a block of rows at a time, so that arrays larger than memory
+/// (ImageNet-size logits) can be streamed.
+pub struct RowReader {
+    file: std::io::BufReader<std::fs::File>,
+    path: std::path::PathBuf,
+    header: Header,
+    pub rows: usize,
+    pub cols: usize,
+    next_row: usize,
+}
+
+impl RowReader {
+    pub fn open(path: &Path) -> Result<RowReader> {
+        use std::io::{Read, Seek, SeekFrom};
+        let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let len = f.metadata()?.len();
+        let mut head = vec![0u8; (len as usize).min(1 << 16)];
+        let mut file = std::io::BufReader::with_capacity(1 << 20, f);
+        file.read_exact(&mut head).with_context(|| format!("reading {}", path.display()))?;
+        let header = parse_header(&head, path)?;
+        check_body_len(&header, len - header.data_offset as u64, path)?;
+        let [rows, cols] = header.shape[..] else {
+            bail!("{}: logits must be a 2-D (N, C) array, found shape {:?}", path.display(), header.shape)
+        };
+        if matches!(header.dtype, Dtype::Int { .. }) {
+            bail!(
+                "{}: dtype {} is an integer type; float32 or float64 logits are needed",
+                path.display(),
+                header.descr
+            );
+        }
+        file.seek(SeekFrom::Start(header.data_offset as u64))?;
+        Ok(RowReader { file, path: path.to_path_buf(), header, rows, cols, next_row: 0 })
     }
-    Ok(Array { shape, dtype, descr, big_endian, data: body.to_vec() })
+
+    /// The next `n` rows (fewer at the end) as f64, refusing NaN and infinities with the row's index.
+    pub fn read_rows(&mut self, n: usize) -> Result<Vec<f64>> {
+        use std::io::Read;
+        let n = n.min(self.rows - self.next_row);
+        let elem = self.header.elem_size();
+        let mut raw = vec![0u8; n * self.cols * elem];
+        self.file.read_exact(&mut raw).with_context(|| format!("reading {}", self.path.display()))?;
+        let mut out = Vec::with_capacity(n * self.cols);
+        for w in raw.chunks_exact(elem) {
+            let mut b = [0u8; 8];
+            b[..elem].copy_from_slice(w);
+            if self.header.big_endian {
+                b[..elem].reverse();
+            }
+            out.push(match self.header.dtype {
+                Dtype::F32 => f32::from_le_bytes(b[..4].try_into().unwrap()) as f64,
+                _ => f64::from_le_bytes(b),
+            });
+        }
+        if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}: row {} holds a non-finite value ({})",
+                self.path.display(),
+                self.next_row + i / self.cols.max(1),
+                out[i]
+            );
+        }
+        self.next_row += n;
+        Ok(out)
+    }
 }
 
 /// The text after `'key':` up to the next top-level comma (shapes hold commas inside parentheses).

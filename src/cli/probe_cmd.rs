@@ -1,0 +1,172 @@
+//! `kdlab probe`: dark-knowledge metrics of one or many teachers, from trained runs (logits
+//! computed on the fly) or from .npy logits.
+use super::train_cmd::run_data;
+use super::Runtime;
+use crate::data::npy;
+use crate::probe::{
+    self, output,
+    source::{LogitSource, NpySource, RunSource},
+};
+use crate::train::checkpoint;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// A trained run (optionally @best, @last or @epochN); repeat for several teachers.
+    #[arg(long = "run")]
+    pub runs: Vec<String>,
+    /// An (N, C) float32/float64 .npy of logits; repeat for several teachers.
+    #[arg(long = "logits")]
+    pub logits: Vec<PathBuf>,
+    /// (N,) integer labels for --logits.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// With --run: the split to compute logits on.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// With --run: one random augmented view per sample (the same view for every teacher).
+    #[arg(long)]
+    pub augment: bool,
+    /// Seed for the augmented views.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// With --run: a data set other than the runs' own.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Temperatures (default: 0.25 to 16 in steps of √2).
+    #[arg(long, value_delimiter = ',')]
+    pub tau: Option<Vec<f64>>,
+    /// The temperature of the printed table and the size/affinity plots (nearest in the grid).
+    #[arg(long, default_value_t = 4.0)]
+    pub table_tau: f64,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Directory for SVG plots.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// Samples per chunk (memory is bounded by chunk × classes × teachers).
+    #[arg(long, default_value_t = probe::CHUNK)]
+    pub chunk: usize,
+    #[command(flatten)]
+    pub rt: Runtime,
+}
+
+/// Unique display names: the run directory's name (with its @checkpoint), or the file stem.
+fn unique(mut names: Vec<String>) -> Vec<String> {
+    for i in 0..names.len() {
+        if names[..i].contains(&names[i]) {
+            names[i] = format!("{}#{}", names[i], i + 1);
+        }
+    }
+    names
+}
+
+pub fn run(a: ProbeArgs) -> Result<()> {
+    let taus = a.tau.clone().unwrap_or_else(probe::default_taus);
+    if a.chunk == 0 {
+        bail!("--chunk must be at least 1");
+    }
+    let (sources, labels, class_names): (Vec<Box<dyn LogitSource>>, Vec<usize>, Option<Vec<String>>) = match (
+        a.runs.is_empty(),
+        a.logits.is_empty(),
+    ) {
+        (true, true) => {
+            bail!("nothing to probe: give --run DIR (repeatable) or --logits FILE.npy (repeatable) with --labels")
+        }
+        (false, false) => {
+            bail!("give either --run or --logits, not both (save a run's logits with `kdlab logits` to mix them)")
+        }
+        (true, false) => {
+            let lp = a.labels.as_ref().context("--logits needs --labels (an (N,) integer .npy)")?;
+            let raw = npy::read_labels(lp)?;
+            let labels = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| {
+                    usize::try_from(y)
+                        .map_err(|_| anyhow::anyhow!("{}: label {y} at index {i} is negative", lp.display()))
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            let mut srcs: Vec<Box<dyn LogitSource>> = vec![];
+            for p in &a.logits {
+                srcs.push(Box::new(NpySource::open(p)?));
+            }
+            (srcs, labels, None)
+        }
+        (false, true) => {
+            let device = a.rt.init()?;
+            let names = unique(
+                a.runs
+                    .iter()
+                    .map(|r| {
+                        let (dir, at) = r.rsplit_once('@').map_or((r.as_str(), None), |(d, w)| (d, Some(w)));
+                        let base = std::path::Path::new(dir)
+                            .file_name()
+                            .map_or(dir.to_string(), |n| n.to_string_lossy().into_owned());
+                        at.map_or(base.clone(), |w| format!("{base}@{w}"))
+                    })
+                    .collect(),
+            );
+            let mut srcs: Vec<Box<dyn LogitSource>> = vec![];
+            let mut data = None;
+            let mut fingerprint: Option<(String, String)> = None;
+            for (spec, name) in a.runs.iter().zip(names) {
+                let (model, meta, json) = checkpoint::load_model(spec, device)?;
+                let ds = match &data {
+                    Some(d) => std::sync::Arc::clone(d),
+                    None => {
+                        let d = Arc::new(run_data(&json, a.data.as_deref())?);
+                        data = Some(d.clone());
+                        d
+                    }
+                };
+                let run_dir = super::train_cmd::run_dir_of(&json);
+                if let Some(rec) = crate::train::run::read_record(&run_dir)? {
+                    match &fingerprint {
+                        Some((first, fp)) if *fp != rec.data.fingerprint && a.data.is_none() => {
+                            bail!("{spec} was trained on other data than {first}; probe teachers of the same data set (or force one with --data)")
+                        }
+                        None => fingerprint = Some((spec.clone(), rec.data.fingerprint)),
+                        _ => {}
+                    }
+                }
+                if meta.input != ds.shape() || meta.classes != ds.classes {
+                    bail!(
+                        "{spec}: the model takes {} inputs with {} classes, the data has {} with {}",
+                        meta.input,
+                        meta.classes,
+                        ds.shape(),
+                        ds.classes
+                    );
+                }
+                let split = Arc::new(ds.split(&a.split)?.clone());
+                srcs.push(Box::new(RunSource::new(name, model, &ds, split, a.augment, a.seed)));
+            }
+            let ds = data.expect("at least one run");
+            let labels = ds.split(&a.split)?.labels.iter().map(|&y| y as usize).collect();
+            (srcs, labels, Some(ds.class_names.clone()))
+        }
+    };
+    let started = std::time::Instant::now();
+    let result = probe::run(sources, &labels, &taus, a.chunk)?;
+    print!("{}", output::table(&result.report, &result.taus, a.table_tau));
+    if let Some(p) = &a.json {
+        output::write_json(p, &result.report)?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.csv {
+        let (t, pairs) = output::write_csv(p, &result.report)?;
+        println!("wrote {} and {}", t.display(), pairs.display());
+    }
+    if let Some(dir) = &a.plots {
+        let files = output::write_plots(dir, &result, a.table_tau, class_names.as_deref())?;
+        println!("wrote {} plots in {}", files.len(), dir.display());
+    }
+    eprintln!("probed {} samples in {}", labels.len(), crate::util::fmt::duration(started.elapsed().as_secs_f64()));
+    Ok(())
+}

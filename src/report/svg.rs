@@ -1,0 +1,350 @@
+//! Small, dependency-free SVG charts: line plots (linear or log x axis, optional error bars) and
+//! heat-maps with labelled rows and columns. Self-contained files that any browser shows and that
+//! can be inlined into an HTML report.
+use std::fmt::Write;
+
+const PALETTE: [&str; 10] =
+    ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+
+/// One line of a plot.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    /// Half-height of an error bar at each point (e.g. the standard deviation over seeds).
+    pub errors: Option<Vec<f64>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LinePlot {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub x_log: bool,
+    pub series: Vec<Series>,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// About five round tick values covering [lo, hi].
+fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(hi > lo) {
+        return vec![lo];
+    }
+    let raw = (hi - lo) / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let mut t = (lo / step).ceil() * step;
+    let mut v = vec![];
+    while t <= hi + step * 1e-9 {
+        v.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
+        t += step;
+    }
+    v
+}
+
+fn label(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        format!("{v:.1e}")
+    } else if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round() as i64)
+    } else {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+impl LinePlot {
+    pub fn to_svg(&self) -> String {
+        let (w, h) = (640.0, 400.0);
+        let (l, r, t, b) = (70.0, 170.0, 40.0, 50.0);
+        let pts: Vec<(f64, f64)> = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        let fx = |x: f64| if self.x_log { x.log10() } else { x };
+        let (mut x0, mut x1) =
+            pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(fx(p.0)), b.max(fx(p.0))));
+        let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
+        for s in &self.series {
+            for (i, &(_, y)) in s.points.iter().enumerate() {
+                let e = s.errors.as_ref().map_or(0.0, |e| e[i]);
+                if y.is_finite() {
+                    y0 = y0.min(y - e);
+                    y1 = y1.max(y + e);
+                }
+            }
+        }
+        if pts.is_empty() {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        if x1 - x0 < 1e-12 {
+            x0 -= 0.5;
+            x1 += 0.5;
+        }
+        let pad = ((y1 - y0) * 0.08).max(1e-12 + y1.abs() * 1e-6);
+        y0 -= pad;
+        y1 += pad;
+        let px = |x: f64| l + (fx(x) - x0) / (x1 - x0) * (w - l - r);
+        let py = |y: f64| h - b - (y - y0) / (y1 - y0) * (h - t - b);
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = write!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+            (l + w - r) / 2.0,
+            esc(&self.title)
+        );
+        // Axes and grid.
+        let _ = write!(
+            s,
+            r##"<rect x="{l}" y="{t}" width="{}" height="{}" fill="none" stroke="#333"/>"##,
+            w - l - r,
+            h - t - b
+        );
+        for yt in ticks(y0, y1) {
+            let y = py(yt);
+            let _ = write!(s, r##"<line x1="{l}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/>"##, w - r);
+            let _ = write!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, l - 6.0, y + 4.0, label(yt));
+        }
+        let xt: Vec<f64> = if self.x_log {
+            let mut v: Vec<f64> = pts.iter().map(|p| p.0).collect();
+            v.sort_by(f64::total_cmp);
+            v.dedup();
+            if v.len() > 9 {
+                let step = v.len().div_ceil(9);
+                v = v.into_iter().step_by(step).collect();
+            }
+            v
+        } else {
+            ticks(x0, x1)
+        };
+        for xv in xt {
+            let x = px(xv);
+            let _ = write!(s, r##"<line x1="{x:.1}" x2="{x:.1}" y1="{t}" y2="{}" stroke="#eee"/>"##, h - b);
+            let _ = write!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#, h - b + 16.0, label(xv));
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            (l + w - r) / 2.0,
+            h - 12.0,
+            esc(&self.x_label)
+        );
+        let _ = write!(
+            s,
+            r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
+            (t + h - b) / 2.0,
+            (t + h - b) / 2.0,
+            esc(&self.y_label)
+        );
+        for (i, se) in self.series.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
+            let good: Vec<(usize, &(f64, f64))> =
+                se.points.iter().enumerate().filter(|(_, p)| p.0.is_finite() && p.1.is_finite()).collect();
+            let path: Vec<String> = good.iter().map(|(_, p)| format!("{:.1},{:.1}", px(p.0), py(p.1))).collect();
+            let _ = write!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#, path.join(" "));
+            for (k, p) in &good {
+                let _ = write!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"><title>{}: ({}, {})</title></circle>"#,
+                    px(p.0),
+                    py(p.1),
+                    esc(&se.name),
+                    label(p.0),
+                    label(p.1)
+                );
+                if let Some(e) = se.errors.as_ref().map(|e| e[*k]).filter(|e| *e > 0.0) {
+                    let _ = write!(
+                        s,
+                        r#"<line x1="{x:.1}" x2="{x:.1}" y1="{:.1}" y2="{:.1}" stroke="{c}"/>"#,
+                        py(p.1 - e),
+                        py(p.1 + e),
+                        x = px(p.0)
+                    );
+                }
+            }
+            let ly = t + 14.0 + 18.0 * i as f64;
+            let _ = write!(
+                s,
+                r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="3"/>"#,
+                w - r + 10.0,
+                w - r + 30.0
+            );
+            let _ = write!(s, r#"<text x="{}" y="{}">{}</text>"#, w - r + 36.0, ly + 4.0, esc(&se.name));
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Heatmap {
+    pub title: String,
+    pub rows: Vec<String>,
+    pub cols: Vec<String>,
+    /// Row-major values; NaN cells are left blank.
+    pub values: Vec<f64>,
+    /// Print the value in each cell (for small matrices).
+    pub annotate: bool,
+}
+
+/// A white → blue colour scale on [0, 1].
+fn colour(t: f64) -> String {
+    let t = t.clamp(0.0, 1.0);
+    let (r, g, b) = (247.0 + (8.0 - 247.0) * t, 251.0 + (48.0 - 251.0) * t, 255.0 + (107.0 - 255.0) * t);
+    format!("rgb({},{},{})", r as u8, g as u8, b as u8)
+}
+
+impl Heatmap {
+    pub fn to_svg(&self) -> String {
+        let (nr, nc) = (self.rows.len(), self.cols.len());
+        let cell = (480.0 / nr.max(nc) as f64).clamp(6.0, 48.0);
+        let label_w = 8.0 * self.rows.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64 + 10.0;
+        let label_h = 7.0 * self.cols.iter().map(|c| c.chars().count()).max().unwrap_or(1) as f64 + 10.0;
+        let (l, t) = (label_w.min(180.0), 40.0 + label_h.min(160.0));
+        let w = l + cell * nc as f64 + 90.0;
+        let h = t + cell * nr as f64 + 20.0;
+        let finite: Vec<f64> = self.values.iter().copied().filter(|v| v.is_finite()).collect();
+        let (lo, hi) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        let mut s = String::new();
+        let fs = (cell * 0.32).clamp(5.0, 12.0);
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}" font-family="sans-serif" font-size="11">"#
+        );
+        let _ = write!(s, r#"<rect width="{w:.0}" height="{h:.0}" fill="white"/>"#);
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+            w / 2.0,
+            esc(&self.title)
+        );
+        for (i, name) in self.rows.iter().enumerate() {
+            let _ = write!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                l - 4.0,
+                t + cell * (i as f64 + 0.5) + 4.0,
+                esc(name)
+            );
+        }
+        for (j, name) in self.cols.iter().enumerate() {
+            let x = l + cell * (j as f64 + 0.5);
+            let _ = write!(
+                s,
+                r#"<text x="{x:.1}" y="{:.1}" transform="rotate(-60 {x:.1} {:.1})">{}</text>"#,
+                t - 4.0,
+                t - 4.0,
+                esc(name)
+            );
+        }
+        for i in 0..nr {
+            for j in 0..nc {
+                let v = self.values[i * nc + j];
+                if !v.is_finite() {
+                    continue;
+                }
+                let z = (v - lo) / span;
+                let (x, y) = (l + cell * j as f64, t + cell * i as f64);
+                let _ = write!(
+                    s,
+                    r#"<rect x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="{}"><title>{} / {}: {}</title></rect>"#,
+                    colour(z),
+                    esc(&self.rows[i]),
+                    esc(&self.cols[j]),
+                    label(v)
+                );
+                if self.annotate {
+                    let tc = if z > 0.55 { "white" } else { "black" };
+                    let _ = write!(
+                        s,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{fs:.1}" fill="{tc}">{}</text>"#,
+                        x + cell / 2.0,
+                        y + cell / 2.0 + fs / 3.0,
+                        short(v)
+                    );
+                }
+            }
+        }
+        // Colour bar.
+        let bx = l + cell * nc as f64 + 20.0;
+        let bh = cell * nr as f64;
+        for k in 0..50 {
+            let z = 1.0 - k as f64 / 49.0;
+            let _ = write!(
+                s,
+                r#"<rect x="{bx:.1}" y="{:.1}" width="14" height="{:.2}" fill="{}"/>"#,
+                t + bh * k as f64 / 50.0,
+                bh / 50.0 + 0.5,
+                colour(z)
+            );
+        }
+        let _ = write!(s, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, bx + 18.0, t + 8.0, label(hi));
+        let _ = write!(s, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, bx + 18.0, t + bh, label(lo));
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn short(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_cover_the_range() {
+        assert_eq!(ticks(0.0, 1.0), vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]);
+        let t = ticks(0.013, 0.087);
+        assert!(t.first().unwrap() >= &0.013 && t.last().unwrap() <= &0.087 && t.len() >= 3, "{t:?}");
+    }
+
+    #[test]
+    fn plots_are_well_formed_svg_with_every_series() {
+        let p = LinePlot {
+            title: "σ(q) vs τ".into(),
+            x_label: "τ".into(),
+            y_label: "σ".into(),
+            x_log: true,
+            series: vec![
+                Series { name: "a<b".into(), points: vec![(0.5, 0.1), (1.0, 0.2), (4.0, f64::NAN)], errors: None },
+                Series { name: "c".into(), points: vec![(0.5, 0.3), (4.0, 0.05)], errors: Some(vec![0.01, 0.02]) },
+            ],
+        };
+        let svg = p.to_svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("a&lt;b") && !svg.contains("NaN"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        let hm = Heatmap {
+            title: "A".into(),
+            rows: vec!["x".into(), "y".into()],
+            cols: vec!["x".into(), "y".into()],
+            values: vec![f64::NAN, 0.5, 0.25, f64::NAN],
+            annotate: true,
+        };
+        let svg = hm.to_svg();
+        assert_eq!(svg.matches("<title>").count(), 2);
+    }
+}
