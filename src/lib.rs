@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod methods;
 pub mod models;
 pub mod probe;
 pub mod report;

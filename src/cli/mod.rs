@@ -2,6 +2,7 @@
 mod bench_cmd;
 mod data_cmd;
 mod demo;
+mod distill_cmd;
 mod models_cmd;
 mod probe_cmd;
 mod train_cmd;
@@ -43,7 +44,11 @@ impl Runtime {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model (a teacher, or a student without distillation).
-    Train(train_cmd::TrainArgs),
+    Train(Box<train_cmd::TrainArgs>),
+    /// Distil a student from a trained teacher with a method from the registry.
+    Distill(Box<distill_cmd::DistillArgs>),
+    /// One method's loss terms on saved logits (the code the trainer runs), for checking.
+    Loss(distill_cmd::LossArgs),
     /// Accuracy and per-class accuracy of a trained run.
     Eval(train_cmd::EvalArgs),
     /// Save a run's logits (and the labels) as NumPy .npy files.
@@ -64,7 +69,9 @@ enum Command {
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Train(a) => train_cmd::train(a),
+        Command::Train(a) => train_cmd::train(*a),
+        Command::Distill(a) => distill_cmd::distill(*a),
+        Command::Loss(a) => distill_cmd::loss(a),
         Command::Eval(a) => train_cmd::eval(a),
         Command::Logits(a) => train_cmd::logits(a),
         Command::Probe(a) => probe_cmd::run(a),

@@ -66,15 +66,15 @@ fn unique(mut names: Vec<String>) -> Vec<String> {
     names
 }
 
+/// The teachers, the labels, and the class names when known.
+type Inputs = (Vec<Box<dyn LogitSource>>, Vec<usize>, Option<Vec<String>>);
+
 pub fn run(a: ProbeArgs) -> Result<()> {
     let taus = a.tau.clone().unwrap_or_else(probe::default_taus);
     if a.chunk == 0 {
         bail!("--chunk must be at least 1");
     }
-    let (sources, labels, class_names): (Vec<Box<dyn LogitSource>>, Vec<usize>, Option<Vec<String>>) = match (
-        a.runs.is_empty(),
-        a.logits.is_empty(),
-    ) {
+    let (sources, labels, class_names): Inputs = match (a.runs.is_empty(), a.logits.is_empty()) {
         (true, true) => {
             bail!("nothing to probe: give --run DIR (repeatable) or --logits FILE.npy (repeatable) with --labels")
         }

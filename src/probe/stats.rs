@@ -230,7 +230,7 @@ mod tests {
     /// Kendall's τ-b by its O(n²) definition, to check the fast version.
     fn kendall_naive(a: &[f64], b: &[f64]) -> Option<f64> {
         let n = a.len();
-        let (mut conc, mut disc, mut ta, mut tb) = (0.0, 0.0, 0.0, 0.0);
+        let (mut conc, mut disc, mut ta, mut tb) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
         for i in 0..n {
             for j in i + 1..n {
                 let (da, db) = (a[i] - a[j], b[i] - b[j]);
@@ -270,7 +270,9 @@ mod tests {
     #[test]
     fn ranks_and_spearman_by_hand() {
         assert_eq!(average_ranks(&[10.0, 30.0, 20.0, 30.0]), vec![1.0, 3.5, 2.0, 3.5]);
-        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]), Some(1.0));
+        assert!((spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]).unwrap() - 1.0).abs() < 1e-12);
+        // Ranks [1, 2, 3] vs [3, 1, 2]: ρ = 1 − 6·Σd²/(n(n²−1)) = 1 − 6·6/24 = −0.5.
+        assert!((spearman(&[1.0, 2.0, 3.0], &[9.0, 1.0, 5.0]).unwrap() + 0.5).abs() < 1e-12);
         assert_eq!(spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
         assert_eq!(top_k(&[0.1, 0.5, 0.5, 0.2], 3), vec![1, 2, 3]);
     }

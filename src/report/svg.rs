@@ -30,7 +30,7 @@ fn esc(s: &str) -> String {
 
 /// About five round tick values covering [lo, hi].
 fn ticks(lo: f64, hi: f64) -> Vec<f64> {
-    if !(hi > lo) {
+    if hi.is_nan() || lo.is_nan() || hi <= lo {
         return vec![lo];
     }
     let raw = (hi - lo) / 5.0;

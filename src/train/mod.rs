@@ -2,6 +2,7 @@
 //! checkpoints, evaluation, and the training loop shared by `train` and `distill`.
 pub mod checkpoint;
 pub mod config;
+pub mod distill;
 pub mod eval;
 pub mod model;
 pub mod objective;

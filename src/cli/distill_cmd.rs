@@ -1,0 +1,320 @@
+//! `kdlab distill` (KD, ATS, ISATS, NCKD, DKD, DIST, LS; ESKD via an earlier teacher checkpoint;
+//! TAKD via --assistant) and `kdlab loss` (one method's loss terms on saved logits).
+use super::train_cmd::ConfigFlags;
+use super::Runtime;
+use crate::data::{self, npy};
+use crate::methods::{self, LossInput, MethodParams};
+use crate::train::config;
+use crate::train::distill::{Distill, DistillConfig, Teacher};
+use crate::train::trainer::{self, Outcome, RunOptions};
+use crate::util::fmt;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// A method and its hyper-parameters; flags not given take the method's defaults.
+#[derive(Args, Clone, Debug, Default)]
+pub struct MethodFlags {
+    /// ce, kd, ats, isats, nckd, dkd or dist.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Temperature (kd, nckd, dkd, dist).
+    #[arg(long)]
+    pub tau: Option<f64>,
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    #[arg(long)]
+    pub beta: Option<f64>,
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// The student's temperature s_τ (kd: defaults to tau; ats, isats: 1).
+    #[arg(long)]
+    pub student_tau: Option<f64>,
+    /// ATS/ISATS: temperature of the true class.
+    #[arg(long)]
+    pub tau1: Option<f64>,
+    /// ATS: temperature of the other classes.
+    #[arg(long)]
+    pub tau2: Option<f64>,
+    /// ISATS: lower bound of the per-sample τ2 search.
+    #[arg(long)]
+    pub tau2_min: Option<f64>,
+    /// ATS/ISATS: weight of the KD term (CE gets 1 − λ).
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// DKD: epochs of linear warm-up of the KD terms.
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Logit standardisation (LS) before the temperature softmax (kd, nckd, dkd).
+    #[arg(long)]
+    pub standardize: bool,
+}
+
+impl MethodFlags {
+    fn table(&self) -> toml::Table {
+        let mut t = toml::Table::new();
+        let mut put = |k: &str, v: Option<f64>| {
+            if let Some(v) = v {
+                t.insert(k.into(), toml::Value::Float(v));
+            }
+        };
+        put("tau", self.tau);
+        put("alpha", self.alpha);
+        put("beta", self.beta);
+        put("gamma", self.gamma);
+        put("student_tau", self.student_tau);
+        put("tau1", self.tau1);
+        put("tau2", self.tau2);
+        put("tau2_min", self.tau2_min);
+        put("lambda", self.lambda);
+        put("warmup", self.warmup);
+        if self.standardize {
+            t.insert("standardize".into(), toml::Value::Boolean(true));
+        }
+        if let Some(m) = &self.method {
+            t.insert("method".into(), toml::Value::String(m.clone()));
+        }
+        t
+    }
+
+    fn params(&self) -> MethodParams {
+        MethodParams {
+            tau: self.tau,
+            alpha: self.alpha,
+            beta: self.beta,
+            gamma: self.gamma,
+            student_tau: self.student_tau,
+            tau1: self.tau1,
+            tau2: self.tau2,
+            tau2_min: self.tau2_min,
+            lambda: self.lambda,
+            warmup: self.warmup,
+            standardize: self.standardize.then_some(true),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct DistillArgs {
+    /// The teacher run (optionally @epochN for an early-stopped teacher, ESKD).
+    #[arg(long)]
+    pub teacher: Option<String>,
+    /// Student architecture (same as --model).
+    #[arg(long)]
+    pub student: Option<String>,
+    /// TAKD: train this architecture from the teacher first, then teach the student with it.
+    #[arg(long)]
+    pub assistant: Option<String>,
+    #[command(flatten)]
+    pub method: MethodFlags,
+    #[command(flatten)]
+    pub cfg: ConfigFlags,
+    /// Run directory (default: runs/<student>-<method>-from-<teacher>-s<seed>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub rt: Runtime,
+}
+
+fn resolve(a: &DistillArgs) -> Result<DistillConfig> {
+    let origin = a.cfg.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
+    let mut table = config::read_table(a.cfg.config.as_deref())?;
+    table.extend(a.cfg.overrides());
+    table.extend(a.method.table());
+    for (k, v) in [("teacher", &a.teacher), ("student", &a.student), ("assistant", &a.assistant)] {
+        if let Some(v) = v {
+            table.insert(k.into(), toml::Value::String(v.clone()));
+        }
+    }
+    if a.student.is_some() && a.cfg.model.is_some() {
+        bail!("give the student once: --student or --model");
+    }
+    DistillConfig::from_table(table, &origin)
+}
+
+fn teacher_name(spec: &str) -> String {
+    let (dir, at) = spec.rsplit_once('@').map_or((spec, None), |(d, w)| (d, Some(w)));
+    let base = Path::new(dir).file_name().map_or(dir.to_string(), |n| n.to_string_lossy().into_owned());
+    at.map_or(base.clone(), |w| format!("{base}@{w}"))
+}
+
+/// Distils `cfg.train.model` from the teacher `teacher_spec` into `out`.
+pub fn distill_once(
+    cfg: &DistillConfig,
+    teacher_spec: &str,
+    out: &Path,
+    device: tch::Device,
+    quiet: bool,
+    extra: serde_json::Value,
+) -> Result<Outcome> {
+    let data = data::source::load(&cfg.train.data)?;
+    let teacher = Teacher::load(teacher_spec, device)?;
+    if teacher.meta.input != data.shape() || teacher.meta.classes != data.classes {
+        bail!(
+            "teacher {teacher_spec} takes {} inputs with {} classes, but the student's data {} has {} with {}",
+            teacher.meta.input,
+            teacher.meta.classes,
+            data.name,
+            data.shape(),
+            data.classes
+        );
+    }
+    let mut record = serde_json::json!({ "teacher": teacher.record() });
+    if let (Some(o), serde_json::Value::Object(e)) = (record.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    if !quiet {
+        println!(
+            "distil {} from {} ({}, {} params, {:.2}% test) with {} into {}",
+            cfg.train.model,
+            teacher_spec,
+            teacher.meta.model,
+            fmt::count(teacher.meta.params),
+            100.0 * teacher.meta.test_acc,
+            cfg.method,
+            out.display()
+        );
+    }
+    let method = methods::build(&cfg.method, &cfg.params)?;
+    let mut objective = Distill { teacher, method };
+    let opts = RunOptions { extra: record, quiet, ..RunOptions::new(out, device, "distill") };
+    trainer::train(&cfg.train, &data, &mut objective, &opts)
+}
+
+pub fn distill(a: DistillArgs) -> Result<()> {
+    let cfg = resolve(&a)?;
+    let device = a.rt.init()?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "runs/{}-{}-from-{}-s{}",
+            cfg.train.model,
+            cfg.method,
+            teacher_name(&cfg.teacher).replace('@', "-"),
+            cfg.train.seed
+        ))
+    });
+    let r = match &cfg.assistant {
+        None => distill_once(&cfg, &cfg.teacher, &out, device, a.quiet, serde_json::json!({}))?,
+        Some(assistant) => {
+            // TAKD: teacher → assistant → student, each a full distillation run.
+            let a_cfg = DistillConfig {
+                train: crate::train::config::TrainConfig { model: assistant.clone(), ..cfg.train.clone() },
+                assistant: None,
+                ..cfg.clone()
+            };
+            let a_out = out.join("assistant");
+            let ar = distill_once(
+                &a_cfg,
+                &cfg.teacher,
+                &a_out,
+                device,
+                a.quiet,
+                serde_json::json!({"takd_role": "assistant"}),
+            )?;
+            println!(
+                "assistant {assistant}: final test accuracy {:.2}% ({})",
+                100.0 * ar.final_test_acc,
+                a_out.display()
+            );
+            let spec = a_out.display().to_string();
+            distill_once(
+                &cfg,
+                &spec,
+                &out.join("student"),
+                device,
+                a.quiet,
+                serde_json::json!({"takd_role": "student", "takd_teacher": cfg.teacher, "takd_assistant": assistant}),
+            )?
+        }
+    };
+    println!(
+        "done: {} ({} params) by {} — final test accuracy {:.2}%, best {:.2}% at epoch {}, {} of training; {}",
+        cfg.train.model,
+        fmt::count(r.params),
+        cfg.method,
+        100.0 * r.final_test_acc,
+        100.0 * r.best_test_acc,
+        r.best_epoch,
+        fmt::duration(r.wall_time_s),
+        r.dir.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LossArgs {
+    #[command(flatten)]
+    pub method: MethodFlags,
+    /// (N, C) student logits (.npy, float32 or float64).
+    #[arg(long)]
+    pub student: PathBuf,
+    /// (N, C) teacher logits.
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// (N,) integer labels.
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// The 1-based epoch (DKD's warm-up; default: the end of the warm-up).
+    #[arg(long)]
+    pub epoch: Option<f64>,
+    /// Add per-sample values (ISATS: the chosen τ2 of each sample).
+    #[arg(long)]
+    pub per_sample: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn logits_tensor(p: &Path) -> Result<(usize, usize, Tensor)> {
+    let (n, c, v) = npy::read_logits(p)?;
+    Ok((n, c, Tensor::from_slice(&v).view([n as i64, c as i64])))
+}
+
+pub fn loss(a: LossArgs) -> Result<()> {
+    let name = a.method.method.clone().context("--method is required (ce, kd, ats, isats, nckd, dkd, dist)")?;
+    let params = a.method.params();
+    let mut method = methods::build(&name, &params)?;
+    let (ns, cs, s) = logits_tensor(&a.student)?;
+    let (nt, ct, t) = logits_tensor(&a.teacher)?;
+    let y = npy::read_labels(&a.labels)?;
+    if (ns, cs) != (nt, ct) {
+        bail!("{} is {ns} x {cs} but {} is {nt} x {ct}", a.student.display(), a.teacher.display());
+    }
+    if y.len() != ns {
+        bail!("{} holds {} labels for {ns} samples", a.labels.display(), y.len());
+    }
+    if let Some((i, v)) = y.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= cs) {
+        bail!("{}: label {v} at index {i} is out of range for {cs} classes", a.labels.display());
+    }
+    let labels = Tensor::from_slice(&y);
+    let epoch = a.epoch.unwrap_or_else(|| params.warmup.unwrap_or(20.0));
+    let terms = method.terms(&LossInput { student: &s, teacher: &t, labels: &labels, epoch });
+    let values: Vec<(String, f64)> =
+        terms.iter().map(|(k, v)| (k.clone(), v.to_kind(Kind::Double).double_value(&[]))).collect();
+    let total: f64 = values.iter().map(|(_, v)| v).sum();
+    let mut out = serde_json::json!({
+        "method": name,
+        "hyper": method.hyper(),
+        "terms": values.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
+        "total": total,
+    });
+    if a.per_sample {
+        if let Some((k, v)) = method.per_sample() {
+            out["per_sample"] = serde_json::json!({ k: v });
+        }
+    }
+    if a.json {
+        println!("{out}");
+    } else {
+        let rows: Vec<Vec<String>> = values
+            .iter()
+            .map(|(k, v)| vec![k.clone(), format!("{v:.8}")])
+            .chain(std::iter::once(vec!["total".into(), format!("{total:.8}")]))
+            .collect();
+        println!("{name} {}", method.hyper());
+        print!("{}", fmt::table(&["term", "value"], &rows));
+    }
+    Ok(())
+}

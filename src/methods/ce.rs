@@ -1,0 +1,23 @@
+//! `ce`: cross-entropy only — the student trained without a teacher, the baseline every method is
+//! compared with.
+use super::common::cross_entropy;
+use super::{LossInput, Method, MethodParams};
+use anyhow::Result;
+
+pub struct Ce;
+
+pub fn build(_: &MethodParams) -> Result<Box<dyn Method>> {
+    Ok(Box::new(Ce))
+}
+
+impl Method for Ce {
+    fn name(&self) -> &'static str {
+        "ce"
+    }
+    fn terms(&mut self, x: &LossInput) -> Vec<(String, tch::Tensor)> {
+        vec![("ce".into(), cross_entropy(x.student, x.labels))]
+    }
+    fn hyper(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+}

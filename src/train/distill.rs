@@ -1,0 +1,137 @@
+//! Distillation as a training objective: a frozen teacher (eval mode, no gradient) supplies logits
+//! for each batch, and a method from the registry turns student and teacher logits into loss terms.
+use super::checkpoint::{self, CheckpointMeta};
+use super::config::{self, TrainConfig};
+use super::model::Model;
+use super::objective::{Objective, StepInput};
+use crate::methods::{self, LossInput, Method, MethodParams};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use tch::{Device, Tensor};
+
+/// A trained teacher, loaded for inference.
+pub struct Teacher {
+    pub model: Model,
+    /// As given (`runs/r56`, `runs/r110@epoch60`).
+    pub spec: String,
+    pub checkpoint: PathBuf,
+    pub meta: CheckpointMeta,
+}
+
+impl Teacher {
+    pub fn load(spec: &str, device: Device) -> Result<Teacher> {
+        let (model, meta, checkpoint) = checkpoint::load_model(spec, device)?;
+        Ok(Teacher { model, spec: spec.to_string(), checkpoint, meta })
+    }
+
+    /// What identifies the teacher in a run record: where it is, its weights' checksum, accuracy.
+    pub fn record(&self) -> serde_json::Value {
+        serde_json::json!({
+            "spec": self.spec,
+            "checkpoint": self.checkpoint.display().to_string(),
+            "model": self.meta.model,
+            "params": self.meta.params,
+            "epoch": self.meta.epoch,
+            "weights_sha256": self.meta.weights_sha256,
+            "test_acc": self.meta.test_acc,
+        })
+    }
+}
+
+pub struct Distill {
+    pub teacher: Teacher,
+    pub method: Box<dyn Method>,
+}
+
+impl Objective for Distill {
+    fn name(&self) -> String {
+        self.method.name().to_string()
+    }
+    fn terms(&mut self, logits: &Tensor, input: &StepInput) -> Result<Vec<(String, Tensor)>> {
+        let t = self.teacher.model.infer(input.images);
+        let x = LossInput { student: logits, teacher: &t, labels: input.labels, epoch: (input.epoch + 1) as f64 };
+        Ok(self.method.terms(&x))
+    }
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "method": self.method.name(), "hyper": self.method.hyper() })
+    }
+    fn end_epoch(&mut self) -> Option<serde_json::Value> {
+        self.method.end_epoch()
+    }
+}
+
+/// A distillation run's settings: the student's training configuration plus teacher, method and
+/// the method's hyper-parameters. In TOML the student architecture is `student` (or `model`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistillConfig {
+    pub train: TrainConfig,
+    pub teacher: String,
+    /// TAKD: an architecture trained by distillation from the teacher first, which then teaches.
+    pub assistant: Option<String>,
+    pub method: String,
+    pub params: MethodParams,
+}
+
+/// The keys a distillation config accepts besides the training keys.
+pub const DISTILL_KEYS: [&str; 4] = ["student", "teacher", "assistant", "method"];
+
+impl DistillConfig {
+    /// Splits a merged table (file overlaid with flags) into its parts, refusing unknown keys with
+    /// a suggestion drawn from every valid key.
+    pub fn from_table(mut table: toml::Table, origin: &str) -> Result<DistillConfig> {
+        let mut allowed: Vec<String> = config::keys_of(&TrainConfig::default());
+        allowed.extend(DISTILL_KEYS.iter().chain(MethodParams::KEYS.iter()).map(|k| k.to_string()));
+        for key in table.keys() {
+            if !allowed.contains(key) {
+                let hint =
+                    config::nearest(key, &allowed).map(|k| format!(" (did you mean '{k}'?)")).unwrap_or_default();
+                bail!("{origin}: unknown key '{key}'{hint}; valid keys: {}", allowed.join(", "));
+            }
+        }
+        if let Some(s) = table.remove("student") {
+            if table.get("model").is_some_and(|m| *m != s) {
+                bail!("{origin}: 'student' and 'model' name different architectures; give one");
+            }
+            table.insert("model".into(), s);
+        }
+        let mut take_str = |k: &str| -> Result<Option<String>> {
+            match table.remove(k) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s)),
+                Some(v) => bail!("{origin}: key '{k}' should be a string, found {v}"),
+            }
+        };
+        let teacher = take_str("teacher")?;
+        let assistant = take_str("assistant")?;
+        let method = take_str("method")?.unwrap_or_else(|| "kd".into());
+        let mut ptable = toml::Table::new();
+        for k in MethodParams::KEYS {
+            if let Some(v) = table.remove(k) {
+                let v = match v {
+                    toml::Value::Integer(i) if k != "standardize" => toml::Value::Float(i as f64),
+                    v => v,
+                };
+                ptable.insert(k.into(), v);
+            }
+        }
+        let params: MethodParams =
+            toml::Value::Table(ptable).try_into().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let train: TrainConfig = config::from_table(table, origin)?;
+        let Some(teacher) = teacher else {
+            bail!("{origin}: no teacher given (--teacher runs/NAME, optionally @epochN for an early-stopped teacher)")
+        };
+        let cfg = DistillConfig { train, teacher, assistant, method, params };
+        cfg.validate().map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.train.validate()?;
+        methods::build(&self.method, &self.params)?;
+        if let Some(a) = &self.assistant {
+            crate::models::parse(a)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! Distillation end to end: a teacher is trained, students are distilled from it (also from an
+//! early checkpoint, ESKD, and through an assistant, TAKD), and the run records say exactly how.
+use kdlab::data::{self, Dataset};
+use kdlab::methods::{self, MethodParams};
+use kdlab::train::config::TrainConfig;
+use kdlab::train::distill::{Distill, Teacher};
+use kdlab::train::objective::CrossEntropy;
+use kdlab::train::trainer::{train, RunOptions};
+use std::path::Path;
+use std::process::Command;
+use tch::Device;
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::set_num_threads(2);
+    g
+}
+
+fn small() -> Dataset {
+    data::embedded::load().unwrap().head(640, 200)
+}
+
+fn cfg(model: &str, epochs: usize) -> TrainConfig {
+    TrainConfig { model: model.into(), epochs, batch_size: 64, save_every: 1, seed: 3, ..Default::default() }
+}
+
+fn opts(dir: &Path, kind: &str) -> RunOptions {
+    RunOptions { quiet: true, ..RunOptions::new(dir, Device::Cpu, kind) }
+}
+
+fn teacher(dir: &Path, data: &Dataset) {
+    train(&cfg("cnn_w2", 2), data, &mut CrossEntropy, &opts(dir, "train")).unwrap();
+}
+
+#[test]
+fn distillation_records_the_method_and_teacher_and_is_deterministic() {
+    let _s = serial();
+    let data = small();
+    let tmp = tempfile::tempdir().unwrap();
+    let tdir = tmp.path().join("teacher");
+    teacher(&tdir, &data);
+    let run = |out: &Path, method: &str, spec: &str| {
+        let mut obj = Distill {
+            teacher: Teacher::load(spec, Device::Cpu).unwrap(),
+            method: methods::build(method, &MethodParams::default()).unwrap(),
+        };
+        let extra = serde_json::json!({"teacher": obj.teacher.record()});
+        train(&cfg("cnn_w1", 2), &data, &mut obj, &RunOptions { extra, ..opts(out, "distill") }).unwrap()
+    };
+    let spec = tdir.display().to_string();
+    let a = run(&tmp.path().join("ats-a"), "ats", &spec);
+    let b = run(&tmp.path().join("ats-b"), "ats", &spec);
+    let nums = |o: &kdlab::train::trainer::Outcome| {
+        o.history.iter().map(|m| (m.train_loss, m.test_acc, m.terms.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(nums(&a), nums(&b), "same seed, same teacher → the same numbers");
+    assert!(a.history[0].terms.contains_key("kd") && a.history[0].terms.contains_key("ce"));
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("ats-a/run.json")).unwrap()).unwrap();
+    assert_eq!(rec["kind"], "distill");
+    assert_eq!(rec["objective"]["method"], "ats");
+    assert_eq!(rec["objective"]["hyper"]["tau1"], 4.0);
+    assert_eq!(rec["objective"]["hyper"]["tau2"], 2.0);
+    let tmeta = kdlab::train::checkpoint::read_meta(&tdir.join("last.json")).unwrap();
+    assert_eq!(rec["extra"]["teacher"]["weights_sha256"], tmeta.weights_sha256);
+    assert_eq!(rec["extra"]["teacher"]["test_acc"], tmeta.test_acc);
+    // ESKD: the teacher taken at an earlier epoch is a different teacher.
+    let e = run(&tmp.path().join("eskd"), "kd", &format!("{spec}@epoch1"));
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(e.dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(rec["extra"]["teacher"]["epoch"], 1);
+    // ISATS reports the distribution of its chosen τ2 every epoch, inside its bounds.
+    let i = run(&tmp.path().join("isats"), "isats", &spec);
+    for m in &i.history {
+        let s = &m.extra.as_ref().unwrap()["isats_tau2"];
+        let (lo, hi) = (s["min"].as_f64().unwrap(), s["max"].as_f64().unwrap());
+        assert!(lo >= 0.5 - 1e-9 && hi <= 4.0 + 1e-9, "{s}");
+        assert_eq!(s["hist_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum::<u64>(), 640);
+    }
+}
+
+fn kdlab(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kdlab")).args(args).current_dir(cwd).output().unwrap()
+}
+
+/// A small real data set on disk (the first samples of the embedded subset, as IDX files).
+fn write_small_idx(dir: &Path) {
+    use kdlab::data::idx::encode;
+    let d = data::embedded::load().unwrap().head(512, 128);
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, split) in [("train", &d.train), ("t10k", &d.test)] {
+        let labels: Vec<u8> = split.labels.iter().map(|&y| y as u8).collect();
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), encode(&[split.len(), 28, 28], &split.images))
+            .unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), encode(&[split.len()], &labels)).unwrap();
+    }
+}
+
+#[test]
+fn cli_distill_from_toml_with_takd_and_clear_errors() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    write_small_idx(&tmp.path().join("fm"));
+    let o = kdlab(
+        &["train", "--model", "cnn_w2", "--data", "fm", "--epochs", "1", "--out", "runs/t", "--quiet"],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(
+        tmp.path().join("d.toml"),
+        "student = 'cnn_w1'\nteacher = 'runs/t'\nmethod = 'dkd'\nwarmup = 1\nepochs = 1\ndata = 'fm'\n",
+    )
+    .unwrap();
+    let o = kdlab(&["distill", "--config", "d.toml", "--out", "runs/s", "--quiet"], tmp.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("runs/s/run.json")).unwrap()).unwrap();
+    assert_eq!(rec["objective"]["hyper"]["warmup"], 1.0);
+    assert_eq!(rec["model"], "cnn_w1");
+    // TAKD: teacher → assistant → student in one command.
+    let o = kdlab(
+        &[
+            "distill",
+            "--teacher",
+            "runs/t",
+            "--assistant",
+            "cnn_w1",
+            "--student",
+            "mlp_32x1",
+            "--method",
+            "kd",
+            "--epochs",
+            "1",
+            "--data",
+            "fm",
+            "--out",
+            "runs/takd",
+            "--quiet",
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("runs/takd/assistant/run.json")).unwrap())
+            .unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("runs/takd/student/run.json")).unwrap()).unwrap();
+    assert_eq!(a["model"], "cnn_w1");
+    assert_eq!(s["model"], "mlp_32x1");
+    assert!(
+        s["extra"]["teacher"]["checkpoint"].as_str().unwrap().contains("assistant"),
+        "the student learns from the assistant"
+    );
+    // Bad input: τ1 < τ2, an unknown key, a missing teacher.
+    let o = kdlab(
+        &["distill", "--teacher", "runs/t", "--student", "cnn_w1", "--method", "ats", "--tau1", "1", "--tau2", "3"],
+        tmp.path(),
+    );
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("tau1 ≥ tau2"));
+    std::fs::write(tmp.path().join("bad.toml"), "student = 'cnn_w1'\nteacher = 'runs/t'\ntau_2 = 1\n").unwrap();
+    let o = kdlab(&["distill", "--config", "bad.toml"], tmp.path());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("'tau_2'") && err.contains("did you mean 'tau2'"), "{err}");
+    let o = kdlab(&["distill", "--teacher", "runs/nope", "--student", "cnn_w1"], tmp.path());
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("runs/nope"));
+}
