@@ -45,6 +45,7 @@ fn distillation_records_the_method_and_teacher_and_is_deterministic() {
         let mut obj = Distill {
             teacher: Teacher::load(spec, Device::Cpu).unwrap(),
             method: methods::build(method, &MethodParams::default()).unwrap(),
+            cache: None,
         };
         let extra = serde_json::json!({"teacher": obj.teacher.record()});
         train(&cfg("cnn_w1", 2), &data, &mut obj, &RunOptions { extra, ..opts(out, "distill") }).unwrap()

@@ -4,7 +4,7 @@ use crate::bench::{self, BenchResult, BenchSpec, Mode};
 use crate::data::Shape;
 use anyhow::Result;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -42,9 +42,34 @@ pub struct BenchArgs {
     /// With --pytorch: alternate kdlab and PyTorch this many times each (medians are reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Run the standard suite (resnet20/resnet8 training and resnet20/resnet56 inference on
+    /// 3x32x32 with 100 classes, the Fashion-MNIST ladder nets on 1x28x28 with 10 classes)
+    /// instead of one model; with --pytorch, print the ratio for each.
+    #[arg(long)]
+    pub suite: bool,
+    /// With --suite: also write the results as a Markdown table to this file.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
 }
 
+/// The standard suite: (model, mode, input, classes).
+const SUITE: &[(&str, Mode, &str, usize)] = &[
+    ("resnet20", Mode::Train, "3x32x32", 100),
+    ("resnet8", Mode::Train, "3x32x32", 100),
+    ("resnet20", Mode::Infer, "3x32x32", 100),
+    ("resnet56", Mode::Infer, "3x32x32", 100),
+    ("cnn_w1", Mode::Train, "1x28x28", 10),
+    ("cnn_w2", Mode::Train, "1x28x28", 10),
+    ("cnn_w4", Mode::Train, "1x28x28", 10),
+    ("cnn_w8", Mode::Train, "1x28x28", 10),
+    ("mlp_256x1", Mode::Train, "1x28x28", 10),
+    ("resnet20", Mode::Train, "1x28x28", 10),
+];
+
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.suite {
+        return suite(&a);
+    }
     let threads = crate::util::device::set_threads(a.threads);
     let spec = BenchSpec {
         model: a.model,
@@ -71,32 +96,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     };
     // Each side runs in a fresh process, so neither inherits the other's allocator or threads.
-    let me = std::env::current_exe()?;
-    let (mut ours, mut theirs): (Vec<BenchResult>, Vec<BenchResult>) = (vec![], vec![]);
-    for round in 0..a.rounds {
-        let own = vec!["bench".to_string(), "--json".to_string()];
-        ours.push(bench::run_child(&me, &own, &spec)?);
-        theirs.push(bench::run_child(&python, &[a.reference.display().to_string()], &spec)?);
-        eprintln!(
-            "round {}: kdlab {:.1} img/s, {} {:.1} img/s",
-            round + 1,
-            ours[round].img_per_s,
-            theirs[round].framework,
-            theirs[round].img_per_s
-        );
-    }
-    let med = |v: &[BenchResult]| {
-        let mut x: Vec<f64> = v.iter().map(|r| r.img_per_s).collect();
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
-    let (k, p) = (med(&ours), med(&theirs));
+    let (ours, theirs) = compare(&spec, Some(&python), &a.reference, a.rounds)?;
+    let theirs = theirs.expect("PyTorch was run");
+    let (k, krss, p, prss, framework) =
+        (ours.img_per_s, ours.peak_mb, theirs.img_per_s, theirs.peak_mb, theirs.framework);
     let summary = serde_json::json!({
         "model": spec.model, "mode": spec.mode, "teacher": spec.teacher, "batch": spec.batch,
         "input": spec.input.to_string(), "classes": spec.classes, "threads": threads, "rounds": a.rounds,
-        "kdlab_img_per_s": k, "pytorch_img_per_s": p, "ratio": k / p,
-        "pytorch": theirs[0].framework, "kdlab_peak_rss_mb": ours.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max),
-        "pytorch_peak_rss_mb": theirs.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max),
+        "kdlab_img_per_s": k, "pytorch_img_per_s": p, "ratio": k / p, "pytorch": framework,
+        "kdlab_peak_rss_mb": krss, "pytorch_peak_rss_mb": prss,
     });
     if a.json {
         println!("{summary}");
@@ -105,6 +113,100 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "{} {:?} batch {} {} {} classes, {} threads: kdlab {:.1} img/s, PyTorch {:.1} img/s, ratio {:.2} (median of {} alternating rounds)",
             spec.model, spec.mode, spec.batch, spec.input, spec.classes, threads, k, p, k / p, a.rounds
         );
+    }
+    Ok(())
+}
+
+/// Median images/s and peak memory of one side of a comparison.
+struct Side {
+    img_per_s: f64,
+    peak_mb: f64,
+    framework: String,
+}
+
+/// Medians over rounds of kdlab (and PyTorch, when given) for one spec, each side in a fresh process.
+fn compare(spec: &BenchSpec, python: Option<&Path>, reference: &Path, rounds: usize) -> Result<(Side, Option<Side>)> {
+    let me = std::env::current_exe()?;
+    let own = vec!["bench".to_string(), "--json".to_string()];
+    let (mut ours, mut theirs) = (vec![], vec![]);
+    for _ in 0..rounds.max(1) {
+        ours.push(bench::run_child(&me, &own, spec)?);
+        if let Some(py) = python {
+            theirs.push(bench::run_child(py, &[reference.display().to_string()], spec)?);
+        }
+    }
+    let med = |v: &[BenchResult]| {
+        let mut x: Vec<f64> = v.iter().map(|r| r.img_per_s).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let side = |v: &[BenchResult]| Side {
+        img_per_s: med(v),
+        peak_mb: v.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max),
+        framework: v[0].framework.clone(),
+    };
+    Ok((side(&ours), (!theirs.is_empty()).then(|| side(&theirs))))
+}
+
+fn suite(a: &BenchArgs) -> Result<()> {
+    let threads = if a.threads == 0 { crate::util::device::available_cores() } else { a.threads };
+    let mut rows = vec![];
+    let mut framework = String::new();
+    for &(model, mode, input, classes) in SUITE {
+        let spec = BenchSpec {
+            model: model.into(),
+            mode,
+            teacher: None,
+            batch: a.batch,
+            input: input.parse()?,
+            classes,
+            steps: a.steps,
+            warmup: a.warmup,
+            threads,
+            seed: a.seed,
+        };
+        let (ours, theirs) = compare(&spec, a.pytorch.as_deref(), &a.reference, a.rounds)?;
+        let (k, krss) = (ours.img_per_s, ours.peak_mb);
+        let mode_s = format!("{mode:?}").to_lowercase();
+        let mut row = vec![
+            model.to_string(),
+            mode_s,
+            input.to_string(),
+            classes.to_string(),
+            format!("{k:.1}"),
+            format!("{krss:.0}"),
+        ];
+        match theirs {
+            Some(Side { img_per_s: p, peak_mb: prss, framework: fw }) => {
+                framework = fw;
+                row.extend([format!("{p:.1}"), format!("{prss:.0}"), format!("{:.2}", k / p)]);
+                eprintln!("{model} {input} {mode:?}: kdlab {k:.1} img/s, PyTorch {p:.1} img/s, ratio {:.2}", k / p);
+            }
+            None => eprintln!("{model} {input} {mode:?}: kdlab {k:.1} img/s"),
+        }
+        rows.push(row);
+    }
+    let mut header = vec!["model", "mode", "input", "classes", "kdlab img/s", "kdlab peak MiB"];
+    if a.pytorch.is_some() {
+        header.extend(["PyTorch img/s", "PyTorch peak MiB", "ratio"]);
+    }
+    print!("{}", crate::util::fmt::table(&header, &rows));
+    if let Some(md) = &a.markdown {
+        let mut s = format!(
+            "Batch {}, {threads} threads, median of {} timed steps after {} warm-up steps, median of {} alternating rounds{}.\n\n| {} |\n|{}|\n",
+            a.batch,
+            a.steps,
+            a.warmup,
+            a.rounds,
+            if framework.is_empty() { String::new() } else { format!("; reference {framework}") },
+            header.join(" | "),
+            header.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+        );
+        for r in &rows {
+            s += &format!("| {} |\n", r.join(" | "));
+        }
+        crate::util::atomic::write_bytes(md, s.as_bytes())?;
+        println!("wrote {}", md.display());
     }
     Ok(())
 }

@@ -2,11 +2,10 @@
 //! TAKD via --assistant) and `kdlab loss` (one method's loss terms on saved logits).
 use super::train_cmd::ConfigFlags;
 use super::Runtime;
-use crate::data::{self, npy};
+use crate::data::npy;
 use crate::methods::{self, LossInput, MethodParams};
 use crate::train::config;
-use crate::train::distill::{Distill, DistillConfig, Teacher};
-use crate::train::trainer::{self, Outcome, RunOptions};
+use crate::train::distill::{self, DistillConfig};
 use crate::util::fmt;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -49,6 +48,15 @@ pub struct MethodFlags {
     /// Logit standardisation (LS) before the temperature softmax (kd, nckd, dkd).
     #[arg(long)]
     pub standardize: bool,
+}
+
+/// Distillation-only switches.
+#[derive(Args, Clone, Debug, Default)]
+pub struct CacheFlag {
+    /// Read the teacher's logits from its logit cache (built on first use: every augmentation view
+    /// of every training image) instead of running the teacher at each step.
+    #[arg(long)]
+    pub teacher_cache: bool,
 }
 
 impl MethodFlags {
@@ -109,6 +117,8 @@ pub struct DistillArgs {
     #[command(flatten)]
     pub method: MethodFlags,
     #[command(flatten)]
+    pub cache: CacheFlag,
+    #[command(flatten)]
     pub cfg: ConfigFlags,
     /// Run directory (default: runs/<student>-<method>-from-<teacher>-s<seed>).
     #[arg(long)]
@@ -129,6 +139,9 @@ fn resolve(a: &DistillArgs) -> Result<DistillConfig> {
             table.insert(k.into(), toml::Value::String(v.clone()));
         }
     }
+    if a.cache.teacher_cache {
+        table.insert("teacher_cache".into(), toml::Value::Boolean(true));
+    }
     if a.student.is_some() && a.cfg.model.is_some() {
         bail!("give the student once: --student or --model");
     }
@@ -139,49 +152,6 @@ fn teacher_name(spec: &str) -> String {
     let (dir, at) = spec.rsplit_once('@').map_or((spec, None), |(d, w)| (d, Some(w)));
     let base = Path::new(dir).file_name().map_or(dir.to_string(), |n| n.to_string_lossy().into_owned());
     at.map_or(base.clone(), |w| format!("{base}@{w}"))
-}
-
-/// Distils `cfg.train.model` from the teacher `teacher_spec` into `out`.
-pub fn distill_once(
-    cfg: &DistillConfig,
-    teacher_spec: &str,
-    out: &Path,
-    device: tch::Device,
-    quiet: bool,
-    extra: serde_json::Value,
-) -> Result<Outcome> {
-    let data = data::source::load(&cfg.train.data)?;
-    let teacher = Teacher::load(teacher_spec, device)?;
-    if teacher.meta.input != data.shape() || teacher.meta.classes != data.classes {
-        bail!(
-            "teacher {teacher_spec} takes {} inputs with {} classes, but the student's data {} has {} with {}",
-            teacher.meta.input,
-            teacher.meta.classes,
-            data.name,
-            data.shape(),
-            data.classes
-        );
-    }
-    let mut record = serde_json::json!({ "teacher": teacher.record() });
-    if let (Some(o), serde_json::Value::Object(e)) = (record.as_object_mut(), extra) {
-        o.extend(e);
-    }
-    if !quiet {
-        println!(
-            "distil {} from {} ({}, {} params, {:.2}% test) with {} into {}",
-            cfg.train.model,
-            teacher_spec,
-            teacher.meta.model,
-            fmt::count(teacher.meta.params),
-            100.0 * teacher.meta.test_acc,
-            cfg.method,
-            out.display()
-        );
-    }
-    let method = methods::build(&cfg.method, &cfg.params)?;
-    let mut objective = Distill { teacher, method };
-    let opts = RunOptions { extra: record, quiet, ..RunOptions::new(out, device, "distill") };
-    trainer::train(&cfg.train, &data, &mut objective, &opts)
 }
 
 pub fn distill(a: DistillArgs) -> Result<()> {
@@ -197,7 +167,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         ))
     });
     let r = match &cfg.assistant {
-        None => distill_once(&cfg, &cfg.teacher, &out, device, a.quiet, serde_json::json!({}))?,
+        None => distill::run(&cfg, &cfg.teacher, &out, device, a.quiet, serde_json::json!({}))?,
         Some(assistant) => {
             // TAKD: teacher → assistant → student, each a full distillation run.
             let a_cfg = DistillConfig {
@@ -206,7 +176,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
                 ..cfg.clone()
             };
             let a_out = out.join("assistant");
-            let ar = distill_once(
+            let ar = distill::run(
                 &a_cfg,
                 &cfg.teacher,
                 &a_out,
@@ -220,7 +190,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
                 a_out.display()
             );
             let spec = a_out.display().to_string();
-            distill_once(
+            distill::run(
                 &cfg,
                 &spec,
                 &out.join("student"),
@@ -316,5 +286,40 @@ pub fn loss(a: LossArgs) -> Result<()> {
         println!("{name} {}", method.hyper());
         print!("{}", fmt::table(&["term", "value"], &rows));
     }
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum CacheCommand {
+    /// Compute a teacher's logits for every training image and augmentation view, once.
+    Build {
+        /// The teacher run (optionally @best, @last or @epochN).
+        #[arg(long)]
+        run: String,
+        /// The data set (default: the run's own).
+        #[arg(long)]
+        data: Option<String>,
+        /// Cache the views of the students' augmentation (true) or the plain images only (false).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        augment: bool,
+        #[command(flatten)]
+        rt: Runtime,
+    },
+}
+
+pub fn cache(c: CacheCommand) -> Result<()> {
+    let CacheCommand::Build { run, data, augment, rt } = c;
+    let device = rt.init()?;
+    let teacher = crate::train::distill::Teacher::load(&run, device)?;
+    let ds = super::train_cmd::run_data(&teacher.checkpoint, data.as_deref())?;
+    let dir = crate::train::checkpoint::run_dir_of(&teacher.checkpoint);
+    let c = crate::train::cache::open_or_build(&dir, &teacher.model, &teacher.meta, &ds, augment, false)?;
+    println!(
+        "{}: {} samples × {} views × {} classes (f16)",
+        c.path.display(),
+        c.header.samples,
+        c.header.views,
+        c.header.classes
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@ mod demo;
 mod distill_cmd;
 mod models_cmd;
 mod probe_cmd;
+mod study_cmd;
 mod train_cmd;
 
 use crate::util::device::{self, DeviceChoice};
@@ -49,18 +50,30 @@ enum Command {
     Distill(Box<distill_cmd::DistillArgs>),
     /// One method's loss terms on saved logits (the code the trainer runs), for checking.
     Loss(distill_cmd::LossArgs),
+    /// The teacher-logit cache: a teacher's logits for every training image and view.
+    #[command(subcommand)]
+    Cache(distill_cmd::CacheCommand),
     /// Accuracy and per-class accuracy of a trained run.
     Eval(train_cmd::EvalArgs),
     /// Save a run's logits (and the labels) as NumPy .npy files.
     Logits(train_cmd::LogitsArgs),
     /// Dark-knowledge metrics of teachers (from runs or .npy logits): tables, JSON, CSV, plots.
     Probe(probe_cmd::ProbeArgs),
+    /// Run a study (teachers × students × methods × hyper-parameters × seeds), resumably.
+    Sweep(study_cmd::SweepArgs),
+    /// Progress of a study: done, running, failed, queued, time left.
+    Status(study_cmd::StatusArgs),
+    /// Write a study's report (Markdown, HTML with inline SVG plots, CSV).
+    Report(study_cmd::ReportArgs),
+    /// Train one run of a study (what sweep workers and Slurm jobs execute).
+    #[command(hide = true)]
+    SweepRun(study_cmd::SweepRunArgs),
     /// Get data sets and look at them.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
     /// List the model zoo with parameter counts.
     Models(models_cmd::ModelsArgs),
-    /// The main job in miniature: a capacity ladder of teachers on the embedded data, and a table.
+    /// The main job in miniature: a teacher ladder, its probe, distilled students and the report.
     Demo(demo::DemoArgs),
     /// Training/inference throughput, alone or side by side with the PyTorch reference.
     Bench(bench_cmd::BenchArgs),
@@ -72,9 +85,14 @@ pub fn main() -> Result<()> {
         Command::Train(a) => train_cmd::train(*a),
         Command::Distill(a) => distill_cmd::distill(*a),
         Command::Loss(a) => distill_cmd::loss(a),
+        Command::Cache(c) => distill_cmd::cache(c),
         Command::Eval(a) => train_cmd::eval(a),
         Command::Logits(a) => train_cmd::logits(a),
         Command::Probe(a) => probe_cmd::run(a),
+        Command::Sweep(a) => study_cmd::sweep(a),
+        Command::Status(a) => study_cmd::status(a),
+        Command::Report(a) => study_cmd::report(a),
+        Command::SweepRun(a) => study_cmd::sweep_run(a),
         Command::Data(c) => data_cmd::run(c),
         Command::Models(a) => models_cmd::run(a),
         Command::Demo(a) => demo::run(a),

@@ -125,7 +125,7 @@ pub fn run(a: ProbeArgs) -> Result<()> {
                         d
                     }
                 };
-                let run_dir = super::train_cmd::run_dir_of(&json);
+                let run_dir = checkpoint::run_dir_of(&json);
                 if let Some(rec) = crate::train::run::read_record(&run_dir)? {
                     match &fingerprint {
                         Some((first, fp)) if *fp != rec.data.fingerprint && a.data.is_none() => {

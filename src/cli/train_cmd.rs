@@ -148,7 +148,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
 
 /// The data a run was trained on, loaded again (or `data` if given), checked against the record.
 pub fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<data::Dataset> {
-    let run_dir = run_dir_of(checkpoint_json);
+    let run_dir = checkpoint::run_dir_of(checkpoint_json);
     let record = crate::train::run::read_record(&run_dir)?;
     let spec = match (data, &record) {
         (Some(d), _) => d.to_string(),
@@ -164,16 +164,6 @@ pub fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<data::Data
         }
     }
     Ok(ds)
-}
-
-/// The run directory holding a checkpoint sidecar (`run/last.json` or `run/checkpoints/epoch-N.json`).
-pub fn run_dir_of(json: &Path) -> PathBuf {
-    let parent = json.parent().unwrap_or(Path::new("."));
-    if parent.file_name().is_some_and(|n| n == "checkpoints") {
-        parent.parent().unwrap_or(Path::new(".")).to_path_buf()
-    } else {
-        parent.to_path_buf()
-    }
 }
 
 fn check_compatible(meta: &checkpoint::CheckpointMeta, ds: &data::Dataset) -> Result<()> {

@@ -119,7 +119,7 @@ pub fn write_plots(dir: &Path, probe: &Probe, tau: f64, class_names: Option<&[St
     let mut written = vec![];
     let mut save = |name: &str, svg: String| -> Result<()> {
         let p = dir.join(name);
-        atomic::write_bytes(&p, svg.as_bytes())?;
+        crate::report::svg::write_svg(&p, &svg)?;
         written.push(p);
         Ok(())
     };

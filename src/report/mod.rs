@@ -1,2 +1,4 @@
-//! Reports: SVG charts now; the study report (markdown, HTML, CSV) builds on them.
+//! Reports: SVG charts, a small document model rendered as Markdown and HTML, and the study report.
+pub mod doc;
+pub mod study;
 pub mod svg;

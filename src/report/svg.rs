@@ -310,6 +310,24 @@ fn short(v: f64) -> String {
     }
 }
 
+/// Writes an SVG file atomically and, where `rsvg-convert` is installed, a PNG beside it (best
+/// effort: the SVG is the result, the PNG a convenience).
+pub fn write_svg(path: &std::path::Path, svg: &str) -> anyhow::Result<()> {
+    crate::util::atomic::write_bytes(path, svg.as_bytes())?;
+    let png = path.with_extension("png");
+    let converted = std::process::Command::new("rsvg-convert")
+        .arg(path)
+        .arg("-o")
+        .arg(&png)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !converted {
+        let _ = std::fs::remove_file(&png);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

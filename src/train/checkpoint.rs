@@ -200,3 +200,13 @@ pub fn load_model(spec: &str, device: Device) -> Result<(Model, CheckpointMeta, 
     load_weights(&model, &tensors, &json)?;
     Ok((model, meta, json))
 }
+
+/// The run directory holding a checkpoint sidecar (`run/last.json` or `run/checkpoints/epoch-N.json`).
+pub fn run_dir_of(json: &Path) -> PathBuf {
+    let parent = json.parent().unwrap_or(Path::new("."));
+    if parent.file_name().is_some_and(|n| n == "checkpoints") {
+        parent.parent().unwrap_or(Path::new(".")).to_path_buf()
+    } else {
+        parent.to_path_buf()
+    }
+}

@@ -4,10 +4,11 @@ use super::checkpoint::{self, CheckpointMeta};
 use super::config::{self, TrainConfig};
 use super::model::Model;
 use super::objective::{Objective, StepInput};
+use super::trainer::{self, Outcome, RunOptions};
 use crate::methods::{self, LossInput, Method, MethodParams};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 /// A trained teacher, loaded for inference.
@@ -42,6 +43,8 @@ impl Teacher {
 pub struct Distill {
     pub teacher: Teacher,
     pub method: Box<dyn Method>,
+    /// The teacher's logits for every (sample, view), when cached: the teacher is not run.
+    pub cache: Option<super::cache::LogitCache>,
 }
 
 impl Objective for Distill {
@@ -49,7 +52,12 @@ impl Objective for Distill {
         self.method.name().to_string()
     }
     fn terms(&mut self, logits: &Tensor, input: &StepInput) -> Result<Vec<(String, Tensor)>> {
-        let t = self.teacher.model.infer(input.images);
+        let t = match &self.cache {
+            Some(c) => {
+                c.lookup(&input.batch.indices, &input.batch.views).to_device(logits.device()).to_kind(logits.kind())
+            }
+            None => self.teacher.model.infer(input.images),
+        };
         let x = LossInput { student: logits, teacher: &t, labels: input.labels, epoch: (input.epoch + 1) as f64 };
         Ok(self.method.terms(&x))
     }
@@ -71,10 +79,13 @@ pub struct DistillConfig {
     pub assistant: Option<String>,
     pub method: String,
     pub params: MethodParams,
+    /// Read the teacher's logits from its logit cache (built on first use) instead of running it.
+    #[serde(default)]
+    pub teacher_cache: bool,
 }
 
 /// The keys a distillation config accepts besides the training keys.
-pub const DISTILL_KEYS: [&str; 4] = ["student", "teacher", "assistant", "method"];
+pub const DISTILL_KEYS: [&str; 5] = ["student", "teacher", "assistant", "method", "teacher_cache"];
 
 impl DistillConfig {
     /// Splits a merged table (file overlaid with flags) into its parts, refusing unknown keys with
@@ -95,6 +106,11 @@ impl DistillConfig {
             }
             table.insert("model".into(), s);
         }
+        let teacher_cache = match table.remove("teacher_cache") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(v) => bail!("{origin}: key 'teacher_cache' should be true or false, found {v}"),
+        };
         let mut take_str = |k: &str| -> Result<Option<String>> {
             match table.remove(k) {
                 None => Ok(None),
@@ -121,7 +137,7 @@ impl DistillConfig {
         let Some(teacher) = teacher else {
             bail!("{origin}: no teacher given (--teacher runs/NAME, optionally @epochN for an early-stopped teacher)")
         };
-        let cfg = DistillConfig { train, teacher, assistant, method, params };
+        let cfg = DistillConfig { train, teacher, assistant, method, params, teacher_cache };
         cfg.validate().map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
         Ok(cfg)
     }
@@ -134,4 +150,59 @@ impl DistillConfig {
         }
         Ok(())
     }
+}
+
+/// Distils `cfg.train.model` from the teacher `teacher_spec` into `out`.
+pub fn run(
+    cfg: &DistillConfig,
+    teacher_spec: &str,
+    out: &Path,
+    device: tch::Device,
+    quiet: bool,
+    extra: serde_json::Value,
+) -> Result<Outcome> {
+    let data = crate::data::source::load(&cfg.train.data)?;
+    let teacher = Teacher::load(teacher_spec, device)?;
+    if teacher.meta.input != data.shape() || teacher.meta.classes != data.classes {
+        bail!(
+            "teacher {teacher_spec} takes {} inputs with {} classes, but the student's data {} has {} with {}",
+            teacher.meta.input,
+            teacher.meta.classes,
+            data.name,
+            data.shape(),
+            data.classes
+        );
+    }
+    let mut record = serde_json::json!({ "teacher": teacher.record() });
+    if let (Some(o), serde_json::Value::Object(e)) = (record.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    if !quiet {
+        println!(
+            "distil {} from {} ({}, {} params, {:.2}% test) with {} into {}",
+            cfg.train.model,
+            teacher_spec,
+            teacher.meta.model,
+            crate::util::fmt::count(teacher.meta.params),
+            100.0 * teacher.meta.test_acc,
+            cfg.method,
+            out.display()
+        );
+    }
+    let method = methods::build(&cfg.method, &cfg.params)?;
+    let cache = if cfg.teacher_cache {
+        let dir = crate::train::checkpoint::run_dir_of(&teacher.checkpoint);
+        Some(super::cache::open_or_build(&dir, &teacher.model, &teacher.meta, &data, cfg.train.augment, quiet)?)
+    } else {
+        None
+    };
+    if let (Some(o), Some(c)) = (record.as_object_mut(), &cache) {
+        o.insert(
+            "teacher_cache".into(),
+            serde_json::json!({"file": c.path.display().to_string(), "views": c.header.views}),
+        );
+    }
+    let mut objective = Distill { teacher, method, cache };
+    let opts = RunOptions { extra: record, quiet, ..RunOptions::new(out, device, "distill") };
+    trainer::train(&cfg.train, &data, &mut objective, &opts)
 }

@@ -1,0 +1,453 @@
+//! A study file: the grid of a capacity-mismatch experiment, declared once.
+//!
+//! ```toml
+//! name = "fashion-mnist-cpu"          # optional (default: the file's stem)
+//! data = "fashion-mnist"
+//! seeds = [0, 1, 2]
+//! probe_tau = 4.0                     # τ at which the report shows the probe's nongt_std
+//!
+//! [teachers]                          # a capacity ladder trained by the study (once each) ...
+//! models = ["cnn_w1", "cnn_w2", "cnn_w4", "cnn_w8"]
+//! runs = []                           # ... and/or existing runs ("runs/r56", "runs/r110@epoch60")
+//! seed = 0
+//! epochs = 10                         # any training key: lr, batch_size, schedule, milestones, ...
+//!
+//! [students]
+//! models = ["cnn_w1"]
+//! epochs = 10
+//!
+//! [[methods]]                         # each list is a grid: every combination is a run
+//! name = "kd"
+//! tau = [1, 2, 4, 8]
+//!
+//! [[methods]]
+//! name = "ats"
+//! tau1 = [1, 2, 3, 4, 5, 6]
+//! tau2 = [1, 2, 3, 4, 5]
+//! teachers = ["cnn_w8"]              # optional: only these teachers (or students)
+//!
+//! [[methods]]
+//! name = "kd"
+//! teacher_epoch = 3                   # ESKD: the teacher's checkpoint after 3 epochs
+//!
+//! [[methods]]
+//! name = "kd"
+//! assistant = "cnn_w2"                # TAKD: teacher → assistant → student
+//! ```
+use crate::methods::MethodParams;
+use crate::train::config::{self, TrainConfig};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StudyConfig {
+    pub name: String,
+    pub data: String,
+    pub seeds: Vec<u64>,
+    pub probe_tau: f64,
+    pub teachers: TeacherSet,
+    pub students: StudentSet,
+    pub methods: Vec<MethodBlock>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeacherSet {
+    pub models: Vec<String>,
+    pub runs: Vec<String>,
+    /// The teachers' training settings (model and seed are filled per teacher).
+    pub train: TrainConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StudentSet {
+    pub models: Vec<String>,
+    pub train: TrainConfig,
+    /// Per-student changes to `train` (`[students.overrides.mobilenetv2_x0_5] lr = 0.01`).
+    pub overrides: std::collections::BTreeMap<String, TrainConfig>,
+    /// Distil from each teacher's logit cache instead of running the teacher.
+    pub teacher_cache: bool,
+}
+
+/// One `[[methods]]` block: a method and a grid of its hyper-parameters.
+impl StudentSet {
+    /// The training settings of student `model` (its overrides applied).
+    pub fn train_for(&self, model: &str) -> TrainConfig {
+        TrainConfig { model: model.to_string(), ..self.overrides.get(model).unwrap_or(&self.train).clone() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MethodBlock {
+    pub name: String,
+    /// Every combination of the listed values, as complete parameter sets.
+    pub grid: Vec<MethodParams>,
+    /// The hyper-parameters that vary in the grid (they label the runs).
+    pub varying: Vec<String>,
+    pub teachers: Option<Vec<String>>,
+    pub students: Option<Vec<String>>,
+    pub teacher_epoch: Option<usize>,
+    pub assistant: Option<String>,
+    pub label: Option<String>,
+}
+
+const TOP_KEYS: [&str; 8] = ["name", "data", "seeds", "probe_tau", "teachers", "students", "methods", "description"];
+const BLOCK_KEYS: [&str; 6] = ["name", "teachers", "students", "teacher_epoch", "assistant", "label"];
+
+fn unknown(origin: &str, key: &str, allowed: &[String]) -> anyhow::Error {
+    let hint = config::nearest(key, allowed).map(|k| format!(" (did you mean '{k}'?)")).unwrap_or_default();
+    anyhow::anyhow!("{origin}: unknown key '{key}'{hint}; valid keys: {}", allowed.join(", "))
+}
+
+fn strings(v: &toml::Value, key: &str, origin: &str) -> Result<Vec<String>> {
+    match v {
+        toml::Value::String(s) => Ok(vec![s.clone()]),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("{origin}: '{key}' must list strings, found {x}"))
+            })
+            .collect(),
+        other => bail!("{origin}: '{key}' must be a string or a list of strings, found {other}"),
+    }
+}
+
+/// A training section: its own keys plus every training key except those the study sets itself.
+fn train_section(t: &toml::Table, origin: &str, own: &[&str], data: &str) -> Result<TrainConfig> {
+    let mut allowed: Vec<String> = config::keys_of(&TrainConfig::default())
+        .into_iter()
+        .filter(|k| !["model", "data", "seed"].contains(&k.as_str()))
+        .collect();
+    allowed.extend(own.iter().map(|s| s.to_string()));
+    let mut table = toml::Table::new();
+    for (k, v) in t {
+        if !allowed.contains(k) {
+            return Err(unknown(origin, k, &allowed));
+        }
+        if !own.contains(&k.as_str()) {
+            table.insert(k.clone(), v.clone());
+        }
+    }
+    table.insert("data".into(), toml::Value::String(data.to_string()));
+    config::from_table(table, origin)
+}
+
+impl StudyConfig {
+    pub fn load(path: &Path) -> Result<StudyConfig> {
+        let table = config::read_table(Some(path))?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "study".into());
+        Self::from_table(table, &path.display().to_string(), &stem)
+    }
+
+    pub fn from_table(table: toml::Table, origin: &str, default_name: &str) -> Result<StudyConfig> {
+        let top: Vec<String> = TOP_KEYS.iter().map(|s| s.to_string()).collect();
+        for k in table.keys() {
+            if !top.contains(k) {
+                return Err(unknown(origin, k, &top));
+            }
+        }
+        let get_str = |k: &str| -> Result<Option<String>> {
+            match table.get(k) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(v) => bail!("{origin}: '{k}' should be a string, found {v}"),
+            }
+        };
+        let name = get_str("name")?.unwrap_or_else(|| default_name.to_string());
+        let data = get_str("data")?.with_context(|| format!("{origin}: no 'data' (e.g. data = \"fashion-mnist\")"))?;
+        let seeds: Vec<u64> = match table.get("seeds") {
+            None => vec![0],
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_integer()
+                        .filter(|i| *i >= 0)
+                        .map(|i| i as u64)
+                        .with_context(|| format!("{origin}: 'seeds' must list non-negative integers, found {v}"))
+                })
+                .collect::<Result<_>>()?,
+            Some(v) => bail!("{origin}: 'seeds' should be a list of integers, found {v}"),
+        };
+        if seeds.is_empty() {
+            bail!("{origin}: 'seeds' is empty");
+        }
+        let probe_tau = match table.get("probe_tau") {
+            None => 4.0,
+            Some(v) => v
+                .as_float()
+                .or_else(|| v.as_integer().map(|i| i as f64))
+                .filter(|t| *t > 0.0)
+                .with_context(|| format!("{origin}: 'probe_tau' must be a positive number"))?,
+        };
+        let section = |k: &str| -> Result<toml::Table> {
+            match table.get(k) {
+                None => Ok(toml::Table::new()),
+                Some(toml::Value::Table(t)) => Ok(t.clone()),
+                Some(v) => bail!("{origin}: '[{k}]' should be a table, found {v}"),
+            }
+        };
+        let t = section("teachers")?;
+        let teachers = TeacherSet {
+            models: t.get("models").map(|v| strings(v, "teachers.models", origin)).transpose()?.unwrap_or_default(),
+            runs: t.get("runs").map(|v| strings(v, "teachers.runs", origin)).transpose()?.unwrap_or_default(),
+            train: train_section(&t, &format!("{origin} [teachers]"), &["models", "runs", "seed"], &data)?,
+        };
+        let teacher_seed = t
+            .get("seed")
+            .map(|v| {
+                v.as_integer()
+                    .filter(|i| *i >= 0)
+                    .with_context(|| format!("{origin}: teachers.seed must be a non-negative integer"))
+            })
+            .transpose()?
+            .unwrap_or(0);
+        let teachers = TeacherSet { train: TrainConfig { seed: teacher_seed as u64, ..teachers.train }, ..teachers };
+        let s = section("students")?;
+        let student_train =
+            train_section(&s, &format!("{origin} [students]"), &["models", "teacher_cache", "overrides"], &data)?;
+        let mut overrides = std::collections::BTreeMap::new();
+        if let Some(o) = s.get("overrides") {
+            let o = o
+                .as_table()
+                .with_context(|| format!("{origin}: students.overrides should be a table of student names"))?;
+            for (model, changes) in o {
+                let changes = changes
+                    .as_table()
+                    .with_context(|| format!("{origin}: students.overrides.{model} should be a table"))?;
+                // The student's section with this model's changes on top.
+                let mut merged = s.clone();
+                merged.remove("overrides");
+                merged.extend(changes.clone());
+                overrides.insert(
+                    model.clone(),
+                    train_section(
+                        &merged,
+                        &format!("{origin} [students.overrides.{model}]"),
+                        &["models", "teacher_cache"],
+                        &data,
+                    )?,
+                );
+            }
+        }
+        let students = StudentSet {
+            models: s.get("models").map(|v| strings(v, "students.models", origin)).transpose()?.unwrap_or_default(),
+            train: student_train,
+            overrides,
+            teacher_cache: match s.get("teacher_cache") {
+                None => false,
+                Some(toml::Value::Boolean(b)) => *b,
+                Some(v) => bail!("{origin}: students.teacher_cache should be true or false, found {v}"),
+            },
+        };
+        for m in teachers.models.iter().chain(&students.models) {
+            crate::models::parse(m).with_context(|| origin.to_string())?;
+        }
+        if students.models.is_empty() {
+            bail!("{origin}: [students] lists no models");
+        }
+        if let Some(m) = students.overrides.keys().find(|m| !students.models.contains(m)) {
+            bail!(
+                "{origin}: students.overrides.{m}: '{m}' is not one of the students ({})",
+                students.models.join(", ")
+            );
+        }
+        let blocks = match table.get("methods") {
+            None => bail!("{origin}: no [[methods]] (e.g. [[methods]] name = \"kd\")"),
+            Some(toml::Value::Array(a)) => a,
+            Some(v) => bail!("{origin}: 'methods' must be [[methods]] tables, found {v}"),
+        };
+        let mut methods = vec![];
+        for (i, b) in blocks.iter().enumerate() {
+            let b = b.as_table().with_context(|| format!("{origin}: methods[{i}] is not a table"))?;
+            methods.push(MethodBlock::parse(b, &format!("{origin} methods[{i}]"))?);
+        }
+        let cfg = StudyConfig { name, data, seeds, probe_tau, teachers, students, methods };
+        cfg.check_references(origin)?;
+        Ok(cfg)
+    }
+
+    /// The names teachers go by in the study: the architecture for trained ones, the directory
+    /// name (with any @checkpoint) for existing runs.
+    pub fn teacher_names(&self) -> Vec<String> {
+        let mut v = self.teachers.models.clone();
+        v.extend(self.teachers.runs.iter().map(|r| external_name(r)));
+        v
+    }
+
+    fn check_references(&self, origin: &str) -> Result<()> {
+        let teachers = self.teacher_names();
+        for (i, m) in self.methods.iter().enumerate() {
+            for t in m.teachers.iter().flatten() {
+                if !teachers.contains(t) {
+                    bail!(
+                        "{origin} methods[{i}]: teacher '{t}' is not in the study (teachers: {})",
+                        teachers.join(", ")
+                    );
+                }
+            }
+            for s in m.students.iter().flatten() {
+                if !self.students.models.contains(s) {
+                    bail!(
+                        "{origin} methods[{i}]: student '{s}' is not in the study (students: {})",
+                        self.students.models.join(", ")
+                    );
+                }
+            }
+            if let Some(e) = m.teacher_epoch {
+                let t = &self.teachers.train;
+                let kept = e == t.epochs || (t.save_every > 0 && e % t.save_every == 0 && e <= t.epochs);
+                if !self.teachers.models.is_empty() && !kept {
+                    bail!(
+                        "{origin} methods[{i}]: teacher_epoch = {e} is not a checkpoint the teachers keep ({} epochs, save_every = {}); set [teachers] save_every to a divisor of {e}",
+                        t.epochs,
+                        t.save_every
+                    );
+                }
+            }
+            if m.name != "ce" && teachers.is_empty() {
+                bail!("{origin}: method '{}' needs teachers, and [teachers] lists none", m.name);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The display name of an existing run given as a teacher.
+pub fn external_name(spec: &str) -> String {
+    let (dir, at) = spec.rsplit_once('@').map_or((spec, None), |(d, w)| (d, Some(w)));
+    let base = Path::new(dir).file_name().map_or(dir.to_string(), |n| n.to_string_lossy().into_owned());
+    at.map_or(base.clone(), |w| format!("{base}@{w}"))
+}
+
+impl MethodBlock {
+    fn parse(b: &toml::Table, origin: &str) -> Result<MethodBlock> {
+        let mut allowed: Vec<String> = BLOCK_KEYS.iter().map(|s| s.to_string()).collect();
+        allowed.extend(MethodParams::KEYS.iter().map(|s| s.to_string()));
+        for k in b.keys() {
+            if !allowed.contains(k) {
+                return Err(unknown(origin, k, &allowed));
+            }
+        }
+        let name =
+            b.get("name").and_then(|v| v.as_str()).with_context(|| format!("{origin}: no method 'name'"))?.to_string();
+        // Expand the grid: every listed value of every hyper-parameter.
+        let mut grid: Vec<toml::Table> = vec![toml::Table::new()];
+        let mut varying = vec![];
+        for k in MethodParams::KEYS {
+            let Some(v) = b.get(k) else { continue };
+            let values: Vec<toml::Value> = match v {
+                toml::Value::Array(a) if a.is_empty() => bail!("{origin}: '{k}' is an empty list"),
+                toml::Value::Array(a) => a.clone(),
+                other => vec![other.clone()],
+            };
+            if values.len() > 1 {
+                varying.push(k.to_string());
+            }
+            grid = grid
+                .into_iter()
+                .flat_map(|g| {
+                    values.iter().map(move |v| {
+                        let mut g = g.clone();
+                        let v = match v {
+                            toml::Value::Integer(i) if k != "standardize" => toml::Value::Float(*i as f64),
+                            v => v.clone(),
+                        };
+                        g.insert(k.to_string(), v);
+                        g
+                    })
+                })
+                .collect();
+        }
+        let grid: Vec<MethodParams> = grid
+            .into_iter()
+            .map(|g| toml::Value::Table(g).try_into::<MethodParams>().map_err(|e| anyhow::anyhow!("{origin}: {e}")))
+            .collect::<Result<_>>()?;
+        // In a grid, combinations the method refuses (ATS with τ1 < τ2) are left out; a single
+        // setting that is refused is an error.
+        let grid: Vec<MethodParams> = if grid.len() > 1 {
+            let ok: Vec<MethodParams> =
+                grid.iter().filter(|p| crate::methods::build(&name, p).is_ok()).cloned().collect();
+            if ok.is_empty() {
+                crate::methods::build(&name, &grid[0])
+                    .with_context(|| format!("{origin}: no valid combination in the grid"))?;
+            }
+            ok
+        } else {
+            crate::methods::build(&name, &grid[0]).with_context(|| origin.to_string())?;
+            grid
+        };
+        let list = |k: &str| b.get(k).map(|v| strings(v, k, origin)).transpose();
+        let teacher_epoch = b
+            .get("teacher_epoch")
+            .map(|v| {
+                v.as_integer()
+                    .filter(|i| *i >= 1)
+                    .map(|i| i as usize)
+                    .with_context(|| format!("{origin}: teacher_epoch must be an integer ≥ 1"))
+            })
+            .transpose()?;
+        let assistant = b
+            .get("assistant")
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("{origin}: assistant must be an architecture name"))
+            })
+            .transpose()?;
+        if let Some(a) = &assistant {
+            crate::models::parse(a).with_context(|| origin.to_string())?;
+        }
+        if name == "ce" && (assistant.is_some() || teacher_epoch.is_some()) {
+            bail!("{origin}: 'ce' uses no teacher, so teacher_epoch and assistant do not apply");
+        }
+        Ok(MethodBlock {
+            name,
+            grid,
+            varying,
+            teachers: list("teachers")?,
+            students: list("students")?,
+            teacher_epoch,
+            assistant,
+            label: b.get("label").and_then(|v| v.as_str()).map(str::to_string),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<StudyConfig> {
+        StudyConfig::from_table(text.parse().unwrap(), "s.toml", "s")
+    }
+
+    const BASE: &str = "data = 'fashion-mnist-mini'\nseeds = [0, 1]\n[teachers]\nmodels = ['cnn_w1', 'cnn_w2']\nepochs = 2\n[students]\nmodels = ['mlp_32x1']\nepochs = 3\n";
+
+    #[test]
+    fn grids_expand_and_keys_are_checked() {
+        let s = parse(&format!(
+            "{BASE}[[methods]]\nname = 'ats'\ntau1 = [2, 4]\ntau2 = [1, 2]\n[[methods]]\nname = 'ce'\n"
+        ))
+        .unwrap();
+        assert_eq!(s.methods[0].grid.len(), 4);
+        assert_eq!(s.methods[0].varying, vec!["tau1", "tau2"]);
+        assert_eq!(s.teachers.train.epochs, 2);
+        assert_eq!(s.students.train.epochs, 3);
+        let e = format!("{:#}", parse(&format!("{BASE}[[methods]]\nname = 'kd'\ntua = 4\n")).unwrap_err());
+        assert!(e.contains("'tua'") && e.contains("did you mean 'tau'"), "{e}");
+        let e = format!("{:#}", parse(&format!("{BASE}[[methods]]\nname = 'ats'\ntau1 = 1\ntau2 = 3\n")).unwrap_err());
+        assert!(e.contains("tau1 ≥ tau2"), "{e}");
+        // In a grid, τ1 < τ2 combinations are skipped: 3 × 3 values, 6 with τ1 ≥ τ2.
+        let s = parse(&format!("{BASE}[[methods]]\nname = 'ats'\ntau1 = [1, 2, 3]\ntau2 = [1, 2, 3]\n")).unwrap();
+        assert_eq!(s.methods[0].grid.len(), 6);
+        let e =
+            format!("{:#}", parse(&format!("{BASE}[[methods]]\nname = 'kd'\nteachers = ['resnet8']\n")).unwrap_err());
+        assert!(e.contains("teacher 'resnet8' is not in the study"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse("data = 'x'\n[students]\nmodels = ['cnn_w1']\nepoch = 3\n[[methods]]\nname='ce'\n").unwrap_err()
+        );
+        assert!(e.contains("did you mean 'epochs'"), "{e}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Studies: a capacity-mismatch grid declared in one TOML file (`config`), expanded into runs with
+//! stable ids (`plan`), indexed in SQLite (`store`) and run resumably (`runner`).
+pub mod config;
+pub mod plan;
+pub mod runner;
+pub mod store;
+
+use crate::probe::{self, source::LogitSource};
+use crate::util::{atomic, fmt};
+use anyhow::{Context, Result};
+use config::StudyConfig;
+use plan::{Kind, RunSpec};
+use std::path::Path;
+use store::Store;
+
+/// Probes every teacher of the study on the test split and writes `probe.json` (the report's
+/// nongt_std vs teacher size). Skipped when the same teachers were probed already.
+pub fn probe_teachers(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &Store) -> Result<()> {
+    let mut teachers: Vec<(String, String)> = specs
+        .iter()
+        .filter(|s| s.kind == Kind::Teacher)
+        .map(|s| (s.train.model.clone(), plan::run_dir(dir, &s.id).display().to_string()))
+        .collect();
+    for r in &cfg.teachers.runs {
+        teachers.push((
+            config::external_name(r),
+            std::fs::canonicalize(r.rsplit_once('@').map_or(r.as_str(), |(d, _)| d))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| r.clone()),
+        ));
+    }
+    if teachers.is_empty() {
+        return Ok(());
+    }
+    let key = serde_json::to_string(&teachers)?;
+    if store.meta("probe_teachers")?.as_deref() == Some(key.as_str()) && dir.join("probe.json").exists() {
+        return Ok(());
+    }
+    let data = crate::data::source::load(&cfg.data)?;
+    let split = std::sync::Arc::new(data.test.clone());
+    let mut sources: Vec<Box<dyn LogitSource>> = vec![];
+    for (name, spec) in &teachers {
+        let (model, _, _) = crate::train::checkpoint::load_model(spec, tch::Device::Cpu)?;
+        sources.push(Box::new(probe::source::RunSource::new(name.clone(), model, &data, split.clone(), false, 0)));
+    }
+    let mut taus = probe::default_taus();
+    if !taus.iter().any(|t| (t - cfg.probe_tau).abs() < 1e-12) {
+        taus.push(cfg.probe_tau);
+        taus.sort_by(f64::total_cmp);
+    }
+    let labels: Vec<usize> = data.test.labels.iter().map(|&y| y as usize).collect();
+    let result = probe::run(sources, &labels, &taus, probe::CHUNK)?;
+    atomic::write_json(&dir.join("probe.json"), &result.report)?;
+    probe::output::write_plots(&dir.join("probe"), &result, cfg.probe_tau, Some(&data.class_names))?;
+    store.set_meta("probe_teachers", &key)?;
+    println!("{}", probe::output::table(&result.report, &result.taus, cfg.probe_tau));
+    Ok(())
+}
+
+/// `kdlab status`: progress by kind and status, failures, and an estimate of the time left.
+pub fn status(dir: &Path) -> Result<String> {
+    let store = Store::open(&dir.join("study.sqlite"))
+        .with_context(|| format!("{} is not a study directory", dir.display()))?;
+    let runs = store.runs()?;
+    let plan: Vec<String> = store.meta("plan")?.map(|p| serde_json::from_str(&p)).transpose()?.unwrap_or_default();
+    let runs: Vec<_> = runs.into_iter().filter(|r| plan.is_empty() || plan.contains(&r.id)).collect();
+    let mut rows = vec![];
+    for kind in ["teacher", "assistant", "student"] {
+        let of: Vec<_> = runs.iter().filter(|r| r.kind == kind).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let n = |s: &str| of.iter().filter(|r| r.status == s).count();
+        let walls: Vec<f64> = of.iter().filter(|r| r.status == "done").filter_map(|r| r.wall_time_s).collect();
+        let mean = (!walls.is_empty()).then(|| walls.iter().sum::<f64>() / walls.len() as f64);
+        let left = mean.map(|m| m * (n("queued") + n("running")) as f64);
+        rows.push(vec![
+            kind.to_string(),
+            n("done").to_string(),
+            n("running").to_string(),
+            n("failed").to_string(),
+            n("queued").to_string(),
+            mean.map_or("-".into(), fmt::duration),
+            left.map_or("-".into(), fmt::duration),
+        ]);
+    }
+    let mut out = format!("{}\n", dir.display());
+    out += &fmt::table(&["kind", "done", "running", "failed", "queued", "mean time", "time left (1 worker)"], &rows);
+    for r in runs.iter().filter(|r| r.status == "running") {
+        out += &format!("running: {} {}\n", r.id, r.name);
+    }
+    for r in runs.iter().filter(|r| r.status == "failed") {
+        out += &format!("failed:  {} {}: {}\n", r.id, r.name, r.error.as_deref().unwrap_or("?"));
+    }
+    Ok(out)
+}
+
+/// Writes Slurm job arrays for the runs still to do: one array per dependency level (teachers,
+/// then assistants, then students), chained with `afterok`. Each job runs `kdlab sweep-run` on
+/// its run's spec and writes only into its own run directory; `kdlab sweep` or `kdlab report`
+/// then imports the finished runs into the study's database (one writer, so SQLite never has to
+/// lock across a network file system).
+pub fn emit_slurm(dir: &Path, specs: &[RunSpec], store: &Store, out: &Path) -> Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(out)?;
+    let exe = std::env::current_exe()?.display().to_string();
+    let mut written = vec![];
+    let mut submit = String::from("#!/bin/bash\n# Submits the study's job arrays in dependency order.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n");
+    let mut prev: Option<String> = None;
+    for kind in [Kind::Teacher, Kind::Assistant, Kind::Student] {
+        let todo: Vec<&RunSpec> = specs
+            .iter()
+            .filter(|s| s.kind == kind)
+            .filter(|s| store.get(&s.id).ok().flatten().is_some_and(|r| r.status != "done"))
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let mut list = String::new();
+        for s in &todo {
+            let rdir = plan::run_dir(dir, &s.id);
+            std::fs::create_dir_all(&rdir)?;
+            let p = rdir.join("spec.json");
+            atomic::write_json(&p, s)?;
+            list += &format!("{}\n", std::fs::canonicalize(&p)?.display());
+        }
+        let name = kind.as_str();
+        atomic::write_bytes(&out.join(format!("{name}s.txt")), list.as_bytes())?;
+        let script = format!(
+            "#!/bin/bash\n#SBATCH --job-name=kdlab-{name}\n#SBATCH --array=1-{}\n#SBATCH --cpus-per-task=4\n#SBATCH --output={}/{name}-%a.out\n\
+             # One run of the study per array task; add --gres=gpu:1 and --device cuda for GPUs.\nset -euo pipefail\n\
+             spec=$(sed -n \"${{SLURM_ARRAY_TASK_ID}}p\" {}/{name}s.txt)\n{exe} sweep-run \"$spec\" --threads \"${{SLURM_CPUS_PER_TASK:-4}}\"\n",
+            todo.len(),
+            std::fs::canonicalize(out)?.display(),
+            std::fs::canonicalize(out)?.display()
+        );
+        let sp = out.join(format!("{name}s.sbatch"));
+        atomic::write_bytes(&sp, script.as_bytes())?;
+        written.push(sp);
+        let dep = prev.as_ref().map(|p| format!(" --dependency=afterok:${p}")).unwrap_or_default();
+        submit += &format!("{name}=$(sbatch --parsable{dep} {name}s.sbatch)\necho \"{name}s: job $");
+        submit += &format!("{name}\"\n");
+        prev = Some(name.to_string());
+    }
+    let sp = out.join("submit.sh");
+    atomic::write_bytes(&sp, submit.as_bytes())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o755))?;
+    written.push(sp);
+    Ok(written)
+}

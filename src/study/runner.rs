@@ -1,0 +1,319 @@
+//! Running a study: plan its runs, bring the store up to date with the run directories, then run
+//! what is left, `--workers` processes at a time (each with its own threads). Each run is its own
+//! process (`kdlab sweep-run`), so a crash, a NaN or a kill costs only that run's current epoch:
+//! started again, the same command skips finished runs and resumes interrupted ones from their
+//! last checkpoint.
+use super::config::StudyConfig;
+use super::plan::{self, Kind, RunSpec};
+use super::store::Store;
+use crate::train::run;
+use crate::util::{atomic, fmt};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct SweepOptions {
+    pub workers: usize,
+    /// Threads per worker (default: the cores divided among the workers).
+    pub threads: Option<usize>,
+    pub retry_failed: bool,
+    pub dry_run: bool,
+    /// Print one line per finished run only.
+    pub quiet: bool,
+}
+
+/// Holds an exclusive lock on a file for as long as the value lives.
+pub struct Lock(#[allow(dead_code)] File);
+
+/// Takes an exclusive, non-blocking lock on `path`; `what` explains a refusal.
+pub fn lock(path: &Path, what: &str) -> Result<Lock> {
+    use std::os::fd::AsRawFd;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("{what} ({} is locked)", path.display());
+    }
+    Ok(Lock(f))
+}
+
+/// The study directory for a study file (`--out`, else a directory named after the study).
+pub fn study_dir(cfg: &StudyConfig, out: Option<&Path>) -> PathBuf {
+    out.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(&cfg.name))
+}
+
+/// Reads a finished run's record and history from its directory, if it finished.
+fn finished(dir: &Path, spec: &RunSpec) -> Result<Option<(run::RunRecord, Vec<run::EpochMetrics>)>> {
+    let Some(rec) = run::read_record(dir)? else { return Ok(None) };
+    if rec.status != "done" || rec.epochs_done < spec.train.epochs {
+        return Ok(None);
+    }
+    let meta = crate::train::checkpoint::read_meta(&dir.join("last.json"))?;
+    Ok(Some((rec, meta.history)))
+}
+
+/// Brings the store in line with the plan and the run directories: adds new runs, imports runs
+/// that finished (also ones run elsewhere, e.g. by Slurm jobs), requeues runs left `running` by a
+/// killed sweep, and (with `retry_failed`) failed ones.
+pub fn sync(store: &mut Store, specs: &[RunSpec], dir: &Path, retry_failed: bool) -> Result<()> {
+    store.add_missing(specs)?;
+    for s in specs {
+        let stored = store.get(&s.id)?.expect("just added");
+        let rdir = plan::run_dir(dir, &s.id);
+        if let Some((rec, history)) = finished(&rdir, s)? {
+            if stored.status != "done" {
+                store.record_done(&s.id, &rec, &history)?;
+            }
+            continue;
+        }
+        match stored.status.as_str() {
+            "done" => store.set_status(&s.id, "queued", None)?, // its directory was removed
+            "running" => store.set_status(&s.id, "queued", None)?,
+            "failed" if retry_failed => store.set_status(&s.id, "queued", None)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Plans a study, opens its directory and store, and syncs them.
+pub fn open(
+    study_file: &Path,
+    out: Option<&Path>,
+    retry_failed: bool,
+) -> Result<(StudyConfig, PathBuf, Vec<RunSpec>, Store)> {
+    let cfg = StudyConfig::load(study_file)?;
+    let dir = study_dir(&cfg, out);
+    std::fs::create_dir_all(dir.join("runs")).with_context(|| format!("creating {}", dir.display()))?;
+    let specs = plan::expand(&cfg, &dir)?;
+    let mut store = Store::open(&dir.join("study.sqlite"))?;
+    let text = std::fs::read_to_string(study_file)?;
+    atomic::write_bytes(&dir.join("study.toml"), text.as_bytes())?;
+    store.set_meta("study_toml", &text)?;
+    store.set_meta("kdlab_version", crate::VERSION)?;
+    store.set_meta("plan", &serde_json::to_string(&specs.iter().map(|s| &s.id).collect::<Vec<_>>())?)?;
+    sync(&mut store, &specs, &dir, retry_failed)?;
+    Ok((cfg, dir, specs, store))
+}
+
+struct Running {
+    id: String,
+    child: Child,
+    started: Instant,
+}
+
+fn spawn(dir: &Path, spec: &RunSpec, threads: usize) -> Result<Child> {
+    let rdir = plan::run_dir(dir, &spec.id);
+    std::fs::create_dir_all(&rdir)?;
+    let spec_path = rdir.join("spec.json");
+    atomic::write_json(&spec_path, spec)?;
+    let log = File::options().create(true).append(true).open(rdir.join("log.txt"))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["sweep-run", &spec_path.display().to_string(), "--threads", &threads.to_string(), "--device", "cpu"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: prctl is async-signal-safe; the child dies with the sweep, so a killed sweep
+    // never leaves a run training behind that a restarted sweep would start a second time.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("starting the run {}", spec.id))
+}
+
+/// The reason a run's process failed: the error it recorded, else its log's last error line.
+fn failure_reason(dir: &Path, code: Option<i32>) -> String {
+    if let Ok(Some(rec)) = run::read_record(dir) {
+        if let Some(e) = rec.error {
+            return e;
+        }
+    }
+    let log = std::fs::read_to_string(dir.join("log.txt")).unwrap_or_default();
+    log.lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .map(|l| l.trim_start_matches("error:").trim().to_string())
+        .unwrap_or_else(|| format!("the run's process exited with {code:?}; see {}", dir.join("log.txt").display()))
+}
+
+/// Runs everything a study still needs.
+pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Result<PathBuf> {
+    let cfg0 = StudyConfig::load(study_file)?;
+    let dir0 = study_dir(&cfg0, out);
+    std::fs::create_dir_all(&dir0).with_context(|| format!("creating {}", dir0.display()))?;
+    let _lock = lock(&dir0.join(".sweep.lock"), &format!("another sweep is already running on {}", dir0.display()))?;
+    let (cfg, dir, specs, mut store) = open(study_file, out, opts.retry_failed)?;
+    let by_id: HashMap<&str, &RunSpec> = specs.iter().map(|s| (s.id.as_str(), s)).collect();
+    let status = |store: &Store, id: &str| store.get(id).map(|r| r.map(|r| r.status).unwrap_or_default());
+    let todo: Vec<&RunSpec> =
+        specs.iter().filter(|s| status(&store, &s.id).map(|st| st == "queued").unwrap_or(false)).collect();
+    let done_before = specs.len() - todo.len();
+    if opts.dry_run {
+        println!(
+            "{}: {} runs planned, {} to run ({} done or failed)",
+            dir.display(),
+            specs.len(),
+            todo.len(),
+            done_before
+        );
+        let rows: Vec<Vec<String>> = todo
+            .iter()
+            .map(|s| vec![s.id.clone(), s.kind.as_str().into(), s.name.clone(), s.train.epochs.to_string()])
+            .collect();
+        print!("{}", fmt::table(&["id", "kind", "run", "epochs"], &rows));
+        return Ok(dir);
+    }
+    let workers = opts.workers.max(1);
+    let threads = opts.threads.unwrap_or_else(|| (crate::util::device::available_cores() / workers).max(1));
+    println!(
+        "{} ({}): {} runs, {} to run with {workers} worker(s) × {threads} thread(s)",
+        cfg.name,
+        dir.display(),
+        specs.len(),
+        todo.len()
+    );
+    let total = specs.len();
+    let mut running: Vec<Running> = vec![];
+    let started = Instant::now();
+    let mut probed = false;
+    loop {
+        // Runs whose dependencies failed cannot run.
+        let runs = store.runs()?;
+        let st: HashMap<String, String> = runs.iter().map(|r| (r.id.clone(), r.status.clone())).collect();
+        for s in &specs {
+            if st.get(&s.id).map(String::as_str) == Some("queued") {
+                if let Some(dep) = s.depends_on.iter().find(|d| st.get(*d).map(String::as_str) == Some("failed")) {
+                    store.set_status(&s.id, "failed", Some(&format!("its teacher run {dep} failed")))?;
+                }
+            }
+        }
+        let st: HashMap<String, String> = store.runs()?.into_iter().map(|r| (r.id, r.status)).collect();
+        let teachers_done =
+            specs.iter().filter(|s| s.kind == Kind::Teacher).all(|s| st.get(&s.id).map(String::as_str) == Some("done"));
+        if teachers_done && !probed {
+            probed = true;
+            if let Err(e) = super::probe_teachers(&cfg, &dir, &specs, &store) {
+                eprintln!("warning: probing the teachers failed: {e:#}");
+            }
+        }
+        let ready: Vec<&RunSpec> = specs
+            .iter()
+            .filter(|s| st.get(&s.id).map(String::as_str) == Some("queued"))
+            .filter(|s| !running.iter().any(|r| r.id == s.id))
+            .filter(|s| s.depends_on.iter().all(|d| st.get(d).map(String::as_str) == Some("done")))
+            .collect();
+        if ready.is_empty() && running.is_empty() {
+            break;
+        }
+        for s in ready.into_iter().take(workers.saturating_sub(running.len())) {
+            store.set_status(&s.id, "running", None)?;
+            match spawn(&dir, s, threads) {
+                Ok(child) => {
+                    if !opts.quiet {
+                        println!("  start {} {}", s.id, s.name);
+                    }
+                    running.push(Running { id: s.id.clone(), child, started: Instant::now() });
+                }
+                Err(e) => store.set_status(&s.id, "failed", Some(&format!("{e:#}")))?,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut still = vec![];
+        for mut r in running.drain(..) {
+            match r.child.try_wait()? {
+                None => still.push(r),
+                Some(code) => {
+                    let spec = by_id[r.id.as_str()];
+                    let rdir = plan::run_dir(&dir, &r.id);
+                    let outcome = if code.success() { finished(&rdir, spec)? } else { None };
+                    let counts = |store: &Store| -> Result<(usize, usize)> {
+                        let rs = store.runs()?;
+                        Ok((
+                            rs.iter().filter(|x| x.status == "done").count(),
+                            rs.iter().filter(|x| x.status == "failed").count(),
+                        ))
+                    };
+                    match outcome {
+                        Some((rec, history)) => {
+                            store.record_done(&r.id, &rec, &history)?;
+                            let (d, f) = counts(&store)?;
+                            println!(
+                                "[{d}/{total} done, {f} failed] {}: final {:.2}%, best {:.2}% ({})",
+                                spec.name,
+                                100.0 * rec.final_test_acc.unwrap_or(f64::NAN),
+                                100.0 * rec.best_test_acc.unwrap_or(f64::NAN),
+                                fmt::duration(r.started.elapsed().as_secs_f64())
+                            );
+                        }
+                        None => {
+                            let why = failure_reason(&rdir, code.code());
+                            store.set_status(&r.id, "failed", Some(&why))?;
+                            let (d, f) = counts(&store)?;
+                            println!("[{d}/{total} done, {f} failed] FAILED {}: {why}", spec.name);
+                        }
+                    }
+                }
+            }
+        }
+        running = still;
+    }
+    let runs = store.runs()?;
+    let (d, f) =
+        (runs.iter().filter(|x| x.status == "done").count(), runs.iter().filter(|x| x.status == "failed").count());
+    println!(
+        "{}: {d} of {total} runs done, {f} failed, in {}. `kdlab report {}` writes the report.",
+        cfg.name,
+        fmt::duration(started.elapsed().as_secs_f64()),
+        dir.display()
+    );
+    if f > 0 {
+        println!("failed runs are retried with --retry-failed; `kdlab status {}` lists them", dir.display());
+    }
+    Ok(dir)
+}
+
+/// `kdlab sweep-run SPEC.json`: trains one run of a study (what a sweep worker or a Slurm job runs).
+pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
+    let text = std::fs::read_to_string(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
+    let spec: RunSpec =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a study run", spec_path.display()))?;
+    let rdir = spec_path.parent().context("a spec lives in its run directory")?.to_path_buf();
+    let study = rdir.parent().and_then(Path::parent).context("a run directory lives in <study>/runs/")?.to_path_buf();
+    let _lock = lock(&rdir.join(".lock"), &format!("run {} is already being trained by another process", spec.id))?;
+    let extra = serde_json::json!({"study_run": spec.id, "series": spec.series});
+    match &spec.teacher {
+        None => {
+            let data = crate::data::source::load(&spec.train.data)?;
+            let opts = crate::train::trainer::RunOptions {
+                extra,
+                ..crate::train::trainer::RunOptions::new(&rdir, device, "train")
+            };
+            crate::train::trainer::train(&spec.train, &data, &mut crate::train::objective::CrossEntropy, &opts)?;
+        }
+        Some(t) => {
+            let tspec = t.spec(&study);
+            let cfg = crate::train::distill::DistillConfig {
+                train: spec.train.clone(),
+                teacher: tspec.clone(),
+                assistant: None,
+                method: spec.method.clone(),
+                params: spec.params.clone(),
+                teacher_cache: spec.teacher_cache,
+            };
+            crate::train::distill::run(&cfg, &tspec, &rdir, device, false, extra)?;
+        }
+    }
+    Ok(())
+}

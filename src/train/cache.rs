@@ -1,0 +1,231 @@
+//! The teacher-logit cache. For a fixed teacher and data set, the teacher's logits depend only on
+//! the sample and its augmentation view, so they are computed once for every (sample, view) —
+//! e.g. 25 crop offsets × 2 flips = 50 views of a 28×28 image with padding 2, or just the identity
+//! view when students train without augmentation — and stored as f16 in a memory-mapped file in
+//! the teacher's run directory. Distillation then looks up the view each sample drew and never
+//! runs the teacher.
+//!
+//! File layout: `KDLCACHE`, a little-endian u32 header length, a JSON header (teacher checksum,
+//! data checksum, view enumeration, dtype, shape), zero padding to a 64-byte boundary, then
+//! V × N × C f16 values, view-major (row `v·N + i` holds sample i seen through view v), so that
+//! building writes each view's logits as one contiguous block.
+use super::checkpoint::CheckpointMeta;
+use super::model::Model;
+use crate::data::augment::Augment;
+use crate::data::{Dataset, Split};
+use crate::util::atomic;
+use anyhow::{bail, Context, Result};
+use half::f16;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+const MAGIC: &[u8; 8] = b"KDLCACHE";
+pub const FORMAT: &str = "kdlab-logit-cache/1";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Header {
+    pub format: String,
+    pub teacher_model: String,
+    pub teacher_weights_sha256: String,
+    pub data_name: String,
+    pub data_fingerprint: String,
+    pub split: String,
+    pub samples: usize,
+    pub classes: usize,
+    pub views: usize,
+    /// The view enumeration: crop padding and flips as in `Augment` (views off: identity only).
+    pub pad: usize,
+    pub flip: bool,
+    pub augment: bool,
+    pub view_order: String,
+    pub dtype: String,
+    pub layout: String,
+}
+
+/// A cache opened for reading (memory-mapped).
+pub struct LogitCache {
+    pub header: Header,
+    pub path: PathBuf,
+    map: memmap2::Mmap,
+    offset: usize,
+}
+
+/// The cache file for a teacher, data set and view enumeration.
+pub fn cache_path(teacher_dir: &Path, meta: &CheckpointMeta, data: &Dataset, augment: bool) -> PathBuf {
+    let key = crate::data::sha256_hex(
+        format!(
+            "{}|{}|{}|{}|{}",
+            meta.weights_sha256,
+            data.fingerprint(),
+            data.profile.pad,
+            data.profile.flip,
+            augment
+        )
+        .as_bytes(),
+    );
+    teacher_dir.join("logit-cache").join(format!("train-{}.kdlc", &key[..16]))
+}
+
+fn expected_header(meta: &CheckpointMeta, data: &Dataset, augment: bool) -> Header {
+    let aug = Augment::new(&data.profile, augment);
+    Header {
+        format: FORMAT.into(),
+        teacher_model: meta.model.clone(),
+        teacher_weights_sha256: meta.weights_sha256.clone(),
+        data_name: data.name.clone(),
+        data_fingerprint: data.fingerprint(),
+        split: "train".into(),
+        samples: data.train.len(),
+        classes: meta.classes,
+        views: aug.view_count(),
+        pad: aug.pad,
+        flip: aug.flip,
+        augment,
+        view_order: "crop offset (dy, dx) row-major, flip fastest; as kdlab's Augment::view".into(),
+        dtype: "f16".into(),
+        layout: "view-major: row v*samples + i".into(),
+    }
+}
+
+/// Free bytes on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-parameter.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Opens the cache for this teacher and data, building it first if it is missing or stale.
+pub fn open_or_build(
+    teacher_dir: &Path,
+    model: &Model,
+    meta: &CheckpointMeta,
+    data: &Dataset,
+    augment: bool,
+    quiet: bool,
+) -> Result<LogitCache> {
+    let path = cache_path(teacher_dir, meta, data, augment);
+    let want = expected_header(meta, data, augment);
+    let dir = path.parent().expect("in logit-cache/");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // One builder at a time per teacher (sweep workers may share a teacher); the others wait.
+    let lock = std::fs::File::options().create(true).truncate(false).write(true).open(dir.join(".lock"))?;
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    }
+    if let Ok(c) = LogitCache::open(&path) {
+        if c.header == want {
+            return Ok(c);
+        }
+    }
+    build(&path, model, data, &want, augment, quiet)?;
+    drop(lock);
+    LogitCache::open(&path)
+}
+
+fn build(path: &Path, model: &Model, data: &Dataset, header: &Header, augment: bool, quiet: bool) -> Result<()> {
+    let (n, c, v) = (header.samples, header.classes, header.views);
+    let bytes = (n * c * v * 2) as u64;
+    let dir = path.parent().expect("has a parent");
+    if let Some(free) = free_bytes(dir) {
+        if free < bytes + (64 << 20) {
+            bail!(
+                "the teacher-logit cache for {} would need {:.1} MiB ({n} samples × {v} views × {c} classes × 2 bytes) but {} has {:.1} MiB free",
+                header.teacher_model,
+                bytes as f64 / (1 << 20) as f64,
+                dir.display(),
+                free as f64 / (1 << 20) as f64
+            );
+        }
+    }
+    let aug = Augment::new(&data.profile, augment);
+    let split: &Split = &data.train;
+    let started = std::time::Instant::now();
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { super::progress::items_bar(n * v, "teacher cache") };
+    let mut head_json = serde_json::to_vec(header)?;
+    let unpadded = MAGIC.len() + 4 + head_json.len();
+    head_json.extend(std::iter::repeat_n(b' ', (64 - unpadded % 64) % 64));
+    atomic::write_via_path(path, |tmp| {
+        let f = std::fs::File::create(tmp).map_err(|e| anyhow::anyhow!(atomic::describe_io(&e, "creating", tmp)))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let io = |e: std::io::Error| anyhow::anyhow!(atomic::describe_io(&e, "writing", path));
+        w.write_all(MAGIC).map_err(io)?;
+        w.write_all(&(head_json.len() as u32).to_le_bytes()).map_err(io)?;
+        w.write_all(&head_json).map_err(io)?;
+        let numel = split.shape.numel();
+        let batch = super::eval::EVAL_BATCH;
+        let mut buf = vec![0f32; batch * numel];
+        for view in 0..v {
+            let vw = aug.view(view);
+            for lo in (0..n).step_by(batch) {
+                let hi = (lo + batch).min(n);
+                for i in lo..hi {
+                    aug.apply(split.image(i), split.shape, vw, &mut buf[(i - lo) * numel..(i - lo + 1) * numel]);
+                }
+                let dims = [(hi - lo) as i64, split.shape.c as i64, split.shape.h as i64, split.shape.w as i64];
+                let x = Tensor::from_slice(&buf[..(hi - lo) * numel]).view(dims).to_device(model.device());
+                let logits = model.infer(&x).to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+                let vals = Vec::<f32>::try_from(logits.view(-1))?;
+                let mut out = Vec::with_capacity(vals.len() * 2);
+                for x in vals {
+                    out.extend_from_slice(&f16::from_f32(x).to_le_bytes());
+                }
+                w.write_all(&out).map_err(io)?;
+                bar.inc((hi - lo) as u64);
+            }
+        }
+        w.flush().map_err(io)?;
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    if !quiet {
+        println!(
+            "built the teacher-logit cache {} ({n} samples × {v} views, {:.1} MiB) in {}",
+            path.display(),
+            bytes as f64 / (1 << 20) as f64,
+            crate::util::fmt::duration(started.elapsed().as_secs_f64())
+        );
+    }
+    Ok(())
+}
+
+impl LogitCache {
+    pub fn open(path: &Path) -> Result<LogitCache> {
+        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: the file is only ever replaced by rename, never modified in place.
+        let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
+        if map.len() < 12 || &map[..8] != MAGIC {
+            bail!("{}: not a kdlab logit cache", path.display());
+        }
+        let hlen = u32::from_le_bytes(map[8..12].try_into().unwrap()) as usize;
+        let header: Header = serde_json::from_slice(map.get(12..12 + hlen).context("truncated header")?)
+            .with_context(|| format!("{}: bad header", path.display()))?;
+        let offset = 12 + hlen;
+        let want = header.samples * header.views * header.classes * 2;
+        if map.len() != offset + want {
+            bail!(
+                "{}: holds {} bytes of logits, its header says {want}; delete it to rebuild",
+                path.display(),
+                map.len() - offset
+            );
+        }
+        Ok(LogitCache { header, path: path.to_path_buf(), map, offset })
+    }
+
+    /// The cached logits of samples `indices` seen through views `views`, as (N, C) f32.
+    pub fn lookup(&self, indices: &[u32], views: &[u32]) -> Tensor {
+        let (n, c) = (self.header.samples, self.header.classes);
+        let mut out = Vec::with_capacity(indices.len() * c);
+        for (&i, &v) in indices.iter().zip(views) {
+            let row = v as usize * n + i as usize;
+            let bytes = &self.map[self.offset + row * c * 2..self.offset + (row + 1) * c * 2];
+            out.extend(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()));
+        }
+        Tensor::from_slice(&out).view([indices.len() as i64, c as i64])
+    }
+}

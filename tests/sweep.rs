@@ -1,0 +1,136 @@
+//! Studies end to end through the `kdlab` binary: a sweep runs every planned run once, a sweep
+//! killed with SIGKILL at random moments and started again finishes with no run lost or
+//! duplicated and the same results as an uninterrupted sweep, added seeds run only the new runs,
+//! and the report is written.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn kdlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kdlab"))
+}
+
+/// A small real data set (the first images of the embedded subset) as IDX files.
+fn write_data(dir: &Path) {
+    use kdlab::data::idx::encode;
+    let d = kdlab::data::embedded::load().unwrap().head(400, 100);
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, split) in [("train", &d.train), ("t10k", &d.test)] {
+        let labels: Vec<u8> = split.labels.iter().map(|&y| y as u8).collect();
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), encode(&[split.len(), 28, 28], &split.images))
+            .unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), encode(&[split.len()], &labels)).unwrap();
+    }
+}
+
+fn study(dir: &Path, seeds: &str) -> PathBuf {
+    let data = dir.join("data");
+    if !data.exists() {
+        write_data(&data);
+    }
+    let p = dir.join(format!("study-{}.toml", seeds.len()));
+    std::fs::write(
+        &p,
+        format!(
+            "name = 'tiny'\ndata = '{}'\nseeds = [{seeds}]\n[teachers]\nmodels = ['cnn_w1', 'cnn_w2']\nepochs = 2\nwarmup_epochs = 1\nsave_every = 1\n\
+             [students]\nmodels = ['mlp_16x1']\nepochs = 2\naugment = false\nteacher_cache = true\n\
+             [[methods]]\nname = 'ce'\n[[methods]]\nname = 'kd'\n[[methods]]\nname = 'ats'\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn sweep(study: &Path, out: &Path) {
+    let o = kdlab()
+        .args(["sweep", study.to_str().unwrap(), "--out", out.to_str().unwrap(), "--workers", "2", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+}
+
+/// The report's per-run results, which must not depend on interruptions.
+fn results(out: &Path) -> String {
+    let o = kdlab().args(["report", out.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out.join("report/results.csv")).unwrap()
+}
+
+/// The counts `kdlab status` prints per kind of run.
+fn statuses(out: &Path) -> Vec<(String, String)> {
+    let o = kdlab().args(["status", out.to_str().unwrap()]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() >= 5 && ["teacher", "student", "assistant"].contains(&cols[0])).then(|| {
+                (
+                    cols[0].to_string(),
+                    format!("done={} running={} failed={} queued={}", cols[1], cols[2], cols[3], cols[4]),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_sweep_resumes_to_the_same_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = study(tmp.path(), "0, 1");
+    // The reference: one uninterrupted sweep.
+    let clean = tmp.path().join("clean");
+    sweep(&s, &clean);
+    let want = results(&clean);
+    assert_eq!(want.lines().filter(|l| l.contains(",student,mlp_16x1,")).count(), 2 + 2 * 2 * 2, "{want}");
+    assert_eq!(
+        statuses(&clean),
+        vec![
+            ("teacher".into(), "done=2 running=0 failed=0 queued=0".into()),
+            ("student".into(), "done=10 running=0 failed=0 queued=0".into())
+        ]
+    );
+    // Running it again runs nothing.
+    let t0 = Instant::now();
+    sweep(&s, &clean);
+    assert!(t0.elapsed() < Duration::from_secs(20), "a finished study reruns nothing");
+    assert_eq!(results(&clean), want);
+
+    // Kill -9 at pseudo-random moments (seeded, so the test is reproducible), then finish.
+    let killed = tmp.path().join("killed");
+    let mut rng = kdlab::util::rng::Rng::new(12345);
+    for round in 0..3 {
+        let mut child = kdlab()
+            .args(["sweep", s.to_str().unwrap(), "--out", killed.to_str().unwrap(), "--workers", "2", "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let wait = Duration::from_millis(1500 + rng.below(4000));
+        std::thread::sleep(wait);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+        }
+        child.wait().unwrap();
+        eprintln!("round {round}: killed after {wait:?}");
+    }
+    sweep(&s, &killed);
+    assert_eq!(statuses(&killed), statuses(&clean));
+    let got = results(&killed);
+    let strip = |t: &str| t.lines().map(|l| l.to_string()).collect::<Vec<_>>();
+    assert_eq!(strip(&got), strip(&want), "the resumed study's results equal the uninterrupted one's");
+    // Each run directory holds exactly one history of the configured length.
+    for entry in std::fs::read_dir(killed.join("runs")).unwrap() {
+        let dir = entry.unwrap().path();
+        let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 3, "{}: {csv}", dir.display());
+    }
+
+    // Adding a seed runs only the new runs.
+    let s3 = study(tmp.path(), "0, 1, 2");
+    let o =
+        kdlab().args(["sweep", s3.to_str().unwrap(), "--out", clean.to_str().unwrap(), "--dry-run"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("17 runs planned, 5 to run"), "{text}");
+    assert!(clean.join("report/report.md").exists() && clean.join("report/report.html").exists());
+}
