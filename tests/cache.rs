@@ -45,13 +45,14 @@ fn cached_logits_equal_a_live_forward_and_distillation_agrees() {
     let again = cache::open_or_build(&tdir, &teacher.model, &teacher.meta, &data, true, true).unwrap();
     assert_eq!(again.path, c.path);
     assert!(LogitCache::open(&c.path).is_ok());
-    // Distilling with and without the cache: the same curve up to f16 effects.
+    // Distilling with and without the cache: the same curve up to f16 effects; and twice from the
+    // cache: the same numbers exactly.
     let mut curves = vec![];
-    for use_cache in [false, true] {
+    for use_cache in [false, true, true] {
         let t = Teacher::load(tdir.to_str().unwrap(), Device::Cpu).unwrap();
         let cache = use_cache.then(|| cache::open_or_build(&tdir, &t.model, &t.meta, &data, true, true).unwrap());
         let mut obj = Distill { teacher: t, method: methods::build("kd", &MethodParams::default()).unwrap(), cache };
-        let out = tmp.path().join(format!("student-{use_cache}"));
+        let out = tmp.path().join(format!("student-{use_cache}-{}", curves.len()));
         let r = train(
             &cfg("cnn_w1", 2),
             &data,
@@ -61,6 +62,10 @@ fn cached_logits_equal_a_live_forward_and_distillation_agrees() {
         .unwrap();
         curves.push(r.history);
     }
+    let numbers = |h: &[kdlab::train::run::EpochMetrics]| {
+        h.iter().map(|m| (m.train_loss, m.test_acc, m.terms.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(numbers(&curves[1]), numbers(&curves[2]), "the same cache, the same seed: identical runs");
     for (a, b) in curves[0].iter().zip(&curves[1]) {
         assert!(
             (a.train_loss - b.train_loss).abs() < 1e-2 * a.train_loss,

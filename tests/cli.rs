@@ -1,4 +1,7 @@
 //! The `kdlab` binary as a user runs it.
+mod common;
+
+use common::text;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -9,10 +12,6 @@ fn kdlab(args: &[&str], cwd: &Path) -> Output {
         .env("KDLAB_DATA", cwd.join("data"))
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Writes an IDX data set the reader has never seen: 3 classes with known counts, raw files.

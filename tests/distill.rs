@@ -1,5 +1,7 @@
 //! Distillation end to end: a teacher is trained, students are distilled from it (also from an
 //! early checkpoint, ESKD, and through an assistant, TAKD), and the run records say exactly how.
+mod common;
+
 use kdlab::data::{self, Dataset};
 use kdlab::methods::{self, MethodParams};
 use kdlab::train::config::TrainConfig;
@@ -7,7 +9,6 @@ use kdlab::train::distill::{Distill, Teacher};
 use kdlab::train::objective::CrossEntropy;
 use kdlab::train::trainer::{train, RunOptions};
 use std::path::Path;
-use std::process::Command;
 use tch::Device;
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -83,27 +84,14 @@ fn distillation_records_the_method_and_teacher_and_is_deterministic() {
 }
 
 fn kdlab(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kdlab")).args(args).current_dir(cwd).output().unwrap()
-}
-
-/// A small real data set on disk (the first samples of the embedded subset, as IDX files).
-fn write_small_idx(dir: &Path) {
-    use kdlab::data::idx::encode;
-    let d = data::embedded::load().unwrap().head(512, 128);
-    std::fs::create_dir_all(dir).unwrap();
-    for (prefix, split) in [("train", &d.train), ("t10k", &d.test)] {
-        let labels: Vec<u8> = split.labels.iter().map(|&y| y as u8).collect();
-        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), encode(&[split.len(), 28, 28], &split.images))
-            .unwrap();
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), encode(&[split.len()], &labels)).unwrap();
-    }
+    common::kdlab().args(args).current_dir(cwd).output().unwrap()
 }
 
 #[test]
 fn cli_distill_from_toml_with_takd_and_clear_errors() {
     let _s = serial();
     let tmp = tempfile::tempdir().unwrap();
-    write_small_idx(&tmp.path().join("fm"));
+    common::write_small_idx(&tmp.path().join("fm"), 512, 128);
     let o = kdlab(
         &["train", "--model", "cnn_w2", "--data", "fm", "--epochs", "1", "--out", "runs/t", "--quiet"],
         tmp.path(),

@@ -2,31 +2,17 @@
 //! killed with SIGKILL at random moments and started again finishes with no run lost or
 //! duplicated and the same results as an uninterrupted sweep, added seeds run only the new runs,
 //! and the report is written.
+mod common;
+
+use common::kdlab;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn kdlab() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kdlab"))
-}
-
-/// A small real data set (the first images of the embedded subset) as IDX files.
-fn write_data(dir: &Path) {
-    use kdlab::data::idx::encode;
-    let d = kdlab::data::embedded::load().unwrap().head(400, 100);
-    std::fs::create_dir_all(dir).unwrap();
-    for (prefix, split) in [("train", &d.train), ("t10k", &d.test)] {
-        let labels: Vec<u8> = split.labels.iter().map(|&y| y as u8).collect();
-        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), encode(&[split.len(), 28, 28], &split.images))
-            .unwrap();
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), encode(&[split.len()], &labels)).unwrap();
-    }
-}
 
 fn study(dir: &Path, seeds: &str) -> PathBuf {
     let data = dir.join("data");
     if !data.exists() {
-        write_data(&data);
+        common::write_small_idx(&data, 400, 100);
     }
     let p = dir.join(format!("study-{}.toml", seeds.len()));
     std::fs::write(

@@ -2,6 +2,7 @@
 //! `--pytorch`, kdlab and the PyTorch reference alternately in one invocation, with their ratio.
 use crate::bench::{self, BenchResult, BenchSpec, Mode};
 use crate::data::Shape;
+use crate::util::device::MemoryFormat;
 use anyhow::Result;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ pub struct BenchArgs {
     /// instead of one model; with --pytorch, print the ratio for each.
     #[arg(long)]
     pub suite: bool,
+    /// kdlab's memory layout for convolutions (auto: channels-last on the CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub memory_format: crate::util::device::MemoryFormat,
     /// With --suite: also write the results as a Markdown table to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
@@ -67,6 +71,7 @@ const SUITE: &[(&str, Mode, &str, usize)] = &[
 ];
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    crate::util::device::set_memory_format(a.memory_format);
     if a.suite {
         return suite(&a);
     }
@@ -96,7 +101,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     };
     // Each side runs in a fresh process, so neither inherits the other's allocator or threads.
-    let (ours, theirs) = compare(&spec, Some(&python), &a.reference, a.rounds)?;
+    let (ours, theirs) = compare(&spec, a.memory_format, Some(&python), &a.reference, a.rounds)?;
     let theirs = theirs.expect("PyTorch was run");
     let (k, krss, p, prss, framework) =
         (ours.img_per_s, ours.peak_mb, theirs.img_per_s, theirs.peak_mb, theirs.framework);
@@ -125,9 +130,20 @@ struct Side {
 }
 
 /// Medians over rounds of kdlab (and PyTorch, when given) for one spec, each side in a fresh process.
-fn compare(spec: &BenchSpec, python: Option<&Path>, reference: &Path, rounds: usize) -> Result<(Side, Option<Side>)> {
+fn compare(
+    spec: &BenchSpec,
+    format: MemoryFormat,
+    python: Option<&Path>,
+    reference: &Path,
+    rounds: usize,
+) -> Result<(Side, Option<Side>)> {
     let me = std::env::current_exe()?;
-    let own = vec!["bench".to_string(), "--json".to_string()];
+    let own = vec![
+        "bench".to_string(),
+        "--json".to_string(),
+        "--memory-format".to_string(),
+        clap::ValueEnum::to_possible_value(&format).expect("named").get_name().to_string(),
+    ];
     let (mut ours, mut theirs) = (vec![], vec![]);
     for _ in 0..rounds.max(1) {
         ours.push(bench::run_child(&me, &own, spec)?);
@@ -165,7 +181,7 @@ fn suite(a: &BenchArgs) -> Result<()> {
             threads,
             seed: a.seed,
         };
-        let (ours, theirs) = compare(&spec, a.pytorch.as_deref(), &a.reference, a.rounds)?;
+        let (ours, theirs) = compare(&spec, a.memory_format, a.pytorch.as_deref(), &a.reference, a.rounds)?;
         let (k, krss) = (ours.img_per_s, ours.peak_mb);
         let mode_s = format!("{mode:?}").to_lowercase();
         let mut row = vec![

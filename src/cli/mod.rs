@@ -32,12 +32,16 @@ pub struct Runtime {
     /// LibTorch intra-op threads (0: every core).
     #[arg(long, default_value_t = 0, global = true)]
     pub threads: usize,
+    /// Memory layout of convolution weights and activations (auto: channels-last on the CPU).
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub memory_format: device::MemoryFormat,
 }
 
 impl Runtime {
     /// Applies the thread setting and resolves the device.
     pub fn init(&self) -> Result<tch::Device> {
         device::set_threads(self.threads);
+        device::set_memory_format(self.memory_format);
         device::resolve(self.device)
     }
 }

@@ -76,6 +76,7 @@ pub struct Array {
 
 impl Array {
     pub fn len(&self) -> usize {
+        // The data length was checked against the header, so this cannot overflow.
         self.shape.iter().product()
     }
     pub fn is_empty(&self) -> bool {
@@ -152,8 +153,9 @@ impl Header {
             Dtype::Int { bytes, .. } => bytes,
         }
     }
+    /// Bytes of data the header declares (saturating: an absurd shape never matches a file).
     pub fn data_len(&self) -> usize {
-        self.shape.iter().product::<usize>() * self.elem_size()
+        self.shape.iter().try_fold(self.elem_size(), |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX)
     }
 }
 
@@ -212,7 +214,12 @@ pub fn parse_header(bytes: &[u8], file: &Path) -> Result<Header> {
         .map(|s| s.trim_end_matches('L').parse::<usize>())
         .collect::<Result<_, _>>()
         .with_context(|| format!("{name}: bad shape {shape_s}"))?;
-    let (order, code) = descr.split_at(1);
+    // `descr` comes from the file: never index it without checking (an empty or non-ASCII descr
+    // once made this panic; found by tests/fuzz_readers.rs).
+    let (order, code) = match (descr.get(..1), descr.get(1..)) {
+        (Some(o), Some(c)) if !c.is_empty() => (o, c),
+        _ => bail!("{name}: unsupported dtype '{descr}'"),
+    };
     let big_endian = match order {
         "<" | "|" | "=" => false,
         ">" => true,
@@ -391,6 +398,11 @@ mod tests {
         assert!(e(&fortran).contains("Fortran"));
         let complex = with_header("{'descr': '<c8', 'fortran_order': False, 'shape': (1,), }\n", &[0; 8]);
         assert!(e(&complex).contains("unsupported dtype"));
+        // Regression (fuzzer): an empty or non-ASCII dtype is an error, not a panic.
+        let empty = with_header("{'descr': '', 'fortran_order': False, 'shape': (1,), }\n", &[0; 4]);
+        assert!(e(&empty).contains("unsupported dtype"));
+        let wide = with_header("{'descr': 'é4', 'fortran_order': False, 'shape': (1,), }\n", &[0; 4]);
+        assert!(e(&wide).contains("unsupported dtype"));
         let short = with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }\n", &[0; 12]);
         assert!(e(&short).contains("truncated"));
         let ints = parse(&encode_i64(&[1], &[3]), p()).unwrap();

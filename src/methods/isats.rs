@@ -24,6 +24,8 @@ pub struct Isats {
     pub lambda: f64,
     last: Vec<f64>,
     epoch: Vec<f64>,
+    /// Samples this epoch whose ATS target no longer ranks the true class first.
+    flipped: usize,
 }
 
 pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
@@ -38,6 +40,7 @@ pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
         lambda,
         last: vec![],
         epoch: vec![],
+        flipped: 0,
     }))
 }
 
@@ -123,6 +126,8 @@ impl Method for Isats {
         self.last = Vec::<f64>::try_from(tau2.to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or_default();
         self.epoch.extend_from_slice(&self.last);
         let lp = log_ats(x.teacher, x.labels, self.tau1, &tau2.unsqueeze(1));
+        // A small τ2 can lift a wrong class above the true one in the target; count how often.
+        self.flipped += lp.argmax(1, false).ne_tensor(x.labels).sum(Kind::Int64).int64_value(&[]) as usize;
         ats::terms(x, &lp, self.student_tau, self.lambda)
     }
     fn hyper(&self) -> serde_json::Value {
@@ -133,8 +138,11 @@ impl Method for Isats {
         Some(("tau2".into(), self.last.clone()))
     }
     fn end_epoch(&mut self) -> Option<serde_json::Value> {
+        let n = self.epoch.len().max(1) as f64;
         let s = summarise(&mut self.epoch, self.tau2_min, self.tau1);
+        let flipped = self.flipped as f64 / n;
         self.epoch.clear();
-        Some(serde_json::json!({"isats_tau2": s}))
+        self.flipped = 0;
+        Some(serde_json::json!({"isats_tau2": s, "target_not_true_class": flipped}))
     }
 }

@@ -11,6 +11,8 @@ pub struct Model {
     pub arch: String,
     pub input: Shape,
     pub classes: usize,
+    /// Weights, and the inputs given to the model, in channels-last memory order.
+    pub channels_last: bool,
 }
 
 impl Model {
@@ -23,7 +25,25 @@ impl Model {
         tch::manual_seed(crate::util::rng::mix(&[seed, crate::util::rng::stream::INIT]) as i64 & i64::MAX);
         let vs = nn::VarStore::new(device);
         let net = models::build(&vs.root(), arch, input, classes)?;
-        Ok(Model { vs, net, arch: arch.to_string(), input, classes })
+        let mut model = Model { vs, net, arch: arch.to_string(), input, classes, channels_last: false };
+        if crate::util::device::channels_last_for(device) && model.has_convolutions() {
+            model.to_channels_last();
+        }
+        Ok(model)
+    }
+
+    /// Stores every 4-D weight in channels-last (NHWC) memory order, the layout oneDNN's CPU
+    /// convolutions prefer; inputs must then be converted with `channels_last` too. The logical
+    /// shapes (and so checkpoints, which are saved contiguous) do not change.
+    pub fn to_channels_last(&mut self) {
+        self.channels_last = true;
+        let _guard = tch::no_grad_guard();
+        for (_, mut v) in self.vs.variables() {
+            if v.dim() == 4 {
+                let cl = channels_last(&v);
+                v.set_data(&cl);
+            }
+        }
     }
 
     pub fn params(&self) -> u64 {
@@ -36,12 +56,26 @@ impl Model {
 
     /// Logits in training mode (BatchNorm uses batch statistics and updates its running ones).
     pub fn forward_train(&self, x: &Tensor) -> Tensor {
-        self.net.forward_t(x, true)
+        self.net.forward_t(&self.prepare(x), true)
+    }
+
+    /// The input in the model's memory order.
+    fn prepare(&self, x: &Tensor) -> Tensor {
+        if self.channels_last && x.dim() == 4 {
+            channels_last(x)
+        } else {
+            x.shallow_clone()
+        }
+    }
+
+    /// Whether channels-last storage can matter (the model has convolutions).
+    pub fn has_convolutions(&self) -> bool {
+        self.vs.variables().values().any(|v| v.dim() == 4)
     }
 
     /// Logits in inference mode: BatchNorm uses running statistics, no gradient is recorded.
     pub fn infer(&self, x: &Tensor) -> Tensor {
-        tch::no_grad(|| self.net.forward_t(x, false))
+        tch::no_grad(|| self.net.forward_t(&self.prepare(x), false))
     }
 
     /// Named variables, sorted by name (parameters and BatchNorm running statistics).
@@ -56,4 +90,9 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Model({} on {}, {} classes)", self.arch, self.input, self.classes)
     }
+}
+
+/// A 4-D tensor with the same shape stored in channels-last (NHWC) order.
+pub fn channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }

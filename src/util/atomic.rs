@@ -30,6 +30,22 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Fault injection for the reliability tests: when `KDLAB_FAILPOINT_ENOSPC` is set and the file
+/// being written has a name containing its value, the write fails as on a full disk, after half
+/// of the temporary file was written.
+fn failpoint(path: &Path, tmp: &Path) -> Result<()> {
+    let Some(pattern) = std::env::var_os("KDLAB_FAILPOINT_ENOSPC") else { return Ok(()) };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if pattern.is_empty() || !name.contains(&*pattern.to_string_lossy()) {
+        return Ok(());
+    }
+    if let Ok(bytes) = fs::read(tmp) {
+        let _ = fs::write(tmp, &bytes[..bytes.len() / 2]);
+    }
+    let err = io::Error::from_raw_os_error(libc::ENOSPC);
+    Err(anyhow::anyhow!(describe_io(&err, "writing", path)))
+}
+
 /// Writes a file atomically through `fill`, which may write the temporary path in any way (tch's
 /// own savers write to a path, not to a stream).
 pub fn write_via_path<F>(path: &Path, fill: F) -> Result<()>
@@ -39,7 +55,7 @@ where
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| describe_dir(dir))?;
     let tmp = temp_path(path);
-    let result = fill(&tmp).and_then(|()| {
+    let result = fill(&tmp).and_then(|()| failpoint(path, &tmp)).and_then(|()| {
         let f = File::open(&tmp).map_err(|e| anyhow::anyhow!(describe_io(&e, "reopening", &tmp)))?;
         f.sync_all().map_err(|e| anyhow::anyhow!(describe_io(&e, "syncing", path)))?;
         fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!(describe_io(&e, "renaming into", path)))

@@ -65,6 +65,35 @@ pub fn resolve(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
+/// How convolution weights and activations are laid out in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryFormat {
+    /// Channels-last on the CPU for networks with convolutions (measured faster there; see
+    /// docs/performance.md), PyTorch's default layout elsewhere.
+    Auto,
+    /// PyTorch's default NCHW layout.
+    Contiguous,
+    /// NHWC storage, the layout oneDNN's CPU convolutions prefer.
+    ChannelsLast,
+}
+
+static MEMORY_FORMAT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets the memory format for every model this process builds from now on.
+pub fn set_memory_format(f: MemoryFormat) {
+    MEMORY_FORMAT.store(f as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a model with convolutions on `device` should store its weights channels-last.
+pub fn channels_last_for(device: Device) -> bool {
+    match MEMORY_FORMAT.load(std::sync::atomic::Ordering::Relaxed) {
+        x if x == MemoryFormat::ChannelsLast as u8 => true,
+        x if x == MemoryFormat::Contiguous as u8 => false,
+        _ => device == Device::Cpu,
+    }
+}
+
 /// Sets LibTorch's intra-op threads (0 = every core) and returns the number in use.
 pub fn set_threads(threads: usize) -> usize {
     let n = if threads == 0 { available_cores() } else { threads };
