@@ -4,6 +4,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    kdlab::util::malloc::keep_freed_memory();
     if let Err(e) = kdlab::cli::main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

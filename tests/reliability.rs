@@ -39,71 +39,46 @@ fn run_with_kills(args: &[&str], cwd: &Path, seed: u64) {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// Runs `args` once undisturbed into `{name}-clean` and once killed three times into
+/// `{name}-killed`, and checks that both end with the same numbers and weights.
+fn killed_run_matches_clean_run(args: &[&str], cwd: &Path, name: &str, seed: u64) {
+    let with_out = |out: String| -> Vec<String> {
+        args.iter()
+            .map(|s| s.to_string())
+            .chain(["--threads".into(), "1".into(), "--quiet".into(), "--out".into(), out])
+            .collect()
+    };
+    let clean = with_out(format!("{name}-clean"));
+    let o = kdlab().args(&clean).current_dir(cwd).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let killed = with_out(format!("{name}-killed"));
+    run_with_kills(&killed.iter().map(String::as_str).collect::<Vec<_>>(), cwd, seed);
+    assert_eq!(outcome(&cwd.join(format!("{name}-killed"))), outcome(&cwd.join(format!("{name}-clean"))));
+}
+
 #[test]
 fn kill_9_during_train_and_distill_then_rerun_gives_identical_numbers() {
     let tmp = tempfile::tempdir().unwrap();
     write_small_idx(&tmp.path().join("fm"), 600, 150);
-    let train_args = |out: &str| -> Vec<String> {
-        [
-            "train",
-            "--model",
-            "cnn_w2",
-            "--data",
-            "fm",
-            "--epochs",
-            "4",
-            "--save-every",
-            "1",
-            "--warmup-epochs",
-            "1",
-            "--threads",
-            "1",
-            "--quiet",
-            "--out",
-            out,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let args = train_args("clean");
-    let o = kdlab().args(&args).current_dir(tmp.path()).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let args = train_args("killed");
-    run_with_kills(&args.iter().map(String::as_str).collect::<Vec<_>>(), tmp.path(), 7);
-    assert_eq!(outcome(&tmp.path().join("killed")), outcome(&tmp.path().join("clean")));
-
-    let distill_args = |out: &str| -> Vec<String> {
-        [
-            "distill",
-            "--teacher",
-            "clean",
-            "--student",
-            "mlp_32x1",
-            "--method",
-            "dkd",
-            "--warmup",
-            "2",
-            "--data",
-            "fm",
-            "--epochs",
-            "4",
-            "--threads",
-            "1",
-            "--quiet",
-            "--out",
-            out,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let args = distill_args("d-clean");
-    let o = kdlab().args(&args).current_dir(tmp.path()).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let args = distill_args("d-killed");
-    run_with_kills(&args.iter().map(String::as_str).collect::<Vec<_>>(), tmp.path(), 8);
-    assert_eq!(outcome(&tmp.path().join("d-killed")), outcome(&tmp.path().join("d-clean")));
+    let train =
+        ["train", "--model", "cnn_w2", "--data", "fm", "--epochs", "4", "--save-every", "1", "--warmup-epochs", "1"];
+    killed_run_matches_clean_run(&train, tmp.path(), "t", 7);
+    let distill = [
+        "distill",
+        "--teacher",
+        "t-clean",
+        "--student",
+        "mlp_32x1",
+        "--method",
+        "dkd",
+        "--warmup",
+        "2",
+        "--data",
+        "fm",
+        "--epochs",
+        "4",
+    ];
+    killed_run_matches_clean_run(&distill, tmp.path(), "d", 8);
 }
 
 #[test]

@@ -118,5 +118,15 @@ fn a_killed_sweep_resumes_to_the_same_results() {
         kdlab().args(["sweep", s3.to_str().unwrap(), "--out", clean.to_str().unwrap(), "--dry-run"]).output().unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("17 runs planned, 5 to run"), "{text}");
+
+    // A label is presentation: relabelling a method block reruns nothing and renames its series.
+    let relabelled = tmp.path().join("study-relabelled.toml");
+    let toml = std::fs::read_to_string(&s).unwrap().replace("name = 'ats'\n", "name = 'ats'\nlabel = 'asymmetric'\n");
+    std::fs::write(&relabelled, toml).unwrap();
+    sweep(&relabelled, &clean);
+    let got = results(&clean);
+    assert_eq!(got.lines().filter(|l| l.contains(",asymmetric,ats,")).count(), 2 * 2, "{got}");
+    assert!(!got.contains(",ats,ats,"), "{got}");
+    assert_eq!(statuses(&clean), statuses(&killed), "nothing was trained again or lost");
     assert!(clean.join("report/report.md").exists() && clean.join("report/report.html").exists());
 }

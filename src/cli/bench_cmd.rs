@@ -2,7 +2,6 @@
 //! `--pytorch`, kdlab and the PyTorch reference alternately in one invocation, with their ratio.
 use crate::bench::{self, BenchResult, BenchSpec, Mode};
 use crate::data::Shape;
-use crate::util::device::MemoryFormat;
 use anyhow::Result;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -48,6 +47,10 @@ pub struct BenchArgs {
     /// instead of one model; with --pytorch, print the ratio for each.
     #[arg(long)]
     pub suite: bool,
+    /// Where kdlab runs (cpu, cuda, auto). The PyTorch reference script runs on the CPU, so
+    /// --pytorch needs the CPU.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: crate::util::device::DeviceChoice,
     /// kdlab's memory layout for convolutions (auto: channels-last on the CPU).
     #[arg(long, value_enum, default_value = "auto")]
     pub memory_format: crate::util::device::MemoryFormat,
@@ -72,14 +75,18 @@ const SUITE: &[(&str, Mode, &str, usize)] = &[
 
 pub fn run(a: BenchArgs) -> Result<()> {
     crate::util::device::set_memory_format(a.memory_format);
+    let device = crate::util::device::resolve(a.device)?;
+    if a.pytorch.is_some() && device != tch::Device::Cpu {
+        anyhow::bail!("--pytorch compares with ../shared/bench/pytorch_ref.py, which runs on the CPU: drop --pytorch to time kdlab alone on {device:?}");
+    }
     if a.suite {
         return suite(&a);
     }
     let threads = crate::util::device::set_threads(a.threads);
     let spec = BenchSpec {
-        model: a.model,
+        model: a.model.clone(),
         mode: a.mode,
-        teacher: a.teacher,
+        teacher: a.teacher.clone(),
         batch: a.batch,
         input: a.input,
         classes: a.classes,
@@ -88,8 +95,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         threads,
         seed: a.seed,
     };
-    let Some(python) = a.pytorch else {
-        let r = bench::run(&spec, tch::Device::Cpu)?;
+    let Some(python) = a.pytorch.clone() else {
+        let r = bench::run(&spec, device)?;
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
@@ -101,7 +108,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     };
     // Each side runs in a fresh process, so neither inherits the other's allocator or threads.
-    let (ours, theirs) = compare(&spec, a.memory_format, Some(&python), &a.reference, a.rounds)?;
+    let (ours, theirs) = compare(&spec, &a, Some(&python))?;
     let theirs = theirs.expect("PyTorch was run");
     let (k, krss, p, prss, framework) =
         (ours.img_per_s, ours.peak_mb, theirs.img_per_s, theirs.peak_mb, theirs.framework);
@@ -129,20 +136,22 @@ struct Side {
     framework: String,
 }
 
+/// How a value of a `--flag` enum is spelt on the command line.
+fn flag_value<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value().expect("every value is named").get_name().to_string()
+}
+
 /// Medians over rounds of kdlab (and PyTorch, when given) for one spec, each side in a fresh process.
-fn compare(
-    spec: &BenchSpec,
-    format: MemoryFormat,
-    python: Option<&Path>,
-    reference: &Path,
-    rounds: usize,
-) -> Result<(Side, Option<Side>)> {
+fn compare(spec: &BenchSpec, a: &BenchArgs, python: Option<&Path>) -> Result<(Side, Option<Side>)> {
+    let (reference, rounds) = (&a.reference, a.rounds);
     let me = std::env::current_exe()?;
     let own = vec![
         "bench".to_string(),
         "--json".to_string(),
         "--memory-format".to_string(),
-        clap::ValueEnum::to_possible_value(&format).expect("named").get_name().to_string(),
+        flag_value(&a.memory_format),
+        "--device".to_string(),
+        flag_value(&a.device),
     ];
     let (mut ours, mut theirs) = (vec![], vec![]);
     for _ in 0..rounds.max(1) {
@@ -181,7 +190,7 @@ fn suite(a: &BenchArgs) -> Result<()> {
             threads,
             seed: a.seed,
         };
-        let (ours, theirs) = compare(&spec, a.memory_format, a.pytorch.as_deref(), &a.reference, a.rounds)?;
+        let (ours, theirs) = compare(&spec, a, a.pytorch.as_deref())?;
         let (k, krss) = (ours.img_per_s, ours.peak_mb);
         let mode_s = format!("{mode:?}").to_lowercase();
         let mut row = vec![

@@ -50,15 +50,16 @@ pub fn standardize(z: &Tensor) -> Tensor {
     (z - mean) / (std + 1e-7)
 }
 
-/// Pearson correlation of matching rows of `a` and `b` (N, C) → (N,). A tiny ε keeps constant
-/// rows finite (their correlation counts as 0).
+/// Pearson correlation of matching rows of `a` and `b` (N, C) → (N,). A constant row (a student
+/// collapsed to one output, say) has correlation 0 and a finite gradient: the product of the sums
+/// of squares is clamped before the square root, whose derivative at 0 is infinite (and NaN once
+/// multiplied by the zero centred row).
 pub fn pearson_rows(a: &Tensor, b: &Tensor) -> Tensor {
     let ac = a - a.mean_dim(1, true, a.kind());
     let bc = b - b.mean_dim(1, true, b.kind());
     let num = (&ac * &bc).sum_dim_intlist(1, false, a.kind());
-    let den =
-        ac.square().sum_dim_intlist(1, false, a.kind()).sqrt() * bc.square().sum_dim_intlist(1, false, a.kind()).sqrt();
-    num / (den + 1e-8)
+    let ss = |x: &Tensor| x.square().sum_dim_intlist(1, false, a.kind());
+    num / (ss(&ac) * ss(&bc)).clamp_min(1e-16).sqrt()
 }
 
 #[cfg(test)]
@@ -67,6 +68,21 @@ mod tests {
 
     fn t(v: &[f64], r: i64, c: i64) -> Tensor {
         Tensor::from_slice(v).view([r, c])
+    }
+
+    #[test]
+    fn pearson_of_a_constant_row_is_zero_with_a_finite_gradient() {
+        // Row 0: [1, 2, 3] against [2, 4, 7]: centred [-1, 0, 1] and [-7/3, -1/3, 8/3]
+        // → (7/3 + 8/3) / (√2 · √(114/9)) = 5 / √(228/9). Row 1: a constant row.
+        let a = t(&[1.0, 2.0, 3.0, 0.5, 0.5, 0.5], 2, 3).set_requires_grad(true);
+        let b = t(&[2.0, 4.0, 7.0, 1.0, 2.0, 4.0], 2, 3);
+        let r = pearson_rows(&a, &b);
+        let want = 5.0 / (228.0f64 / 9.0).sqrt();
+        assert!((r.double_value(&[0]) - want).abs() < 1e-12);
+        assert_eq!(r.double_value(&[1]), 0.0);
+        r.sum(Kind::Double).backward();
+        let g = Vec::<f64>::try_from(a.grad().flatten(0, -1)).unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "gradient {g:?}");
     }
 
     #[test]

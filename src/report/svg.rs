@@ -5,6 +5,13 @@ use std::fmt::Write;
 
 const PALETTE: [&str; 10] =
     ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+/// Line styles for the 2nd and 3rd pass through the palette, so no two series look alike.
+const DASHES: [&str; 3] = ["", r#" stroke-dasharray="7 3""#, r#" stroke-dasharray="2 2""#];
+
+/// Colour and dash attribute of the i-th series.
+fn style(i: usize) -> (&'static str, &'static str) {
+    (PALETTE[i % PALETTE.len()], DASHES[(i / PALETTE.len()) % DASHES.len()])
+}
 
 /// One line of a plot.
 #[derive(Clone, Debug)]
@@ -50,6 +57,12 @@ fn label(v: f64) -> String {
         return "0".into();
     }
     let a = v.abs();
+    // Parameter counts and the like: 9.1K, 137.6K, 1.7M (as the report's tables write them).
+    if (1e3..1e12).contains(&a) {
+        let (div, unit) = [(1e9, "G"), (1e6, "M"), (1e3, "K")].into_iter().find(|(d, _)| a >= *d).expect("a ≥ 1e3");
+        let s = format!("{:.1}", v / div);
+        return format!("{}{unit}", s.trim_end_matches(".0"));
+    }
     if !(1e-3..1e5).contains(&a) {
         format!("{v:.1e}")
     } else if (v - v.round()).abs() < 1e-9 {
@@ -151,11 +164,12 @@ impl LinePlot {
             esc(&self.y_label)
         );
         for (i, se) in self.series.iter().enumerate() {
-            let c = PALETTE[i % PALETTE.len()];
+            let (c, dash) = style(i);
             let good: Vec<(usize, &(f64, f64))> =
                 se.points.iter().enumerate().filter(|(_, p)| p.0.is_finite() && p.1.is_finite()).collect();
             let path: Vec<String> = good.iter().map(|(_, p)| format!("{:.1},{:.1}", px(p.0), py(p.1))).collect();
-            let _ = write!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#, path.join(" "));
+            let _ =
+                write!(s, r#"<polyline fill="none" stroke="{c}"{dash} stroke-width="2" points="{}"/>"#, path.join(" "));
             for (k, p) in &good {
                 let _ = write!(
                     s,
@@ -179,7 +193,7 @@ impl LinePlot {
             let ly = t + 14.0 + 18.0 * i as f64;
             let _ = write!(
                 s,
-                r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="3"/>"#,
+                r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}"{dash} stroke-width="3"/>"#,
                 w - r + 10.0,
                 w - r + 30.0
             );
@@ -337,6 +351,18 @@ mod tests {
         assert_eq!(ticks(0.0, 1.0), vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]);
         let t = ticks(0.013, 0.087);
         assert!(t.first().unwrap() >= &0.013 && t.last().unwrap() <= &0.087 && t.len() >= 3, "{t:?}");
+    }
+
+    #[test]
+    fn labels_are_short() {
+        let got: Vec<String> = [9146.0, 137_600.0, 1.74e6, 250.0, 0.05174, 1e-5].map(label).to_vec();
+        assert_eq!(got, ["9.1K", "137.6K", "1.7M", "250", "0.0517", "1.0e-5"]);
+    }
+
+    #[test]
+    fn thirty_series_do_not_share_a_style() {
+        let styles: std::collections::HashSet<_> = (0..30).map(style).collect();
+        assert_eq!(styles.len(), 30);
     }
 
     #[test]

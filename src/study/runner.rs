@@ -11,6 +11,7 @@ use crate::util::{atomic, fmt};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,12 +112,17 @@ struct Running {
     started: Instant,
 }
 
+/// Starts each attempt's section of a run's log.
+const ATTEMPT_MARK: &str = "--- kdlab sweep: attempt started ";
+
 fn spawn(dir: &Path, spec: &RunSpec, threads: usize) -> Result<Child> {
     let rdir = plan::run_dir(dir, &spec.id);
     std::fs::create_dir_all(&rdir)?;
     let spec_path = rdir.join("spec.json");
     atomic::write_json(&spec_path, spec)?;
-    let log = File::options().create(true).append(true).open(rdir.join("log.txt"))?;
+    let mut log = File::options().create(true).append(true).open(rdir.join("log.txt"))?;
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    writeln!(log, "{ATTEMPT_MARK}(unix time {unix})")?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["sweep-run", &spec_path.display().to_string(), "--threads", &threads.to_string(), "--device", "cpu"])
         .stdin(Stdio::null())
@@ -135,17 +141,24 @@ fn spawn(dir: &Path, spec: &RunSpec, threads: usize) -> Result<Child> {
 
 /// The reason a run's process failed: the error it recorded, else its log's last error line.
 fn failure_reason(dir: &Path, code: Option<i32>) -> String {
-    if let Ok(Some(rec)) = run::read_record(dir) {
-        if let Some(e) = rec.error {
-            return e;
-        }
-    }
+    // The log holds every attempt; only this attempt's error counts (an earlier attempt's, or
+    // the one an earlier attempt left in run.json, may be stale).
     let log = std::fs::read_to_string(dir.join("log.txt")).unwrap_or_default();
-    log.lines()
+    let this_attempt = log.rsplit(ATTEMPT_MARK).next().unwrap_or_default();
+    this_attempt
+        .lines()
         .rev()
         .find(|l| l.starts_with("error:"))
         .map(|l| l.trim_start_matches("error:").trim().to_string())
         .unwrap_or_else(|| format!("the run's process exited with {code:?}; see {}", dir.join("log.txt").display()))
+}
+
+/// (done, failed) among the planned runs: the store also keeps runs that an earlier version of the
+/// study file planned.
+fn planned_counts(store: &Store, planned: &HashMap<&str, &RunSpec>) -> Result<(usize, usize)> {
+    let runs: Vec<_> = store.runs()?.into_iter().filter(|r| planned.contains_key(r.id.as_str())).collect();
+    let count = |status: &str| runs.iter().filter(|r| r.status == status).count();
+    Ok((count("done"), count("failed")))
 }
 
 /// Runs everything a study still needs.
@@ -238,17 +251,10 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
                     let spec = by_id[r.id.as_str()];
                     let rdir = plan::run_dir(&dir, &r.id);
                     let outcome = if code.success() { finished(&rdir, spec)? } else { None };
-                    let counts = |store: &Store| -> Result<(usize, usize)> {
-                        let rs = store.runs()?;
-                        Ok((
-                            rs.iter().filter(|x| x.status == "done").count(),
-                            rs.iter().filter(|x| x.status == "failed").count(),
-                        ))
-                    };
                     match outcome {
                         Some((rec, history)) => {
                             store.record_done(&r.id, &rec, &history)?;
-                            let (d, f) = counts(&store)?;
+                            let (d, f) = planned_counts(&store, &by_id)?;
                             println!(
                                 "[{d}/{total} done, {f} failed] {}: final {:.2}%, best {:.2}% ({})",
                                 spec.name,
@@ -260,7 +266,7 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
                         None => {
                             let why = failure_reason(&rdir, code.code());
                             store.set_status(&r.id, "failed", Some(&why))?;
-                            let (d, f) = counts(&store)?;
+                            let (d, f) = planned_counts(&store, &by_id)?;
                             println!("[{d}/{total} done, {f} failed] FAILED {}: {why}", spec.name);
                         }
                     }
@@ -269,9 +275,7 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
         }
         running = still;
     }
-    let runs = store.runs()?;
-    let (d, f) =
-        (runs.iter().filter(|x| x.status == "done").count(), runs.iter().filter(|x| x.status == "failed").count());
+    let (d, f) = planned_counts(&store, &by_id)?;
     println!(
         "{}: {d} of {total} runs done, {f} failed, in {}. `kdlab report {}` writes the report.",
         cfg.name,
@@ -292,7 +296,8 @@ pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
     let rdir = spec_path.parent().context("a spec lives in its run directory")?.to_path_buf();
     let study = rdir.parent().and_then(Path::parent).context("a run directory lives in <study>/runs/")?.to_path_buf();
     let _lock = lock(&rdir.join(".lock"), &format!("run {} is already being trained by another process", spec.id))?;
-    let extra = serde_json::json!({"study_run": spec.id, "series": spec.series});
+    // Only the id: a run's label may change in the study file without making it another run.
+    let extra = serde_json::json!({"study_run": spec.id});
     match &spec.teacher {
         None => {
             let data = crate::data::source::load(&spec.train.data)?;

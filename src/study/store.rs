@@ -80,13 +80,22 @@ impl Store {
     }
 
     /// Adds runs that are not in the store yet, as queued.
+    /// Adds the planned runs the store lacks (queued) and refreshes the stored plan of the others:
+    /// a run's id covers everything that determines its result, so a planned run with a known id
+    /// differs at most in presentation (its name, or the series a `label` gives it), which the
+    /// report must show as the study file now says. Returns the number of runs added.
     pub fn add_missing(&mut self, specs: &[RunSpec]) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let mut added = 0;
         for s in specs {
+            let config = serde_json::to_string(s)?;
             added += tx.execute(
                 "INSERT OR IGNORE INTO runs(id, kind, name, config, status, updated_at) VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
-                params![s.id, s.kind.as_str(), s.name, serde_json::to_string(s)?, now()],
+                params![s.id, s.kind.as_str(), s.name, config, now()],
+            )?;
+            tx.execute(
+                "UPDATE runs SET name = ?2, config = ?3 WHERE id = ?1 AND (name != ?2 OR config != ?3)",
+                params![s.id, s.name, config],
             )?;
         }
         tx.commit()?;

@@ -46,6 +46,18 @@ impl Model {
         }
     }
 
+    /// Back to PyTorch's default NCHW order (the inverse of `to_channels_last`).
+    pub fn to_contiguous(&mut self) {
+        self.channels_last = false;
+        let _guard = tch::no_grad_guard();
+        for (_, mut v) in self.vs.variables() {
+            if v.dim() == 4 {
+                let c = v.contiguous();
+                v.set_data(&c);
+            }
+        }
+    }
+
     pub fn params(&self) -> u64 {
         self.vs.trainable_variables().iter().map(|t| t.numel() as u64).sum()
     }
@@ -95,4 +107,43 @@ impl std::fmt::Debug for Model {
 /// A 4-D tensor with the same shape stored in channels-last (NHWC) order.
 pub fn channels_last(t: &Tensor) -> Tensor {
     t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    /// The memory order is storage only: the same seed gives the same weights and the same
+    /// logits in either order, and weights saved from one load into the other.
+    #[test]
+    fn channels_last_and_contiguous_models_compute_the_same_function() {
+        let shape: Shape = "1x28x28".parse().unwrap();
+        let mut cl = Model::new("cnn_w2", shape, 10, Device::Cpu, 7).unwrap();
+        cl.to_channels_last();
+        let mut plain = Model::new("cnn_w2", shape, 10, Device::Cpu, 7).unwrap();
+        plain.to_contiguous();
+        // conv2's weight (32, 16, 3, 3): conv1's has one input channel, contiguous in either order.
+        let w = |m: &Model| {
+            m.named_variables().into_iter().filter(|(_, t)| t.dim() == 4).max_by_key(|(_, t)| t.numel()).unwrap().1
+        };
+        assert!(!w(&cl).is_contiguous() && w(&plain).is_contiguous(), "the two layouts differ in storage");
+        for ((n, a), (_, b)) in cl.named_variables().iter().zip(plain.named_variables()) {
+            assert!(a.equal(&b), "{n}: the same seed must give the same values");
+        }
+        tch::manual_seed(3);
+        let x = Tensor::randn([16, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let diff = (cl.infer(&x) - plain.infer(&x)).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "logits differ by {diff}");
+
+        // Weights written from the channels-last model (as checkpoints are: contiguous copies)
+        // load into a fresh contiguous model of another seed and give its logits.
+        let mut other = Model::new("cnn_w2", shape, 10, Device::Cpu, 99).unwrap();
+        other.to_contiguous();
+        let saved: std::collections::BTreeMap<String, Tensor> =
+            cl.named_variables().into_iter().map(|(n, t)| (format!("model.{n}"), t.contiguous())).collect();
+        crate::train::checkpoint::load_weights(&other, &saved, std::path::Path::new("test")).unwrap();
+        let diff = (cl.infer(&x) - other.infer(&x)).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "logits after loading differ by {diff}");
+    }
 }

@@ -1,6 +1,7 @@
 //! Small pieces shared by every layer of kdlab: durable file writes, a stable random-number
-//! generator, device and thread selection, and number formatting.
+//! generator, device and thread selection, number formatting, and allocator settings.
 pub mod atomic;
 pub mod device;
 pub mod fmt;
+pub mod malloc;
 pub mod rng;
