@@ -32,6 +32,9 @@ impl Stat {
 }
 
 struct Teacher {
+    /// The study run, or None for an existing run known through the probe.
+    id: Option<String>,
+    seed: Option<u64>,
     name: String,
     params: u64,
     final_acc: f64,
@@ -104,6 +107,8 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
         .iter()
         .filter(|r| r.kind == "teacher" && r.status == "done")
         .map(|r| Teacher {
+            id: Some(r.id.clone()),
+            seed: Some(r.spec.train.seed),
             name: r.spec.train.model.clone(),
             params: r.params.unwrap_or(0),
             final_acc: r.final_acc.unwrap_or(f64::NAN),
@@ -115,6 +120,8 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
         for t in &p.teachers {
             if !teachers.iter().any(|x| x.name == t.name) {
                 teachers.push(Teacher {
+                    id: None,
+                    seed: None,
                     name: t.name.clone(),
                     params: t.params.unwrap_or(0),
                     final_acc: t.accuracy,
@@ -497,9 +504,11 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
     }
     for t in &teachers {
         results += &format!(
-            ",teacher,,{},{},teacher,ce,,,{},{},\n",
+            "{},teacher,,{},{},teacher,ce,,{},{},{},\n",
+            t.id.clone().unwrap_or_default(),
             t.name,
             t.params,
+            t.seed.map(|s| s.to_string()).unwrap_or_default(),
             t.final_acc,
             if t.best_acc.is_nan() { String::new() } else { t.best_acc.to_string() }
         );
