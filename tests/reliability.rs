@@ -151,21 +151,25 @@ impl Objective for NanAt {
 fn a_nan_loss_stops_the_run_naming_epoch_and_step_and_keeps_the_checkpoint() {
     tch::set_num_threads(1);
     let data = kdlab::data::embedded::load().unwrap().head(320, 64);
-    let tmp = tempfile::tempdir().unwrap();
     let cfg = TrainConfig { model: "cnn_w1".into(), epochs: 3, batch_size: 64, ..Default::default() };
-    let err = train(
-        &cfg,
-        &data,
-        &mut NanAt { epoch: 1, step: 2 },
-        &RunOptions { quiet: true, ..RunOptions::new(tmp.path(), tch::Device::Cpu, "train") },
-    )
-    .unwrap_err();
-    let msg = format!("{err:#}");
-    assert!(msg.contains("NaN") && msg.contains("epoch 2 step 3"), "{msg}");
-    assert_eq!(checkpoint::read_meta(&tmp.path().join("last.json")).unwrap().epoch, 1);
-    let rec = kdlab::train::run::read_record(tmp.path()).unwrap().unwrap();
-    assert_eq!(rec.status, "failed");
-    assert!(rec.error.unwrap().contains("epoch 2 step 3"));
+    // Read back every step (the CPU default) and every 4 steps (as on a GPU): the NaN of step 3
+    // is named step 3 either way, though the second finds it only after step 4.
+    for sync_every in [None, Some(4)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = train(
+            &cfg,
+            &data,
+            &mut NanAt { epoch: 1, step: 2 },
+            &RunOptions { quiet: true, sync_every, ..RunOptions::new(tmp.path(), tch::Device::Cpu, "train") },
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("NaN") && msg.contains("epoch 2 step 3 of 5"), "{sync_every:?}: {msg}");
+        assert_eq!(checkpoint::read_meta(&tmp.path().join("last.json")).unwrap().epoch, 1);
+        let rec = kdlab::train::run::read_record(tmp.path()).unwrap().unwrap();
+        assert_eq!(rec.status, "failed");
+        assert!(rec.error.unwrap().contains("epoch 2 step 3"));
+    }
 }
 
 #[test]

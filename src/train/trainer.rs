@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// Where and how to run, beyond the configuration itself.
 pub struct RunOptions {
@@ -33,6 +33,10 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop (cleanly, as after a crash at an epoch boundary) once this many epochs are done.
     pub stop_after: Option<usize>,
+    /// Read the loss back to the host every this many steps (None: every step on the CPU, where
+    /// it costs nothing, and every 50 on a GPU, where each read waits for the queue to drain).
+    /// The values, and the step a NaN is reported at, do not depend on it.
+    pub sync_every: Option<usize>,
 }
 
 impl RunOptions {
@@ -44,6 +48,7 @@ impl RunOptions {
             extra: serde_json::Value::Null,
             quiet: false,
             stop_after: None,
+            sync_every: None,
         }
     }
 }
@@ -170,6 +175,56 @@ pub fn best_epoch(history: &[EpochMetrics]) -> &EpochMetrics {
         .expect("a non-empty history")
 }
 
+/// One step's loss, terms and correct count, still on the device.
+struct PendingStep {
+    step: usize,
+    n: usize,
+    loss: Tensor,
+    terms: Vec<(String, Tensor)>,
+    correct: Tensor,
+}
+
+impl PendingStep {
+    fn new(step: usize, n: usize, loss: &Tensor, terms: &[(String, Tensor)], logits: &Tensor, y: &Tensor) -> Self {
+        PendingStep {
+            step,
+            n,
+            loss: loss.detach(),
+            terms: terms.iter().map(|(k, t)| (k.clone(), t.detach())).collect(),
+            correct: logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64),
+        }
+    }
+}
+
+/// Per-sample sums over an epoch's steps, in step order.
+#[derive(Default)]
+struct StepSums {
+    loss: f64,
+    terms: BTreeMap<String, f64>,
+    correct: i64,
+    seen: usize,
+}
+
+impl StepSums {
+    /// Reads the pending steps back (the first read waits for the device, the rest are small
+    /// copies) and adds them in order; the first non-finite loss is returned with its step.
+    fn add(&mut self, pending: &mut Vec<PendingStep>) -> std::result::Result<(), (usize, f64)> {
+        let losses: Vec<f64> = pending.iter().map(|p| p.loss.double_value(&[])).collect();
+        if let Some((p, v)) = pending.iter().zip(&losses).find(|(_, v)| !v.is_finite()) {
+            return Err((p.step, *v));
+        }
+        for (p, v) in pending.drain(..).zip(losses) {
+            self.loss += v * p.n as f64;
+            for (name, t) in &p.terms {
+                *self.terms.entry(name.clone()).or_default() += t.double_value(&[]) * p.n as f64;
+            }
+            self.correct += p.correct.int64_value(&[]);
+            self.seen += p.n;
+        }
+        Ok(())
+    }
+}
+
 fn finish_outcome(dir: &Path, history: &[EpochMetrics], params: u64, resumed_at: usize, wall: f64) -> Result<Outcome> {
     let last = history.last().context("no epoch was trained")?;
     let best = best_epoch(history);
@@ -255,6 +310,7 @@ fn train_epochs(
     let spec = LoaderSpec { batch_size: cfg.batch_size, shuffle: true, seed: cfg.seed, drop_last: false };
     let shape = data.shape();
     let end = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
+    let sync_every = opts.sync_every.unwrap_or(if model.device() == Device::Cpu { 1 } else { 50 }).max(1);
     for epoch in history.len()..end {
         let start = Instant::now();
         let loader = Loader::new(train_split.clone(), augment.clone(), spec, epoch as u64);
@@ -264,8 +320,8 @@ fn train_epochs(
         } else {
             progress::epoch_bar(steps, format!("epoch {}/{}", epoch + 1, cfg.epochs))
         };
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
-        let mut term_sums: BTreeMap<String, f64> = BTreeMap::new();
+        let mut sums = StepSums::default();
+        let mut pending: Vec<PendingStep> = vec![];
         let mut lr = cfg.lr;
         let mut busy = 0.0f64;
         for (step, batch) in loader.enumerate() {
@@ -282,35 +338,33 @@ fn train_epochs(
                 .context("the objective returned no loss terms")?;
             opt.zero_grad();
             loss.backward();
-            let loss_v = loss.double_value(&[]);
-            if !loss_v.is_finite() {
-                bail!(
-                    "the loss became {loss_v} at epoch {} step {} of {}; training stopped (lr {lr:.4}). The last good checkpoint is {}",
-                    epoch + 1,
-                    step + 1,
-                    steps,
-                    if history.is_empty() { "none (no epoch finished)".to_string() } else { dir.join("last.json").display().to_string() }
-                );
+            pending.push(PendingStep::new(step, batch.len(), &loss, &terms, &logits, &y));
+            if pending.len() >= sync_every || step + 1 == steps {
+                // A NaN is found here, up to sync_every − 1 updates late: the weights in memory
+                // are lost either way, and the last checkpoint on disk is untouched.
+                if let Err((bad_step, v)) = sums.add(&mut pending) {
+                    bail!(
+                        "the loss became {v} at epoch {} step {} of {}; training stopped (lr {lr:.4}). The last good checkpoint is {}",
+                        epoch + 1,
+                        bad_step + 1,
+                        steps,
+                        if history.is_empty() { "none (no epoch finished)".to_string() } else { dir.join("last.json").display().to_string() }
+                    );
+                }
             }
             opt.step(lr);
-            let n = batch.len();
-            loss_sum += loss_v * n as f64;
-            for (name, t) in &terms {
-                *term_sums.entry(name.clone()).or_default() += t.double_value(&[]) * n as f64;
-            }
-            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
-            seen += n;
             busy += t0.elapsed().as_secs_f64();
             bar.inc(1);
-            if step % 5 == 0 || step + 1 == steps {
+            if sums.seen > 0 && (step % 5 == 0 || step + 1 == steps) {
                 bar.set_message(format!(
                     "loss {:.4} acc {:5.1}% {:.0} img/s",
-                    loss_sum / seen as f64,
-                    100.0 * correct as f64 / seen as f64,
-                    seen as f64 / busy.max(1e-9)
+                    sums.loss / sums.seen as f64,
+                    100.0 * sums.correct as f64 / sums.seen as f64,
+                    sums.seen as f64 / busy.max(1e-9)
                 ));
             }
         }
+        let StepSums { loss: loss_sum, terms: term_sums, correct, seen } = sums;
         bar.finish_and_clear();
         let train_time = start.elapsed().as_secs_f64();
         let test = eval::evaluate(model, test_split.clone(), plain.clone());
