@@ -76,6 +76,18 @@ fn pearson(a: &[f64], b: &[f64]) -> Option<f64> {
     crate::probe::stats::pearson(a, b)
 }
 
+/// One of a student run's accuracies.
+type Accuracy = fn(&Student) -> f64;
+
+/// The two accuracies every student table and curve is drawn for, labelled.
+const ACCURACIES: [(&str, Accuracy); 2] = [("final", |s| s.final_acc), ("best", |s| s.best_acc)];
+
+/// Mean and spread over seeds of one accuracy of the runs taught by `teacher`; None if none was.
+fn stat_from(runs: &[&Student], teacher: &str, pick: Accuracy) -> Option<Stat> {
+    let v: Vec<f64> = runs.iter().filter(|s| s.teacher.as_deref() == Some(teacher)).map(|s| pick(s)).collect();
+    (!v.is_empty()).then(|| Stat::of(&v))
+}
+
 /// A written report: its files and its content.
 pub struct Report {
     pub files: Vec<PathBuf>,
@@ -255,24 +267,15 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
         let curve_series: Vec<(&String, &Vec<&Student>)> = by_series.iter().filter(|(k, _)| !is_grid(k)).collect();
         let tnames: Vec<&Teacher> =
             teachers.iter().filter(|t| mine.iter().any(|s| s.teacher.as_deref() == Some(t.name.as_str()))).collect();
-        for (label, pick) in
-            [("final", (|s: &Student| s.final_acc) as fn(&Student) -> f64), ("best", |s: &Student| s.best_acc)]
-        {
+        for (label, pick) in ACCURACIES {
             let mut series: Vec<Series> = curve_series
                 .iter()
                 .map(|(name, runs)| {
                     let pts: Vec<(f64, f64, f64)> = tnames
                         .iter()
                         .filter_map(|t| {
-                            let v: Vec<f64> = runs
-                                .iter()
-                                .filter(|s| s.teacher.as_deref() == Some(t.name.as_str()))
-                                .map(|s| pick(s))
-                                .collect();
-                            (!v.is_empty()).then(|| {
-                                let st = Stat::of(&v);
-                                (t.params as f64, 100.0 * st.mean, 100.0 * st.std)
-                            })
+                            let st = stat_from(runs, &t.name, pick)?;
+                            Some((t.params as f64, 100.0 * st.mean, 100.0 * st.std))
                         })
                         .collect();
                     Series {
@@ -302,30 +305,13 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
             }
         }
         // Table: series × teacher.
-        for (label, pick) in
-            [("final", (|s: &Student| s.final_acc) as fn(&Student) -> f64), ("best", |s: &Student| s.best_acc)]
-        {
+        for (label, pick) in ACCURACIES {
             let header: Vec<String> = std::iter::once("method".to_string())
                 .chain(tnames.iter().map(|t| format!("{} ({})", t.name, crate::util::fmt::count(t.params))))
                 .collect();
             let mut cells: Vec<(String, Vec<Option<Stat>>)> = curve_series
                 .iter()
-                .map(|(name, runs)| {
-                    (
-                        (*name).clone(),
-                        tnames
-                            .iter()
-                            .map(|t| {
-                                let v: Vec<f64> = runs
-                                    .iter()
-                                    .filter(|s| s.teacher.as_deref() == Some(t.name.as_str()))
-                                    .map(|s| pick(s))
-                                    .collect();
-                                (!v.is_empty()).then(|| Stat::of(&v))
-                            })
-                            .collect(),
-                    )
-                })
+                .map(|(name, runs)| ((*name).clone(), tnames.iter().map(|t| stat_from(runs, &t.name, pick)).collect()))
                 .collect();
             if !baseline.is_empty() {
                 let st = Stat::of(&baseline.iter().map(|s| pick(s)).collect::<Vec<_>>());
@@ -446,9 +432,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
             if t1.len() < 2 || t2.len() < 2 {
                 continue;
             }
-            for (label, pick) in
-                [("final", (|s: &Student| s.final_acc) as fn(&Student) -> f64), ("best", |s: &Student| s.best_acc)]
-            {
+            for (label, pick) in ACCURACIES {
                 let mut values = vec![];
                 for a in &t1 {
                     for b in &t2 {

@@ -37,23 +37,22 @@ impl Model {
     /// shapes (and so checkpoints, which are saved contiguous) do not change.
     pub fn to_channels_last(&mut self) {
         self.channels_last = true;
-        let _guard = tch::no_grad_guard();
-        for (_, mut v) in self.vs.variables() {
-            if v.dim() == 4 {
-                let cl = channels_last(&v);
-                v.set_data(&cl);
-            }
-        }
+        self.restore_4d_weights(channels_last);
     }
 
     /// Back to PyTorch's default NCHW order (the inverse of `to_channels_last`).
     pub fn to_contiguous(&mut self) {
         self.channels_last = false;
+        self.restore_4d_weights(Tensor::contiguous);
+    }
+
+    /// Replaces the storage of every 4-D variable by `order(variable)`, keeping its values.
+    fn restore_4d_weights(&mut self, order: impl Fn(&Tensor) -> Tensor) {
         let _guard = tch::no_grad_guard();
         for (_, mut v) in self.vs.variables() {
             if v.dim() == 4 {
-                let c = v.contiguous();
-                v.set_data(&c);
+                let stored = order(&v);
+                v.set_data(&stored);
             }
         }
     }
