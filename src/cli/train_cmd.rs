@@ -55,6 +55,15 @@ pub struct ConfigFlags {
     /// Keep a checkpoint every N epochs (0: only last and best).
     #[arg(long)]
     pub save_every: Option<usize>,
+    /// Train on N images per class (a class-balanced subset; 0: all). The test set stays whole.
+    #[arg(long)]
+    pub train_subset: Option<usize>,
+    /// Hold N images per class out of the training images as a validation split (0: none).
+    #[arg(long)]
+    pub val_per_class: Option<usize>,
+    /// Seed of the subset and validation draws (default 0, whatever --seed is).
+    #[arg(long)]
+    pub subset_seed: Option<u64>,
 }
 
 impl ConfigFlags {
@@ -86,6 +95,9 @@ impl ConfigFlags {
         put("augment", self.augment.map(toml::Value::Boolean));
         put("seed", self.seed.map(|v| toml::Value::Integer(v as i64)));
         put("save_every", self.save_every.map(|v| toml::Value::Integer(v as i64)));
+        put("train_subset", self.train_subset.map(|v| toml::Value::Integer(v as i64)));
+        put("val_per_class", self.val_per_class.map(|v| toml::Value::Integer(v as i64)));
+        put("subset_seed", self.subset_seed.map(|v| toml::Value::Integer(v as i64)));
         t
     }
 
@@ -118,7 +130,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let cfg = a.cfg.resolve()?;
     let device = a.rt.init()?;
     let out = a.out.unwrap_or_else(|| PathBuf::from(format!("runs/{}-s{}", cfg.model, cfg.seed)));
-    let data = data::source::load(&cfg.data)?;
+    let data = cfg.load_data()?;
     println!(
         "train {} on {} ({} train / {} test, {}, {} classes) for {} epochs on {} → {}",
         cfg.model,
@@ -157,7 +169,13 @@ pub fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<data::Data
         }
         (None, None) => bail!("{}: no run.json beside the checkpoint; name the data with --data", run_dir.display()),
     };
-    let ds = data::source::load(&spec)?;
+    // A run trained on a carved subset is evaluated on the same carving (its transfer set).
+    let carving = |k: &str| record.as_ref().and_then(|r| r.config.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
+    let ds = data::source::load(&spec)?.carve(
+        carving("train_subset") as usize,
+        carving("val_per_class") as usize,
+        carving("subset_seed"),
+    )?;
     if let (None, Some(r)) = (data, &record) {
         if r.data.fingerprint != ds.fingerprint() {
             eprintln!("warning: data '{spec}' differs from what {} was trained on", run_dir.display());

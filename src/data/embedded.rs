@@ -34,6 +34,7 @@ pub fn load() -> Result<Dataset> {
         source: "embedded".to_string(),
         train,
         test,
+        val: None,
         classes: 10,
         class_names: full.class_names,
         profile: full.profile,

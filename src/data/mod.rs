@@ -71,6 +71,15 @@ impl Split {
         let n = self.shape.numel();
         &self.images[i * n..(i + 1) * n]
     }
+    /// The samples at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Split {
+        let mut images = Vec::with_capacity(indices.len() * self.shape.numel());
+        for &i in indices {
+            images.extend_from_slice(self.image(i));
+        }
+        Split { images, labels: indices.iter().map(|&i| self.labels[i]).collect(), shape: self.shape }
+    }
+
     /// How many samples each class has (index = class).
     pub fn class_counts(&self, classes: usize) -> Vec<usize> {
         let mut counts = vec![0; classes];
@@ -120,6 +129,8 @@ pub struct Dataset {
     pub source: String,
     pub train: Split,
     pub test: Split,
+    /// Images held out of the training set for selecting hyper-parameters (see [`Dataset::carve`]).
+    pub val: Option<Split>,
     pub classes: usize,
     pub class_names: Vec<String>,
     pub profile: Profile,
@@ -135,7 +146,7 @@ impl Dataset {
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        for split in [&self.train, &self.test] {
+        for split in [Some(&self.train), Some(&self.test), self.val.as_ref()].into_iter().flatten() {
             h.update((split.len() as u64).to_le_bytes());
             h.update(split.shape.to_string().as_bytes());
             h.update(&split.images);
@@ -152,16 +163,56 @@ impl Dataset {
             let n = n.min(s.len());
             Split { images: s.images[..n * s.shape.numel()].to_vec(), labels: s.labels[..n].to_vec(), shape: s.shape }
         };
-        Dataset { train: cut(&self.train, train), test: cut(&self.test, test), ..self.clone() }
+        Dataset { train: cut(&self.train, train), test: cut(&self.test, test), val: None, ..self.clone() }
     }
 
-    /// The split named "train" or "test".
+    /// The split named "train", "test" or "val" (the last only where one was carved).
     pub fn split(&self, name: &str) -> anyhow::Result<&Split> {
         match name {
             "train" => Ok(&self.train),
             "test" => Ok(&self.test),
-            other => anyhow::bail!("unknown split '{other}': expected 'train' or 'test'"),
+            "val" => self.val.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("{} has no validation split: carve one with val_per_class (--val-per-class)", self.name)
+            }),
+            other => anyhow::bail!("unknown split '{other}': expected 'train', 'test' or 'val'"),
         }
+    }
+
+    /// Carves the training images into a class-balanced training subset of `train_per_class`
+    /// images per class (0: every image not held out) and a validation split of `val_per_class`
+    /// images per class, disjoint from it. Each class's images are shuffled with `seed` (the same
+    /// seed gives the same subset on every machine), validation images are drawn first, and both
+    /// parts keep the original order of the images. The test set is untouched. A class with too
+    /// few images is an error naming it.
+    pub fn carve(&self, train_per_class: usize, val_per_class: usize, seed: u64) -> anyhow::Result<Dataset> {
+        if train_per_class == 0 && val_per_class == 0 {
+            return Ok(self.clone());
+        }
+        let mut by_class: Vec<Vec<usize>> = vec![vec![]; self.classes];
+        for (i, &y) in self.train.labels.iter().enumerate() {
+            by_class[y as usize].push(i);
+        }
+        let (mut train_idx, mut val_idx) = (vec![], vec![]);
+        for (c, idx) in by_class.iter_mut().enumerate() {
+            let want = val_per_class + train_per_class.max(1); // at least one training image
+            if idx.len() < want {
+                anyhow::bail!(
+                    "{}: class {c} ({}) has {} training images, fewer than the {} asked for (train_subset = {train_per_class}, val_per_class = {val_per_class})",
+                    self.name,
+                    self.class_names.get(c).map_or("?", String::as_str),
+                    idx.len(),
+                    want
+                );
+            }
+            crate::util::rng::Rng::for_stream(seed, crate::util::rng::stream::SUBSET, c as u64).shuffle(idx);
+            val_idx.extend_from_slice(&idx[..val_per_class]);
+            let rest = &idx[val_per_class..];
+            train_idx.extend_from_slice(if train_per_class == 0 { rest } else { &rest[..train_per_class] });
+        }
+        train_idx.sort_unstable();
+        val_idx.sort_unstable();
+        let val = (val_per_class > 0).then(|| self.train.select(&val_idx));
+        Ok(Dataset { train: self.train.select(&train_idx), val, ..self.clone() })
     }
 }
 

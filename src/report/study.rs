@@ -55,6 +55,31 @@ struct Student {
     final_acc: f64,
     best_acc: f64,
     best_epoch: usize,
+    /// The last epoch's validation accuracy (runs with a validation split).
+    val_acc: Option<f64>,
+    /// The last epoch's objective statistics (ATS flip rates, ISATS's τ2 summary).
+    extra: Option<serde_json::Value>,
+}
+
+/// A teacher probe the report reads: the file stem and how its columns are labelled.
+const PROBES: [(&str, &str); 3] =
+    [("probe", "test set"), ("probe-train", "transfer set"), ("probe-train-aug", "transfer set, augmented views")];
+
+/// Reads a probe result the study wrote; a missing file is None, an unreadable one an error.
+fn read_probe(dir: &Path, stem: &str) -> Result<Option<ProbeReport>> {
+    let p = dir.join(format!("{stem}.json"));
+    if !p.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not a kdlab probe result", p.display()))?))
+}
+
+/// One teacher's numbers at the temperature nearest `tau` in a probe.
+fn probe_at(probe: &ProbeReport, name: &str, tau: f64) -> Option<(f64, crate::probe::TauReport)> {
+    let t = probe.teachers.iter().find(|t| t.name == name)?;
+    let i = crate::probe::nearest_tau(&t.per_tau.iter().map(|t| t.tau).collect::<Vec<_>>(), tau);
+    Some((t.accuracy, t.per_tau[i].clone()))
 }
 
 fn family(arch: &str) -> String {
@@ -88,6 +113,47 @@ fn stat_from(runs: &[&Student], teacher: &str, pick: Accuracy) -> Option<Stat> {
     (!v.is_empty()).then(|| Stat::of(&v))
 }
 
+/// Per method with several settings (series) for the same teachers, the setting whose runs have
+/// the highest mean final validation accuracy, per teacher: method → teacher → (series, val acc).
+/// ESKD, TAKD and relabelled series are not candidates (they change the teacher, not a setting).
+#[allow(clippy::type_complexity)]
+fn tuned_on_validation(
+    series: &[(&String, &Vec<&Student>)],
+    teachers: &[&Teacher],
+) -> Vec<(String, BTreeMap<String, (String, f64)>)> {
+    let mut by_method: BTreeMap<String, Vec<(&String, &Vec<&Student>)>> = BTreeMap::new();
+    for (name, runs) in series {
+        let tunable = !name.contains("(ESKD") && !name.contains("(TAKD") && runs.iter().all(|s| s.val_acc.is_some());
+        if let (true, Some(first)) = (tunable, runs.first()) {
+            by_method.entry(first.method.clone()).or_default().push((name, runs));
+        }
+    }
+    by_method
+        .into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(m, candidates)| {
+            let mut choice = BTreeMap::new();
+            for t in teachers {
+                let best = candidates
+                    .iter()
+                    .filter_map(|(name, runs)| {
+                        let v: Vec<f64> = runs
+                            .iter()
+                            .filter(|s| s.teacher.as_deref() == Some(t.name.as_str()))
+                            .filter_map(|s| s.val_acc)
+                            .collect();
+                        (!v.is_empty()).then(|| ((*name).clone(), Stat::of(&v).mean))
+                    })
+                    .max_by(|a, b| a.1.total_cmp(&b.1));
+                if let Some(b) = best {
+                    choice.insert(t.name.clone(), b);
+                }
+            }
+            (m, choice)
+        })
+        .collect()
+}
+
 /// A written report: its files and its content.
 pub struct Report {
     pub files: Vec<PathBuf>,
@@ -110,8 +176,14 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
         .ok()
         .and_then(|t| t.get("probe_tau").and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64))))
         .unwrap_or(4.0);
-    let probe: Option<ProbeReport> =
-        std::fs::read_to_string(dir.join("probe.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let probes: Vec<(&str, ProbeReport)> = PROBES
+        .iter()
+        .map(|(stem, label)| Ok(read_probe(dir, stem)?.map(|p| (*label, p))))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let probe: Option<ProbeReport> = read_probe(dir, "probe")?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
 
     // Teachers: study runs, then existing runs known through the probe.
@@ -163,9 +235,19 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
                 final_acc: r.final_acc.unwrap_or(f64::NAN),
                 best_acc: r.best_acc.unwrap_or(f64::NAN),
                 best_epoch: r.best_epoch.unwrap_or(0),
+                val_acc: None,
+                extra: None,
             }
         })
-        .collect();
+        .map(|mut s| {
+            let rec = crate::train::run::read_record(&crate::study::plan::run_dir(dir, &s.id))?;
+            if let Some(rec) = rec {
+                s.val_acc = rec.final_val_acc;
+                s.extra = rec.final_extra;
+            }
+            Ok(s)
+        })
+        .collect::<Result<_>>()?;
     let planned = runs.len();
     let done = runs.iter().filter(|r| r.status == "done").count();
     let failed: Vec<&StoredRun> = runs.iter().filter(|r| r.status == "failed").collect();
@@ -209,23 +291,47 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
                 pr.as_ref().map_or("-".into(), |p| format!("{:.5}", p.nongt_std)),
                 pr.as_ref().map_or("-".into(), |p| format!("{:.4}", p.nongt_entropy)),
             ]
+            .into_iter()
+            .chain(probes.iter().filter(|(label, _)| *label != PROBES[0].1).flat_map(|(_, p)| {
+                let at1 = probe_at(p, &t.name, 1.0);
+                let at = probe_at(p, &t.name, probe_tau);
+                [
+                    at1.as_ref().map_or("-".into(), |(acc, _)| format!("{:.2}", 100.0 * acc)),
+                    at1.as_ref().map_or("-".into(), |(_, r)| format!("{:.4}", r.nll)),
+                    at.as_ref().map_or("-".into(), |(_, r)| format!("{:.5}", r.nongt_std)),
+                ]
+            }))
+            .collect()
         })
         .collect();
-    blocks.push(Block::Table(
-        [
-            "teacher",
-            "params",
-            "final acc",
-            "best acc",
-            &format!("p_true@τ={probe_tau}"),
-            &format!("nongt_std@τ={probe_tau}"),
-            "nongt_entropy",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        rows,
-    ));
+    let mut header: Vec<String> = [
+        "teacher",
+        "params",
+        "final acc",
+        "best acc",
+        &format!("p_true@τ={probe_tau}"),
+        &format!("nongt_std@τ={probe_tau}"),
+        "nongt_entropy",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (label, _) in probes.iter().filter(|(label, _)| *label != PROBES[0].1) {
+        header.extend([
+            format!("acc ({label})"),
+            format!("loss ({label})"),
+            format!("nongt_std@τ={probe_tau} ({label})"),
+        ]);
+    }
+    blocks.push(Block::Para(format!(
+        "Test accuracy in %; p_true, nongt_std and nongt_entropy of the teachers' softened outputs on the test set{}.",
+        if probes.len() > 1 {
+            ", and on the transfer set (the training images the students learn from): accuracy in %, cross-entropy at τ = 1, nongt_std"
+        } else {
+            ""
+        }
+    )));
+    blocks.push(Block::Table(header, rows));
     let fams: BTreeSet<String> = teachers.iter().map(|t| t.family.clone()).collect();
     let plot = LinePlot {
         title: "Teacher accuracy vs size".into(),
@@ -267,6 +373,42 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
         let curve_series: Vec<(&String, &Vec<&Student>)> = by_series.iter().filter(|(k, _)| !is_grid(k)).collect();
         let tnames: Vec<&Teacher> =
             teachers.iter().filter(|t| mine.iter().any(|s| s.teacher.as_deref() == Some(t.name.as_str()))).collect();
+        let tuned = tuned_on_validation(&curve_series, &tnames);
+        if !tuned.is_empty() {
+            blocks.push(Block::Para(format!("Hyper-parameters tuned per teacher: for each method with several settings, the setting with the highest mean final **validation** accuracy (images held out of the training set, never the test set) for each teacher; its test accuracy is drawn as the curve '<method> (tuned on val)'. Student `{sm}`, chosen setting (mean validation accuracy in %):")));
+            blocks.push(Block::Table(
+                std::iter::once("method".to_string()).chain(tnames.iter().map(|t| t.name.clone())).collect(),
+                tuned
+                    .iter()
+                    .map(|(m, choice)| {
+                        std::iter::once(format!("{m} (tuned on val)"))
+                            .chain(tnames.iter().map(|t| {
+                                choice
+                                    .get(&t.name)
+                                    .map_or("-".into(), |(series, val)| format!("{series} ({:.2})", 100.0 * val))
+                            }))
+                            .collect()
+                    })
+                    .collect(),
+            ));
+        }
+        // The tuned curves as series of runs: per teacher, the chosen setting's runs.
+        let tuned_runs: Vec<(String, Vec<&Student>)> = tuned
+            .iter()
+            .map(|(m, choice)| {
+                let runs = curve_series
+                    .iter()
+                    .flat_map(|(name, runs)| {
+                        runs.iter()
+                            .copied()
+                            .filter(|s| s.teacher.as_ref().and_then(|t| choice.get(t)).is_some_and(|(c, _)| c == *name))
+                    })
+                    .collect();
+                (format!("{m} (tuned on val)"), runs)
+            })
+            .collect();
+        let curve_series: Vec<(&String, &Vec<&Student>)> =
+            curve_series.into_iter().chain(tuned_runs.iter().map(|(n, r)| (n, r))).collect();
         for (label, pick) in ACCURACIES {
             let mut series: Vec<Series> = curve_series
                 .iter()
@@ -361,56 +503,71 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
             summary_csv += &format!("{sm},ce,ce,,,{},{},{},{},{}\n", f.n, f.mean, f.std, b.mean, b.std);
         }
 
-        // Dark knowledge next to the mismatch curve: nongt_std of each teacher and its correlation
-        // with the students' accuracy across teachers.
-        if let (Some(_), true) = (&probe, tnames.len() > 1) {
-            let stds: Vec<(String, f64)> =
-                tnames.iter().filter_map(|t| probe_of(&t.name).map(|p| (t.name.clone(), p.nongt_std))).collect();
-            if stds.len() == tnames.len() {
+        // Dark knowledge next to the mismatch curve: nongt_std of each teacher, on the test set and
+        // on the transfer set, and its correlation with the students' accuracy across teachers.
+        if !probes.is_empty() && tnames.len() > 1 {
+            let stds: Vec<(&str, Vec<f64>)> = probes
+                .iter()
+                .filter_map(|(label, p)| {
+                    let v: Vec<f64> = tnames
+                        .iter()
+                        .filter_map(|t| probe_at(p, &t.name, probe_tau).map(|(_, r)| r.nongt_std))
+                        .collect();
+                    (v.len() == tnames.len()).then_some((*label, v))
+                })
+                .collect();
+            if !stds.is_empty() {
                 let plot = LinePlot {
                     title: format!("Teachers' non-GT spread σ(q) at τ = {probe_tau}"),
                     x_label: "teacher parameters (log scale)".into(),
                     y_label: "nongt_std".into(),
                     x_log: true,
-                    series: vec![Series {
-                        name: "nongt_std".into(),
-                        points: tnames.iter().zip(&stds).map(|(t, s)| (t.params as f64, s.1)).collect(),
-                        errors: None,
-                    }],
+                    series: stds
+                        .iter()
+                        .map(|(label, v)| Series {
+                            name: label.to_string(),
+                            points: tnames.iter().zip(v).map(|(t, s)| (t.params as f64, *s)).collect(),
+                            errors: None,
+                        })
+                        .collect(),
                 };
                 svg(
                     &format!("nongt_std_{sm}.svg"),
                     plot.to_svg(),
-                    &format!(
-                        "The probe's nongt_std at τ = {probe_tau} for the teachers of the curve above (same x axis)."
-                    ),
+                    &format!("The probe's nongt_std at τ = {probe_tau} for the teachers of the curve above (same x axis), on each probed set."),
                     &mut blocks,
                 )?;
                 let mut rows = vec![];
                 for (name, runs) in &curve_series {
-                    let (mut xs, mut ys) = (vec![], vec![]);
-                    for (t, s) in tnames.iter().zip(&stds) {
-                        let v: Vec<f64> = runs
-                            .iter()
-                            .filter(|r| r.teacher.as_deref() == Some(t.name.as_str()))
-                            .map(|r| r.final_acc)
-                            .collect();
-                        if !v.is_empty() {
-                            xs.push(s.1);
-                            ys.push(Stat::of(&v).mean);
+                    for (label, v) in &stds {
+                        let (mut xs, mut ys) = (vec![], vec![]);
+                        for (t, s) in tnames.iter().zip(v) {
+                            if let Some(st) = stat_from(runs, &t.name, |s| s.final_acc) {
+                                xs.push(*s);
+                                ys.push(st.mean);
+                            }
                         }
-                    }
-                    if xs.len() > 2 {
-                        rows.push(vec![
-                            (*name).clone(),
-                            xs.len().to_string(),
-                            pearson(&xs, &ys).map_or("n/a".into(), |r| format!("{r:+.3}")),
-                        ]);
+                        if xs.len() > 2 {
+                            let f = |r: Option<f64>| r.map_or("n/a".into(), |r| format!("{r:+.3}"));
+                            rows.push(vec![
+                                (*name).clone(),
+                                label.to_string(),
+                                xs.len().to_string(),
+                                f(pearson(&xs, &ys)),
+                                f(crate::probe::stats::spearman(&xs, &ys)),
+                            ]);
+                        }
                     }
                 }
                 if !rows.is_empty() {
-                    blocks.push(Block::Para(format!("Correlation across teachers between the teacher's nongt_std at τ = {probe_tau} and student `{sm}`'s final accuracy (Pearson r; positive: more distinct dark knowledge, better student).")));
-                    blocks.push(Block::Table(vec!["method".into(), "teachers".into(), "r".into()], rows));
+                    blocks.push(Block::Para(format!("Correlation across teachers between the teacher's nongt_std at τ = {probe_tau}, measured on the set named, and student `{sm}`'s final accuracy (Pearson r and Spearman ρ; positive: more distinct dark knowledge, better student).")));
+                    blocks.push(Block::Table(
+                        ["method", "nongt_std measured on", "teachers", "Pearson r", "Spearman ρ"]
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect(),
+                        rows,
+                    ));
                 }
             }
         }
@@ -474,8 +631,9 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
     blocks.push(Block::Code(study_toml.clone()));
 
     // CSVs.
-    let mut results =
-        String::from("id,kind,student,teacher,teacher_params,series,method,hyper,seed,final_acc,best_acc,best_epoch\n");
+    let mut results = String::from(
+        "id,kind,student,teacher,teacher_params,series,method,hyper,seed,final_acc,best_acc,best_epoch,final_val_acc\n",
+    );
     let mut timing = String::from("id,name,status,wall_time_s\n");
     for r in &runs {
         timing += &format!(
@@ -488,7 +646,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
     }
     for t in &teachers {
         results += &format!(
-            "{},teacher,,{},{},teacher,ce,,{},{},{},\n",
+            "{},teacher,,{},{},teacher,ce,,{},{},{},,\n",
             t.id.clone().unwrap_or_default(),
             t.name,
             t.params,
@@ -503,7 +661,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
     for s in &sorted {
         let tp = s.teacher.as_ref().and_then(|t| tparams.get(t)).map(|p| p.to_string()).unwrap_or_default();
         results += &format!(
-            "{},student,{},{},{tp},{},{},\"{}\",{},{},{},{}\n",
+            "{},student,{},{},{tp},{},{},\"{}\",{},{},{},{},{}\n",
             s.id,
             s.student,
             s.teacher.clone().unwrap_or_default(),
@@ -513,10 +671,39 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
             s.seed,
             s.final_acc,
             s.best_acc,
-            s.best_epoch
+            s.best_epoch,
+            s.val_acc.map(|v| v.to_string()).unwrap_or_default()
         );
     }
-    for (name, text) in [("results.csv", results), ("summary.csv", summary_csv), ("timing.csv", timing)] {
+    // The teachers' probe numbers, one row per teacher and probed set, for re-analysis.
+    let mut teachers_csv = format!(
+        "teacher,params,probed_on,samples,accuracy,nll_at_tau1,tau,p_true,nongt_mean,nongt_std,nongt_entropy\n"
+    );
+    for t in &teachers {
+        for (label, p) in &probes {
+            if let (Some((acc, at1)), Some((_, at)), Some(tr)) = (
+                probe_at(p, &t.name, 1.0),
+                probe_at(p, &t.name, probe_tau),
+                p.teachers.iter().find(|x| x.name == t.name),
+            ) {
+                teachers_csv += &format!(
+                    "{},{},{label},{},{acc},{},{},{},{},{},{}\n",
+                    t.name,
+                    t.params,
+                    tr.samples,
+                    at1.nll,
+                    at.tau,
+                    at.p_true,
+                    at.nongt_mean,
+                    at.nongt_std,
+                    at.nongt_entropy
+                );
+            }
+        }
+    }
+    for (name, text) in
+        [("results.csv", results), ("summary.csv", summary_csv), ("timing.csv", timing), ("teachers.csv", teachers_csv)]
+    {
         let p = out.join(name);
         atomic::write_bytes(&p, text.as_bytes())?;
         files.push(p);

@@ -90,7 +90,22 @@ pub struct MethodBlock {
     pub label: Option<String>,
 }
 
-const TOP_KEYS: [&str; 8] = ["name", "data", "seeds", "probe_tau", "teachers", "students", "methods", "description"];
+const TOP_KEYS: [&str; 11] = [
+    "name",
+    "data",
+    "seeds",
+    "probe_tau",
+    "teachers",
+    "students",
+    "methods",
+    "description",
+    "train_subset",
+    "val_per_class",
+    "subset_seed",
+];
+/// Top-level keys that set the same value in [teachers] and [students] (a section may override
+/// them): the data carving, so that the students' transfer set is the teachers' training set.
+const SHARED_TRAIN_KEYS: [&str; 3] = ["train_subset", "val_per_class", "subset_seed"];
 const BLOCK_KEYS: [&str; 6] = ["name", "teachers", "students", "teacher_epoch", "assistant", "label"];
 
 fn unknown(origin: &str, key: &str, allowed: &[String]) -> anyhow::Error {
@@ -181,11 +196,17 @@ impl StudyConfig {
                 .with_context(|| format!("{origin}: 'probe_tau' must be a positive number"))?,
         };
         let section = |k: &str| -> Result<toml::Table> {
-            match table.get(k) {
-                None => Ok(toml::Table::new()),
-                Some(toml::Value::Table(t)) => Ok(t.clone()),
+            let mut t = match table.get(k) {
+                None => toml::Table::new(),
+                Some(toml::Value::Table(t)) => t.clone(),
                 Some(v) => bail!("{origin}: '[{k}]' should be a table, found {v}"),
+            };
+            for key in SHARED_TRAIN_KEYS {
+                if let (Some(v), false) = (table.get(key), t.contains_key(key)) {
+                    t.insert(key.to_string(), v.clone());
+                }
             }
+            Ok(t)
         };
         let t = section("teachers")?;
         let teachers = TeacherSet {

@@ -13,9 +13,40 @@ use plan::{Kind, RunSpec};
 use std::path::Path;
 use store::Store;
 
-/// Probes every teacher of the study on the test split and writes `probe.json` (the report's
-/// nongt_std vs teacher size). Skipped when the same teachers were probed already.
+/// Where the teachers are probed: the test set, and the transfer set the students learn from (the
+/// teachers' training images, plain, and as augmented views when the students train with
+/// augmentation; one view per image, the same for every teacher).
+pub struct ProbeSet {
+    /// The file stem of the result (`probe` → `probe.json` and plots in `probe/`).
+    pub stem: &'static str,
+    pub split: &'static str,
+    pub augment: bool,
+}
+
+pub const PROBE_TEST: ProbeSet = ProbeSet { stem: "probe", split: "test", augment: false };
+pub const PROBE_TRAIN: ProbeSet = ProbeSet { stem: "probe-train", split: "train", augment: false };
+pub const PROBE_TRAIN_AUG: ProbeSet = ProbeSet { stem: "probe-train-aug", split: "train", augment: true };
+
+/// The probe sets of a study: the test set and the plain transfer set always, the augmented
+/// transfer set when the students train with augmentation.
+pub fn probe_sets(cfg: &StudyConfig) -> Vec<&'static ProbeSet> {
+    let mut v = vec![&PROBE_TEST, &PROBE_TRAIN];
+    if cfg.students.train.augment {
+        v.push(&PROBE_TRAIN_AUG);
+    }
+    v
+}
+
+/// Probes every teacher of the study on each of its probe sets and writes `<stem>.json` (the
+/// report's nongt_std vs teacher size). Skipped when the same teachers were probed already.
 pub fn probe_teachers(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &Store) -> Result<()> {
+    for set in probe_sets(cfg) {
+        probe_teachers_on(cfg, dir, specs, store, set)?;
+    }
+    Ok(())
+}
+
+fn probe_teachers_on(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &Store, set: &ProbeSet) -> Result<()> {
     let mut teachers: Vec<(String, String)> = specs
         .iter()
         .filter(|s| s.kind == Kind::Teacher)
@@ -33,26 +64,45 @@ pub fn probe_teachers(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &
         return Ok(());
     }
     let key = serde_json::to_string(&teachers)?;
-    if store.meta("probe_teachers")?.as_deref() == Some(key.as_str()) && dir.join("probe.json").exists() {
+    // The test-set probe keeps the meta key it had before the transfer-set probes existed.
+    let meta_key =
+        if set.stem == PROBE_TEST.stem { "probe_teachers".to_string() } else { format!("probe_teachers:{}", set.stem) };
+    let json = dir.join(format!("{}.json", set.stem));
+    if store.meta(&meta_key)?.as_deref() == Some(key.as_str()) && json.exists() {
         return Ok(());
     }
-    let data = crate::data::source::load(&cfg.data)?;
-    let split = std::sync::Arc::new(data.test.clone());
+    // The teachers' own carving of the data: their training images are the students' transfer set.
+    let data = cfg.teachers.train.load_data()?;
+    let split = std::sync::Arc::new(data.split(set.split)?.clone());
     let mut sources: Vec<Box<dyn LogitSource>> = vec![];
     for (name, spec) in &teachers {
         let (model, _, _) = crate::train::checkpoint::load_model(spec, tch::Device::Cpu)?;
-        sources.push(Box::new(probe::source::RunSource::new(name.clone(), model, &data, split.clone(), false, 0)));
+        sources.push(Box::new(probe::source::RunSource::new(
+            name.clone(),
+            model,
+            &data,
+            split.clone(),
+            set.augment,
+            0,
+        )));
     }
     let mut taus = probe::default_taus();
     if !taus.iter().any(|t| (t - cfg.probe_tau).abs() < 1e-12) {
         taus.push(cfg.probe_tau);
         taus.sort_by(f64::total_cmp);
     }
-    let labels: Vec<usize> = data.test.labels.iter().map(|&y| y as usize).collect();
+    let labels: Vec<usize> = split.labels.iter().map(|&y| y as usize).collect();
+    println!(
+        "probing {} teachers on {} images of the {} split{}",
+        teachers.len(),
+        labels.len(),
+        set.split,
+        if set.augment { " (one augmented view each)" } else { "" }
+    );
     let result = probe::run(sources, &labels, &taus, probe::CHUNK)?;
-    atomic::write_json(&dir.join("probe.json"), &result.report)?;
-    probe::output::write_plots(&dir.join("probe"), &result, cfg.probe_tau, Some(&data.class_names))?;
-    store.set_meta("probe_teachers", &key)?;
+    atomic::write_json(&json, &result.report)?;
+    probe::output::write_plots(&dir.join(set.stem), &result, cfg.probe_tau, Some(&data.class_names))?;
+    store.set_meta(&meta_key, &key)?;
     println!("{}", probe::output::table(&result.report, &result.taus, cfg.probe_tau));
     Ok(())
 }

@@ -163,7 +163,7 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
     let mut teachers: Vec<TeacherRef> = vec![];
     for model in &study.teachers.models {
         let train = TrainConfig { model: model.clone(), ..study.teachers.train.clone() };
-        let id = hash_id(&serde_json::json!({"kind": "teacher", "train": train}));
+        let id = hash_id(&serde_json::json!({"kind": "teacher", "train": train.identity()}));
         add(
             RunSpec {
                 id: id.clone(),
@@ -230,7 +230,7 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
                         let mut deps: Vec<String> = t.as_ref().and_then(|t| t.run_id.clone()).into_iter().collect();
                         if let (Some(assistant), Some(tr)) = (&block.assistant, &t) {
                             let train = TrainConfig { seed, ..study.students.train_for(assistant) };
-                            let identity = serde_json::json!({"kind": "assistant", "train": train, "method": block.name, "hyper": hyper, "teacher_cache": study.students.teacher_cache,
+                            let identity = serde_json::json!({"kind": "assistant", "train": train.identity(), "method": block.name, "hyper": hyper, "teacher_cache": study.students.teacher_cache,
                                 "teacher": teacher_identity(tr, study_dir)?});
                             let aid = hash_id(&identity);
                             add(
@@ -260,7 +260,7 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
                             deps = vec![aid];
                         }
                         let train = TrainConfig { seed, ..study.students.train_for(student) };
-                        let identity = serde_json::json!({"kind": "student", "train": train, "method": block.name, "hyper": hyper, "teacher_cache": study.students.teacher_cache && t.is_some(),
+                        let identity = serde_json::json!({"kind": "student", "train": train.identity(), "method": block.name, "hyper": hyper, "teacher_cache": study.students.teacher_cache && t.is_some(),
                             "teacher": t.as_ref().map(|t| teacher_identity(t, study_dir)).transpose()?});
                         let id = hash_id(&identity);
                         let from = t.as_ref().map(|t| format!(" ← {}", t.name)).unwrap_or_default();

@@ -300,7 +300,7 @@ pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
     let extra = serde_json::json!({"study_run": spec.id});
     match &spec.teacher {
         None => {
-            let data = crate::data::source::load(&spec.train.data)?;
+            let data = spec.train.load_data()?;
             let opts = crate::train::trainer::RunOptions {
                 extra,
                 ..crate::train::trainer::RunOptions::new(&rdir, device, "train")

@@ -31,6 +31,16 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Keep a checkpoint every this many epochs (0: only `last` and `best`).
     pub save_every: usize,
+    /// Train on this many images per class (0: all), a class-balanced subset drawn with
+    /// `subset_seed`; the test set stays whole. Teachers and students given the same subset
+    /// settings see the same images, so the students' transfer set is the teachers' training set.
+    pub train_subset: usize,
+    /// Hold this many images per class out of the training images as a validation split (0: none),
+    /// evaluated every epoch (`val_acc`) for choosing hyper-parameters without the test set.
+    pub val_per_class: usize,
+    /// Seed of the subset and validation draws (independent of `seed`, so every seed of a study
+    /// trains on the same images).
+    pub subset_seed: u64,
 }
 
 impl Default for TrainConfig {
@@ -51,6 +61,9 @@ impl Default for TrainConfig {
             augment: true,
             seed: 0,
             save_every: 5,
+            train_subset: 0,
+            val_per_class: 0,
+            subset_seed: 0,
         }
     }
 }
@@ -79,6 +92,18 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The run's data: the data set `data` with its training subset and validation split carved.
+    pub fn load_data(&self) -> Result<crate::data::Dataset> {
+        crate::data::source::load(&self.data)?.carve(self.train_subset, self.val_per_class, self.subset_seed)
+    }
+
+    /// The configuration as it identifies a run (study ids, the resume check): the data-carving
+    /// keys are left out while they are at their defaults, so runs recorded before those keys
+    /// existed keep their identity.
+    pub fn identity(&self) -> serde_json::Value {
+        identity_of(serde_json::to_value(self).expect("config serialises"))
+    }
+
     /// The milestones in effect (the defaults when none are given).
     pub fn effective_milestones(&self) -> Vec<usize> {
         if self.milestones.is_empty() {
@@ -98,6 +123,18 @@ impl TrainConfig {
             epochs: self.epochs,
         }
     }
+}
+
+/// See [`TrainConfig::identity`]; also applied to configurations read back from run records.
+pub fn identity_of(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        for key in ["train_subset", "val_per_class", "subset_seed"] {
+            if o.get(key).and_then(serde_json::Value::as_u64) == Some(0) {
+                o.remove(key);
+            }
+        }
+    }
+    v
 }
 
 pub fn check(ok: bool, key: &str, what: &str) -> Result<()> {

@@ -161,7 +161,7 @@ pub fn run(
     quiet: bool,
     extra: serde_json::Value,
 ) -> Result<Outcome> {
-    let data = crate::data::source::load(&cfg.train.data)?;
+    let data = cfg.train.load_data()?;
     let teacher = Teacher::load(teacher_spec, device)?;
     if teacher.meta.input != data.shape() || teacher.meta.classes != data.classes {
         bail!(

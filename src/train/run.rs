@@ -17,6 +17,11 @@ pub struct EpochMetrics {
     pub train_acc: f64,
     pub test_loss: f64,
     pub test_acc: f64,
+    /// On the validation split, where the run carved one (`val_per_class`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_acc: Option<f64>,
     pub time_s: f64,
     pub images_per_s: f64,
     /// Mean of each named loss term over the epoch.
@@ -77,6 +82,12 @@ pub struct RunRecord {
     pub best_test_acc: Option<f64>,
     pub best_epoch: Option<usize>,
     pub wall_time_s: f64,
+    /// The last epoch's validation accuracy, where the run carved a validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_val_acc: Option<f64>,
+    /// The last epoch's objective statistics (ATS flip rates, ISATS's τ2 summary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_extra: Option<serde_json::Value>,
 }
 
 pub fn read_record(dir: &Path) -> Result<Option<RunRecord>> {
@@ -101,6 +112,10 @@ pub fn write_metrics_csv(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
         t
     };
     let mut out = String::from("epoch,lr,train_loss,train_acc,test_loss,test_acc,time_s,images_per_s");
+    let val = history.iter().any(|m| m.val_acc.is_some());
+    if val {
+        out.push_str(",val_loss,val_acc");
+    }
     for t in &terms {
         out.push_str(&format!(",term_{t}"));
     }
@@ -110,6 +125,11 @@ pub fn write_metrics_csv(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
             "{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1}",
             m.epoch, m.lr, m.train_loss, m.train_acc, m.test_loss, m.test_acc, m.time_s, m.images_per_s
         ));
+        if val {
+            let opt = |v: Option<f64>| v.map(|v| format!(",{v:.6}")).unwrap_or_else(|| ",".into());
+            out.push_str(&opt(m.val_loss));
+            out.push_str(&opt(m.val_acc));
+        }
         for t in &terms {
             out.push_str(&m.terms.get(t).map(|v| format!(",{v:.6}")).unwrap_or_else(|| ",".into()));
         }

@@ -3,7 +3,7 @@
 //! epoch; checkpoints (`last`, `best`, every N epochs) and metrics written atomically; and resume
 //! from `last` when the same run is started again.
 use super::checkpoint::{self, CheckpointMeta, OptimizerMeta};
-use super::config::TrainConfig;
+use super::config::{self, TrainConfig};
 use super::eval::{self, to_tensors};
 use super::model::Model;
 use super::objective::{Objective, StepInput};
@@ -94,6 +94,8 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
         best_test_acc: None,
         best_epoch: None,
         wall_time_s: 0.0,
+        final_val_acc: None,
+        final_extra: None,
     };
     if let Some(old) = run::read_record(dir)? {
         ensure_same_run(dir, &old, &record)?;
@@ -161,6 +163,8 @@ fn finish(
         record.final_test_acc = Some(last.test_acc);
         record.best_test_acc = Some(best.test_acc);
         record.best_epoch = Some(best.epoch);
+        record.final_val_acc = last.val_acc;
+        record.final_extra = last.extra.clone();
         record.params = params;
         run::write_record(dir, &record)?;
     }
@@ -243,8 +247,10 @@ fn finish_outcome(dir: &Path, history: &[EpochMetrics], params: u64, resumed_at:
 
 /// A run directory may only be resumed by the same run.
 fn ensure_same_run(dir: &Path, old: &RunRecord, new: &RunRecord) -> Result<()> {
+    // Records written before the data-carving keys existed lack them: compare identities.
+    let (old_config, new_config) = (config::identity_of(old.config.clone()), config::identity_of(new.config.clone()));
     let pairs = [
-        ("config", &old.config, &new.config),
+        ("config", &old_config, &new_config),
         ("objective", &old.objective, &new.objective),
         ("run", &old.extra, &new.extra),
     ];
@@ -305,6 +311,7 @@ fn train_epochs(
     let schedule = cfg.lr_schedule();
     let train_split = Arc::new(data.train.clone());
     let test_split = Arc::new(data.test.clone());
+    let val_split = data.val.clone().map(Arc::new);
     let augment = Arc::new(Augment::new(&data.profile, cfg.augment));
     let plain = eval::plain_augment(data);
     let spec = LoaderSpec { batch_size: cfg.batch_size, shuffle: true, seed: cfg.seed, drop_last: false };
@@ -368,6 +375,7 @@ fn train_epochs(
         bar.finish_and_clear();
         let train_time = start.elapsed().as_secs_f64();
         let test = eval::evaluate(model, test_split.clone(), plain.clone());
+        let val = val_split.as_ref().map(|v| eval::evaluate(model, v.clone(), plain.clone()));
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             lr,
@@ -375,6 +383,8 @@ fn train_epochs(
             train_acc: correct as f64 / seen.max(1) as f64,
             test_loss: test.loss,
             test_acc: test.acc,
+            val_loss: val.as_ref().map(|v| v.loss),
+            val_acc: val.as_ref().map(|v| v.acc),
             time_s: start.elapsed().as_secs_f64(),
             images_per_s: seen as f64 / train_time.max(1e-9),
             terms: term_sums.into_iter().map(|(k, v)| (k, v / seen.max(1) as f64)).collect(),
@@ -388,7 +398,7 @@ fn train_epochs(
         if !opts.quiet {
             let best = history.iter().map(|m| m.test_acc).fold(0.0, f64::max);
             println!(
-                "epoch {:>3}/{}  lr {:.4}  loss {:.4}  train {:5.2}%  test {:5.2}% (best {:5.2}%)  {:.0} img/s  {}",
+                "epoch {:>3}/{}  lr {:.4}  loss {:.4}  train {:5.2}%  test {:5.2}% (best {:5.2}%){}  {:.0} img/s  {}",
                 metrics.epoch,
                 cfg.epochs,
                 metrics.lr,
@@ -396,6 +406,7 @@ fn train_epochs(
                 100.0 * metrics.train_acc,
                 100.0 * metrics.test_acc,
                 100.0 * best,
+                metrics.val_acc.map(|v| format!("  val {:5.2}%", 100.0 * v)).unwrap_or_default(),
                 metrics.images_per_s,
                 fmt::duration(metrics.time_s)
             );

@@ -27,6 +27,8 @@ pub mod stream {
     pub const SHUFFLE: u64 = 1;
     pub const AUGMENT: u64 = 2;
     pub const INIT: u64 = 3;
+    /// Drawing class-balanced training subsets and validation splits.
+    pub const SUBSET: u64 = 4;
 }
 
 impl Rng {
