@@ -154,6 +154,78 @@ fn tuned_on_validation(
         .collect()
 }
 
+/// Rows of the capacity-mismatch table: per series and teacher family (with at least two
+/// teachers), the best-teaching teacher against the family's largest, on final accuracy.
+fn mismatch_rows(series: &[(&String, &Vec<&Student>)], teachers: &[&Teacher]) -> Vec<Vec<String>> {
+    let families: BTreeSet<&str> = teachers.iter().map(|t| t.family.as_str()).collect();
+    let mut rows = vec![];
+    for (name, runs) in series {
+        for fam in &families {
+            let stats: Vec<(&Teacher, Stat)> = teachers
+                .iter()
+                .filter(|t| t.family == *fam)
+                .filter_map(|t| stat_from(runs, &t.name, |s| s.final_acc).map(|s| (*t, s)))
+                .collect();
+            if stats.len() < 2 {
+                continue;
+            }
+            let best = stats.iter().max_by(|a, b| a.1.mean.total_cmp(&b.1.mean)).expect("two or more");
+            let largest = stats.iter().max_by_key(|(t, _)| t.params).expect("two or more");
+            let drop = best.1.mean - largest.1.mean;
+            let cell = |s: &Stat| format!("{:.2} ± {:.2}", 100.0 * s.mean, 100.0 * s.std);
+            rows.push(vec![
+                (*name).clone(),
+                fam.to_string(),
+                best.0.name.clone(),
+                cell(&best.1),
+                largest.0.name.clone(),
+                cell(&largest.1),
+                format!("{:.2}", 100.0 * drop),
+                if drop > 2.0 * best.1.std.max(largest.1.std) { "yes".into() } else { "no".into() },
+            ]);
+        }
+    }
+    rows
+}
+
+/// Rows of the ATS-family target table: per series and teacher, the seeds' mean of the last
+/// epoch's target statistics (`ats_target`, `isats_tau2` in the run's `final_extra`).
+fn target_statistics(by_series: &BTreeMap<String, Vec<&Student>>, teachers: &[&Teacher]) -> Vec<Vec<String>> {
+    let mut rows = vec![];
+    for (name, runs) in by_series {
+        for t in teachers {
+            let extras: Vec<&serde_json::Value> = runs
+                .iter()
+                .filter(|s| s.teacher.as_deref() == Some(t.name.as_str()))
+                .filter_map(|s| s.extra.as_ref())
+                .filter(|e| e.get("ats_target").is_some_and(|v| !v.is_null()))
+                .collect();
+            if extras.is_empty() {
+                continue;
+            }
+            let mean = |path: [&str; 2], scale: f64, digits: usize| -> String {
+                let v: Vec<f64> = extras.iter().filter_map(|e| e[path[0]][path[1]].as_f64()).collect();
+                if v.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{:.*}", digits, scale * v.iter().sum::<f64>() / v.len() as f64)
+                }
+            };
+            rows.push(vec![
+                name.clone(),
+                t.name.clone(),
+                mean(["ats_target", "teacher_wrong"], 100.0, 2),
+                mean(["ats_target", "flipped_where_teacher_right"], 100.0, 2),
+                mean(["isats_tau2", "p50"], 1.0, 3),
+                mean(["isats_tau2", "at_tau2_min"], 100.0, 1),
+                mean(["isats_tau2", "at_floor"], 100.0, 1),
+                mean(["isats_tau2", "fallback"], 100.0, 1),
+            ]);
+        }
+    }
+    rows
+}
+
 /// A written report: its files and its content.
 pub struct Report {
     pub files: Vec<PathBuf>,
@@ -570,6 +642,32 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
                     ));
                 }
             }
+        }
+
+        // Capacity mismatch per family: how much worse the largest teacher teaches than the best.
+        let mm_rows = mismatch_rows(&curve_series, &tnames);
+        if !mm_rows.is_empty() {
+            blocks.push(Block::Para(format!("Capacity mismatch for student `{sm}`, per method and teacher family (final-epoch accuracy, mean ± std over seeds): the teacher that teaches best, the family's largest teacher, and the **drop** from the first to the second; **mismatch** marks a drop larger than twice the larger of the two standard deviations. A remedy flattens the curve where its drop is smaller than KD's.")));
+            blocks.push(Block::Table(
+                ["method", "family", "best teacher", "acc", "largest teacher", "acc", "drop", "mismatch"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                mm_rows,
+            ));
+        }
+
+        // ATS-family targets: how often the target ranks a wrong class first, and ISATS's τ2.
+        let target_rows = target_statistics(&by_series, &tnames);
+        if !target_rows.is_empty() {
+            blocks.push(Block::Para(format!("ATS-family targets for student `{sm}` (last epoch, mean over seeds): the share of transfer-set samples the teacher gets wrong, the share where the teacher is right but the ATS target ranks a wrong class first (**flipped**), and, for ISATS, the median chosen τ2 and the shares at the lower bound τ2_min, at the order constraint's floor, and given τ1 by the fallback.")));
+            blocks.push(Block::Table(
+                ["series", "teacher", "teacher wrong %", "flipped %", "τ2 median", "at τ2_min %", "at floor %", "fallback %"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                target_rows,
+            ));
         }
 
         // ATS τ1 × τ2 heat-maps.
