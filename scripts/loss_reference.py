@@ -68,7 +68,7 @@ def main():
     ap = argparse.ArgumentParser()
     for k in ["method", "student", "teacher", "labels"]:
         ap.add_argument("--" + k, required=True)
-    for k in ["tau", "alpha", "beta", "gamma", "student-tau", "tau1", "tau2", "tau2-min", "lambda", "warmup", "epoch"]:
+    for k in ["tau", "alpha", "beta", "gamma", "student-tau", "tau1", "tau2", "tau2-min", "lambda", "warmup", "epoch", "margin"]:
         ap.add_argument("--" + k, type=float)
     ap.add_argument("--standardize", action="store_true")
     ap.add_argument("--center-logits", action="store_true")
@@ -98,7 +98,7 @@ def main():
                 raise SystemExit(f"no reference for rule {a.rule}")
             lo = g(a.tau2_min, 0.5)
             grid = np.linspace(lo, tau1, 20001)
-            margin = 1e-3  # `order`: log p_y - max_c log p_c >= margin in the target
+            margin = g(a.margin, 1e-3)  # `order`: log p_y - max_c log p_c >= margin in the target
             tau2 = []
             for i in range(len(y)):
                 # The row repeated once per candidate τ2: the variance and the target at every grid point.

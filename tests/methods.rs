@@ -293,7 +293,8 @@ fn isats_bounded_tau2_is_within_bounds_and_the_brute_force_argmax() {
     let te = data(9, 6.0);
     let y = Tensor::from_slice(&Y);
     for (tau1, tau2_min) in [(4.0, 0.5), (2.0, 1.0), (8.0, 0.25)] {
-        let chosen: Vec<f64> = Vec::try_from(isats::choose_tau2(Rule::Bounded, &t(&te), &y, tau1, tau2_min)).unwrap();
+        let chosen: Vec<f64> =
+            Vec::try_from(isats::choose_tau2(Rule::Bounded, &t(&te), &y, tau1, tau2_min, 1.0)).unwrap();
         for (i, &tau2) in chosen.iter().enumerate() {
             assert!((tau2_min..=tau1).contains(&tau2), "{tau2} outside [{tau2_min}, {tau1}]");
             // Brute force: 20,001 evenly spaced candidates, variance from the plain definition.
@@ -336,6 +337,15 @@ fn bad_hyper_parameters_are_refused_by_name() {
     assert!(bad_rule.contains("unknown ISATS rule 'oder'") && bad_rule.contains("order, ts, bounded"), "{bad_rule}");
     assert!(e("ats", p(|m| m.rule = Some("order".into()))).contains("does not take rule"));
     assert!(e("kd", p(|m| m.center_logits = Some(true))).contains("does not take center_logits"));
+    let ts_margin = e(
+        "isats",
+        p(|m| {
+            m.rule = Some("ts".into());
+            m.margin = Some(0.5)
+        }),
+    );
+    assert!(ts_margin.contains("margin applies to the ISATS rule 'order' only"), "{ts_margin}");
+    assert!(e("isats", p(|m| m.margin = Some(0.0))).contains("margin must be a positive"));
 }
 
 #[test]
@@ -388,6 +398,7 @@ fn kdlab_loss_matches_the_numpy_reference() {
         &["--method", "isats", "--tau1", "4", "--tau2-min", "0.5", "--rule", "bounded"],
         &["--method", "isats", "--tau1", "4", "--tau2-min", "0.5", "--rule", "order"],
         &["--method", "isats", "--tau1", "3", "--tau2-min", "0.25", "--rule", "order", "--center-logits"],
+        &["--method", "isats", "--tau1", "4", "--tau2-min", "0.5", "--margin", "0.7"],
         &["--method", "nckd"],
         &["--method", "nckd", "--standardize"],
         &["--method", "dkd", "--epoch", "7"],
@@ -545,33 +556,39 @@ fn isats_rules_match_a_brute_force_search() {
         let (te, y) = (case.teacher(), case.labels());
         for (tau1, tau2_min) in [(4.0, 0.5), (2.0, 1.0), (8.0, 0.25)] {
             let tag = |rule: &str, i: usize| format!("{} row {i}, {rule}, τ1 {tau1}, τ2_min {tau2_min}", case.name);
-            let get = |rule| Vec::<f64>::try_from(isats::choose_tau2(rule, &te, &y, tau1, tau2_min)).unwrap();
-            let (bounded, order, ts) = (get(Rule::Bounded), get(Rule::Order), get(Rule::Ts));
+            let get =
+                |rule, margin| Vec::<f64>::try_from(isats::choose_tau2(rule, &te, &y, tau1, tau2_min, margin)).unwrap();
+            // The margin is used by `order` only.
+            let (bounded, ts) = (get(Rule::Bounded, 0.5), get(Rule::Ts, 0.5));
+            let orders: Vec<(f64, Vec<f64>)> =
+                [isats::DEFAULT_MARGIN, 0.5].into_iter().map(|mg| (mg, get(Rule::Order, mg))).collect();
             let star = Vec::<f64>::try_from(isats::ts_temperature(&te, &y)).unwrap();
             for (i, f) in case.rows.iter().enumerate() {
                 let yi = case.y[i] as usize;
                 let var = |tau2: f64| brute::nongt_var(&brute::ats_logits(f, yi, tau1, tau2), yi);
                 let gap = |tau2: f64| brute::gap(&brute::ats_logits(f, yi, tau1, tau2), yi);
                 let grid = brute::log_grid(tau2_min, tau1);
-                for (rule, v) in [("bounded", bounded[i]), ("order", order[i]), ("ts", ts[i])] {
+                for (rule, v) in [("bounded", bounded[i]), ("ts", ts[i])] {
                     assert!((tau2_min..=tau1).contains(&v), "{}: τ2 {v} outside the bounds", tag(rule, i));
                 }
                 // bounded: the unconstrained maximum over [τ2_min, τ1].
                 at_least(var(bounded[i]), brute::best(&grid, var), &tag("bounded", i));
                 // order: the maximum over the τ2 that keep the true class first by the margin; τ1
                 // where even τ1 does not.
-                if gap(tau1) < isats::MARGIN {
-                    assert_eq!(order[i], tau1, "{}: the fallback", tag("order", i));
-                } else {
-                    let feasible: Vec<f64> = grid.iter().cloned().filter(|t| gap(*t) >= isats::MARGIN).collect();
-                    assert!(
-                        gap(order[i]) >= isats::MARGIN * (1.0 - 1e-9) - 1e-12,
-                        "{}: τ2 {} leaves a gap {} below the margin",
-                        tag("order", i),
-                        order[i],
-                        gap(order[i])
-                    );
-                    at_least(var(order[i]), brute::best(&feasible, var), &tag("order", i));
+                for (margin, order) in &orders {
+                    let (tau2, what) = (order[i], tag(&format!("order margin {margin}"), i));
+                    assert!((tau2_min..=tau1).contains(&tau2), "{what}: τ2 {tau2} outside the bounds");
+                    if gap(tau1) < *margin {
+                        assert_eq!(tau2, tau1, "{what}: the fallback");
+                    } else {
+                        let feasible: Vec<f64> = grid.iter().cloned().filter(|t| gap(*t) >= *margin).collect();
+                        assert!(
+                            gap(tau2) >= margin * (1.0 - 1e-9) - 1e-12,
+                            "{what}: τ2 {tau2} leaves a gap {} below the margin",
+                            gap(tau2)
+                        );
+                        at_least(var(tau2), brute::best(&feasible, var), &what);
+                    }
                 }
                 // ts: τ* maximises the symmetric variance over [0.05, 50]; τ2 is τ* clamped, or τ1
                 // where the teacher is wrong.
@@ -591,10 +608,10 @@ fn isats_rules_match_a_brute_force_search() {
 fn isats_order_keeps_the_true_class_first_in_the_target() {
     use kdlab::methods::ats::{log_ats, true_class_gap};
     for case in cases() {
-        for kind in [Kind::Double, Kind::Float] {
+        for (kind, margin) in [(Kind::Double, 1e-3), (Kind::Float, 1e-3), (Kind::Float, 1.0)] {
             let (te, y) = (case.teacher().to_kind(kind), case.labels());
             let (tau1, tau2_min) = (4.0, 0.25);
-            let tau2 = isats::choose_tau2(Rule::Order, &te, &y, tau1, tau2_min);
+            let tau2 = isats::choose_tau2(Rule::Order, &te, &y, tau1, tau2_min, margin);
             let gaps = Vec::<f64>::try_from(
                 true_class_gap(&log_ats(&te, &y, tau1, &tau2.unsqueeze(1)), &y).to_kind(Kind::Double),
             )
@@ -604,12 +621,12 @@ fn isats_order_keeps_the_true_class_first_in_the_target() {
                 let yi = case.y[i] as usize;
                 let m = (0..f.len()).filter(|c| *c != yi).map(|c| f[c]).fold(f64::MIN, f64::max);
                 assert!((tau2_min..=tau1 * (1.0 + 1e-6)).contains(&tau2[i]), "{} row {i}: τ2 {}", case.name, tau2[i]);
-                if (f[yi] - m) / tau1 >= isats::MARGIN {
+                if (f[yi] - m) / tau1 >= margin {
                     // float32 rounds f/τ by ~1e-7 relative: the margin absorbs it.
                     let tol =
                         if kind == Kind::Float { 1e-7 * f[yi].abs().max(m.abs()) / tau2_min * 4.0 } else { 1e-12 };
                     assert!(
-                        gaps[i] >= isats::MARGIN - tol && gaps[i] > 0.0,
+                        gaps[i] >= margin - tol && gaps[i] > 0.0,
                         "{} row {i} ({kind:?}): target gap {} with τ2 {}",
                         case.name,
                         gaps[i],
@@ -772,21 +789,24 @@ fn isats_order_on_realistic_logits() {
     let te = Tensor::from_slice(&f).view([n as i64, c as i64]).to_kind(Kind::Float);
     let s = Tensor::zeros([n as i64, c as i64], (Kind::Float, tch::Device::Cpu));
     let labels = Tensor::from_slice(&y);
-    for rule in ["order", "ts", "bounded"] {
+    for (rule, margin) in [("order", None), ("order", Some(0.5)), ("order", Some(1.0)), ("ts", None), ("bounded", None)]
+    {
         for center in [false, true] {
             let mut m = methods::build(
                 "isats",
                 &p(|m| {
                     m.rule = Some(rule.into());
-                    m.center_logits = Some(center)
+                    m.center_logits = Some(center);
+                    m.margin = margin
                 }),
             )
             .unwrap();
             m.terms(&LossInput { student: &s, teacher: &te, labels: &labels, epoch: 1.0 });
+            let rule = format!("{rule}{}", margin.map(|m| format!(" margin {m}")).unwrap_or_default());
             let e = m.end_epoch().unwrap();
             let (t, a) = (&e["isats_tau2"], &e["ats_target"]);
             println!(
-                "{rule:7} center={center:5}: τ2 p10 {:.3} p50 {:.3} p90 {:.3} mean {:.3}; at τ2_min {:.3}, at floor {:.3}, at τ1 {:.3}, interior {:.3}, fallback {:.3}; teacher wrong {:.3}, flipped {:.3}",
+                "{rule:16} center={center:5}: τ2 p10 {:.3} p50 {:.3} p90 {:.3} mean {:.3}; at τ2_min {:.3}, at floor {:.3}, at τ1 {:.3}, interior {:.3}, fallback {:.3}; teacher wrong {:.3}, flipped {:.3}",
                 t["p10"].as_f64().unwrap(),
                 t["p50"].as_f64().unwrap(),
                 t["p90"].as_f64().unwrap(),
@@ -799,7 +819,7 @@ fn isats_order_on_realistic_logits() {
                 a["teacher_wrong"].as_f64().unwrap(),
                 a["flipped_where_teacher_right"].as_f64().unwrap(),
             );
-            if rule == "order" {
+            if rule.starts_with("order") {
                 assert_eq!(a["flipped_where_teacher_right"].as_f64(), Some(0.0), "{e}");
             }
         }

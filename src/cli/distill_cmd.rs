@@ -42,6 +42,9 @@ pub struct MethodFlags {
     /// ISATS: how τ2 is chosen per sample: order (default), ts or bounded.
     #[arg(long)]
     pub rule: Option<String>,
+    /// ISATS rule order: the least log-probability gap kept between the true class and the next.
+    #[arg(long)]
+    pub margin: Option<f64>,
     /// ATS/ISATS: subtract each sample's mean teacher logit before scaling.
     #[arg(long)]
     pub center_logits: bool,
@@ -83,6 +86,7 @@ impl MethodFlags {
         put("tau2_min", self.tau2_min);
         put("lambda", self.lambda);
         put("warmup", self.warmup);
+        put("margin", self.margin);
         if self.standardize {
             t.insert("standardize".into(), toml::Value::Boolean(true));
         }
@@ -113,6 +117,7 @@ impl MethodFlags {
             standardize: self.standardize.then_some(true),
             rule: self.rule.clone(),
             center_logits: self.center_logits.then_some(true),
+            margin: self.margin,
         }
     }
 }

@@ -11,14 +11,18 @@
 //!
 //! - `order` (default): the τ2 ∈ [τ2_min, τ1] with the largest non-GT variance *among those that
 //!   keep the true class first in the target*, with a margin: the target's log-probability gap
-//!   log p_y − max_{c≠y} log p_c = f_y/τ1 − m/τ2 must be at least `MARGIN` = 10⁻³. The gap is
-//!   monotone in τ2, so the feasible set is an interval [lo, τ1]: if m ≤ 0 the gap only grows as
-//!   τ2 falls and lo = τ2_min; if m > 0, lo = max(τ2_min, τ1·m / (f_y − MARGIN·τ1)). The margin
-//!   (rather than a bare gap > 0) keeps the true class strictly first once the target is computed
-//!   in float32: the rounding of f/τ is ~10⁻⁷·|f/τ|, far below 10⁻³ for any logits a network
-//!   produces (|f/τ| up to ~10³), while 10⁻³ in log-probability (p_y ≥ 1.001·p_c) changes the
-//!   target negligibly. Fallback τ2 = τ1 where the teacher is not right by the margin at τ2 = τ1
-//!   itself ((f_y − m)/τ1 < MARGIN: wrong teachers, ties and near-ties).
+//!   log p_y − max_{c≠y} log p_c = f_y/τ1 − m/τ2 must be at least `margin` (default
+//!   `DEFAULT_MARGIN` = 10⁻³). The gap is monotone in τ2, so the feasible set is an interval
+//!   [lo, τ1]: if m ≤ 0 the gap only grows as τ2 falls and lo = τ2_min; if m > 0,
+//!   lo = max(τ2_min, τ1·m / (f_y − margin·τ1)). The margin (rather than a bare gap > 0) keeps the
+//!   true class strictly first once the target is computed in float32: the rounding of f/τ is
+//!   ~10⁻⁷·|f/τ|, far below 10⁻³ for any logits a network produces (|f/τ| up to ~10³), while 10⁻³
+//!   in log-probability (p_y ≥ 1.001·p_c) is the least constraint that does so. Fallback τ2 = τ1
+//!   where the teacher is not right by the margin at τ2 = τ1 itself ((f_y − m)/τ1 < margin: wrong
+//!   teachers, ties and near-ties). In practice the non-GT variance keeps growing as τ2 falls, so
+//!   the constraint binds for most samples: τ2 sits at the floor, where the target's strongest
+//!   wrong class is within `margin` of the true class (p_m = p_y·e^−margin). A larger `margin`
+//!   (say 0.5 or 1) keeps the true class clearly ahead.
 //! - `ts`: τ*(x) is the symmetric temperature in [0.05, 50] at which plain temperature scaling
 //!   softmax(f/τ) gives the sample's non-GT probabilities their largest variance (an interior
 //!   maximum when the teacher is right: the variance tends to 0 as τ → 0, where all mass goes to
@@ -53,8 +57,9 @@ use tch::{Kind, Tensor};
 
 pub const GRID: i64 = 64;
 pub const ITERS: usize = 30;
-/// `order`: the least log-probability gap between the true class and the next in the target.
-pub const MARGIN: f64 = 1e-3;
+/// `order`: the default least log-probability gap between the true class and the next in the
+/// target.
+pub const DEFAULT_MARGIN: f64 = 1e-3;
 /// `ts`: the range searched for the symmetric temperature τ*.
 pub const TS_RANGE: (f64, f64) = (0.05, 50.0);
 
@@ -95,6 +100,8 @@ pub struct Isats {
     pub student_tau: f64,
     pub lambda: f64,
     pub center_logits: bool,
+    /// `order` only.
+    pub margin: f64,
     last: Vec<f64>,
     /// This epoch's (τ2, floor, fallback as 0/1) per sample.
     epoch: Vec<[f64; 3]>,
@@ -107,7 +114,12 @@ pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
     let tau2_min = positive("tau2_min", p.tau2_min.unwrap_or(0.5))?;
     let lambda = weight("lambda", p.lambda.unwrap_or(0.5))?;
     ats::check(tau1, tau2_min, lambda, "tau2_min")?;
+    if p.margin.is_some() && rule != Rule::Order {
+        bail!("margin applies to the ISATS rule 'order' only (the rule is '{}')", rule.name());
+    }
+    let margin = positive("margin", p.margin.unwrap_or(DEFAULT_MARGIN))?;
     Ok(Box::new(Isats {
+        margin,
         rule,
         tau1,
         tau2_min,
@@ -196,8 +208,9 @@ pub fn ts_temperature(t: &Tensor, y: &Tensor) -> Tensor {
     maximise(&|tau: &Tensor| ts_variance(t, y, tau), &lo, &hi)
 }
 
-/// The per-sample τ2 of `rule` (teacher logits `t` as given: centre them first if wanted).
-pub fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64) -> Choice {
+/// The per-sample τ2 of `rule` (teacher logits `t` as given: centre them first if wanted);
+/// `margin` is used by `order` only.
+pub fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64, margin: f64) -> Choice {
     let _g = tch::no_grad_guard();
     let t = &t.detach();
     let (n, kind, dev) = (t.size()[0], t.kind(), t.device());
@@ -211,9 +224,9 @@ pub fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64) -> C
             Choice { tau2: maximise(&var, &lo, &full(tau1)), floor: lo, fallback: full(0.0).to_kind(Kind::Bool) }
         }
         Rule::Order => {
-            let ok = (&fy - &m).ge(MARGIN * tau1);
-            // Where m > 0 and the teacher is right by the margin, f_y − MARGIN·τ1 ≥ m > 0.
-            let floor = (&m * tau1 / (&fy - MARGIN * tau1).clamp_min(1e-30)).clamp(tau2_min, tau1);
+            let ok = (&fy - &m).ge(margin * tau1);
+            // Where m > 0 and the teacher is right by the margin, f_y − margin·τ1 ≥ m > 0.
+            let floor = (&m * tau1 / (&fy - margin * tau1).clamp_min(1e-30)).clamp(tau2_min, tau1);
             let floor = floor.where_self(&m.gt(0.0), &full(tau2_min)).where_self(&ok, &full(tau1));
             Choice { tau2: maximise(&var, &floor, &full(tau1)), floor, fallback: ok.logical_not() }
         }
@@ -227,8 +240,8 @@ pub fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64) -> C
 }
 
 /// The per-sample τ2 of `rule`: (N,).
-pub fn choose_tau2(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64) -> Tensor {
-    choose(rule, t, y, tau1, tau2_min).tau2
+pub fn choose_tau2(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64, margin: f64) -> Tensor {
+    choose(rule, t, y, tau1, tau2_min, margin).tau2
 }
 
 /// Summary of an epoch's choices, each (τ2, floor, fallback as 0/1): mean, spread, quantiles and a
@@ -281,7 +294,7 @@ impl Method for Isats {
     }
     fn terms(&mut self, x: &LossInput) -> Vec<(String, Tensor)> {
         let t = prepare(x.teacher, self.center_logits);
-        let ch = choose(self.rule, &t, x.labels, self.tau1, self.tau2_min);
+        let ch = choose(self.rule, &t, x.labels, self.tau1, self.tau2_min, self.margin);
         let rows = Tensor::stack(&[&ch.tau2, &ch.floor, &ch.fallback.to_kind(ch.tau2.kind())], 1);
         let rows =
             Vec::<Vec<f64>>::try_from(rows.to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or_default();
@@ -297,7 +310,7 @@ impl Method for Isats {
             "search": {"grid": GRID, "grid_spacing": "log", "golden_section_iterations": ITERS}});
         match self.rule {
             Rule::Order => {
-                h["margin"] = serde_json::json!(MARGIN);
+                h["margin"] = serde_json::json!(self.margin);
                 h["fallback"] = "tau2 = tau1 where (f_y - max_{c!=y} f_c)/tau1 < margin".into();
             }
             Rule::Ts => {

@@ -64,11 +64,13 @@ pub struct MethodParams {
     pub rule: Option<String>,
     /// ATS/ISATS: subtract each sample's mean teacher logit first.
     pub center_logits: Option<bool>,
+    /// ISATS rule `order`: the least log-probability gap between the true class and the next.
+    pub margin: Option<f64>,
 }
 
 impl MethodParams {
     /// The configuration keys, in the spelling of TOML files (flags use dashes).
-    pub const KEYS: [&'static str; 13] = [
+    pub const KEYS: [&'static str; 14] = [
         "tau",
         "alpha",
         "beta",
@@ -82,6 +84,7 @@ impl MethodParams {
         "standardize",
         "rule",
         "center_logits",
+        "margin",
     ];
 
     /// Which keys were given.
@@ -117,7 +120,7 @@ pub const REGISTRY: &[Entry] = &[
     Entry {
         name: "isats",
         about: "instance-specific ATS: τ2 per sample in [τ2_min, τ1] by a rule (order: the largest non-GT variance keeping the true class first)",
-        takes: &["tau1", "tau2_min", "student_tau", "lambda", "rule", "center_logits"],
+        takes: &["tau1", "tau2_min", "student_tau", "lambda", "rule", "center_logits", "margin"],
         build: isats::build,
     },
     Entry {
