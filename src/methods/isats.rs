@@ -2,7 +2,7 @@
 //! chosen for each sample by a `rule`. All rules keep τ1 global and τ2 ∈ [τ2_min, τ1], and judge a
 //! candidate τ2 by the population variance of the sample's non-GT teacher probabilities after
 //! ATS (the probabilities themselves, not renormalised). Defaults: rule = "order", τ1 = 4,
-//! τ2_min = 0.5, s_τ = 1, λ = 0.5, center_logits = false.
+//! τ2_min = 0.5, s_τ = 1, λ = 0.5, center_logits = false, margin = 10⁻³ (`order` only).
 //!
 //! The teacher is *right* on a sample when its logit of the true class is strictly the largest
 //! (f_y > m = max_{c≠y} f_c; a tie counts as wrong). Where it is wrong no τ2 ≤ τ1 can make the
@@ -16,8 +16,8 @@
 //!   [lo, τ1]: if m ≤ 0 the gap only grows as τ2 falls and lo = τ2_min; if m > 0,
 //!   lo = max(τ2_min, τ1·m / (f_y − margin·τ1)). The margin (rather than a bare gap > 0) keeps the
 //!   true class strictly first once the target is computed in float32: the rounding of f/τ is
-//!   ~10⁻⁷·|f/τ|, far below 10⁻³ for any logits a network produces (|f/τ| up to ~10³), while 10⁻³
-//!   in log-probability (p_y ≥ 1.001·p_c) is the least constraint that does so. Fallback τ2 = τ1
+//!   ~10⁻⁷·|f/τ|, at most ~10⁻⁴ for any logits a network produces (|f/τ| up to ~10³), while 10⁻³
+//!   in log-probability (p_y ≥ 1.001·p_c) barely constrains the target beyond that. Fallback τ2 = τ1
 //!   where the teacher is not right by the margin at τ2 = τ1 itself ((f_y − m)/τ1 < margin: wrong
 //!   teachers, ties and near-ties). In practice the non-GT variance keeps growing as τ2 falls, so
 //!   the constraint binds for most samples: τ2 sits at the floor, where the target's strongest
