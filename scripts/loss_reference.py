@@ -4,7 +4,7 @@
     python3 scripts/loss_reference.py --method dkd --student s.npy --teacher t.npy --labels y.npy [--tau 4 ...]
 
 Prints {"method", "terms": {name: value}, "total"} in float64 (ISATS: τ2 by brute force on a fine
-grid, also printed per sample).
+grid, also printed per sample; the rules `bounded` and `order`, not `ts`).
 """
 import argparse
 import json
@@ -68,9 +68,11 @@ def main():
     ap = argparse.ArgumentParser()
     for k in ["method", "student", "teacher", "labels"]:
         ap.add_argument("--" + k, required=True)
-    for k in ["tau", "alpha", "beta", "gamma", "student-tau", "tau1", "tau2", "tau2-min", "lambda", "warmup", "epoch"]:
+    for k in ["tau", "alpha", "beta", "gamma", "student-tau", "tau1", "tau2", "tau2-min", "lambda", "warmup", "epoch", "margin"]:
         ap.add_argument("--" + k, type=float)
     ap.add_argument("--standardize", action="store_true")
+    ap.add_argument("--center-logits", action="store_true")
+    ap.add_argument("--rule", default="order")
     a = ap.parse_args()
     s = np.load(a.student).astype(np.float64)
     t = np.load(a.teacher).astype(np.float64)
@@ -87,14 +89,30 @@ def main():
         out["kd"] = g(a.beta, 0.9) * st * st * kl(log_softmax(tt / tau), log_softmax(ss / st))
     elif m in ("ats", "isats"):
         tau1, st, lam = g(a.tau1, 4.0), g(a.student_tau, 1.0), g(a.__dict__["lambda"], 0.5)
+        if a.center_logits:
+            t = t - t.mean(axis=1, keepdims=True)
         if m == "ats":
             tau2 = np.full(len(y), g(a.tau2, 2.0))
         else:
+            if a.rule not in ("bounded", "order"):
+                raise SystemExit(f"no reference for rule {a.rule}")
             lo = g(a.tau2_min, 0.5)
             grid = np.linspace(lo, tau1, 20001)
-            # Each sample's row repeated once per candidate τ2: the variance at every grid point.
-            tau2 = np.array([grid[np.argmax(nongt_var(np.repeat(t[i:i + 1], len(grid), 0), np.full(len(grid), y[i]), tau1, grid))]
-                             for i in range(len(y))])
+            margin = g(a.margin, 1e-3)  # `order`: log p_y - max_c log p_c >= margin in the target
+            tau2 = []
+            for i in range(len(y)):
+                # The row repeated once per candidate τ2: the variance and the target at every grid point.
+                rows, ys = np.repeat(t[i:i + 1], len(grid), 0), np.full(len(grid), y[i])
+                var = nongt_var(rows, ys, tau1, grid)
+                if a.rule == "order":
+                    z = ats_logits(rows, ys, tau1, grid)
+                    gap = z[:, y[i]] - others(z, ys).max(axis=1)
+                    if gap[-1] < margin:  # not right by the margin even at τ2 = τ1: the fallback
+                        tau2.append(tau1)
+                        continue
+                    var = np.where(gap >= margin, var, -np.inf)
+                tau2.append(grid[np.argmax(var)])
+            tau2 = np.array(tau2)
             extra["tau2"] = tau2.tolist()
         out["ce"] = (1 - lam) * ce(s, y)
         out["kd"] = lam * st * st * kl(log_softmax(ats_logits(t, y, tau1, tau2)), log_softmax(s / st))

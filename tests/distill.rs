@@ -65,6 +65,13 @@ fn distillation_records_the_method_and_teacher_and_is_deterministic() {
     assert_eq!(rec["objective"]["method"], "ats");
     assert_eq!(rec["objective"]["hyper"]["tau1"], 4.0);
     assert_eq!(rec["objective"]["hyper"]["tau2"], 2.0);
+    assert_eq!(rec["objective"]["hyper"]["center_logits"], false);
+    // ATS counts, every epoch, the samples whose target does not rank the true class first.
+    for m in &a.history {
+        let f = &m.extra.as_ref().unwrap()["ats_target"];
+        assert_eq!(f["samples"], 640, "{f}");
+        assert!(f["flipped_where_teacher_right"].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{f}");
+    }
     let tmeta = kdlab::train::checkpoint::read_meta(&tdir.join("last.json")).unwrap();
     assert_eq!(rec["extra"]["teacher"]["weights_sha256"], tmeta.weights_sha256);
     assert_eq!(rec["extra"]["teacher"]["test_acc"], tmeta.test_acc);
@@ -80,6 +87,8 @@ fn distillation_records_the_method_and_teacher_and_is_deterministic() {
         let (lo, hi) = (s["min"].as_f64().unwrap(), s["max"].as_f64().unwrap());
         assert!(lo >= 0.5 - 1e-9 && hi <= 4.0 + 1e-9, "{s}");
         assert_eq!(s["hist_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum::<u64>(), 640);
+        // The default rule, `order`, never ranks a wrong class first where the teacher is right.
+        assert_eq!(m.extra.as_ref().unwrap()["ats_target"]["flipped_where_teacher_right"], 0.0);
     }
 }
 

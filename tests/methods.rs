@@ -1,7 +1,8 @@
 //! Every distillation loss against an independent float64 computation written here from the
 //! definitions (plain loops, no tensors), its gradient against finite differences, the identities
 //! the methods must satisfy, and ISATS's search against brute force.
-use kdlab::methods::{self, isats, LossInput, MethodParams};
+use kdlab::methods::isats::{self, Rule};
+use kdlab::methods::{self, LossInput, MethodParams};
 use tch::{Kind, Tensor};
 
 const N: usize = 5;
@@ -288,11 +289,12 @@ fn gradients_match_finite_differences() {
 }
 
 #[test]
-fn isats_tau2_is_within_bounds_and_the_brute_force_argmax() {
+fn isats_bounded_tau2_is_within_bounds_and_the_brute_force_argmax() {
     let te = data(9, 6.0);
     let y = Tensor::from_slice(&Y);
     for (tau1, tau2_min) in [(4.0, 0.5), (2.0, 1.0), (8.0, 0.25)] {
-        let chosen: Vec<f64> = Vec::try_from(isats::choose_tau2(&t(&te), &y, tau1, tau2_min)).unwrap();
+        let chosen: Vec<f64> =
+            Vec::try_from(isats::choose_tau2(Rule::Bounded, &t(&te), &y, tau1, tau2_min, 1.0)).unwrap();
         for (i, &tau2) in chosen.iter().enumerate() {
             assert!((tau2_min..=tau1).contains(&tau2), "{tau2} outside [{tau2_min}, {tau1}]");
             // Brute force: 20,001 evenly spaced candidates, variance from the plain definition.
@@ -331,6 +333,19 @@ fn bad_hyper_parameters_are_refused_by_name() {
     assert!(e("kd", p(|m| m.tau1 = Some(3.0))).contains("does not take tau1"));
     assert!(e("ats", p(|m| m.standardize = Some(true))).contains("does not take standardize"));
     assert!(e("fitnet", p(|_| {})).contains("unknown method"));
+    let bad_rule = e("isats", p(|m| m.rule = Some("oder".into())));
+    assert!(bad_rule.contains("unknown ISATS rule 'oder'") && bad_rule.contains("order, ts, bounded"), "{bad_rule}");
+    assert!(e("ats", p(|m| m.rule = Some("order".into()))).contains("does not take rule"));
+    assert!(e("kd", p(|m| m.center_logits = Some(true))).contains("does not take center_logits"));
+    let ts_margin = e(
+        "isats",
+        p(|m| {
+            m.rule = Some("ts".into());
+            m.margin = Some(0.5)
+        }),
+    );
+    assert!(ts_margin.contains("margin applies to the ISATS rule 'order' only"), "{ts_margin}");
+    assert!(e("isats", p(|m| m.margin = Some(0.0))).contains("margin must be a positive"));
 }
 
 #[test]
@@ -379,7 +394,11 @@ fn kdlab_loss_matches_the_numpy_reference() {
         &["--method", "kd", "--tau", "2", "--student-tau", "1", "--alpha", "0.5", "--beta", "0.5"],
         &["--method", "kd", "--standardize", "--tau", "2"],
         &["--method", "ats", "--tau1", "5", "--tau2", "1.5"],
-        &["--method", "isats", "--tau1", "4", "--tau2-min", "0.5"],
+        &["--method", "ats", "--tau1", "5", "--tau2", "1.5", "--center-logits"],
+        &["--method", "isats", "--tau1", "4", "--tau2-min", "0.5", "--rule", "bounded"],
+        &["--method", "isats", "--tau1", "4", "--tau2-min", "0.5", "--rule", "order"],
+        &["--method", "isats", "--tau1", "3", "--tau2-min", "0.25", "--rule", "order", "--center-logits"],
+        &["--method", "isats", "--tau1", "4", "--tau2-min", "0.5", "--margin", "0.7"],
         &["--method", "nckd"],
         &["--method", "nckd", "--standardize"],
         &["--method", "dkd", "--epoch", "7"],
@@ -420,4 +439,436 @@ fn kdlab_loss_matches_the_numpy_reference() {
             }
         }
     }
+}
+
+// ---- ISATS rules, the ATS flip counter and centring -------------------------------------------
+
+/// A batch of teacher logits with its labels, rows of any width.
+struct Case {
+    name: &'static str,
+    rows: Vec<Vec<f64>>,
+    y: Vec<i64>,
+}
+
+impl Case {
+    fn teacher(&self) -> Tensor {
+        let c = self.rows[0].len() as i64;
+        Tensor::from_slice(&self.rows.concat()).view([self.rows.len() as i64, c])
+    }
+    fn labels(&self) -> Tensor {
+        Tensor::from_slice(&self.y)
+    }
+}
+
+/// Standard normal draws (Box–Muller) from the project's generator.
+fn normal(r: &mut kdlab::util::rng::Rng) -> f64 {
+    let (u, v) = (1.0 - r.unit(), r.unit());
+    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+}
+
+/// Random, realistic and adversarial logits: ties, a wrong teacher, C = 2, ±1e3 scale, all equal.
+fn cases() -> Vec<Case> {
+    let mut r = kdlab::util::rng::Rng::new(77);
+    let mut random = |n: usize, c: usize, scale: f64| -> Case {
+        let rows = (0..n).map(|_| (0..c).map(|_| (r.unit() - 0.5) * 2.0 * scale).collect()).collect();
+        let y = (0..n).map(|i| (i % c) as i64).collect();
+        Case { name: "random", rows, y }
+    };
+    let mut out = vec![random(12, 6, 6.0), random(8, 10, 3.0)];
+    let mut r = kdlab::util::rng::Rng::new(78);
+    let realistic: Vec<Vec<f64>> = (0..16)
+        .map(|i| (0..10).map(|c| if c == i % 10 { 8.0 } else { 0.0 } + 1.5 * normal(&mut r)).collect())
+        .collect();
+    out.push(Case { name: "realistic", rows: realistic, y: (0..16).map(|i| i % 10).collect() });
+    out.push(Case {
+        name: "ties",
+        rows: vec![
+            vec![5.0, 2.0, 2.0, 2.0, -1.0],
+            vec![3.0, 3.0, 1.0, 0.0, 0.0], // the true class tied with another at the top
+            vec![4.0, 1.0, 1.0, -2.0, -2.0],
+            vec![-1.0, -3.0, -3.0, -3.0, -3.0],
+        ],
+        y: vec![0, 0, 0, 0],
+    });
+    out.push(Case {
+        name: "wrong teacher",
+        rows: vec![vec![1.0, 6.0, 0.5, -1.0], vec![2.0, 2.5, 0.0, 0.0], vec![-2.0, -1.0, -4.0, -3.0]],
+        y: vec![0, 0, 0],
+    });
+    out.push(Case {
+        name: "C = 2",
+        rows: vec![vec![3.0, -1.0], vec![0.5, 1.5], vec![4.0, 3.9], vec![-2.0, -7.0]],
+        y: vec![0, 0, 0, 0],
+    });
+    out.push(Case {
+        name: "huge",
+        rows: vec![
+            vec![1000.0, -500.0, 999.0, 20.0],
+            vec![-1000.0, 800.0, -999.0, 1000.0],
+            vec![1000.0, 100.0, -1000.0, 900.0],
+        ],
+        y: vec![0, 3, 0],
+    });
+    out.push(Case { name: "all equal", rows: vec![vec![2.0; 5], vec![0.0; 5], vec![-3.0; 5]], y: vec![0, 2, 4] });
+    out
+}
+
+mod brute {
+    /// log p of softmax(z): z − logsumexp(z), stable for any scale.
+    pub fn log_softmax(z: &[f64]) -> Vec<f64> {
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        z.iter().map(|v| v - lse).collect()
+    }
+    /// Logits with f_y / tau1 and f_c / tau2.
+    pub fn ats_logits(f: &[f64], y: usize, tau1: f64, tau2: f64) -> Vec<f64> {
+        f.iter().enumerate().map(|(c, v)| if c == y { v / tau1 } else { v / tau2 }).collect()
+    }
+    /// Population variance of the non-GT probabilities of softmax(z).
+    pub fn nongt_var(z: &[f64], y: usize) -> f64 {
+        let q: Vec<f64> = log_softmax(z).iter().enumerate().filter(|(c, _)| *c != y).map(|(_, l)| l.exp()).collect();
+        let m = q.iter().sum::<f64>() / q.len() as f64;
+        q.iter().map(|v| (v - m).powi(2)).sum::<f64>() / q.len() as f64
+    }
+    /// log p_y − max_{c≠y} log p_c of softmax(z).
+    pub fn gap(z: &[f64], y: usize) -> f64 {
+        let l = log_softmax(z);
+        l[y] - l.iter().enumerate().filter(|(c, _)| *c != y).map(|(_, v)| *v).fold(f64::MIN, f64::max)
+    }
+    /// 20,000 log-spaced values over [lo, hi].
+    pub fn log_grid(lo: f64, hi: f64) -> Vec<f64> {
+        (0..20_000).map(|k| (lo.ln() + (hi.ln() - lo.ln()) * k as f64 / 19_999.0).exp()).collect()
+    }
+    /// The largest value of `f` over `xs`.
+    pub fn best(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
+        xs.iter().map(|x| f(*x)).fold(f64::MIN, f64::max)
+    }
+}
+
+/// `chosen` is at least the brute-force maximum, up to rounding.
+fn at_least(chosen: f64, best: f64, what: &str) {
+    assert!(chosen >= best * (1.0 - 1e-7) - 1e-300, "{what}: variance {chosen:e} < brute-force maximum {best:e}");
+}
+
+#[test]
+fn isats_rules_match_a_brute_force_search() {
+    for case in cases() {
+        let (te, y) = (case.teacher(), case.labels());
+        for (tau1, tau2_min) in [(4.0, 0.5), (2.0, 1.0), (8.0, 0.25)] {
+            let tag = |rule: &str, i: usize| format!("{} row {i}, {rule}, τ1 {tau1}, τ2_min {tau2_min}", case.name);
+            let get =
+                |rule, margin| Vec::<f64>::try_from(isats::choose_tau2(rule, &te, &y, tau1, tau2_min, margin)).unwrap();
+            // The margin is used by `order` only.
+            let (bounded, ts) = (get(Rule::Bounded, 0.5), get(Rule::Ts, 0.5));
+            let orders: Vec<(f64, Vec<f64>)> =
+                [isats::DEFAULT_MARGIN, 0.5].into_iter().map(|mg| (mg, get(Rule::Order, mg))).collect();
+            let star = Vec::<f64>::try_from(isats::ts_temperature(&te, &y)).unwrap();
+            for (i, f) in case.rows.iter().enumerate() {
+                let yi = case.y[i] as usize;
+                let var = |tau2: f64| brute::nongt_var(&brute::ats_logits(f, yi, tau1, tau2), yi);
+                let gap = |tau2: f64| brute::gap(&brute::ats_logits(f, yi, tau1, tau2), yi);
+                let grid = brute::log_grid(tau2_min, tau1);
+                for (rule, v) in [("bounded", bounded[i]), ("ts", ts[i])] {
+                    assert!((tau2_min..=tau1).contains(&v), "{}: τ2 {v} outside the bounds", tag(rule, i));
+                }
+                // bounded: the unconstrained maximum over [τ2_min, τ1].
+                at_least(var(bounded[i]), brute::best(&grid, var), &tag("bounded", i));
+                // order: the maximum over the τ2 that keep the true class first by the margin; τ1
+                // where even τ1 does not.
+                for (margin, order) in &orders {
+                    let (tau2, what) = (order[i], tag(&format!("order margin {margin}"), i));
+                    assert!((tau2_min..=tau1).contains(&tau2), "{what}: τ2 {tau2} outside the bounds");
+                    if gap(tau1) < *margin {
+                        assert_eq!(tau2, tau1, "{what}: the fallback");
+                    } else {
+                        let feasible: Vec<f64> = grid.iter().cloned().filter(|t| gap(*t) >= *margin).collect();
+                        assert!(
+                            gap(tau2) >= margin * (1.0 - 1e-9) - 1e-12,
+                            "{what}: τ2 {tau2} leaves a gap {} below the margin",
+                            gap(tau2)
+                        );
+                        at_least(var(tau2), brute::best(&feasible, var), &what);
+                    }
+                }
+                // ts: τ* maximises the symmetric variance over [0.05, 50]; τ2 is τ* clamped, or τ1
+                // where the teacher is wrong.
+                let sym = |tau: f64| brute::nongt_var(&f.iter().map(|v| v / tau).collect::<Vec<_>>(), yi);
+                let (lo, hi) = isats::TS_RANGE;
+                assert!((lo..=hi).contains(&star[i]), "{}: τ* {}", tag("ts", i), star[i]);
+                at_least(sym(star[i]), brute::best(&brute::log_grid(lo, hi), sym), &tag("ts τ*", i));
+                let right = (0..f.len()).all(|c| c == yi || f[c] < f[yi]);
+                let want = if right { star[i].clamp(tau2_min, tau1) } else { tau1 };
+                assert!((ts[i] - want).abs() <= 1e-12 * want, "{}: τ2 {} vs {want}", tag("ts", i), ts[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn isats_order_keeps_the_true_class_first_in_the_target() {
+    use kdlab::methods::ats::{log_ats, true_class_gap};
+    for case in cases() {
+        for (kind, margin) in [(Kind::Double, 1e-3), (Kind::Float, 1e-3), (Kind::Float, 1.0)] {
+            let (te, y) = (case.teacher().to_kind(kind), case.labels());
+            let (tau1, tau2_min) = (4.0, 0.25);
+            let tau2 = isats::choose_tau2(Rule::Order, &te, &y, tau1, tau2_min, margin);
+            let gaps = Vec::<f64>::try_from(
+                true_class_gap(&log_ats(&te, &y, tau1, &tau2.unsqueeze(1)), &y).to_kind(Kind::Double),
+            )
+            .unwrap();
+            let tau2 = Vec::<f64>::try_from(tau2.to_kind(Kind::Double)).unwrap();
+            for (i, f) in case.rows.iter().enumerate() {
+                let yi = case.y[i] as usize;
+                let m = (0..f.len()).filter(|c| *c != yi).map(|c| f[c]).fold(f64::MIN, f64::max);
+                assert!((tau2_min..=tau1 * (1.0 + 1e-6)).contains(&tau2[i]), "{} row {i}: τ2 {}", case.name, tau2[i]);
+                if (f[yi] - m) / tau1 >= margin {
+                    // float32 rounds f/τ by ~1e-7 relative: the margin absorbs it.
+                    let tol =
+                        if kind == Kind::Float { 1e-7 * f[yi].abs().max(m.abs()) / tau2_min * 4.0 } else { 1e-12 };
+                    assert!(
+                        gaps[i] >= margin - tol && gaps[i] > 0.0,
+                        "{} row {i} ({kind:?}): target gap {} with τ2 {}",
+                        case.name,
+                        gaps[i],
+                        tau2[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn isats_and_ats_gradients_reach_only_the_student() {
+    let (s, te) = (data(11, 2.0), data(12, 5.0));
+    let y = Tensor::from_slice(&Y);
+    let mut cases: Vec<(&str, MethodParams)> = vec![("ats", p(|m| m.center_logits = Some(true)))];
+    for rule in ["order", "ts", "bounded"] {
+        for center in [false, true] {
+            cases.push((
+                "isats",
+                p(|m| {
+                    m.rule = Some(rule.into());
+                    m.center_logits = Some(center)
+                }),
+            ));
+        }
+    }
+    for (name, prm) in cases {
+        let mut m = methods::build(name, &prm).unwrap();
+        let sv = t(&s).set_requires_grad(true);
+        // A teacher tensor that would collect a gradient if any reached it.
+        let tv = t(&te).set_requires_grad(true);
+        let total = m
+            .terms(&LossInput { student: &sv, teacher: &tv, labels: &y, epoch: 1.0 })
+            .into_iter()
+            .map(|(_, v)| v)
+            .reduce(|a, b| a + b)
+            .unwrap();
+        total.backward();
+        assert!(!tv.grad().defined(), "{name} {prm:?}: a gradient reached the teacher");
+        let g: Vec<f64> = Vec::try_from(sv.grad().view(-1)).unwrap();
+        assert!(g.iter().all(|v| v.is_finite()) && g.iter().any(|v| *v != 0.0), "{name} {prm:?}: {g:?}");
+    }
+}
+
+#[test]
+fn the_ats_flip_counter_by_hand() {
+    // τ1 = 4, τ2 = 1, y = 0 throughout; the target compares f_0/4 with max_{c≠0} f_c.
+    let rows = [
+        [4.0, 2.0, 0.0],    // teacher right; 1 < 2: flipped
+        [8.0, 1.0, 0.0],    // teacher right; 2 > 1: kept
+        [1.0, 3.0, 0.0],    // teacher wrong; still wrong
+        [-1.0, -0.9, -5.0], // teacher wrong; −0.25 > −0.9: fixed by the target
+        [2.0, 2.0, 0.0],    // a tie at the top counts as wrong; 0.5 < 2: wrong
+    ];
+    let te = Tensor::from_slice(&rows.concat()).view([5, 3]);
+    let s = Tensor::zeros([5, 3], (Kind::Double, tch::Device::Cpu));
+    let y = Tensor::zeros([5], (Kind::Int64, tch::Device::Cpu));
+    let mut m = methods::build(
+        "ats",
+        &p(|m| {
+            m.tau1 = Some(4.0);
+            m.tau2 = Some(1.0)
+        }),
+    )
+    .unwrap();
+    // Two batches in one epoch (the first three rows, then the last two), then a fresh epoch.
+    let (a, b) = (te.narrow(0, 0, 3), te.narrow(0, 3, 2));
+    m.terms(&LossInput { student: &s.narrow(0, 0, 3), teacher: &a, labels: &y.narrow(0, 0, 3), epoch: 1.0 });
+    m.terms(&LossInput { student: &s.narrow(0, 3, 2), teacher: &b, labels: &y.narrow(0, 3, 2), epoch: 1.0 });
+    let e = m.end_epoch().unwrap();
+    let f = &e["ats_target"];
+    assert_eq!(f["samples"], 5, "{e}");
+    let share = |k: &str| f[k].as_f64().unwrap();
+    assert_eq!(share("teacher_wrong"), 3.0 / 5.0, "{e}");
+    assert_eq!(share("flipped_where_teacher_right"), 1.0 / 5.0, "{e}");
+    assert_eq!(share("fixed_where_teacher_wrong"), 1.0 / 5.0, "{e}");
+    assert_eq!(share("target_not_true_class"), 3.0 / 5.0, "{e}");
+    m.terms(&LossInput {
+        student: &s.narrow(0, 1, 1),
+        teacher: &te.narrow(0, 1, 1),
+        labels: &y.narrow(0, 1, 1),
+        epoch: 2.0,
+    });
+    let e = m.end_epoch().unwrap();
+    assert_eq!(e["ats_target"]["samples"], 1, "{e}");
+    assert_eq!(e["ats_target"]["target_not_true_class"].as_f64(), Some(0.0), "{e}");
+    // ISATS on the same rows: `order` never flips a sample the teacher gets right, `bounded` does.
+    for (rule, flipped) in [("order", 0.0), ("bounded", 1.0 / 5.0)] {
+        let mut m = methods::build(
+            "isats",
+            &p(|m| {
+                m.rule = Some(rule.into());
+                m.tau2_min = Some(1.0)
+            }),
+        )
+        .unwrap();
+        m.terms(&LossInput { student: &s, teacher: &te, labels: &y, epoch: 1.0 });
+        let e = m.end_epoch().unwrap();
+        assert_eq!(e["ats_target"]["flipped_where_teacher_right"].as_f64(), Some(flipped), "{rule}: {e}");
+        assert_eq!(e["ats_target"]["teacher_wrong"].as_f64(), Some(3.0 / 5.0), "{rule}: {e}");
+        let t = &e["isats_tau2"];
+        let parts: f64 =
+            ["fallback", "at_floor", "at_tau2_min", "at_tau1", "interior"].iter().map(|k| t[k].as_f64().unwrap()).sum();
+        assert!((parts - 1.0).abs() < 1e-12, "{rule}: {t}");
+        if rule == "order" {
+            // Row 0: floor 4·2/(4 − 0.004) > 1 = τ2_min; rows 2–4 wrong or tied: the fallback.
+            assert_eq!(t["fallback"].as_f64(), Some(3.0 / 5.0), "{t}");
+            assert!(t["at_floor"].as_f64().unwrap() >= 1.0 / 5.0, "{t}");
+        }
+    }
+}
+
+#[test]
+fn ats_depends_on_a_logit_offset_unless_centred() {
+    let (s, mut te) = (data(13, 2.0), data(14, 3.0));
+    // A teacher right on every sample, so that no ISATS rule falls back to τ2 = τ1 (plain KD,
+    // which is invariant).
+    for (i, y) in Y.iter().enumerate() {
+        te[i * C + *y as usize] += 6.0;
+    }
+    let shifted: Vec<f64> = te.iter().map(|v| v + 7.0).collect();
+    let mut params: Vec<(&str, MethodParams)> = vec![("ats", p(|_| {}))];
+    for rule in ["order", "ts", "bounded"] {
+        params.push(("isats", p(|m| m.rule = Some(rule.into()))));
+    }
+    for (name, prm) in params {
+        let kd = |prm: &MethodParams, te: &[f64]| -> f64 {
+            let terms = kdlab_terms(name, prm, &s, te, 1.0);
+            terms.iter().find(|(k, _)| k == "kd").unwrap().1
+        };
+        let (a, b) = (kd(&prm, &te), kd(&prm, &shifted));
+        assert!((a - b).abs() > 1e-3 * a.abs(), "{name} {prm:?}: raw logits, {a} vs {b} after +7");
+        let centred = MethodParams { center_logits: Some(true), ..prm.clone() };
+        let (a, b) = (kd(&centred, &te), kd(&centred, &shifted));
+        assert!((a - b).abs() <= 1e-10 * a.abs(), "{name} {prm:?}: centred, {a} vs {b} after +7");
+        // Centring is plain ATS on the centred logits.
+        let by_hand: Vec<f64> = (0..N)
+            .flat_map(|i| {
+                let r = plain::row(&te, i);
+                let mean = r.iter().sum::<f64>() / C as f64;
+                r.into_iter().map(move |v| v - mean)
+            })
+            .collect();
+        let c = kd(&prm, &by_hand);
+        assert!((a - c).abs() <= 1e-10 * a.abs(), "{name} {prm:?}: {a} vs {c}");
+    }
+}
+
+/// Where `order` puts τ2 on logits like a trained teacher's: f = 8·onehot(y) + N(0, 1.5²), C = 10.
+/// Run with `--nocapture` to see the quantiles.
+#[test]
+fn isats_order_on_realistic_logits() {
+    let (n, c) = (4000usize, 10usize);
+    let mut r = kdlab::util::rng::Rng::new(5);
+    let y: Vec<i64> = (0..n).map(|_| r.below(c as u64) as i64).collect();
+    let f: Vec<f64> =
+        (0..n).flat_map(|i| (0..c).map(|k| if k as i64 == y[i] { 8.0 } else { 0.0 }).collect::<Vec<_>>()).collect();
+    let f: Vec<f64> = f.into_iter().map(|v| v + 1.5 * normal(&mut r)).collect();
+    let te = Tensor::from_slice(&f).view([n as i64, c as i64]).to_kind(Kind::Float);
+    let s = Tensor::zeros([n as i64, c as i64], (Kind::Float, tch::Device::Cpu));
+    let labels = Tensor::from_slice(&y);
+    for (rule, margin) in [("order", None), ("order", Some(0.5)), ("order", Some(1.0)), ("ts", None), ("bounded", None)]
+    {
+        for center in [false, true] {
+            let mut m = methods::build(
+                "isats",
+                &p(|m| {
+                    m.rule = Some(rule.into());
+                    m.center_logits = Some(center);
+                    m.margin = margin
+                }),
+            )
+            .unwrap();
+            m.terms(&LossInput { student: &s, teacher: &te, labels: &labels, epoch: 1.0 });
+            let rule = format!("{rule}{}", margin.map(|m| format!(" margin {m}")).unwrap_or_default());
+            let e = m.end_epoch().unwrap();
+            let (t, a) = (&e["isats_tau2"], &e["ats_target"]);
+            println!(
+                "{rule:16} center={center:5}: τ2 p10 {:.3} p50 {:.3} p90 {:.3} mean {:.3}; at τ2_min {:.3}, at floor {:.3}, at τ1 {:.3}, interior {:.3}, fallback {:.3}; teacher wrong {:.3}, flipped {:.3}",
+                t["p10"].as_f64().unwrap(),
+                t["p50"].as_f64().unwrap(),
+                t["p90"].as_f64().unwrap(),
+                t["mean"].as_f64().unwrap(),
+                t["at_tau2_min"].as_f64().unwrap(),
+                t["at_floor"].as_f64().unwrap(),
+                t["at_tau1"].as_f64().unwrap(),
+                t["interior"].as_f64().unwrap(),
+                t["fallback"].as_f64().unwrap(),
+                a["teacher_wrong"].as_f64().unwrap(),
+                a["flipped_where_teacher_right"].as_f64().unwrap(),
+            );
+            if rule.starts_with("order") {
+                assert_eq!(a["flipped_where_teacher_right"].as_f64(), Some(0.0), "{e}");
+            }
+        }
+    }
+}
+
+/// `kdlab loss` takes --rule and --center-logits, records them, and names the valid rules.
+#[test]
+fn kdlab_loss_takes_every_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, c) = (8usize, 5usize);
+    let mut r = kdlab::util::rng::Rng::new(31);
+    let student: Vec<f32> = (0..n * c).map(|_| ((r.unit() - 0.5) * 4.0) as f32).collect();
+    let teacher: Vec<f32> = (0..n * c).map(|_| ((r.unit() - 0.5) * 12.0) as f32).collect();
+    let labels: Vec<i64> = (0..n).map(|i| (i % c) as i64).collect();
+    kdlab::data::npy::write_f32(&dir.path().join("s.npy"), &[n, c], &student).unwrap();
+    kdlab::data::npy::write_f32(&dir.path().join("t.npy"), &[n, c], &teacher).unwrap();
+    kdlab::data::npy::write_i64(&dir.path().join("y.npy"), &[n], &labels).unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kdlab"))
+            .args(["loss", "--method", "isats", "--student", "s.npy", "--teacher", "t.npy", "--labels", "y.npy"])
+            .args(extra)
+            .args(["--json", "--per-sample"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    for rule in ["order", "ts", "bounded"] {
+        for center in [false, true] {
+            let mut args = vec!["--rule", rule];
+            if center {
+                args.push("--center-logits");
+            }
+            let o = run(&args);
+            assert!(o.status.success(), "{rule}: {}", String::from_utf8_lossy(&o.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["hyper"]["rule"], rule, "{v}");
+            assert_eq!(v["hyper"]["center_logits"], center, "{v}");
+            assert!(v["terms"]["kd"].as_f64().unwrap().is_finite() && v["terms"]["ce"].as_f64().unwrap() > 0.0);
+            assert_eq!(v["per_sample"]["tau2"].as_array().unwrap().len(), n);
+        }
+    }
+    let o = run(&[]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["hyper"]["rule"], "order", "the default rule: {v}");
+    let o = run(&["--rule", "largest"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("unknown ISATS rule 'largest'") && err.contains("order, ts, bounded"),
+        "{err}"
+    );
 }

@@ -39,6 +39,15 @@ pub struct MethodFlags {
     /// ISATS: lower bound of the per-sample τ2 search.
     #[arg(long)]
     pub tau2_min: Option<f64>,
+    /// ISATS: how τ2 is chosen per sample: order (default), ts or bounded.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// ISATS rule order: the least log-probability gap kept between the true class and the next.
+    #[arg(long)]
+    pub margin: Option<f64>,
+    /// ATS/ISATS: subtract each sample's mean teacher logit before scaling.
+    #[arg(long)]
+    pub center_logits: bool,
     /// ATS/ISATS: weight of the KD term (CE gets 1 − λ).
     #[arg(long)]
     pub lambda: Option<f64>,
@@ -77,8 +86,15 @@ impl MethodFlags {
         put("tau2_min", self.tau2_min);
         put("lambda", self.lambda);
         put("warmup", self.warmup);
+        put("margin", self.margin);
         if self.standardize {
             t.insert("standardize".into(), toml::Value::Boolean(true));
+        }
+        if let Some(r) = &self.rule {
+            t.insert("rule".into(), toml::Value::String(r.clone()));
+        }
+        if self.center_logits {
+            t.insert("center_logits".into(), toml::Value::Boolean(true));
         }
         if let Some(m) = &self.method {
             t.insert("method".into(), toml::Value::String(m.clone()));
@@ -99,6 +115,9 @@ impl MethodFlags {
             lambda: self.lambda,
             warmup: self.warmup,
             standardize: self.standardize.then_some(true),
+            rule: self.rule.clone(),
+            center_logits: self.center_logits.then_some(true),
+            margin: self.margin,
         }
     }
 }

@@ -2,16 +2,30 @@
 //! divided by τ1 and every other logit by τ2 ≤ τ1, which spreads the wrong classes apart (larger
 //! non-GT variance) while keeping their order. ce = (1−λ)·CE(s, y);
 //! kd = λ·s_τ²·KL(p_ATS ‖ p(s/s_τ)). Defaults τ1 = 4, τ2 = 2, s_τ = 1, λ = 0.5.
-use super::common::{cross_entropy, kl_from_log, log_softmax_t};
+//!
+//! `center_logits` (default false, as the authors' code, which uses the raw logits): subtract each
+//! sample's mean teacher logit first. ATS is not invariant to adding a constant k to all of a
+//! sample's logits: the true class moves by k/τ1 and the others by k/τ2, so the target changes
+//! with the teacher's arbitrary logit offset; after centring it does not.
+//!
+//! Every epoch the run records how often the target does not rank the true class strictly first
+//! (`ats_target`): `teacher_wrong` (the teacher's own logit of the true class is not strictly the
+//! largest; ties count as wrong), `flipped_where_teacher_right` (the teacher is right but the ATS
+//! target is not: τ2 < τ1 lifted a wrong class above the true one), `fixed_where_teacher_wrong`
+//! (the other way round, possible when the logits are negative) and `target_not_true_class`, all
+//! as shares of the epoch's samples. The counts stay on the device until the epoch ends.
+use super::common::{cross_entropy, gt_mask, kl_from_log, log_softmax_t};
 use super::{positive, weight, LossInput, Method, MethodParams};
 use anyhow::{bail, Result};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 pub struct Ats {
     pub tau1: f64,
     pub tau2: f64,
     pub student_tau: f64,
     pub lambda: f64,
+    pub center_logits: bool,
+    flips: Flips,
 }
 
 /// Checks τ1 ≥ τ2 and λ ∈ [0, 1].
@@ -30,7 +44,26 @@ pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
     let tau2 = positive("tau2", p.tau2.unwrap_or(2.0))?;
     let lambda = weight("lambda", p.lambda.unwrap_or(0.5))?;
     check(tau1, tau2, lambda, "tau2")?;
-    Ok(Box::new(Ats { tau1, tau2, student_tau: positive("student_tau", p.student_tau.unwrap_or(1.0))?, lambda }))
+    Ok(Box::new(Ats {
+        tau1,
+        tau2,
+        student_tau: positive("student_tau", p.student_tau.unwrap_or(1.0))?,
+        lambda,
+        center_logits: p.center_logits.unwrap_or(false),
+        flips: Flips::default(),
+    }))
+}
+
+/// The teacher logits as the ATS family uses them: detached, and with each row's mean subtracted
+/// when `center` is set.
+pub fn prepare(t: &Tensor, center: bool) -> Tensor {
+    let t = t.detach();
+    if center {
+        let mean = t.mean_dim(1, true, t.kind());
+        t - mean
+    } else {
+        t
+    }
 }
 
 /// log p_ATS: log-softmax of the teacher logits with the true class divided by τ1 and the others
@@ -39,6 +72,12 @@ pub fn log_ats(t: &Tensor, y: &Tensor, tau1: f64, tau2: &Tensor) -> Tensor {
     let idx = y.unsqueeze(1);
     let z = (t / tau2).scatter(1, &idx, &(t.gather(1, &idx, false) / tau1));
     z.log_softmax(1, t.kind())
+}
+
+/// Per row, z_y − max_{c≠y} z_c: (N,). Positive exactly where the true class is strictly first.
+pub fn true_class_gap(z: &Tensor, y: &Tensor) -> Tensor {
+    let zy = z.gather(1, &y.unsqueeze(1), false).squeeze_dim(1);
+    zy - z.masked_fill(&gt_mask(z, y), f64::NEG_INFINITY).amax([1], false)
 }
 
 /// The ATS loss terms given log p_ATS.
@@ -50,16 +89,71 @@ pub fn terms(x: &LossInput, log_p_ats: &Tensor, student_tau: f64, lambda: f64) -
     ]
 }
 
+/// Counts, over an epoch, of the samples whose ATS target does not rank the true class first.
+#[derive(Default)]
+pub struct Flips {
+    /// Samples, teacher wrong, flipped where the teacher is right, fixed where it is wrong (int64,
+    /// on the logits' device: reading them back every step would stall a GPU).
+    counts: Option<Tensor>,
+}
+
+impl Flips {
+    /// Adds a batch: teacher logits `t`, labels `y` and the target's log-probabilities.
+    pub fn add(&mut self, t: &Tensor, y: &Tensor, log_target: &Tensor) {
+        let _g = tch::no_grad_guard();
+        let teacher_right = true_class_gap(t, y).gt(0.0);
+        let target_right = true_class_gap(log_target, y).gt(0.0);
+        let count = |b: Tensor| b.sum(Kind::Int64);
+        let c = Tensor::stack(
+            &[
+                Tensor::from(t.size()[0]).to_device(t.device()),
+                count(teacher_right.logical_not()),
+                count(teacher_right.logical_and(&target_right.logical_not())),
+                count(teacher_right.logical_not().logical_and(&target_right)),
+            ],
+            0,
+        );
+        self.counts = Some(match self.counts.take() {
+            Some(a) => a + c,
+            None => c,
+        });
+    }
+
+    /// The shares since the last call (null when no sample was seen); resets the counts.
+    pub fn take(&mut self) -> serde_json::Value {
+        let Some(c) = self.counts.take() else { return serde_json::Value::Null };
+        let c = Vec::<i64>::try_from(c.to_device(tch::Device::Cpu)).unwrap_or_default();
+        let &[n, wrong, flipped, fixed] = c.as_slice() else { return serde_json::Value::Null };
+        if n == 0 {
+            return serde_json::Value::Null;
+        }
+        let share = |k: i64| k as f64 / n as f64;
+        serde_json::json!({
+            "samples": n,
+            "teacher_wrong": share(wrong),
+            "flipped_where_teacher_right": share(flipped),
+            "fixed_where_teacher_wrong": share(fixed),
+            "target_not_true_class": share(wrong - fixed + flipped),
+        })
+    }
+}
+
 impl Method for Ats {
     fn name(&self) -> &'static str {
         "ats"
     }
     fn terms(&mut self, x: &LossInput) -> Vec<(String, Tensor)> {
-        let tau2 = Tensor::from(self.tau2).to_kind(x.teacher.kind()).to_device(x.teacher.device());
-        let lp = log_ats(x.teacher, x.labels, self.tau1, &tau2);
+        let t = prepare(x.teacher, self.center_logits);
+        let tau2 = Tensor::from(self.tau2).to_kind(t.kind()).to_device(t.device());
+        let lp = log_ats(&t, x.labels, self.tau1, &tau2);
+        self.flips.add(&t, x.labels, &lp);
         terms(x, &lp, self.student_tau, self.lambda)
     }
     fn hyper(&self) -> serde_json::Value {
-        serde_json::json!({"tau1": self.tau1, "tau2": self.tau2, "student_tau": self.student_tau, "lambda": self.lambda})
+        serde_json::json!({"tau1": self.tau1, "tau2": self.tau2, "student_tau": self.student_tau, "lambda": self.lambda,
+            "center_logits": self.center_logits})
+    }
+    fn end_epoch(&mut self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"ats_target": self.flips.take()}))
     }
 }

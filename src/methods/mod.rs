@@ -60,12 +60,36 @@ pub struct MethodParams {
     pub lambda: Option<f64>,
     pub warmup: Option<f64>,
     pub standardize: Option<bool>,
+    /// ISATS: how τ2 is chosen per sample (order, ts or bounded).
+    pub rule: Option<String>,
+    /// ATS/ISATS: subtract each sample's mean teacher logit first.
+    pub center_logits: Option<bool>,
+    /// ISATS rule `order`: the least log-probability gap between the true class and the next.
+    pub margin: Option<f64>,
 }
 
 impl MethodParams {
+    /// Keys whose values are not numbers: an integer given for them is not turned into a float
+    /// (as `tau = 4` is), so that a wrong type is reported as such.
+    pub const NOT_NUMBERS: [&'static str; 3] = ["standardize", "rule", "center_logits"];
+
     /// The configuration keys, in the spelling of TOML files (flags use dashes).
-    pub const KEYS: [&'static str; 11] =
-        ["tau", "alpha", "beta", "gamma", "student_tau", "tau1", "tau2", "tau2_min", "lambda", "warmup", "standardize"];
+    pub const KEYS: [&'static str; 14] = [
+        "tau",
+        "alpha",
+        "beta",
+        "gamma",
+        "student_tau",
+        "tau1",
+        "tau2",
+        "tau2_min",
+        "lambda",
+        "warmup",
+        "standardize",
+        "rule",
+        "center_logits",
+        "margin",
+    ];
 
     /// Which keys were given.
     pub fn given(&self) -> Vec<&'static str> {
@@ -94,13 +118,13 @@ pub const REGISTRY: &[Entry] = &[
     Entry {
         name: "ats",
         about: "asymmetric temperature scaling: τ1 on the true class, τ2 on the others",
-        takes: &["tau1", "tau2", "student_tau", "lambda"],
+        takes: &["tau1", "tau2", "student_tau", "lambda", "center_logits"],
         build: ats::build,
     },
     Entry {
         name: "isats",
-        about: "instance-specific ATS: τ2 per sample maximising the non-GT variance in [τ2_min, τ1]",
-        takes: &["tau1", "tau2_min", "student_tau", "lambda"],
+        about: "instance-specific ATS: τ2 per sample in [τ2_min, τ1] by a rule (order: the largest non-GT variance keeping the true class first)",
+        takes: &["tau1", "tau2_min", "student_tau", "lambda", "rule", "center_logits", "margin"],
         build: isats::build,
     },
     Entry {

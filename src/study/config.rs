@@ -371,7 +371,7 @@ impl MethodBlock {
                     values.iter().map(move |v| {
                         let mut g = g.clone();
                         let v = match v {
-                            toml::Value::Integer(i) if k != "standardize" => toml::Value::Float(*i as f64),
+                            toml::Value::Integer(i) if !MethodParams::NOT_NUMBERS.contains(&k) => toml::Value::Float(*i as f64),
                             v => v.clone(),
                         };
                         g.insert(k.to_string(), v);
@@ -384,6 +384,10 @@ impl MethodBlock {
             .into_iter()
             .map(|g| toml::Value::Table(g).try_into::<MethodParams>().map_err(|e| anyhow::anyhow!("{origin}: {e}")))
             .collect::<Result<_>>()?;
+        // A misspelt rule is an error even in a grid (where refused combinations are skipped).
+        for r in grid.iter().filter_map(|p| p.rule.as_deref()) {
+            crate::methods::isats::Rule::parse(r).with_context(|| origin.to_string())?;
+        }
         // In a grid, combinations the method refuses (ATS with τ1 < τ2) are left out; a single
         // setting that is refused is an error.
         let grid: Vec<MethodParams> = if grid.len() > 1 {
@@ -470,5 +474,28 @@ mod tests {
             parse("data = 'x'\n[students]\nmodels = ['cnn_w1']\nepoch = 3\n[[methods]]\nname='ce'\n").unwrap_err()
         );
         assert!(e.contains("did you mean 'epochs'"), "{e}");
+    }
+
+    #[test]
+    fn string_and_boolean_hyper_parameters_pass_through_the_grid() {
+        let s = parse(&format!(
+            "{BASE}[[methods]]\nname = 'isats'\nrule = ['order', 'bounded']\ncenter_logits = true\n[[methods]]\nname = 'ats'\ncenter_logits = [false, true]\n"
+        ))
+        .unwrap();
+        let rules: Vec<Option<&str>> = s.methods[0].grid.iter().map(|p| p.rule.as_deref()).collect();
+        assert_eq!(rules, vec![Some("order"), Some("bounded")]);
+        assert!(s.methods[0].grid.iter().all(|p| p.center_logits == Some(true)));
+        assert_eq!(s.methods[0].varying, vec!["rule"]);
+        assert_eq!(s.methods[1].grid.len(), 2);
+        assert_eq!(s.methods[1].varying, vec!["center_logits"]);
+        // A single rule, and a misspelt one: an error naming the valid rules, even in a grid.
+        let s = parse(&format!("{BASE}[[methods]]\nname = 'isats'\nrule = 'ts'\n")).unwrap();
+        assert_eq!(s.methods[0].grid[0].rule.as_deref(), Some("ts"));
+        for bad in ["'oder'", "['order', 'oder']"] {
+            let e = format!("{:#}", parse(&format!("{BASE}[[methods]]\nname = 'isats'\nrule = {bad}\n")).unwrap_err());
+            assert!(e.contains("unknown ISATS rule 'oder'") && e.contains("order, ts, bounded"), "{e}");
+        }
+        let e = format!("{:#}", parse(&format!("{BASE}[[methods]]\nname = 'ats'\nrule = 'order'\n")).unwrap_err());
+        assert!(e.contains("does not take rule"), "{e}");
     }
 }

@@ -91,6 +91,9 @@ fn hash_id(identity: &serde_json::Value) -> String {
 }
 
 fn fmt_value(v: &serde_json::Value) -> String {
+    if let Some(s) = v.as_str() {
+        return s.to_string();
+    }
     match v.as_f64() {
         Some(f) if f.fract() == 0.0 => format!("{}", f as i64),
         Some(f) => format!("{f}"),
@@ -322,5 +325,17 @@ mod tests {
         let more = expand(&s3, dir).unwrap();
         assert!(runs.iter().all(|r| more.iter().any(|m| m.id == r.id)));
         assert_eq!(more.len(), runs.len() + 1 + 4 + 2);
+    }
+
+    #[test]
+    fn a_varying_rule_labels_the_series_without_quotes() {
+        let s =
+            study("[[methods]]\nname = 'isats'\nrule = ['order', 'ts', 'bounded']\ncenter_logits = [false, true]\n");
+        let runs = expand(&s, Path::new("/tmp/unused")).unwrap();
+        let series: std::collections::BTreeSet<&str> =
+            runs.iter().filter(|r| r.kind == Kind::Student).map(|r| r.series.as_str()).collect();
+        assert!(series.contains("isats rule=order center_logits=false"), "{series:?}");
+        assert!(series.contains("isats rule=bounded center_logits=true"), "{series:?}");
+        assert_eq!(series.len(), 6, "{series:?}");
     }
 }

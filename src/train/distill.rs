@@ -125,7 +125,7 @@ impl DistillConfig {
         for k in MethodParams::KEYS {
             if let Some(v) = table.remove(k) {
                 let v = match v {
-                    toml::Value::Integer(i) if k != "standardize" => toml::Value::Float(i as f64),
+                    toml::Value::Integer(i) if !MethodParams::NOT_NUMBERS.contains(&k) => toml::Value::Float(i as f64),
                     v => v,
                 };
                 ptable.insert(k.into(), v);
