@@ -662,10 +662,19 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
         if !target_rows.is_empty() {
             blocks.push(Block::Para(format!("ATS-family targets for student `{sm}` (last epoch, mean over seeds): the share of transfer-set samples the teacher gets wrong, the share where the teacher is right but the ATS target ranks a wrong class first (**flipped**), and, for ISATS, the median chosen τ2 and the shares at the lower bound τ2_min, at the order constraint's floor, and given τ1 by the fallback.")));
             blocks.push(Block::Table(
-                ["series", "teacher", "teacher wrong %", "flipped %", "τ2 median", "at τ2_min %", "at floor %", "fallback %"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                [
+                    "series",
+                    "teacher",
+                    "teacher wrong %",
+                    "flipped %",
+                    "τ2 median",
+                    "at τ2_min %",
+                    "at floor %",
+                    "fallback %",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
                 target_rows,
             ));
         }
@@ -774,8 +783,8 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
         );
     }
     // The teachers' probe numbers, one row per teacher and probed set, for re-analysis.
-    let mut teachers_csv = format!(
-        "teacher,params,probed_on,samples,accuracy,nll_at_tau1,tau,p_true,nongt_mean,nongt_std,nongt_entropy\n"
+    let mut teachers_csv = String::from(
+        "teacher,params,probed_on,samples,accuracy,nll_at_tau1,tau,p_true,nongt_mean,nongt_std,nongt_entropy\n",
     );
     for t in &teachers {
         for (label, p) in &probes {

@@ -371,7 +371,9 @@ impl MethodBlock {
                     values.iter().map(move |v| {
                         let mut g = g.clone();
                         let v = match v {
-                            toml::Value::Integer(i) if !MethodParams::NOT_NUMBERS.contains(&k) => toml::Value::Float(*i as f64),
+                            toml::Value::Integer(i) if !MethodParams::NOT_NUMBERS.contains(&k) => {
+                                toml::Value::Float(*i as f64)
+                            }
                             v => v.clone(),
                         };
                         g.insert(k.to_string(), v);
