@@ -330,7 +330,7 @@ pub fn cache(c: CacheCommand) -> Result<()> {
     let CacheCommand::Build { run, data, augment, rt } = c;
     let device = rt.init()?;
     let teacher = crate::train::distill::Teacher::load(&run, device)?;
-    let ds = super::train_cmd::run_data(&teacher.checkpoint, data.as_deref())?;
+    let ds = crate::train::run::run_data(&teacher.checkpoint, data.as_deref())?;
     let dir = crate::train::checkpoint::run_dir_of(&teacher.checkpoint);
     let c = crate::train::cache::open_or_build(&dir, &teacher.model, &teacher.meta, &ds, augment, false)?;
     println!(

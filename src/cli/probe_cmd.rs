@@ -1,6 +1,5 @@
 //! `kdlab probe`: dark-knowledge metrics of one or many teachers, from trained runs (logits
 //! computed on the fly) or from .npy logits.
-use super::train_cmd::run_data;
 use super::Runtime;
 use crate::data::npy;
 use crate::probe::{
@@ -8,6 +7,7 @@ use crate::probe::{
     source::{LogitSource, NpySource, RunSource},
 };
 use crate::train::checkpoint;
+use crate::train::run::run_data;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;

@@ -5,12 +5,13 @@ use crate::train::checkpoint;
 use crate::train::config::{self, TrainConfig};
 use crate::train::eval;
 use crate::train::objective::CrossEntropy;
+use crate::train::run::run_data;
 use crate::train::schedule::Schedule;
 use crate::train::trainer::{self, RunOptions};
 use crate::util::fmt;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Every key of the training configuration as a flag; a flag overrides the same key in --config.
@@ -156,32 +157,6 @@ pub fn train(a: TrainArgs) -> Result<()> {
         r.dir.display()
     );
     Ok(())
-}
-
-/// The data a run was trained on, loaded again (or `data` if given), checked against the record.
-pub fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<data::Dataset> {
-    let run_dir = checkpoint::run_dir_of(checkpoint_json);
-    let record = crate::train::run::read_record(&run_dir)?;
-    let spec = match (data, &record) {
-        (Some(d), _) => d.to_string(),
-        (None, Some(r)) => {
-            r.config.get("data").and_then(|d| d.as_str()).map(str::to_string).context("run.json has no data key")?
-        }
-        (None, None) => bail!("{}: no run.json beside the checkpoint; name the data with --data", run_dir.display()),
-    };
-    // A run trained on a carved subset is evaluated on the same carving (its transfer set).
-    let carving = |k: &str| record.as_ref().and_then(|r| r.config.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
-    let ds = data::source::load(&spec)?.carve(
-        carving("train_subset") as usize,
-        carving("val_per_class") as usize,
-        carving("subset_seed"),
-    )?;
-    if let (None, Some(r)) = (data, &record) {
-        if r.data.fingerprint != ds.fingerprint() {
-            eprintln!("warning: data '{spec}' differs from what {} was trained on", run_dir.display());
-        }
-    }
-    Ok(ds)
 }
 
 fn check_compatible(meta: &checkpoint::CheckpointMeta, ds: &data::Dataset) -> Result<()> {

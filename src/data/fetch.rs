@@ -118,7 +118,7 @@ fn get(url: &str) -> Result<Vec<u8>> {
         ureq::Agent::config_builder().timeout_connect(Some(std::time::Duration::from_secs(15))).build().into();
     let mut resp = agent.get(url).call()?;
     let total = resp.body().content_length();
-    let bar = crate::train::progress::bytes_bar(total, url);
+    let bar = crate::util::progress::bytes_bar(total, url);
     let mut reader = resp.body_mut().with_config().limit(2 << 30).reader();
     let mut out = vec![];
     let mut buf = vec![0u8; 1 << 16];

@@ -20,7 +20,7 @@ pub fn kl_from_log(log_p: &Tensor, log_q: &Tensor) -> Tensor {
 
 /// Mean cross-entropy on raw logits.
 pub fn cross_entropy(z: &Tensor, y: &Tensor) -> Tensor {
-    crate::train::objective::cross_entropy(z, y)
+    z.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, 0.0)
 }
 
 /// A (N, C) boolean mask that is true at each row's true class.

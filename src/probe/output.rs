@@ -1,6 +1,6 @@
 //! What a person reads: the stdout table, JSON and CSV files, and SVG plots.
 use super::{nearest_tau, Probe, ProbeReport};
-use crate::report::svg::{Heatmap, LinePlot, Series};
+use crate::util::svg::{Heatmap, LinePlot, Series};
 use crate::util::{atomic, fmt};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -119,7 +119,7 @@ pub fn write_plots(dir: &Path, probe: &Probe, tau: f64, class_names: Option<&[St
     let mut written = vec![];
     let mut save = |name: &str, svg: String| -> Result<()> {
         let p = dir.join(name);
-        crate::report::svg::write_svg(&p, &svg)?;
+        crate::util::svg::write_svg(&p, &svg)?;
         written.push(p);
         Ok(())
     };

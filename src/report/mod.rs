@@ -1,4 +1,5 @@
 //! Reports: SVG charts, a small document model rendered as Markdown and HTML, and the study report.
 pub mod doc;
 pub mod study;
-pub mod svg;
+/// The SVG charts live in `util` (the probe draws them too); this is their old path.
+pub use crate::util::svg;

@@ -146,7 +146,8 @@ fn build(path: &Path, model: &Model, data: &Dataset, header: &Header, augment: b
     let aug = Augment::new(&data.profile, augment);
     let split: &Split = &data.train;
     let started = std::time::Instant::now();
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { super::progress::items_bar(n * v, "teacher cache") };
+    let bar =
+        if quiet { indicatif::ProgressBar::hidden() } else { crate::util::progress::items_bar(n * v, "teacher cache") };
     let mut head_json = serde_json::to_vec(header)?;
     let unpadded = MAGIC.len() + 4 + head_json.len();
     head_json.extend(std::iter::repeat_n(b' ', (64 - unpadded % 64) % 64));

@@ -7,7 +7,6 @@ pub mod distill;
 pub mod eval;
 pub mod model;
 pub mod objective;
-pub mod progress;
 pub mod run;
 pub mod schedule;
 pub mod sgd;

@@ -3,7 +3,7 @@
 //! cross-entropy; the distillation methods implement the same trait.
 use crate::data::loader::Batch;
 use anyhow::Result;
-use tch::{Reduction, Tensor};
+use tch::Tensor;
 
 /// Everything an objective may need besides the student's logits.
 pub struct StepInput<'a> {
@@ -35,10 +35,8 @@ pub trait Objective {
     }
 }
 
-/// Mean cross-entropy over the batch.
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
-    logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
-}
+/// Mean cross-entropy over the batch (defined with the methods, which use it too).
+pub use crate::methods::common::cross_entropy;
 
 /// Plain supervised training.
 pub struct CrossEntropy;

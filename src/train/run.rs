@@ -90,6 +90,34 @@ pub struct RunRecord {
     pub final_extra: Option<serde_json::Value>,
 }
 
+/// The data a run was trained on, loaded again (or `data` if given), checked against the record.
+pub fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<Dataset> {
+    let run_dir = super::checkpoint::run_dir_of(checkpoint_json);
+    let record = read_record(&run_dir)?;
+    let spec = match (data, &record) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(r)) => {
+            r.config.get("data").and_then(|d| d.as_str()).map(str::to_string).context("run.json has no data key")?
+        }
+        (None, None) => {
+            anyhow::bail!("{}: no run.json beside the checkpoint; name the data with --data", run_dir.display())
+        }
+    };
+    // A run trained on a carved subset is evaluated on the same carving (its transfer set).
+    let carving = |k: &str| record.as_ref().and_then(|r| r.config.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
+    let ds = crate::data::source::load(&spec)?.carve(
+        carving("train_subset") as usize,
+        carving("val_per_class") as usize,
+        carving("subset_seed"),
+    )?;
+    if let (None, Some(r)) = (data, &record) {
+        if r.data.fingerprint != ds.fingerprint() {
+            eprintln!("warning: data '{spec}' differs from what {} was trained on", run_dir.display());
+        }
+    }
+    Ok(ds)
+}
+
 pub fn read_record(dir: &Path) -> Result<Option<RunRecord>> {
     let p = dir.join("run.json");
     if !p.exists() {

@@ -4,4 +4,6 @@ pub mod atomic;
 pub mod device;
 pub mod fmt;
 pub mod malloc;
+pub mod progress;
 pub mod rng;
+pub mod svg;
