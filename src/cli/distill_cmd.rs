@@ -167,21 +167,16 @@ fn resolve(a: &DistillArgs) -> Result<DistillConfig> {
     DistillConfig::from_table(table, &origin)
 }
 
-fn teacher_name(spec: &str) -> String {
-    let (dir, at) = spec.rsplit_once('@').map_or((spec, None), |(d, w)| (d, Some(w)));
-    let base = Path::new(dir).file_name().map_or(dir.to_string(), |n| n.to_string_lossy().into_owned());
-    at.map_or(base.clone(), |w| format!("{base}@{w}"))
-}
-
 pub fn distill(a: DistillArgs) -> Result<()> {
     let cfg = resolve(&a)?;
     let device = a.rt.init()?;
+    let teacher: crate::train::checkpoint::RunRef = cfg.teacher.parse()?;
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "runs/{}-{}-from-{}-s{}",
             cfg.train.model,
             cfg.method,
-            teacher_name(&cfg.teacher).replace('@', "-"),
+            teacher.name().replace('@', "-"),
             cfg.train.seed
         ))
     });

@@ -103,14 +103,8 @@ pub fn run(a: ProbeArgs) -> Result<()> {
             let names = unique(
                 a.runs
                     .iter()
-                    .map(|r| {
-                        let (dir, at) = r.rsplit_once('@').map_or((r.as_str(), None), |(d, w)| (d, Some(w)));
-                        let base = std::path::Path::new(dir)
-                            .file_name()
-                            .map_or(dir.to_string(), |n| n.to_string_lossy().into_owned());
-                        at.map_or(base.clone(), |w| format!("{base}@{w}"))
-                    })
-                    .collect(),
+                    .map(|r| r.parse::<crate::train::checkpoint::RunRef>().map(|r| r.name()))
+                    .collect::<Result<_>>()?,
             );
             let mut srcs: Vec<Box<dyn LogitSource>> = vec![];
             let mut data = None;

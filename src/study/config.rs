@@ -35,6 +35,7 @@
 //! assistant = "cnn_w2"                # TAKD: teacher → assistant → student
 //! ```
 use crate::methods::MethodParams;
+use crate::train::checkpoint::RunRef;
 use crate::train::config::{self, TrainConfig};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -209,9 +210,13 @@ impl StudyConfig {
             Ok(t)
         };
         let t = section("teachers")?;
+        let runs = t.get("runs").map(|v| strings(v, "teachers.runs", origin)).transpose()?.unwrap_or_default();
+        for r in &runs {
+            r.parse::<RunRef>().with_context(|| format!("{origin}: teachers.runs"))?;
+        }
         let teachers = TeacherSet {
             models: t.get("models").map(|v| strings(v, "teachers.models", origin)).transpose()?.unwrap_or_default(),
-            runs: t.get("runs").map(|v| strings(v, "teachers.runs", origin)).transpose()?.unwrap_or_default(),
+            runs,
             train: train_section(&t, &format!("{origin} [teachers]"), &["models", "runs", "seed"], &data)?,
         };
         let teacher_seed = t
@@ -334,11 +339,9 @@ impl StudyConfig {
     }
 }
 
-/// The display name of an existing run given as a teacher.
+/// The display name of an existing run given as a teacher (checked when the study is loaded).
 pub fn external_name(spec: &str) -> String {
-    let (dir, at) = spec.rsplit_once('@').map_or((spec, None), |(d, w)| (d, Some(w)));
-    let base = Path::new(dir).file_name().map_or(dir.to_string(), |n| n.to_string_lossy().into_owned());
-    at.map_or(base.clone(), |w| format!("{base}@{w}"))
+    spec.parse::<RunRef>().map_or_else(|_| spec.to_string(), |r| r.name())
 }
 
 impl MethodBlock {

@@ -55,7 +55,7 @@ fn probe_teachers_on(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &S
     for r in &cfg.teachers.runs {
         teachers.push((
             config::external_name(r),
-            std::fs::canonicalize(r.rsplit_once('@').map_or(r.as_str(), |(d, _)| d))
+            std::fs::canonicalize(r.parse::<crate::train::checkpoint::RunRef>()?.dir)
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| r.clone()),
         ));

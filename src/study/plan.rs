@@ -3,6 +3,7 @@
 //! temperature adds runs; the existing ones keep their ids and are not run again.
 use super::config::{external_name, MethodBlock, StudyConfig};
 use crate::methods::{self, MethodParams};
+use crate::train::checkpoint::{RunRef, Which};
 use crate::train::config::TrainConfig;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -52,10 +53,7 @@ impl TeacherRef {
             (None, Some(ext)) => ext.clone(),
             (None, None) => unreachable!("a teacher is a study run or an existing run"),
         };
-        match self.at_epoch {
-            Some(e) => format!("{base}@epoch{e}"),
-            None => base,
-        }
+        RunRef { dir: base.into(), at: self.at_epoch.map(Which::Epoch) }.to_string()
     }
 }
 
@@ -138,10 +136,7 @@ fn teacher_identity(t: &TeacherRef, study_dir: &Path) -> Result<serde_json::Valu
     Ok(match (&t.run_id, &t.external) {
         (Some(id), _) => serde_json::json!({"run": id, "at_epoch": t.at_epoch}),
         (None, Some(ext)) => {
-            let spec = match t.at_epoch {
-                Some(e) => format!("{ext}@epoch{e}"),
-                None => ext.clone(),
-            };
+            let spec = RunRef { dir: ext.into(), at: t.at_epoch.map(Which::Epoch) }.to_string();
             let json = crate::train::checkpoint::resolve(&spec)?;
             let meta = crate::train::checkpoint::read_meta(&json)?;
             let _ = study_dir;
@@ -193,12 +188,10 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
         });
     }
     for spec in &study.teachers.runs {
-        let (dir, at) = spec.rsplit_once('@').map_or((spec.as_str(), None), |(d, w)| (d, Some(w)));
-        let abs = std::fs::canonicalize(dir).with_context(|| format!("teacher run {dir}: no such directory"))?;
-        let external = match at {
-            Some(w) => format!("{}@{w}", abs.display()),
-            None => abs.display().to_string(),
-        };
+        let r: RunRef = spec.parse()?;
+        let abs = std::fs::canonicalize(&r.dir)
+            .with_context(|| format!("teacher run {}: no such directory", r.dir.display()))?;
+        let external = RunRef { dir: abs, ..r }.to_string();
         crate::train::checkpoint::resolve(&external)?;
         let name = external_name(spec);
         teachers.push(TeacherRef {

@@ -133,28 +133,80 @@ pub fn restore(json: &Path, model: &Model, opt: &mut Sgd) -> Result<CheckpointMe
     Ok(meta)
 }
 
-/// Which checkpoint of a run: `runs/r56` (the last), `runs/r56@best`, `runs/r56@last`,
-/// `runs/r56@epoch40`; or a sidecar path directly.
+/// Which checkpoint of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    Last,
+    Best,
+    Epoch(usize),
+}
+
+/// A checkpoint of a run as users write it: `runs/r56` (the last), `runs/r56@best`,
+/// `runs/r56@last`, `runs/r56@epoch40` (ESKD's early-stopped teacher). `at` is None when no
+/// `@` was written (the last checkpoint).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRef {
+    pub dir: PathBuf,
+    pub at: Option<Which>,
+}
+
+impl std::str::FromStr for RunRef {
+    type Err = anyhow::Error;
+    fn from_str(spec: &str) -> Result<RunRef> {
+        let Some((dir, which)) = spec.rsplit_once('@') else {
+            return Ok(RunRef { dir: PathBuf::from(spec), at: None });
+        };
+        let at = match which {
+            "last" => Which::Last,
+            "best" => Which::Best,
+            w => Which::Epoch(
+                w.strip_prefix("epoch")
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("{spec}: after '@' write best, last or epoch<N> (e.g. {dir}@epoch40)"))?,
+            ),
+        };
+        Ok(RunRef { dir: PathBuf::from(dir), at: Some(at) })
+    }
+}
+
+impl std::fmt::Display for RunRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.dir.display(), self.suffix())
+    }
+}
+
+impl RunRef {
+    /// `@best`, `@last`, `@epochN`, or nothing.
+    pub fn suffix(&self) -> String {
+        match self.at {
+            None => String::new(),
+            Some(Which::Last) => "@last".into(),
+            Some(Which::Best) => "@best".into(),
+            Some(Which::Epoch(n)) => format!("@epoch{n}"),
+        }
+    }
+
+    /// A short display name: the run directory's name and the suffix (`r110@epoch60`).
+    pub fn name(&self) -> String {
+        let base = self.dir.file_name().map_or(self.dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        base + &self.suffix()
+    }
+}
+
+/// The checkpoint sidecar of a run reference (see [`RunRef`]); or a sidecar path given directly.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
-    let (dir, which) = match spec.rsplit_once('@') {
-        Some((d, w)) => (d, w),
-        None => (spec, "last"),
-    };
-    let dir = Path::new(dir);
+    let r: RunRef = spec.parse()?;
+    let dir = r.dir.as_path();
     if dir.extension().is_some_and(|e| e == "json") && dir.is_file() {
         return Ok(dir.to_path_buf());
     }
     if !dir.is_dir() {
         bail!("run {}: no such directory", dir.display());
     }
-    let json = match which {
-        "last" | "best" => dir.join(format!("{which}.json")),
-        w => {
-            let n: usize = w.strip_prefix("epoch").and_then(|n| n.parse().ok()).with_context(|| {
-                format!("{spec}: after '@' write best, last or epoch<N> (e.g. {}@epoch40)", dir.display())
-            })?;
-            dir.join("checkpoints").join(epoch_stem(n) + ".json")
-        }
+    let json = match r.at.unwrap_or(Which::Last) {
+        Which::Last => dir.join("last.json"),
+        Which::Best => dir.join("best.json"),
+        Which::Epoch(n) => dir.join("checkpoints").join(epoch_stem(n) + ".json"),
     };
     if !json.is_file() {
         let available = list_epochs(dir);
@@ -208,5 +260,29 @@ pub fn run_dir_of(json: &Path) -> PathBuf {
         parent.parent().unwrap_or(Path::new(".")).to_path_buf()
     } else {
         parent.to_path_buf()
+    }
+}
+
+#[cfg(test)]
+mod run_ref_tests {
+    use super::*;
+
+    #[test]
+    fn run_references_parse_print_and_name() {
+        for (spec, at, name) in [
+            ("runs/r56", None, "r56"),
+            ("runs/r56@best", Some(Which::Best), "r56@best"),
+            ("runs/r56@last", Some(Which::Last), "r56@last"),
+            ("/abs/runs/r110@epoch60", Some(Which::Epoch(60)), "r110@epoch60"),
+        ] {
+            let r: RunRef = spec.parse().unwrap();
+            assert_eq!(r.at, at, "{spec}");
+            assert_eq!(r.to_string(), spec);
+            assert_eq!(r.name(), name);
+        }
+        let e = format!("{:#}", "runs/r56@epochX".parse::<RunRef>().unwrap_err());
+        assert!(e.contains("runs/r56@epochX") && e.contains("best, last or epoch<N>"), "{e}");
+        let e = format!("{:#}", resolve("runs/r56@latest").unwrap_err());
+        assert!(e.contains("after '@'"), "{e}");
     }
 }
