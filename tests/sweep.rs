@@ -193,3 +193,46 @@ fn a_worker_that_cannot_start_stops_the_sweep_and_fails_no_run() {
         ]
     );
 }
+
+/// `kdlab status` on a study whose `study.sqlite` was deleted (issue 14) rebuilds the index from
+/// the run directories, as `sweep` and `report` do, and says so — also while a sweep holds the
+/// study, in memory then, without touching the directory.
+#[test]
+fn status_rebuilds_a_deleted_index_from_the_run_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = study(tmp.path(), "1");
+    let out = tmp.path().join("out");
+    sweep(&s, &out);
+    let all_done = vec![
+        ("teacher".to_string(), "done=2 running=0 failed=0 queued=0".to_string()),
+        ("student".to_string(), "done=5 running=0 failed=0 queued=0".to_string()),
+    ];
+    assert_eq!(statuses(&out), all_done);
+    let delete_index = || {
+        for f in ["study.sqlite", "study.sqlite-wal", "study.sqlite-shm"] {
+            let _ = std::fs::remove_file(out.join(f));
+        }
+    };
+    // While a sweep holds the study: rebuilt in memory, and nothing is written.
+    delete_index();
+    {
+        let _held = kdlab::study::runner::lock(&out.join(".sweep.lock"), "held by the test").unwrap();
+        let o = kdlab().args(["status", out.to_str().unwrap()]).output().unwrap();
+        assert!(o.status.success(), "{}", common::text(&o));
+        assert!(common::text(&o).contains("rebuilt in memory"), "{}", common::text(&o));
+        assert_eq!(statuses(&out), all_done);
+        assert!(!out.join("study.sqlite").exists(), "status wrote the index while a sweep held the study");
+    }
+    // Otherwise: rebuilt on disk, said once.
+    let o = kdlab().args(["status", out.to_str().unwrap()]).output().unwrap();
+    let t = common::text(&o);
+    assert!(o.status.success() && t.contains("study.sqlite is missing; rebuilding"), "{t}");
+    assert!(out.join("study.sqlite").exists());
+    let o = kdlab().args(["status", out.to_str().unwrap()]).output().unwrap();
+    assert!(!common::text(&o).contains("missing"), "{}", common::text(&o));
+    assert_eq!(statuses(&out), all_done);
+    // A directory that is no study is an error, and gets no database.
+    let o = kdlab().args(["status", tmp.path().join("data").to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success() && common::text(&o).contains("is not a study directory"), "{}", common::text(&o));
+    assert!(!tmp.path().join("data/study.sqlite").exists());
+}

@@ -7,7 +7,7 @@ pub mod store;
 
 use crate::probe::{self, source::LogitSource};
 use crate::util::{atomic, fmt};
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use config::StudyConfig;
 use plan::{Kind, RunSpec};
 use std::path::Path;
@@ -109,8 +109,26 @@ fn probe_teachers_on(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &S
 
 /// `kdlab status`: progress by kind and status, failures, and an estimate of the time left.
 pub fn status(dir: &Path) -> Result<String> {
-    let store = Store::open(&dir.join("study.sqlite"))
-        .with_context(|| format!("{} is not a study directory", dir.display()))?;
+    let db = dir.join("study.sqlite");
+    let study_file = dir.join("study.toml");
+    let store = if db.exists() {
+        Store::open(&db)?
+    } else if study_file.exists() {
+        // Rebuilt from the run directories, as `sweep` and `report` do.
+        match runner::lock(&dir.join(".sweep.lock"), "") {
+            Ok(_lock) => runner::open(&study_file, Some(dir), false)?.3,
+            Err(_) => {
+                eprintln!(
+                    "note: {} is missing while a sweep runs; its index is rebuilt in memory from the run directories \
+                     (runs in progress show as queued)",
+                    db.display()
+                );
+                runner::index_in_memory(&study_file, dir)?
+            }
+        }
+    } else {
+        bail!("{} is not a study directory (it has neither study.sqlite nor study.toml)", dir.display());
+    };
     let runs = store.runs()?;
     let plan: Vec<String> = store.meta("plan")?.map(|p| serde_json::from_str(&p)).transpose()?.unwrap_or_default();
     let runs: Vec<_> = runs.into_iter().filter(|r| plan.is_empty() || plan.contains(&r.id)).collect();

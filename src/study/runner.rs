@@ -86,6 +86,19 @@ pub fn sync(store: &mut Store, specs: &[RunSpec], dir: &Path, retry_failed: bool
     Ok(())
 }
 
+/// The index of a study whose `study.sqlite` is missing while a sweep holds the study (the
+/// database was deleted under it), rebuilt in memory from the study file and the run directories
+/// without touching the directory.
+pub fn index_in_memory(study_file: &Path, dir: &Path) -> Result<Store> {
+    let cfg = StudyConfig::load(study_file)?;
+    let specs = plan::expand(&cfg, dir)?;
+    let mut store = Store::open(Path::new(":memory:"))?;
+    store.set_meta("study_toml", &std::fs::read_to_string(study_file)?)?;
+    store.set_meta("plan", &serde_json::to_string(&specs.iter().map(|s| &s.id).collect::<Vec<_>>())?)?;
+    sync(&mut store, &specs, dir, false)?;
+    Ok(store)
+}
+
 /// Plans a study, opens its directory and store, and syncs them.
 pub fn open(
     study_file: &Path,
@@ -96,7 +109,15 @@ pub fn open(
     let dir = study_dir(&cfg, out);
     std::fs::create_dir_all(dir.join("runs")).with_context(|| format!("creating {}", dir.display()))?;
     let specs = plan::expand(&cfg, &dir)?;
-    let mut store = Store::open(&dir.join("study.sqlite"))?;
+    let db = dir.join("study.sqlite");
+    if !db.exists() && dir.join("runs").read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        // A WAL left by the deleted database must not be replayed into the new one.
+        for stale in ["study.sqlite-wal", "study.sqlite-shm"] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        eprintln!("note: {} is missing; rebuilding the study's index from its run directories", db.display());
+    }
+    let mut store = Store::open(&db)?;
     let text = std::fs::read_to_string(study_file)?;
     atomic::write_bytes(&dir.join("study.toml"), text.as_bytes())?;
     store.set_meta("study_toml", &text)?;
