@@ -99,7 +99,8 @@ fn probe_teachers_on(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &S
         set.split,
         if set.augment { " (one augmented view each)" } else { "" }
     );
-    let result = probe::run(sources, &labels, &taus, probe::CHUNK)?;
+    let result =
+        probe::run(sources, &labels, &format!("the {} split of {}", set.split, data.name), &taus, probe::CHUNK)?;
     atomic::write_json(&json, &result.report)?;
     probe::output::write_plots(&dir.join(set.stem), &result, cfg.probe_tau, Some(&data.class_names))?;
     store.set_meta(&meta_key, &key)?;
