@@ -130,3 +130,66 @@ fn train_config_eval_and_logits_that_numpy_loads() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "(30, 3) float32 (30,) int64 30");
 }
+
+/// Errors name the file and the flag (issue 14): the labels file whose length or values are wrong,
+/// and a negative number given to a numeric flag reaches kdlab's own range check instead of
+/// clap's "unexpected argument '-1'" — for every floating-point flag of every command, and as
+/// clap's "invalid value" for the unsigned ones.
+#[test]
+fn bad_labels_and_negative_numbers_are_reported_by_file_and_flag() {
+    use kdlab::data::npy;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let logits: Vec<f32> = (0..500).map(|i| ((i * 37) % 11) as f32 / 3.0).collect();
+    npy::write_f32(&d.join("ok.npy"), &[50, 10], &logits).unwrap();
+    npy::write_i64(&d.join("y.npy"), &[50], &[1; 50]).unwrap();
+    npy::write_i64(&d.join("y_short.npy"), &[40], &[1; 40]).unwrap();
+    let mut bad = vec![1i64; 50];
+    bad[4] = 17;
+    npy::write_i64(&d.join("y_bad.npy"), &[50], &bad).unwrap();
+    let probe = ["probe", "--logits", "ok.npy", "--labels"];
+    let loss = ["loss", "--method", "kd", "--student", "ok.npy", "--teacher", "ok.npy", "--labels", "y.npy"];
+    let distill = ["distill", "--teacher", "no-such-run", "--student", "mlp_16x1"];
+    let train = ["train", "--model", "mlp_16x1", "--epochs", "1"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        ([&probe[..], &["y_short.npy"]].concat(), "ok has 50 samples but y_short.npy has 40 labels"),
+        ([&probe[..], &["y_bad.npy"]].concat(), "y_bad.npy: label 17 at sample 4 is out of range for 10 classes"),
+        (
+            [&probe[..], &["y.npy", "--tau", "-1"]].concat(),
+            "--tau: every temperature must be a positive number, got -1",
+        ),
+        (
+            [&probe[..], &["y.npy", "--tau", "-1,2"]].concat(),
+            "--tau: every temperature must be a positive number, got -1",
+        ),
+        ([&probe[..], &["y.npy", "--table-tau", "-4"]].concat(), "--table-tau must be a positive number, got -4"),
+        ([&probe[..], &["y.npy", "--chunk", "-1"]].concat(), "invalid value '-1' for '--chunk <CHUNK>'"),
+        ([&loss[..], &["--tau", "-1"]].concat(), "tau must be a positive number, got -1"),
+        ([&loss[..], &["--epoch", "-2"]].concat(), "--epoch must be a number ≥ 0 (epochs are 1-based), got -2"),
+        ([&train[..], &["--lr", "-0.1"]].concat(), "lr must be a positive number"),
+        ([&train[..], &["--momentum", "-0.5"]].concat(), "momentum must be in [0, 1)"),
+        ([&train[..], &["--weight-decay", "-1e-4"]].concat(), "weight_decay must be ≥ 0"),
+        ([&train[..], &["--gamma", "-1"]].concat(), "gamma must be in (0, 1]"),
+        ([&train[..], &["--lr", "-inf"]].concat(), "lr must be a positive number"),
+        ([&train[..], &["--milestones", "-1,2"]].concat(), "invalid value '-1' for '--milestones <MILESTONES>'"),
+        (vec!["train", "--model", "mlp_16x1", "--epochs", "-3"], "invalid value '-3' for '--epochs <EPOCHS>'"),
+        ([&train[..], &["--threads", "-1"]].concat(), "invalid value '-1' for '--threads <THREADS>'"),
+        ([&distill[..], &["--method", "kd", "--tau", "-1"]].concat(), "tau must be a positive number, got -1"),
+        ([&distill[..], &["--method", "kd", "--alpha", "-1"]].concat(), "alpha must be ≥ 0, got -1"),
+        ([&distill[..], &["--method", "kd", "--student-tau", "-1"]].concat(), "student_tau must be a positive number"),
+        ([&distill[..], &["--method", "dkd", "--beta", "-1"]].concat(), "beta must be ≥ 0, got -1"),
+        ([&distill[..], &["--method", "dkd", "--warmup", "-1"]].concat(), "warmup must be ≥ 0, got -1"),
+        ([&distill[..], &["--method", "dist", "--gamma", "-1"]].concat(), "gamma must be ≥ 0, got -1"),
+        ([&distill[..], &["--method", "ats", "--tau1", "-1"]].concat(), "tau1 must be a positive number, got -1"),
+        ([&distill[..], &["--method", "ats", "--tau2", "-1"]].concat(), "tau2 must be a positive number, got -1"),
+        ([&distill[..], &["--method", "isats", "--tau2-min", "-1"]].concat(), "tau2_min must be a positive number"),
+        ([&distill[..], &["--method", "isats", "--margin", "-1"]].concat(), "margin must be a positive number"),
+        ([&distill[..], &["--method", "isats", "--lambda", "-1"]].concat(), "lambda must be ≥ 0, got -1"),
+    ];
+    for (args, says) in cases {
+        let o = kdlab(&args, d);
+        let t = text(&o);
+        assert!(!o.status.success(), "{args:?} succeeded: {t}");
+        assert!(t.contains(says) && !t.contains("unexpected argument"), "{args:?}: expected '{says}', got: {t}");
+    }
+}

@@ -36,7 +36,7 @@ fn mem(name: &str, c: usize, data: &[f64]) -> Box<dyn LogitSource> {
 
 fn run(teachers: &[(&str, &[f64])], c: usize, labels: &[usize], taus: &[f64], chunk: usize) -> ProbeReport {
     let sources = teachers.iter().map(|(n, d)| mem(n, c, d)).collect();
-    probe::run(sources, labels, taus, chunk).unwrap().report
+    probe::run(sources, labels, "labels", taus, chunk).unwrap().report
 }
 
 /// Plain float64 definitions, one sample at a time, nothing shared with the streaming code.
@@ -298,11 +298,11 @@ fn huge_logits_and_extreme_temperatures_stay_finite() {
 #[test]
 fn mismatched_inputs_are_refused() {
     let f = [0.0; 6];
-    let e = probe::run(vec![mem("a", 3, &f), mem("b", 3, &f[..3])], &[0, 1], &[1.0], 4).unwrap_err();
-    assert!(format!("{e:#}").contains("b has 1 samples"), "{e:#}");
-    let e = probe::run(vec![mem("a", 3, &f)], &[0, 3], &[1.0], 4).unwrap_err();
-    assert!(format!("{e:#}").contains("label 3 at sample 1"), "{e:#}");
-    let e = probe::run(vec![mem("a", 3, &f)], &[0, 1], &[0.0], 4).unwrap_err();
+    let e = probe::run(vec![mem("a", 3, &f), mem("b", 3, &f[..3])], &[0, 1], "y.npy", &[1.0], 4).unwrap_err();
+    assert!(format!("{e:#}").contains("b has 1 samples but y.npy has 2 labels"), "{e:#}");
+    let e = probe::run(vec![mem("a", 3, &f)], &[0, 3], "y.npy", &[1.0], 4).unwrap_err();
+    assert!(format!("{e:#}").contains("y.npy: label 3 at sample 1"), "{e:#}");
+    let e = probe::run(vec![mem("a", 3, &f)], &[0, 1], "y.npy", &[0.0], 4).unwrap_err();
     assert!(format!("{e:#}").contains("positive"), "{e:#}");
 }
 

@@ -208,3 +208,100 @@ fn a_diverging_run_fails_alone_and_the_sweep_goes_on() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(std::fs::read_to_string(tmp.path().join("s/report/report.md")).unwrap().contains("## Failed runs"));
 }
+
+/// The `.kdlc` file of a teacher's logit cache.
+fn cache_file(teacher: &Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(teacher.join("logit-cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "kdlc"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.pop().unwrap()
+}
+
+/// A damaged teacher-logit cache (issue 14) — bytes flipped in the logits, a byte flipped in the
+/// checksum table, a file cut short, a cache in the old format without checksums — is caught
+/// before any logit is used: the user is told, the cache is rebuilt (to the same bytes), and the
+/// distillation ends with the numbers of a run from the undamaged cache.
+#[test]
+fn a_damaged_teacher_logit_cache_is_detected_and_rebuilt() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_small_idx(&tmp.path().join("fm"), 600, 150);
+    let o = kdlab()
+        .args([
+            "train",
+            "--model",
+            "cnn_w1",
+            "--data",
+            "fm",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            "t",
+        ])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let distill = |out: &str| {
+        let o = kdlab()
+            .args(["distill", "--teacher", "t", "--student", "mlp_16x1", "--method", "kd", "--data", "fm"])
+            .args(["--epochs", "2", "--teacher-cache", "--threads", "1", "--quiet", "--out", out])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    let first = distill("d0");
+    assert!(!first.contains("rebuilding"), "{first}");
+    let path = cache_file(&tmp.path().join("t"));
+    let good = std::fs::read(&path).unwrap();
+    let clean = outcome(&tmp.path().join("d0"));
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage, &str); 4] = [
+        (
+            "logits",
+            |b| {
+                let mid = b.len() / 2;
+                b[mid..mid + 4].iter_mut().for_each(|x| *x ^= 0x5a)
+            },
+            "fails its checksum in block",
+        ),
+        (
+            "table",
+            |b| {
+                let at = b.len() - 6;
+                b[at] ^= 0x01
+            },
+            "its header or checksum table is damaged",
+        ),
+        ("truncated", |b| b.truncate(b.len() - 100), "truncated or damaged"),
+        (
+            "old format",
+            |b| {
+                let at = b.windows(19).position(|w| w == b"kdlab-logit-cache/2").unwrap();
+                b[at + 18] = b'1';
+                // Format 1 had no checksum table after the logits: 1 block here, 4 + 4 bytes.
+                b.truncate(b.len() - 8);
+            },
+            "in format 'kdlab-logit-cache/1'",
+        ),
+    ];
+    for (i, (what, damage, says)) in damages.into_iter().enumerate() {
+        let mut bytes = good.clone();
+        damage(&mut bytes);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = kdlab::train::cache::LogitCache::open(&path).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(err.contains(says) && err.contains(&path.display().to_string()), "{what}: {err}");
+        let out = format!("d{}", i + 1);
+        let said = distill(&out);
+        assert!(said.contains(says) && said.contains("rebuilding it"), "{what}: the user is told: {said}");
+        assert!(std::fs::read(&path).unwrap() == good, "{what}: the rebuilt cache equals the first");
+        assert_eq!(outcome(&tmp.path().join(&out)), clean, "{what}: the same numbers as from the undamaged cache");
+    }
+}

@@ -130,3 +130,109 @@ fn a_killed_sweep_resumes_to_the_same_results() {
     assert_eq!(statuses(&clean), statuses(&killed), "nothing was trained again or lost");
     assert!(clean.join("report/report.md").exists() && clean.join("report/report.html").exists());
 }
+
+/// A worker that cannot be started (issue 14: the binary was rebuilt in place during a sweep and
+/// every later spawn failed) is the sweep's failure, not the runs': the sweep stops, says why and
+/// how to continue, and leaves the runs queued. A sweep whose own binary is deleted while it runs
+/// goes on (its workers exec the sweep's image, not the path).
+#[test]
+fn a_worker_that_cannot_start_stops_the_sweep_and_fails_no_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = study(tmp.path(), "1");
+    let out = tmp.path().join("out");
+    let missing = tmp.path().join("gone").join("kdlab");
+    let o = kdlab()
+        .args(["sweep", s.to_str().unwrap(), "--out", out.to_str().unwrap(), "--workers", "2", "--quiet"])
+        .env("KDLAB_WORKER_EXE", &missing)
+        .output()
+        .unwrap();
+    let t = common::text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains(&missing.display().to_string()) && t.contains("No such file or directory"), "{t}");
+    assert!(t.contains("No run was marked failed"), "{t}");
+    let again = format!("kdlab sweep {} --out {} --workers 2", s.display(), out.display());
+    assert!(t.contains(&again), "the command to continue is printed: {t}");
+    assert_eq!(
+        statuses(&out),
+        vec![
+            ("teacher".into(), "done=0 running=0 failed=0 queued=2".into()),
+            ("student".into(), "done=0 running=0 failed=0 queued=5".into())
+        ]
+    );
+    // The same sweep from a copy of the binary that is deleted once the first run has started.
+    let exe = tmp.path().join("kdlab-copy");
+    std::fs::copy(env!("CARGO_BIN_EXE_kdlab"), &exe).unwrap();
+    let mut child = std::process::Command::new(&exe)
+        .args(["sweep", s.to_str().unwrap(), "--out", out.to_str().unwrap(), "--workers", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut seen = vec![];
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        let first_start = l.trim_start().starts_with("start ");
+        seen.push(l);
+        if first_start {
+            std::fs::remove_file(&exe).unwrap();
+            break;
+        }
+    }
+    assert!(!exe.exists(), "a run started: {seen:?}");
+    seen.extend(lines.map(Result::unwrap));
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{}\n{err}", seen.join("\n"));
+    assert_eq!(
+        statuses(&out),
+        vec![
+            ("teacher".into(), "done=2 running=0 failed=0 queued=0".into()),
+            ("student".into(), "done=5 running=0 failed=0 queued=0".into())
+        ]
+    );
+}
+
+/// `kdlab status` on a study whose `study.sqlite` was deleted (issue 14) rebuilds the index from
+/// the run directories, as `sweep` and `report` do, and says so — also while a sweep holds the
+/// study, in memory then, without touching the directory.
+#[test]
+fn status_rebuilds_a_deleted_index_from_the_run_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = study(tmp.path(), "1");
+    let out = tmp.path().join("out");
+    sweep(&s, &out);
+    let all_done = vec![
+        ("teacher".to_string(), "done=2 running=0 failed=0 queued=0".to_string()),
+        ("student".to_string(), "done=5 running=0 failed=0 queued=0".to_string()),
+    ];
+    assert_eq!(statuses(&out), all_done);
+    let delete_index = || {
+        for f in ["study.sqlite", "study.sqlite-wal", "study.sqlite-shm"] {
+            let _ = std::fs::remove_file(out.join(f));
+        }
+    };
+    // While a sweep holds the study: rebuilt in memory, and nothing is written.
+    delete_index();
+    {
+        let _held = kdlab::study::runner::lock(&out.join(".sweep.lock"), "held by the test").unwrap();
+        let o = kdlab().args(["status", out.to_str().unwrap()]).output().unwrap();
+        assert!(o.status.success(), "{}", common::text(&o));
+        assert!(common::text(&o).contains("rebuilt in memory"), "{}", common::text(&o));
+        assert_eq!(statuses(&out), all_done);
+        assert!(!out.join("study.sqlite").exists(), "status wrote the index while a sweep held the study");
+    }
+    // Otherwise: rebuilt on disk, said once.
+    let o = kdlab().args(["status", out.to_str().unwrap()]).output().unwrap();
+    let t = common::text(&o);
+    assert!(o.status.success() && t.contains("study.sqlite is missing; rebuilding"), "{t}");
+    assert!(out.join("study.sqlite").exists());
+    let o = kdlab().args(["status", out.to_str().unwrap()]).output().unwrap();
+    assert!(!common::text(&o).contains("missing"), "{}", common::text(&o));
+    assert_eq!(statuses(&out), all_done);
+    // A directory that is no study is an error, and gets no database.
+    let o = kdlab().args(["status", tmp.path().join("data").to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success() && common::text(&o).contains("is not a study directory"), "{}", common::text(&o));
+    assert!(!tmp.path().join("data/study.sqlite").exists());
+}

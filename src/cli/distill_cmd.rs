@@ -260,6 +260,9 @@ pub fn loss(a: LossArgs) -> Result<()> {
     let name = a.method.method.clone().context("--method is required (ce, kd, ats, isats, nckd, dkd, dist)")?;
     let params = a.method.params();
     let mut method = methods::build(&name, &params)?;
+    if let Some(e) = a.epoch.filter(|e| !(*e >= 0.0 && e.is_finite())) {
+        bail!("--epoch must be a number ≥ 0 (epochs are 1-based), got {e}");
+    }
     let (ns, cs, s) = logits_tensor(&a.student)?;
     let (nt, ct, t) = logits_tensor(&a.teacher)?;
     let y = npy::read_labels(&a.labels)?;

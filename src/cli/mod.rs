@@ -10,7 +10,7 @@ mod train_cmd;
 
 use crate::util::device::{self, DeviceChoice};
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -83,8 +83,31 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
 }
 
+/// The command line, with a negative number accepted wherever a value is expected: clap would
+/// otherwise take `--tau -1` for an unknown flag `-1`, and kdlab's own range check (which names
+/// the flag and the valid range) would never speak. Floating-point flags and lists take any value
+/// that starts with a hyphen, since clap's notion of a negative number covers neither `-1e-4`,
+/// `-inf` nor `-1,2` (the price: a forgotten value, `--tau --json p.json`, makes `--json` the
+/// value and `p.json` an unexpected argument — still an error); every other flag that takes a value accepts negative integers, for clap's
+/// "invalid value '-1' for '--epochs <EPOCHS>'" (or kdlab's check) to speak.
+pub fn command() -> clap::Command {
+    fn negatives(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|a| {
+            if !a.get_action().takes_values() {
+                return a;
+            }
+            let float = a.get_value_parser().type_id() == std::any::TypeId::of::<f64>();
+            let list = a.get_value_delimiter().is_some();
+            a.allow_negative_numbers(true).allow_hyphen_values(float || list)
+        })
+        .mut_subcommands(negatives)
+    }
+    negatives(Cli::command())
+}
+
 pub fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let mut matches = command().get_matches();
+    let cli = Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Train(a) => train_cmd::train(*a),
         Command::Distill(a) => distill_cmd::distill(*a),

@@ -67,14 +67,17 @@ fn unique(mut names: Vec<String>) -> Vec<String> {
 }
 
 /// The teachers, the labels, and the class names when known.
-type Inputs = (Vec<Box<dyn LogitSource>>, Vec<usize>, Option<Vec<String>>);
+type Inputs = (Vec<Box<dyn LogitSource>>, Vec<usize>, String, Option<Vec<String>>);
 
 pub fn run(a: ProbeArgs) -> Result<()> {
     let taus = a.tau.clone().unwrap_or_else(probe::default_taus);
+    if !(a.table_tau > 0.0 && a.table_tau.is_finite()) {
+        bail!("--table-tau must be a positive number, got {}", a.table_tau);
+    }
     if a.chunk == 0 {
         bail!("--chunk must be at least 1");
     }
-    let (sources, labels, class_names): Inputs = match (a.runs.is_empty(), a.logits.is_empty()) {
+    let (sources, labels, labels_from, class_names): Inputs = match (a.runs.is_empty(), a.logits.is_empty()) {
         (true, true) => {
             bail!("nothing to probe: give --run DIR (repeatable) or --logits FILE.npy (repeatable) with --labels")
         }
@@ -96,7 +99,7 @@ pub fn run(a: ProbeArgs) -> Result<()> {
             for p in &a.logits {
                 srcs.push(Box::new(NpySource::open(p)?));
             }
-            (srcs, labels, None)
+            (srcs, labels, lp.display().to_string(), None)
         }
         (false, true) => {
             let device = a.rt.init()?;
@@ -143,11 +146,11 @@ pub fn run(a: ProbeArgs) -> Result<()> {
             }
             let ds = data.expect("at least one run");
             let labels = ds.split(&a.split)?.labels.iter().map(|&y| y as usize).collect();
-            (srcs, labels, Some(ds.class_names.clone()))
+            (srcs, labels, format!("the {} split of {}", a.split, ds.name), Some(ds.class_names.clone()))
         }
     };
     let started = std::time::Instant::now();
-    let result = probe::run(sources, &labels, &taus, a.chunk)?;
+    let result = probe::run(sources, &labels, &labels_from, &taus, a.chunk)?;
     print!("{}", output::table(&result.report, &result.taus, a.table_tau));
     if let Some(p) = &a.json {
         output::write_json(p, &result.report)?;

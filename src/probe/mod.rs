@@ -81,8 +81,15 @@ pub struct Probe {
 /// Samples per chunk: bounds memory at chunk × C × teachers values.
 pub const CHUNK: usize = 2048;
 
-/// Probes every source against `labels`, streaming `chunk` samples at a time.
-pub fn run(mut sources: Vec<Box<dyn LogitSource>>, labels: &[usize], taus: &[f64], chunk: usize) -> Result<Probe> {
+/// Probes every source against `labels` (read from `labels_from`, named in errors), streaming
+/// `chunk` samples at a time.
+pub fn run(
+    mut sources: Vec<Box<dyn LogitSource>>,
+    labels: &[usize],
+    labels_from: &str,
+    taus: &[f64],
+    chunk: usize,
+) -> Result<Probe> {
     if sources.is_empty() {
         bail!("nothing to probe: give at least one --run or --logits");
     }
@@ -94,7 +101,7 @@ pub fn run(mut sources: Vec<Box<dyn LogitSource>>, labels: &[usize], taus: &[f64
     for s in &sources {
         if s.samples() != n {
             bail!(
-                "{} has {} samples but there are {n} labels; every teacher must be probed on the same samples",
+                "{} has {} samples but {labels_from} has {n} labels; every teacher must be probed on the same samples",
                 s.name(),
                 s.samples()
             );
@@ -107,7 +114,7 @@ pub fn run(mut sources: Vec<Box<dyn LogitSource>>, labels: &[usize], taus: &[f64
         bail!("{}: at least 2 classes are needed", sources[0].name());
     }
     if let Some((i, y)) = labels.iter().enumerate().find(|(_, &y)| y >= c) {
-        bail!("label {y} at sample {i} is out of range for {c} classes");
+        bail!("{labels_from}: label {y} at sample {i} is out of range for {c} classes (the logits of {} have {c} columns)", sources[0].name());
     }
     let mut teachers: Vec<TeacherAccumulator> =
         sources.iter().map(|s| TeacherAccumulator::new(s.name().to_string(), s.params(), c, taus)).collect();

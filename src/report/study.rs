@@ -234,6 +234,9 @@ pub struct Report {
 
 /// Writes the report of the study in `dir` into `out`.
 pub fn write(dir: &Path, out: &Path) -> Result<Report> {
+    if !dir.join("study.sqlite").exists() {
+        anyhow::bail!("{} is not a study directory (it has no study.sqlite)", dir.display());
+    }
     let store = Store::open(&dir.join("study.sqlite"))
         .with_context(|| format!("{} is not a study directory", dir.display()))?;
     let plan: Vec<String> = store.meta("plan")?.map(|p| serde_json::from_str(&p)).transpose()?.unwrap_or_default();

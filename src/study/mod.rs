@@ -7,7 +7,7 @@ pub mod store;
 
 use crate::probe::{self, source::LogitSource};
 use crate::util::{atomic, fmt};
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use config::StudyConfig;
 use plan::{Kind, RunSpec};
 use std::path::Path;
@@ -99,7 +99,8 @@ fn probe_teachers_on(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &S
         set.split,
         if set.augment { " (one augmented view each)" } else { "" }
     );
-    let result = probe::run(sources, &labels, &taus, probe::CHUNK)?;
+    let result =
+        probe::run(sources, &labels, &format!("the {} split of {}", set.split, data.name), &taus, probe::CHUNK)?;
     atomic::write_json(&json, &result.report)?;
     probe::output::write_plots(&dir.join(set.stem), &result, cfg.probe_tau, Some(&data.class_names))?;
     store.set_meta(&meta_key, &key)?;
@@ -109,8 +110,26 @@ fn probe_teachers_on(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &S
 
 /// `kdlab status`: progress by kind and status, failures, and an estimate of the time left.
 pub fn status(dir: &Path) -> Result<String> {
-    let store = Store::open(&dir.join("study.sqlite"))
-        .with_context(|| format!("{} is not a study directory", dir.display()))?;
+    let db = dir.join("study.sqlite");
+    let study_file = dir.join("study.toml");
+    let store = if db.exists() {
+        Store::open(&db)?
+    } else if study_file.exists() {
+        // Rebuilt from the run directories, as `sweep` and `report` do.
+        match runner::lock(&dir.join(".sweep.lock"), "") {
+            Ok(_lock) => runner::open(&study_file, Some(dir), false)?.3,
+            Err(_) => {
+                eprintln!(
+                    "note: {} is missing while a sweep runs; its index is rebuilt in memory from the run directories \
+                     (runs in progress show as queued)",
+                    db.display()
+                );
+                runner::index_in_memory(&study_file, dir)?
+            }
+        }
+    } else {
+        bail!("{} is not a study directory (it has neither study.sqlite nor study.toml)", dir.display());
+    };
     let runs = store.runs()?;
     let plan: Vec<String> = store.meta("plan")?.map(|p| serde_json::from_str(&p)).transpose()?.unwrap_or_default();
     let runs: Vec<_> = runs.into_iter().filter(|r| plan.is_empty() || plan.contains(&r.id)).collect();

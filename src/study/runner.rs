@@ -86,6 +86,19 @@ pub fn sync(store: &mut Store, specs: &[RunSpec], dir: &Path, retry_failed: bool
     Ok(())
 }
 
+/// The index of a study whose `study.sqlite` is missing while a sweep holds the study (the
+/// database was deleted under it), rebuilt in memory from the study file and the run directories
+/// without touching the directory.
+pub fn index_in_memory(study_file: &Path, dir: &Path) -> Result<Store> {
+    let cfg = StudyConfig::load(study_file)?;
+    let specs = plan::expand(&cfg, dir)?;
+    let mut store = Store::open(Path::new(":memory:"))?;
+    store.set_meta("study_toml", &std::fs::read_to_string(study_file)?)?;
+    store.set_meta("plan", &serde_json::to_string(&specs.iter().map(|s| &s.id).collect::<Vec<_>>())?)?;
+    sync(&mut store, &specs, dir, false)?;
+    Ok(store)
+}
+
 /// Plans a study, opens its directory and store, and syncs them.
 pub fn open(
     study_file: &Path,
@@ -96,7 +109,15 @@ pub fn open(
     let dir = study_dir(&cfg, out);
     std::fs::create_dir_all(dir.join("runs")).with_context(|| format!("creating {}", dir.display()))?;
     let specs = plan::expand(&cfg, &dir)?;
-    let mut store = Store::open(&dir.join("study.sqlite"))?;
+    let db = dir.join("study.sqlite");
+    if !db.exists() && dir.join("runs").read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        // A WAL left by the deleted database must not be replayed into the new one.
+        for stale in ["study.sqlite-wal", "study.sqlite-shm"] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        eprintln!("note: {} is missing; rebuilding the study's index from its run directories", db.display());
+    }
+    let mut store = Store::open(&db)?;
     let text = std::fs::read_to_string(study_file)?;
     atomic::write_bytes(&dir.join("study.toml"), text.as_bytes())?;
     store.set_meta("study_toml", &text)?;
@@ -115,7 +136,37 @@ struct Running {
 /// Starts each attempt's section of a run's log.
 const ATTEMPT_MARK: &str = "--- kdlab sweep: attempt started ";
 
-fn spawn(dir: &Path, spec: &RunSpec, threads: usize) -> Result<Child> {
+/// The executable a sweep's workers run, fixed once when the sweep starts.
+///
+/// `KDLAB_WORKER_EXE`, when set, names it (a seam for tests, and a way to pin a build). Otherwise,
+/// on Linux, `/proc/self/exe`: exec'd in the forked child, it names the inode the sweep itself
+/// runs from, which the kernel keeps alive even when the file at the sweep's path is deleted or
+/// replaced — a rebuild in place (`cargo build`, `make install`) while a sweep runs neither breaks
+/// the next spawn nor mixes two builds in one sweep. (`std::env::current_exe()` would give the
+/// path, which after a rebuild names the new file, or reads back as `… (deleted)`.)
+pub struct WorkerExe {
+    /// What is exec'd.
+    path: PathBuf,
+    /// The sweep's own path, shown as the worker's argv[0] and in errors.
+    shown: String,
+}
+
+impl WorkerExe {
+    pub fn resolve() -> Result<WorkerExe> {
+        let own = std::env::current_exe().context("finding kdlab's own executable")?;
+        let shown = own.display().to_string();
+        if let Some(p) = std::env::var_os("KDLAB_WORKER_EXE") {
+            let path = PathBuf::from(p);
+            let shown = path.display().to_string();
+            return Ok(WorkerExe { path, shown });
+        }
+        let proc_exe = PathBuf::from("/proc/self/exe");
+        let path = if proc_exe.exists() { proc_exe } else { own };
+        Ok(WorkerExe { path, shown })
+    }
+}
+
+fn spawn(dir: &Path, spec: &RunSpec, threads: usize, exe: &WorkerExe) -> Result<Child> {
     let rdir = plan::run_dir(dir, &spec.id);
     std::fs::create_dir_all(&rdir)?;
     let spec_path = rdir.join("spec.json");
@@ -123,8 +174,9 @@ fn spawn(dir: &Path, spec: &RunSpec, threads: usize) -> Result<Child> {
     let mut log = File::options().create(true).append(true).open(rdir.join("log.txt"))?;
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     writeln!(log, "{ATTEMPT_MARK}(unix time {unix})")?;
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["sweep-run", &spec_path.display().to_string(), "--threads", &threads.to_string(), "--device", "cpu"])
+    let mut cmd = Command::new(&exe.path);
+    cmd.arg0(&exe.shown)
+        .args(["sweep-run", &spec_path.display().to_string(), "--threads", &threads.to_string(), "--device", "cpu"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -136,7 +188,7 @@ fn spawn(dir: &Path, spec: &RunSpec, threads: usize) -> Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn().with_context(|| format!("starting the run {}", spec.id))
+    cmd.spawn().with_context(|| format!("starting {} for the run {}", exe.shown, spec.id))
 }
 
 /// The reason a run's process failed: the error it recorded, else its log's last error line.
@@ -197,8 +249,12 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
         specs.len(),
         todo.len()
     );
+    let exe = WorkerExe::resolve()?;
     let total = specs.len();
     let mut running: Vec<Running> = vec![];
+    // A worker that cannot be started is the sweep's failure, not the run's: the run goes back to
+    // `queued`, nothing more starts, the running workers finish, and the sweep reports the cause.
+    let mut spawn_error: Option<(String, anyhow::Error)> = None;
     let started = Instant::now();
     let mut probed = false;
     loop {
@@ -227,19 +283,33 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
             .filter(|s| !running.iter().any(|r| r.id == s.id))
             .filter(|s| s.depends_on.iter().all(|d| st.get(d).map(String::as_str) == Some("done")))
             .collect();
-        if ready.is_empty() && running.is_empty() {
+        if (ready.is_empty() || spawn_error.is_some()) && running.is_empty() {
             break;
         }
-        for s in ready.into_iter().take(workers.saturating_sub(running.len())) {
+        let free = if spawn_error.is_some() { 0 } else { workers.saturating_sub(running.len()) };
+        for s in ready.into_iter().take(free) {
             store.set_status(&s.id, "running", None)?;
-            match spawn(&dir, s, threads) {
+            match spawn(&dir, s, threads, &exe) {
                 Ok(child) => {
                     if !opts.quiet {
                         println!("  start {} {}", s.id, s.name);
                     }
                     running.push(Running { id: s.id.clone(), child, started: Instant::now() });
                 }
-                Err(e) => store.set_status(&s.id, "failed", Some(&format!("{e:#}")))?,
+                Err(e) => {
+                    store.set_status(&s.id, "queued", None)?;
+                    eprintln!(
+                        "error: could not start a worker for {} ({e:#}); starting no more runs{}",
+                        s.name,
+                        if running.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", waiting for the {} running", running.len())
+                        }
+                    );
+                    spawn_error = Some((s.id.clone(), e));
+                    break;
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -284,6 +354,17 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
     );
     if f > 0 {
         println!("failed runs are retried with --retry-failed; `kdlab status {}` lists them", dir.display());
+    }
+    if let Some((id, e)) = spawn_error {
+        let queued = store.runs()?.iter().filter(|r| by_id.contains_key(r.id.as_str()) && r.status == "queued").count();
+        let mut again = format!("kdlab sweep {} --out {} --workers {workers}", study_file.display(), dir.display());
+        if let Some(t) = opts.threads {
+            again += &format!(" --threads {t}");
+        }
+        bail!(
+            "the sweep stopped: it could not start a worker for the run {id}: {e:#}. No run was marked failed; \
+             {queued} runs are still queued. Once the cause is fixed, continue with `{again}`"
+        );
     }
     Ok(dir)
 }
