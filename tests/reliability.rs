@@ -167,7 +167,7 @@ fn a_nan_loss_stops_the_run_naming_epoch_and_step_and_keeps_the_checkpoint() {
         assert!(msg.contains("NaN") && msg.contains("epoch 2 step 3 of 5"), "{sync_every:?}: {msg}");
         assert_eq!(checkpoint::read_meta(&tmp.path().join("last.json")).unwrap().epoch, 1);
         let rec = kdlab::train::run::read_record(tmp.path()).unwrap().unwrap();
-        assert_eq!(rec.status, "failed");
+        assert_eq!(rec.status, kdlab::train::run::RunStatus::Failed);
         assert!(rec.error.unwrap().contains("epoch 2 step 3"));
     }
 }

@@ -49,7 +49,7 @@ fn loss_falls_and_accuracy_beats_chance() {
     assert!(r.final_test_acc > 0.6, "test accuracy {}", r.final_test_acc);
     // The files a later step reads are there and agree with the outcome.
     let rec = kdlab::train::run::read_record(dir.path()).unwrap().unwrap();
-    assert_eq!(rec.status, "done");
+    assert_eq!(rec.status, kdlab::train::run::RunStatus::Done);
     assert_eq!(rec.final_test_acc, Some(r.final_test_acc));
     let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5);

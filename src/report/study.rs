@@ -4,8 +4,8 @@
 use super::doc::{self, Block};
 use super::svg::{Heatmap, LinePlot, Series};
 use crate::probe::ProbeReport;
-use crate::study::plan::RunSpec;
-use crate::study::store::{Store, StoredRun};
+use crate::study::plan::{Kind, RunSpec};
+use crate::study::store::{Status, Store, StoredRun};
 use crate::util::atomic;
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -264,7 +264,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
     // Teachers: study runs, then existing runs known through the probe.
     let mut teachers: Vec<Teacher> = runs
         .iter()
-        .filter(|r| r.kind == "teacher" && r.status == "done")
+        .filter(|r| r.kind == Kind::Teacher && r.status == Status::Done)
         .map(|r| Teacher {
             id: Some(r.id.clone()),
             seed: Some(r.spec.train.seed),
@@ -296,7 +296,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
 
     let students: Vec<Student> = runs
         .iter()
-        .filter(|r| r.kind == "student" && r.status == "done")
+        .filter(|r| r.kind == Kind::Student && r.status == Status::Done)
         .map(|r| {
             let s: &RunSpec = &r.spec;
             Student {
@@ -324,8 +324,8 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
         })
         .collect::<Result<_>>()?;
     let planned = runs.len();
-    let done = runs.iter().filter(|r| r.status == "done").count();
-    let failed: Vec<&StoredRun> = runs.iter().filter(|r| r.status == "failed").collect();
+    let done = runs.iter().filter(|r| r.status == Status::Done).count();
+    let failed: Vec<&StoredRun> = runs.iter().filter(|r| r.status == Status::Failed).collect();
 
     let mut files = vec![];
     let mut blocks = vec![Block::Heading(1, format!("Study `{study_name}`"))];

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use config::StudyConfig;
 use plan::{Kind, RunSpec};
 use std::path::Path;
-use store::Store;
+use store::{Status, Store};
 
 /// Where the teachers are probed: the test set, and the transfer set the students learn from (the
 /// teachers' training images, plain, and as augmented views when the students train with
@@ -134,31 +134,31 @@ pub fn status(dir: &Path) -> Result<String> {
     let plan: Vec<String> = store.meta("plan")?.map(|p| serde_json::from_str(&p)).transpose()?.unwrap_or_default();
     let runs: Vec<_> = runs.into_iter().filter(|r| plan.is_empty() || plan.contains(&r.id)).collect();
     let mut rows = vec![];
-    for kind in ["teacher", "assistant", "student"] {
+    for kind in [Kind::Teacher, Kind::Assistant, Kind::Student] {
         let of: Vec<_> = runs.iter().filter(|r| r.kind == kind).collect();
         if of.is_empty() {
             continue;
         }
-        let n = |s: &str| of.iter().filter(|r| r.status == s).count();
-        let walls: Vec<f64> = of.iter().filter(|r| r.status == "done").filter_map(|r| r.wall_time_s).collect();
+        let n = |s: Status| of.iter().filter(|r| r.status == s).count();
+        let walls: Vec<f64> = of.iter().filter(|r| r.status == Status::Done).filter_map(|r| r.wall_time_s).collect();
         let mean = (!walls.is_empty()).then(|| walls.iter().sum::<f64>() / walls.len() as f64);
-        let left = mean.map(|m| m * (n("queued") + n("running")) as f64);
+        let left = mean.map(|m| m * (n(Status::Queued) + n(Status::Running)) as f64);
         rows.push(vec![
-            kind.to_string(),
-            n("done").to_string(),
-            n("running").to_string(),
-            n("failed").to_string(),
-            n("queued").to_string(),
+            kind.as_str().to_string(),
+            n(Status::Done).to_string(),
+            n(Status::Running).to_string(),
+            n(Status::Failed).to_string(),
+            n(Status::Queued).to_string(),
             mean.map_or("-".into(), fmt::duration),
             left.map_or("-".into(), fmt::duration),
         ]);
     }
     let mut out = format!("{}\n", dir.display());
     out += &fmt::table(&["kind", "done", "running", "failed", "queued", "mean time", "time left (1 worker)"], &rows);
-    for r in runs.iter().filter(|r| r.status == "running") {
+    for r in runs.iter().filter(|r| r.status == Status::Running) {
         out += &format!("running: {} {}\n", r.id, r.name);
     }
-    for r in runs.iter().filter(|r| r.status == "failed") {
+    for r in runs.iter().filter(|r| r.status == Status::Failed) {
         out += &format!("failed:  {} {}: {}\n", r.id, r.name, r.error.as_deref().unwrap_or("?"));
     }
     Ok(out)
@@ -179,7 +179,7 @@ pub fn emit_slurm(dir: &Path, specs: &[RunSpec], store: &Store, out: &Path) -> R
         let todo: Vec<&RunSpec> = specs
             .iter()
             .filter(|s| s.kind == kind)
-            .filter(|s| store.get(&s.id).ok().flatten().is_some_and(|r| r.status != "done"))
+            .filter(|s| store.get(&s.id).ok().flatten().is_some_and(|r| r.status != Status::Done))
             .collect();
         if todo.is_empty() {
             continue;

@@ -5,7 +5,7 @@
 //! last checkpoint.
 use super::config::StudyConfig;
 use super::plan::{self, Kind, RunSpec};
-use super::store::Store;
+use super::store::{Status, Store};
 use crate::train::run;
 use crate::util::{atomic, fmt};
 use anyhow::{bail, Context, Result};
@@ -55,7 +55,7 @@ pub fn study_dir(cfg: &StudyConfig, out: Option<&Path>) -> PathBuf {
 /// Reads a finished run's record and history from its directory, if it finished.
 fn finished(dir: &Path, spec: &RunSpec) -> Result<Option<(run::RunRecord, Vec<run::EpochMetrics>)>> {
     let Some(rec) = run::read_record(dir)? else { return Ok(None) };
-    if rec.status != "done" || rec.epochs_done < spec.train.epochs {
+    if rec.status != run::RunStatus::Done || rec.epochs_done < spec.train.epochs {
         return Ok(None);
     }
     let meta = crate::train::checkpoint::read_meta(&dir.join("last.json"))?;
@@ -71,15 +71,15 @@ pub fn sync(store: &mut Store, specs: &[RunSpec], dir: &Path, retry_failed: bool
         let stored = store.get(&s.id)?.expect("just added");
         let rdir = plan::run_dir(dir, &s.id);
         if let Some((rec, history)) = finished(&rdir, s)? {
-            if stored.status != "done" {
+            if stored.status != Status::Done {
                 store.record_done(&s.id, &rec, &history)?;
             }
             continue;
         }
-        match stored.status.as_str() {
-            "done" => store.set_status(&s.id, "queued", None)?, // its directory was removed
-            "running" => store.set_status(&s.id, "queued", None)?,
-            "failed" if retry_failed => store.set_status(&s.id, "queued", None)?,
+        match stored.status {
+            Status::Done => store.set_status(&s.id, Status::Queued, None)?, // its directory was removed
+            Status::Running => store.set_status(&s.id, Status::Queued, None)?,
+            Status::Failed if retry_failed => store.set_status(&s.id, Status::Queued, None)?,
             _ => {}
         }
     }
@@ -209,8 +209,8 @@ fn failure_reason(dir: &Path, code: Option<i32>) -> String {
 /// study file planned.
 fn planned_counts(store: &Store, planned: &HashMap<&str, &RunSpec>) -> Result<(usize, usize)> {
     let runs: Vec<_> = store.runs()?.into_iter().filter(|r| planned.contains_key(r.id.as_str())).collect();
-    let count = |status: &str| runs.iter().filter(|r| r.status == status).count();
-    Ok((count("done"), count("failed")))
+    let count = |status: Status| runs.iter().filter(|r| r.status == status).count();
+    Ok((count(Status::Done), count(Status::Failed)))
 }
 
 /// Runs everything a study still needs.
@@ -221,9 +221,9 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
     let _lock = lock(&dir0.join(".sweep.lock"), &format!("another sweep is already running on {}", dir0.display()))?;
     let (cfg, dir, specs, mut store) = open(study_file, out, opts.retry_failed)?;
     let by_id: HashMap<&str, &RunSpec> = specs.iter().map(|s| (s.id.as_str(), s)).collect();
-    let status = |store: &Store, id: &str| store.get(id).map(|r| r.map(|r| r.status).unwrap_or_default());
+    let status = |store: &Store, id: &str| store.get(id).map(|r| r.map(|r| r.status));
     let todo: Vec<&RunSpec> =
-        specs.iter().filter(|s| status(&store, &s.id).map(|st| st == "queued").unwrap_or(false)).collect();
+        specs.iter().filter(|s| status(&store, &s.id).ok().flatten() == Some(Status::Queued)).collect();
     let done_before = specs.len() - todo.len();
     if opts.dry_run {
         println!(
@@ -260,17 +260,17 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
     loop {
         // Runs whose dependencies failed cannot run.
         let runs = store.runs()?;
-        let st: HashMap<String, String> = runs.iter().map(|r| (r.id.clone(), r.status.clone())).collect();
+        let st: HashMap<String, Status> = runs.iter().map(|r| (r.id.clone(), r.status)).collect();
         for s in &specs {
-            if st.get(&s.id).map(String::as_str) == Some("queued") {
-                if let Some(dep) = s.depends_on.iter().find(|d| st.get(*d).map(String::as_str) == Some("failed")) {
-                    store.set_status(&s.id, "failed", Some(&format!("its teacher run {dep} failed")))?;
+            if st.get(&s.id) == Some(&Status::Queued) {
+                if let Some(dep) = s.depends_on.iter().find(|d| st.get(*d) == Some(&Status::Failed)) {
+                    store.set_status(&s.id, Status::Failed, Some(&format!("its teacher run {dep} failed")))?;
                 }
             }
         }
-        let st: HashMap<String, String> = store.runs()?.into_iter().map(|r| (r.id, r.status)).collect();
+        let st: HashMap<String, Status> = store.runs()?.into_iter().map(|r| (r.id, r.status)).collect();
         let teachers_done =
-            specs.iter().filter(|s| s.kind == Kind::Teacher).all(|s| st.get(&s.id).map(String::as_str) == Some("done"));
+            specs.iter().filter(|s| s.kind == Kind::Teacher).all(|s| st.get(&s.id) == Some(&Status::Done));
         if teachers_done && !probed {
             probed = true;
             if let Err(e) = super::probe_teachers(&cfg, &dir, &specs, &store) {
@@ -279,16 +279,16 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
         }
         let ready: Vec<&RunSpec> = specs
             .iter()
-            .filter(|s| st.get(&s.id).map(String::as_str) == Some("queued"))
+            .filter(|s| st.get(&s.id) == Some(&Status::Queued))
             .filter(|s| !running.iter().any(|r| r.id == s.id))
-            .filter(|s| s.depends_on.iter().all(|d| st.get(d).map(String::as_str) == Some("done")))
+            .filter(|s| s.depends_on.iter().all(|d| st.get(d) == Some(&Status::Done)))
             .collect();
         if (ready.is_empty() || spawn_error.is_some()) && running.is_empty() {
             break;
         }
         let free = if spawn_error.is_some() { 0 } else { workers.saturating_sub(running.len()) };
         for s in ready.into_iter().take(free) {
-            store.set_status(&s.id, "running", None)?;
+            store.set_status(&s.id, Status::Running, None)?;
             match spawn(&dir, s, threads, &exe) {
                 Ok(child) => {
                     if !opts.quiet {
@@ -297,7 +297,7 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
                     running.push(Running { id: s.id.clone(), child, started: Instant::now() });
                 }
                 Err(e) => {
-                    store.set_status(&s.id, "queued", None)?;
+                    store.set_status(&s.id, Status::Queued, None)?;
                     eprintln!(
                         "error: could not start a worker for {} ({e:#}); starting no more runs{}",
                         s.name,
@@ -335,7 +335,7 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
                         }
                         None => {
                             let why = failure_reason(&rdir, code.code());
-                            store.set_status(&r.id, "failed", Some(&why))?;
+                            store.set_status(&r.id, Status::Failed, Some(&why))?;
                             let (d, f) = planned_counts(&store, &by_id)?;
                             println!("[{d}/{total} done, {f} failed] FAILED {}: {why}", spec.name);
                         }
@@ -356,7 +356,8 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
         println!("failed runs are retried with --retry-failed; `kdlab status {}` lists them", dir.display());
     }
     if let Some((id, e)) = spawn_error {
-        let queued = store.runs()?.iter().filter(|r| by_id.contains_key(r.id.as_str()) && r.status == "queued").count();
+        let queued =
+            store.runs()?.iter().filter(|r| by_id.contains_key(r.id.as_str()) && r.status == Status::Queued).count();
         let mut again = format!("kdlab sweep {} --out {} --workers {workers}", study_file.display(), dir.display());
         if let Some(t) = opts.threads {
             again += &format!(" --threads {t}");

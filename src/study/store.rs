@@ -1,7 +1,7 @@
 //! The results store: one SQLite database per study (WAL mode; every state change is one
 //! transaction). A run's own directory is the ground truth for its training (checkpoints,
 //! run.json); the database indexes runs, their status and their metrics for `status` and `report`.
-use super::plan::RunSpec;
+use super::plan::{Kind, RunSpec};
 use crate::train::run::{EpochMetrics, RunRecord};
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -11,14 +11,46 @@ pub struct Store {
     conn: Connection,
 }
 
+/// Where a study run stands. Stored as its lower-case name (the schema's CHECK lists them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [Status::Queued, Status::Running, Status::Done, Status::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A run as the store knows it.
 #[derive(Clone, Debug)]
 pub struct StoredRun {
     pub id: String,
-    pub kind: String,
+    pub kind: Kind,
     pub name: String,
     pub spec: RunSpec,
-    pub status: String,
+    pub status: Status,
     pub error: Option<String>,
     pub final_acc: Option<f64>,
     pub best_acc: Option<f64>,
@@ -102,11 +134,11 @@ impl Store {
         Ok(added)
     }
 
-    pub fn set_status(&self, id: &str, status: &str, error: Option<&str>) -> Result<()> {
-        let bump = i64::from(status == "running");
+    pub fn set_status(&self, id: &str, status: Status, error: Option<&str>) -> Result<()> {
+        let bump = i64::from(status == Status::Running);
         self.conn.execute(
             "UPDATE runs SET status = ?2, error = ?3, attempts = attempts + ?4, updated_at = ?5 WHERE id = ?1",
-            params![id, status, error, bump, now()],
+            params![id, status.as_str(), error, bump, now()],
         )?;
         Ok(())
     }
@@ -133,12 +165,20 @@ impl Store {
         let config: String = r.get(3)?;
         let spec: RunSpec = serde_json::from_str(&config)
             .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?;
+        let bad = |col: usize, what: String| {
+            rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, what.into())
+        };
+        let status: String = r.get(4)?;
+        let kind: String = r.get(1)?;
         Ok(StoredRun {
             id: r.get(0)?,
-            kind: r.get(1)?,
+            kind: [Kind::Teacher, Kind::Assistant, Kind::Student]
+                .into_iter()
+                .find(|k| k.as_str() == kind)
+                .ok_or_else(|| bad(1, format!("unknown run kind '{kind}'")))?,
             name: r.get(2)?,
             spec,
-            status: r.get(4)?,
+            status: Status::parse(&status).ok_or_else(|| bad(4, format!("unknown run status '{status}'")))?,
             error: r.get(5)?,
             final_acc: r.get(6)?,
             best_acc: r.get(7)?,

@@ -59,6 +59,15 @@ impl DataRecord {
     }
 }
 
+/// Where a training run stands, as `run.json` records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Failed,
+    Done,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
     pub kdlab_version: String,
@@ -74,7 +83,7 @@ pub struct RunRecord {
     pub params: u64,
     pub device: String,
     pub threads: usize,
-    pub status: String,
+    pub status: RunStatus,
     #[serde(default)]
     pub error: Option<String>,
     pub epochs_done: usize,

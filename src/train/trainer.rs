@@ -7,7 +7,7 @@ use super::config::{self, TrainConfig};
 use super::eval::{self, to_tensors};
 use super::model::Model;
 use super::objective::{Objective, StepInput};
-use super::run::{self, DataRecord, EpochMetrics, RunRecord};
+use super::run::{self, DataRecord, EpochMetrics, RunRecord, RunStatus};
 use super::sgd::Sgd;
 use crate::data::augment::Augment;
 use crate::data::loader::{Loader, LoaderSpec};
@@ -87,7 +87,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
         params: 0,
         device: crate::util::device::describe(opts.device),
         threads: tch::get_num_threads() as usize,
-        status: "running".into(),
+        status: RunStatus::Running,
         error: None,
         epochs_done: 0,
         final_test_acc: None,
@@ -127,7 +127,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
 
     let result = train_epochs(cfg, data, objective, opts, &model, &mut opt, &mut history, &mut record);
     if let Err(e) = result {
-        record.status = "failed".into();
+        record.status = RunStatus::Failed;
         record.error = Some(format!("{e:#}"));
         record.epochs_done = history.len();
         // Best effort: the error itself matters more than recording it.
@@ -156,8 +156,8 @@ fn finish(
     let out = finish_outcome(dir, history, params, resumed_at, wall)?;
     let last = history.last().expect("checked by finish_outcome");
     let best = best_epoch(history);
-    if record.status != "done" {
-        record.status = "done".into();
+    if record.status != RunStatus::Done {
+        record.status = RunStatus::Done;
         record.error = None;
         record.epochs_done = history.len();
         record.final_test_acc = Some(last.test_acc);
