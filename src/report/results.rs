@@ -212,7 +212,10 @@ impl StudyResults {
                     id: r.id.clone(),
                     student: s.train.model.clone(),
                     teacher: s.teacher.as_ref().map(|t| t.root.clone()),
-                    altered_teacher: s.teacher.as_ref().is_some_and(|t| t.at_epoch.is_some() || t.via_assistant.is_some()),
+                    altered_teacher: s
+                        .teacher
+                        .as_ref()
+                        .is_some_and(|t| t.at_epoch.is_some() || t.via_assistant.is_some()),
                     series: s.series.clone(),
                     method: s.method.clone(),
                     hyper: s.hyper.clone(),

@@ -47,7 +47,12 @@ pub fn ats_grids<'a>(v: &StudentView<'a>) -> Vec<AtsGrid<'a>> {
         let tau1: BTreeSet<i64> = taus.iter().map(|p| p.0).collect();
         let tau2: BTreeSet<i64> = taus.iter().map(|p| p.1).collect();
         if tau1.len() >= 2 && tau2.len() >= 2 {
-            grids.push(AtsGrid { teacher: t, tau1: tau1.into_iter().collect(), tau2: tau2.into_iter().collect(), runs });
+            grids.push(AtsGrid {
+                teacher: t,
+                tau1: tau1.into_iter().collect(),
+                tau2: tau2.into_iter().collect(),
+                runs,
+            });
         }
     }
     grids

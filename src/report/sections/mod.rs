@@ -18,8 +18,8 @@ pub mod failures;
 pub mod intro;
 pub mod mismatch_drop;
 pub mod reproduce;
-pub mod teachers;
 pub mod tables;
+pub mod teachers;
 pub mod tuned;
 
 /// What the sections write: the document's blocks and the files written so far.
@@ -90,7 +90,8 @@ pub fn write_all(r: &StudyResults, sections: &[Section], out: &mut Output) -> Re
                 i += 1;
             }
             Section::Student(_) => {
-                let end = sections[i..].iter().position(|s| matches!(s, Section::Study(_))).map_or(sections.len(), |p| i + p);
+                let end =
+                    sections[i..].iter().position(|s| matches!(s, Section::Study(_))).map_or(sections.len(), |p| i + p);
                 for v in &views {
                     for s in &sections[i..end] {
                         if let Section::Student(f) = s {
@@ -116,7 +117,7 @@ pub struct StudentView<'a> {
     /// The teachers that taught it, by size.
     pub tnames: Vec<&'a Teacher>,
     /// Per method with several settings: per teacher, the setting chosen on validation accuracy.
-    pub tuned: Vec<(String, BTreeMap<String, (String, f64)>)>,
+    pub tuned: Vec<(String, tuned::Choice)>,
     /// The series drawn as curves and table rows: the series that are not ATS grid points, then
     /// the tuned series ('<method> (tuned on val)').
     pub curve_series: Vec<(String, Vec<&'a Student>)>,
@@ -152,9 +153,9 @@ impl<'a> StudentView<'a> {
                 let runs = curve_series
                     .iter()
                     .flat_map(|(name, runs)| {
-                        runs.iter()
-                            .copied()
-                            .filter(move |s| s.teacher.as_ref().and_then(|t| choice.get(t)).is_some_and(|(c, _)| c == name))
+                        runs.iter().copied().filter(move |s| {
+                            s.teacher.as_ref().and_then(|t| choice.get(t)).is_some_and(|(c, _)| c == name)
+                        })
                     })
                     .collect();
                 (format!("{m} (tuned on val)"), runs)

@@ -10,9 +10,9 @@ pub fn write(r: &StudyResults, out: &mut Output) -> Result<()> {
     let probe_tau = r.probe_tau;
     out.push(Block::Heading(2, "Teachers".into()));
     let probe = r.test_probe();
-    let ti = probe.and_then(|p| p.teachers.first()).map(|t0| {
-        crate::probe::nearest_tau(&t0.per_tau.iter().map(|t| t.tau).collect::<Vec<_>>(), probe_tau)
-    });
+    let ti = probe
+        .and_then(|p| p.teachers.first())
+        .map(|t0| crate::probe::nearest_tau(&t0.per_tau.iter().map(|t| t.tau).collect::<Vec<_>>(), probe_tau));
     let probe_of = |name: &str| {
         probe.and_then(|p| p.teachers.iter().find(|t| t.name == name)).zip(ti).map(|(t, i)| t.per_tau[i].clone())
     };

@@ -5,14 +5,13 @@ use crate::report::results::{Stat, Student, StudyResults, Teacher};
 use anyhow::Result;
 use std::collections::BTreeMap;
 
+/// Per teacher, the chosen setting: teacher → (series, mean final validation accuracy).
+pub type Choice = BTreeMap<String, (String, f64)>;
+
 /// Per method with several settings (series) for the same teachers, the setting whose runs have
 /// the highest mean final validation accuracy, per teacher: method → teacher → (series, val acc).
 /// ESKD, TAKD and relabelled series are not candidates (they change the teacher, not a setting).
-#[allow(clippy::type_complexity)]
-pub fn tuned_on_validation(
-    series: &[(String, Vec<&Student>)],
-    teachers: &[&Teacher],
-) -> Vec<(String, BTreeMap<String, (String, f64)>)> {
+pub fn tuned_on_validation(series: &[(String, Vec<&Student>)], teachers: &[&Teacher]) -> Vec<(String, Choice)> {
     let mut by_method: BTreeMap<String, Vec<(&String, &Vec<&Student>)>> = BTreeMap::new();
     for (name, runs) in series {
         let tunable = !name.contains("(ESKD") && !name.contains("(TAKD") && runs.iter().all(|s| s.val_acc.is_some());
