@@ -140,12 +140,26 @@ def main():
             print(f"| {s} | {best[1]} | {100 * best[2]:.2f} | {best[3]} | {100 * best[4]:.2f} | {100 * best[0]:+.2f} | {'yes' if sig else 'no'} |")
     print(f"\nCheck 2 ({'holds' if found else 'fails'} for KD tuned on validation): a larger teacher teaches measurably worse than a smaller one.\n")
 
-    # σ(q) against size and against the students' accuracy.
-    print("## 3. σ(q) (nongt_std) against teacher size and student accuracy\n")
     probe = defaultdict(dict)
+    teacher_acc = defaultdict(dict)
     for r in csv.DictReader(open(os.path.join(a.report, "teachers.csv"))):
         if abs(float(r["tau"]) - a.tau) < 1e-9:
             probe[r["probed_on"]][r["teacher"]] = float(r["nongt_std"])
+            teacher_acc[r["probed_on"]][r["teacher"]] = float(r["accuracy"])
+
+    # A larger teacher that teaches worse may simply be a worse teacher: the students' accuracy
+    # against the teachers' own accuracy, on the test set and on the transfer set.
+    print("## 2b. Student accuracy against the teacher's own accuracy\n")
+    for where, ta in teacher_acc.items():
+        ts = [t for t in order if t in ta and t in tuned]
+        if len(ts) >= 3:
+            x = [ta[t] for t in ts]
+            y = [statistics.fmean(acc[(tuned[t], t)]) for t in ts]
+            print(f"- teacher accuracy on the {where} vs KD (tuned) student accuracy, {len(ts)} teachers: Pearson {pearson(x, y):+.3f}, Spearman {spearman(x, y):+.3f}")
+    print()
+
+    # σ(q) against size and against the students' accuracy.
+    print("## 3. σ(q) (nongt_std) against teacher size and student accuracy\n")
     for where, sd in probe.items():
         for fam in sorted({family(t) for t in sd}) + ["all"]:
             ts = [t for t in order if t in sd and (fam == "all" or family(t) == fam)]
