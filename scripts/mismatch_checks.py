@@ -150,12 +150,16 @@ def main():
     # A larger teacher that teaches worse may simply be a worse teacher: the students' accuracy
     # against the teachers' own accuracy, on the test set and on the transfer set.
     print("## 2b. Student accuracy against the teacher's own accuracy\n")
-    for where, ta in teacher_acc.items():
-        ts = [t for t in order if t in ta and t in tuned]
+    def against_kd(values, what):
+        """Correlates a per-teacher number with the KD (tuned) student's mean accuracy."""
+        ts = [t for t in order if t in values and t in tuned]
         if len(ts) >= 3:
-            x = [ta[t] for t in ts]
+            x = [values[t] for t in ts]
             y = [statistics.fmean(acc[(tuned[t], t)]) for t in ts]
-            print(f"- teacher accuracy on the {where} vs KD (tuned) student accuracy, {len(ts)} teachers: Pearson {pearson(x, y):+.3f}, Spearman {spearman(x, y):+.3f}")
+            print(f"- {what} vs KD (tuned) student accuracy, {len(ts)} teachers: Pearson {pearson(x, y):+.3f}, Spearman {spearman(x, y):+.3f}")
+
+    for where, ta in teacher_acc.items():
+        against_kd(ta, f"teacher accuracy on the {where}")
     print()
 
     # σ(q) against size and against the students' accuracy.
@@ -167,11 +171,7 @@ def main():
                 continue
             rho = spearman([teachers[t] for t in ts], [sd[t] for t in ts])
             print(f"- {where}, {fam} teachers ({len(ts)}): Spearman(size, σ(q)) = {rho:+.3f}" + ("  (falls with size)" if rho < 0 else ""))
-        ts = [t for t in order if t in sd and t in tuned]
-        if len(ts) >= 3:
-            x = [sd[t] for t in ts]
-            y = [statistics.fmean(acc[(tuned[t], t)]) for t in ts]
-            print(f"- {where}: across {len(ts)} teachers, σ(q) vs KD (tuned) student accuracy: Pearson {pearson(x, y):+.3f}, Spearman {spearman(x, y):+.3f}")
+        against_kd(sd, f"σ(q) on the {where}")
     print()
 
     # Remedies: drop from the best-teaching to the largest teacher, per family.
