@@ -232,8 +232,7 @@ pub fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64, marg
         }
         Rule::Ts => {
             let right = fy.gt_tensor(&m);
-            let star = maximise(&|tau: &Tensor| ts_variance(t, y, tau), &full(TS_RANGE.0), &full(TS_RANGE.1));
-            let tau2 = star.clamp(tau2_min, tau1).where_self(&right, &full(tau1));
+            let tau2 = ts_temperature(t, y).clamp(tau2_min, tau1).where_self(&right, &full(tau1));
             Choice { tau2, floor: full(tau2_min).where_self(&right, &full(tau1)), fallback: right.logical_not() }
         }
     }

@@ -153,14 +153,7 @@ impl StudyResults {
         }
         let store = Store::open(&dir.join("study.sqlite"))
             .with_context(|| format!("{} is not a study directory", dir.display()))?;
-        let plan: Vec<String> = store
-            .meta("plan")?
-            .map(|p| serde_json::from_str(&p))
-            .transpose()
-            .context("the study's stored plan is not a list of run ids")?
-            .unwrap_or_default();
-        let runs: Vec<StoredRun> =
-            store.runs()?.into_iter().filter(|r| plan.is_empty() || plan.contains(&r.id)).collect();
+        let runs: Vec<StoredRun> = store.planned_runs()?;
         let study_toml = store.meta("study_toml")?.unwrap_or_default();
         let version = store.meta("kdlab_version")?.unwrap_or_default();
         let (name, probe_tau) = study_settings(&study_toml, dir).with_context(|| format!("study {}", dir.display()))?;

@@ -37,16 +37,20 @@ pub fn probe_sets(cfg: &StudyConfig) -> Vec<&'static ProbeSet> {
     v
 }
 
-/// Probes every teacher of the study on each of its probe sets and writes `<stem>.json` (the
-/// report's nongt_std vs teacher size). Skipped when the same teachers were probed already.
-pub fn probe_teachers(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &Store) -> Result<()> {
-    for set in probe_sets(cfg) {
-        probe_teachers_on(cfg, dir, specs, store, set)?;
+/// The meta key under which a probe set records which teachers it probed (the test-set probe
+/// keeps the key it had before the transfer-set probes existed).
+fn probe_meta_key(set: &ProbeSet) -> String {
+    if set.stem == PROBE_TEST.stem {
+        "probe_teachers".to_string()
+    } else {
+        format!("probe_teachers:{}", set.stem)
     }
-    Ok(())
 }
 
-fn probe_teachers_on(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &Store, set: &ProbeSet) -> Result<()> {
+/// Probes every teacher of the study on each of its probe sets and writes `<stem>.json` (the
+/// report's nongt_std vs teacher size). A set is skipped when the same teachers were probed on
+/// it already; the data are loaded once for the sets still to do.
+pub fn probe_teachers(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &Store) -> Result<()> {
     let mut teachers: Vec<(String, String)> = specs
         .iter()
         .filter(|s| s.kind == Kind::Teacher)
@@ -64,32 +68,45 @@ fn probe_teachers_on(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &S
         return Ok(());
     }
     let key = serde_json::to_string(&teachers)?;
-    // The test-set probe keeps the meta key it had before the transfer-set probes existed.
-    let meta_key =
-        if set.stem == PROBE_TEST.stem { "probe_teachers".to_string() } else { format!("probe_teachers:{}", set.stem) };
-    let json = dir.join(format!("{}.json", set.stem));
-    if store.meta(&meta_key)?.as_deref() == Some(key.as_str()) && json.exists() {
+    let mut todo = vec![];
+    for set in probe_sets(cfg) {
+        let done = store.meta(&probe_meta_key(set))?.as_deref() == Some(key.as_str())
+            && dir.join(format!("{}.json", set.stem)).exists();
+        if !done {
+            todo.push(set);
+        }
+    }
+    if todo.is_empty() {
         return Ok(());
     }
     // The teachers' own carving of the data: their training images are the students' transfer set.
     let data = cfg.teachers.train.load_data()?;
-    let split = std::sync::Arc::new(data.split(set.split)?.clone());
-    let mut sources: Vec<Box<dyn LogitSource>> = vec![];
-    for (name, spec) in &teachers {
-        let (model, _, _) = crate::train::checkpoint::load_model(spec, tch::Device::Cpu)?;
-        sources.push(Box::new(probe::source::RunSource::new(
-            name.clone(),
-            model,
-            &data,
-            split.clone(),
-            set.augment,
-            0,
-        )));
-    }
     let mut taus = probe::default_taus();
     if !taus.iter().any(|t| (t - cfg.probe_tau).abs() < 1e-12) {
         taus.push(cfg.probe_tau);
         taus.sort_by(f64::total_cmp);
+    }
+    for set in todo {
+        probe_set(cfg, dir, &teachers, &data, &taus, set)?;
+        store.set_meta(&probe_meta_key(set), &key)?;
+    }
+    Ok(())
+}
+
+/// Probes `teachers` (name, checkpoint spec) on one probe set and writes its JSON and plots.
+fn probe_set(
+    cfg: &StudyConfig,
+    dir: &Path,
+    teachers: &[(String, String)],
+    data: &crate::data::Dataset,
+    taus: &[f64],
+    set: &ProbeSet,
+) -> Result<()> {
+    let split = std::sync::Arc::new(data.split(set.split)?.clone());
+    let mut sources: Vec<Box<dyn LogitSource>> = vec![];
+    for (name, spec) in teachers {
+        let (model, _, _) = crate::train::checkpoint::load_model(spec, tch::Device::Cpu)?;
+        sources.push(Box::new(probe::source::RunSource::new(name.clone(), model, data, split.clone(), set.augment, 0)));
     }
     let labels: Vec<usize> = split.labels.iter().map(|&y| y as usize).collect();
     println!(
@@ -100,10 +117,9 @@ fn probe_teachers_on(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &S
         if set.augment { " (one augmented view each)" } else { "" }
     );
     let result =
-        probe::run(sources, &labels, &format!("the {} split of {}", set.split, data.name), &taus, probe::CHUNK)?;
-    atomic::write_json(&json, &result.report)?;
+        probe::run(sources, &labels, &format!("the {} split of {}", set.split, data.name), taus, probe::CHUNK)?;
+    atomic::write_json(&dir.join(format!("{}.json", set.stem)), &result.report)?;
     probe::output::write_plots(&dir.join(set.stem), &result, cfg.probe_tau, Some(&data.class_names))?;
-    store.set_meta(&meta_key, &key)?;
     println!("{}", probe::output::table(&result.report, &result.taus, cfg.probe_tau));
     Ok(())
 }
@@ -130,9 +146,7 @@ pub fn status(dir: &Path) -> Result<String> {
     } else {
         bail!("{} is not a study directory (it has neither study.sqlite nor study.toml)", dir.display());
     };
-    let runs = store.runs()?;
-    let plan: Vec<String> = store.meta("plan")?.map(|p| serde_json::from_str(&p)).transpose()?.unwrap_or_default();
-    let runs: Vec<_> = runs.into_iter().filter(|r| plan.is_empty() || plan.contains(&r.id)).collect();
+    let runs = store.planned_runs()?;
     let mut rows = vec![];
     for kind in [Kind::Teacher, Kind::Assistant, Kind::Student] {
         let of: Vec<_> = runs.iter().filter(|r| r.kind == kind).collect();

@@ -194,6 +194,18 @@ impl Store {
         Ok(rows)
     }
 
+    /// The runs of the current plan (the store also keeps runs an earlier version of the study
+    /// file planned), in the store's order; every run where no plan is stored.
+    pub fn planned_runs(&self) -> Result<Vec<StoredRun>> {
+        let plan: Vec<String> = self
+            .meta("plan")?
+            .map(|p| serde_json::from_str(&p))
+            .transpose()
+            .context("the study's stored plan is not a list of run ids")?
+            .unwrap_or_default();
+        Ok(self.runs()?.into_iter().filter(|r| plan.is_empty() || plan.contains(&r.id)).collect())
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<StoredRun>> {
         Ok(self
             .conn

@@ -94,7 +94,12 @@ impl TrainConfig {
 
     /// The run's data: the data set `data` with its training subset and validation split carved.
     pub fn load_data(&self) -> Result<crate::data::Dataset> {
-        crate::data::source::load(&self.data)?.carve(self.train_subset, self.val_per_class, self.subset_seed)
+        self.carve(crate::data::source::load(&self.data)?)
+    }
+
+    /// `data` carved as this configuration says (see `Dataset::carve`).
+    pub fn carve(&self, data: crate::data::Dataset) -> Result<crate::data::Dataset> {
+        data.carve(self.train_subset, self.val_per_class, self.subset_seed)
     }
 
     /// The configuration as it identifies a run (study ids, the resume check): the data-carving
@@ -125,10 +130,13 @@ impl TrainConfig {
     }
 }
 
+/// The keys that carve a data set into a training subset and a validation split.
+pub const CARVING_KEYS: [&str; 3] = ["train_subset", "val_per_class", "subset_seed"];
+
 /// See [`TrainConfig::identity`]; also applied to configurations read back from run records.
 pub fn identity_of(mut v: serde_json::Value) -> serde_json::Value {
     if let Some(o) = v.as_object_mut() {
-        for key in ["train_subset", "val_per_class", "subset_seed"] {
+        for key in CARVING_KEYS {
             if o.get(key).and_then(serde_json::Value::as_u64) == Some(0) {
                 o.remove(key);
             }

@@ -113,12 +113,12 @@ pub fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<Dataset> {
         }
     };
     // A run trained on a carved subset is evaluated on the same carving (its transfer set).
-    let carving = |k: &str| record.as_ref().and_then(|r| r.config.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
-    let ds = crate::data::source::load(&spec)?.carve(
-        carving("train_subset") as usize,
-        carving("val_per_class") as usize,
-        carving("subset_seed"),
-    )?;
+    let carving: super::config::TrainConfig = match &record {
+        Some(r) => serde_json::from_value(r.config.clone())
+            .with_context(|| format!("{}: run.json's config is not a training configuration", run_dir.display()))?,
+        None => Default::default(),
+    };
+    let ds = carving.carve(crate::data::source::load(&spec)?)?;
     if let (None, Some(r)) = (data, &record) {
         if r.data.fingerprint != ds.fingerprint() {
             eprintln!("warning: data '{spec}' differs from what {} was trained on", run_dir.display());
