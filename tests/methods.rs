@@ -562,6 +562,8 @@ fn isats_rules_match_a_brute_force_search() {
             let (bounded, ts) = (get(Rule::Bounded, 0.5), get(Rule::Ts, 0.5));
             let orders: Vec<(f64, Vec<f64>)> =
                 [isats::DEFAULT_MARGIN, 0.5].into_iter().map(|mg| (mg, get(Rule::Order, mg))).collect();
+            let ts_orders: Vec<(f64, Vec<f64>)> =
+                [isats::DEFAULT_MARGIN, 0.5].into_iter().map(|mg| (mg, get(Rule::TsOrder, mg))).collect();
             let star = Vec::<f64>::try_from(isats::ts_temperature(&te, &y)).unwrap();
             for (i, f) in case.rows.iter().enumerate() {
                 let yi = case.y[i] as usize;
@@ -599,6 +601,20 @@ fn isats_rules_match_a_brute_force_search() {
                 let right = (0..f.len()).all(|c| c == yi || f[c] < f[yi]);
                 let want = if right { star[i].clamp(tau2_min, tau1) } else { tau1 };
                 assert!((ts[i] - want).abs() <= 1e-12 * want, "{}: τ2 {} vs {want}", tag("ts", i), ts[i]);
+                // ts_order: τ* clamped into the order rule's feasible interval (the smallest τ2 of
+                // the fine grid that keeps the gap), τ1 where even τ1 does not keep it.
+                for (margin, v) in &ts_orders {
+                    let what = tag(&format!("ts_order margin {margin}"), i);
+                    let tau2 = v[i];
+                    if gap(tau1) < *margin {
+                        assert_eq!(tau2, tau1, "{what}: the fallback");
+                        continue;
+                    }
+                    assert!(gap(tau2) >= margin * (1.0 - 1e-9) - 1e-12, "{what}: τ2 {tau2} gap {}", gap(tau2));
+                    let floor = grid.iter().cloned().find(|t| gap(*t) >= *margin).unwrap_or(tau1);
+                    let want = star[i].clamp(floor.min(tau1), tau1);
+                    assert!((tau2 - want).abs() <= 1e-3 * want, "{what}: τ2 {tau2} vs {want} (τ* {})", star[i]);
+                }
             }
         }
     }
@@ -608,10 +624,11 @@ fn isats_rules_match_a_brute_force_search() {
 fn isats_order_keeps_the_true_class_first_in_the_target() {
     use kdlab::methods::ats::{log_ats, true_class_gap};
     for case in cases() {
-        for (kind, margin) in [(Kind::Double, 1e-3), (Kind::Float, 1e-3), (Kind::Float, 1.0)] {
+        let settings = [(Kind::Double, 1e-3), (Kind::Float, 1e-3), (Kind::Float, 1.0)];
+        for ((kind, margin), rule) in settings.into_iter().flat_map(|k| [(k, Rule::Order), (k, Rule::TsOrder)]) {
             let (te, y) = (case.teacher().to_kind(kind), case.labels());
             let (tau1, tau2_min) = (4.0, 0.25);
-            let tau2 = isats::choose_tau2(Rule::Order, &te, &y, tau1, tau2_min, margin);
+            let tau2 = isats::choose_tau2(rule, &te, &y, tau1, tau2_min, margin);
             let gaps = Vec::<f64>::try_from(
                 true_class_gap(&log_ats(&te, &y, tau1, &tau2.unsqueeze(1)), &y).to_kind(Kind::Double),
             )
@@ -627,7 +644,7 @@ fn isats_order_keeps_the_true_class_first_in_the_target() {
                         if kind == Kind::Float { 1e-7 * f[yi].abs().max(m.abs()) / tau2_min * 4.0 } else { 1e-12 };
                     assert!(
                         gaps[i] >= margin - tol && gaps[i] > 0.0,
-                        "{} row {i} ({kind:?}): target gap {} with τ2 {}",
+                        "{} row {i} ({kind:?}, {rule:?}): target gap {} with τ2 {}",
                         case.name,
                         gaps[i],
                         tau2[i]
@@ -643,7 +660,7 @@ fn isats_and_ats_gradients_reach_only_the_student() {
     let (s, te) = (data(11, 2.0), data(12, 5.0));
     let y = Tensor::from_slice(&Y);
     let mut cases: Vec<(&str, MethodParams)> = vec![("ats", p(|m| m.center_logits = Some(true)))];
-    for rule in ["order", "ts", "bounded"] {
+    for rule in ["order", "ts", "ts_order", "bounded"] {
         for center in [false, true] {
             cases.push((
                 "isats",
@@ -750,7 +767,7 @@ fn ats_depends_on_a_logit_offset_unless_centred() {
     }
     let shifted: Vec<f64> = te.iter().map(|v| v + 7.0).collect();
     let mut params: Vec<(&str, MethodParams)> = vec![("ats", p(|_| {}))];
-    for rule in ["order", "ts", "bounded"] {
+    for rule in ["order", "ts", "ts_order", "bounded"] {
         params.push(("isats", p(|m| m.rule = Some(rule.into()))));
     }
     for (name, prm) in params {
@@ -789,8 +806,15 @@ fn isats_order_on_realistic_logits() {
     let te = Tensor::from_slice(&f).view([n as i64, c as i64]).to_kind(Kind::Float);
     let s = Tensor::zeros([n as i64, c as i64], (Kind::Float, tch::Device::Cpu));
     let labels = Tensor::from_slice(&y);
-    for (rule, margin) in [("order", None), ("order", Some(0.5)), ("order", Some(1.0)), ("ts", None), ("bounded", None)]
-    {
+    for (rule, margin) in [
+        ("order", None),
+        ("order", Some(0.5)),
+        ("order", Some(1.0)),
+        ("ts", None),
+        ("ts_order", None),
+        ("ts_order", Some(0.5)),
+        ("bounded", None),
+    ] {
         for center in [false, true] {
             let mut m = methods::build(
                 "isats",
@@ -819,7 +843,7 @@ fn isats_order_on_realistic_logits() {
                 a["teacher_wrong"].as_f64().unwrap(),
                 a["flipped_where_teacher_right"].as_f64().unwrap(),
             );
-            if rule.starts_with("order") {
+            if rule.starts_with("order") || rule.starts_with("ts_order") {
                 assert_eq!(a["flipped_where_teacher_right"].as_f64(), Some(0.0), "{e}");
             }
         }
@@ -847,7 +871,7 @@ fn kdlab_loss_takes_every_rule() {
             .output()
             .unwrap()
     };
-    for rule in ["order", "ts", "bounded"] {
+    for rule in ["order", "ts", "ts_order", "bounded"] {
         for center in [false, true] {
             let mut args = vec!["--rule", rule];
             if center {

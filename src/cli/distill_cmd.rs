@@ -144,6 +144,10 @@ pub struct DistillArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub quiet: bool,
+    /// Write steps.csv with the loss, each term, the gradient norm and the rate of the first N
+    /// steps (to see how a run starts: a diverging or collapsing student shows there).
+    #[arg(long, default_value_t = 0)]
+    pub trace_steps: usize,
     #[command(flatten)]
     pub rt: Runtime,
 }
@@ -181,7 +185,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         ))
     });
     let r = match &cfg.assistant {
-        None => distill::run(&cfg, &cfg.teacher, &out, device, a.quiet, serde_json::json!({}))?,
+        None => distill::run(&cfg, &cfg.teacher, &out, device, a.quiet, a.trace_steps, serde_json::json!({}))?,
         Some(assistant) => {
             // TAKD: teacher → assistant → student, each a full distillation run.
             let a_cfg = DistillConfig {
@@ -196,6 +200,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
                 &a_out,
                 device,
                 a.quiet,
+                a.trace_steps,
                 serde_json::json!({"takd_role": "assistant"}),
             )?;
             println!(
@@ -210,6 +215,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
                 &out.join("student"),
                 device,
                 a.quiet,
+                a.trace_steps,
                 serde_json::json!({"takd_role": "student", "takd_teacher": cfg.teacher, "takd_assistant": assistant}),
             )?
         }

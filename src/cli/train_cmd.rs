@@ -48,6 +48,9 @@ pub struct ConfigFlags {
     pub gamma: Option<f64>,
     #[arg(long)]
     pub warmup_epochs: Option<usize>,
+    /// Scale each step's gradient down to this global L2 norm when larger (0: never).
+    #[arg(long)]
+    pub clip_grad_norm: Option<f64>,
     /// Random crops and flips (true/false).
     #[arg(long)]
     pub augment: Option<bool>,
@@ -93,6 +96,7 @@ impl ConfigFlags {
         );
         put("gamma", self.gamma.map(toml::Value::Float));
         put("warmup_epochs", self.warmup_epochs.map(|v| toml::Value::Integer(v as i64)));
+        put("clip_grad_norm", self.clip_grad_norm.map(toml::Value::Float));
         put("augment", self.augment.map(toml::Value::Boolean));
         put("seed", self.seed.map(|v| toml::Value::Integer(v as i64)));
         put("save_every", self.save_every.map(|v| toml::Value::Integer(v as i64)));
@@ -123,6 +127,9 @@ pub struct TrainArgs {
     /// No progress bars or per-epoch lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Write steps.csv with the loss, the gradient norm and the rate of the first N steps.
+    #[arg(long, default_value_t = 0)]
+    pub trace_steps: usize,
     #[command(flatten)]
     pub rt: Runtime,
 }
@@ -144,7 +151,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         crate::util::device::describe(device),
         out.display()
     );
-    let opts = RunOptions { quiet: a.quiet, ..RunOptions::new(out, device, "train") };
+    let opts = RunOptions { quiet: a.quiet, trace_steps: a.trace_steps, ..RunOptions::new(out, device, "train") };
     let r = trainer::train(&cfg, &data, &mut CrossEntropy, &opts)?;
     println!(
         "done: {} ({} params) final test accuracy {:.2}%, best {:.2}% at epoch {}, {} of training; {}",

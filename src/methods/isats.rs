@@ -2,7 +2,7 @@
 //! chosen for each sample by a `rule`. All rules keep τ1 global and τ2 ∈ [τ2_min, τ1], and judge a
 //! candidate τ2 by the population variance of the sample's non-GT teacher probabilities after
 //! ATS (the probabilities themselves, not renormalised). Defaults: rule = "order", τ1 = 4,
-//! τ2_min = 0.5, s_τ = 1, λ = 0.5, center_logits = false, margin = 10⁻³ (`order` only).
+//! τ2_min = 0.5, s_τ = 1, λ = 0.5, center_logits = false, margin = 10⁻³ (`order`, `ts_order`).
 //!
 //! The teacher is *right* on a sample when its logit of the true class is strictly the largest
 //! (f_y > m = max_{c≠y} f_c; a tie counts as wrong). Where it is wrong no τ2 ≤ τ1 can make the
@@ -30,6 +30,9 @@
 //!   (The alternative, τ2 = τ* with a per-sample τ1 = max(τ1, τ*), was not chosen: it would make
 //!   τ1 per-sample too and, for τ* > τ1, turn the sample into plain KD at τ*.) Fallback τ2 = τ1
 //!   where the teacher is wrong.
+//! - `ts_order`: `ts`'s τ*, kept within `order`'s feasible interval: τ2 = clamp(τ*, floor, τ1), so
+//!   the temperature comes from an interior optimum (of symmetric scaling) and the true class stays
+//!   first by `margin`. Fallback as `order`.
 //! - `bounded`: the previous rule, kept for comparison: the variance maximiser over [τ2_min, τ1]
 //!   with no constraint and no fallback. It is degenerate: the variance grows as τ2 falls, so it
 //!   nearly always returns τ2_min, and the target then often ranks a wrong class first.
@@ -68,18 +71,25 @@ pub const TS_RANGE: (f64, f64) = (0.05, 50.0);
 pub enum Rule {
     Order,
     Ts,
+    TsOrder,
     Bounded,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 3] = [Rule::Order, Rule::Ts, Rule::Bounded];
+    pub const ALL: [Rule; 4] = [Rule::Order, Rule::Ts, Rule::TsOrder, Rule::Bounded];
 
     pub fn name(self) -> &'static str {
         match self {
             Rule::Order => "order",
             Rule::Ts => "ts",
+            Rule::TsOrder => "ts_order",
             Rule::Bounded => "bounded",
         }
+    }
+
+    /// Whether the rule keeps the true class first by `margin`.
+    pub fn uses_margin(self) -> bool {
+        matches!(self, Rule::Order | Rule::TsOrder)
     }
 
     pub fn parse(s: &str) -> Result<Rule> {
@@ -114,8 +124,8 @@ pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
     let tau2_min = positive("tau2_min", p.tau2_min.unwrap_or(0.5))?;
     let lambda = weight("lambda", p.lambda.unwrap_or(0.5))?;
     ats::check(tau1, tau2_min, lambda, "tau2_min")?;
-    if p.margin.is_some() && rule != Rule::Order {
-        bail!("margin applies to the ISATS rule 'order' only (the rule is '{}')", rule.name());
+    if p.margin.is_some() && !rule.uses_margin() {
+        bail!("margin applies to the ISATS rules 'order' and 'ts_order' only (the rule is '{}')", rule.name());
     }
     let margin = positive("margin", p.margin.unwrap_or(DEFAULT_MARGIN))?;
     Ok(Box::new(Isats {
@@ -208,8 +218,21 @@ pub fn ts_temperature(t: &Tensor, y: &Tensor) -> Tensor {
     maximise(&|tau: &Tensor| ts_variance(t, y, tau), &lo, &hi)
 }
 
+/// `order`'s feasible floor per sample and where the teacher is right by the margin at τ2 = τ1
+/// (elsewhere the floor is τ1: the fallback). The gap f_y/τ1 − m/τ2 ≥ margin holds for every
+/// τ2 ∈ [floor, τ1]: if m ≤ 0 the gap only grows as τ2 falls (floor τ2_min); if m > 0,
+/// floor = max(τ2_min, τ1·m / (f_y − margin·τ1)).
+fn order_floor(fy: &Tensor, m: &Tensor, tau1: f64, tau2_min: f64, margin: f64) -> (Tensor, Tensor) {
+    let full = |v: f64| Tensor::full(fy.size(), v, (fy.kind(), fy.device()));
+    let ok = (fy - m).ge(margin * tau1);
+    // Where m > 0 and the teacher is right by the margin, f_y − margin·τ1 ≥ m > 0.
+    let floor = (m * tau1 / (fy - margin * tau1).clamp_min(1e-30)).clamp(tau2_min, tau1);
+    let floor = floor.where_self(&m.gt(0.0), &full(tau2_min)).where_self(&ok, &full(tau1));
+    (floor, ok)
+}
+
 /// The per-sample τ2 of `rule` (teacher logits `t` as given: centre them first if wanted);
-/// `margin` is used by `order` only.
+/// `margin` is used by `order` and `ts_order` only.
 pub fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64, margin: f64) -> Choice {
     let _g = tch::no_grad_guard();
     let t = &t.detach();
@@ -224,11 +247,13 @@ pub fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64, marg
             Choice { tau2: maximise(&var, &lo, &full(tau1)), floor: lo, fallback: full(0.0).to_kind(Kind::Bool) }
         }
         Rule::Order => {
-            let ok = (&fy - &m).ge(margin * tau1);
-            // Where m > 0 and the teacher is right by the margin, f_y − margin·τ1 ≥ m > 0.
-            let floor = (&m * tau1 / (&fy - margin * tau1).clamp_min(1e-30)).clamp(tau2_min, tau1);
-            let floor = floor.where_self(&m.gt(0.0), &full(tau2_min)).where_self(&ok, &full(tau1));
+            let (floor, ok) = order_floor(&fy, &m, tau1, tau2_min, margin);
             Choice { tau2: maximise(&var, &floor, &full(tau1)), floor, fallback: ok.logical_not() }
+        }
+        Rule::TsOrder => {
+            let (floor, ok) = order_floor(&fy, &m, tau1, tau2_min, margin);
+            let tau2 = ts_temperature(t, y).clamp_tensor(Some(&floor), Some(&full(tau1))).where_self(&ok, &full(tau1));
+            Choice { tau2, floor, fallback: ok.logical_not() }
         }
         Rule::Ts => {
             let right = fy.gt_tensor(&m);
@@ -310,6 +335,12 @@ impl Method for Isats {
         match self.rule {
             Rule::Order => {
                 h["margin"] = serde_json::json!(self.margin);
+                h["fallback"] = "tau2 = tau1 where (f_y - max_{c!=y} f_c)/tau1 < margin".into();
+            }
+            Rule::TsOrder => {
+                h["margin"] = serde_json::json!(self.margin);
+                h["ts_range"] = serde_json::json!([TS_RANGE.0, TS_RANGE.1]);
+                h["ts_tau2"] = "clamp(tau*, order floor, tau1)".into();
                 h["fallback"] = "tau2 = tau1 where (f_y - max_{c!=y} f_c)/tau1 < margin".into();
             }
             Rule::Ts => {

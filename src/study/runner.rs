@@ -399,7 +399,7 @@ pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
                 params: spec.params.clone(),
                 teacher_cache: spec.teacher_cache,
             };
-            crate::train::distill::run(&cfg, &tspec, &rdir, device, false, extra)?;
+            crate::train::distill::run(&cfg, &tspec, &rdir, device, false, 0, extra)?;
         }
     }
     Ok(())

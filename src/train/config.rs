@@ -26,6 +26,8 @@ pub struct TrainConfig {
     pub milestones: Vec<usize>,
     pub gamma: f64,
     pub warmup_epochs: usize,
+    /// Scale each step's gradient down to this global L2 norm when it is larger (0: never).
+    pub clip_grad_norm: f64,
     /// Random crops and flips with the data set's defaults.
     pub augment: bool,
     pub seed: u64,
@@ -58,6 +60,7 @@ impl Default for TrainConfig {
             milestones: vec![],
             gamma: 0.1,
             warmup_epochs: 0,
+            clip_grad_norm: 5.0,
             augment: true,
             seed: 0,
             save_every: 5,
@@ -83,6 +86,11 @@ impl TrainConfig {
         check(self.weight_decay >= 0.0 && self.weight_decay.is_finite(), "weight_decay", "must be ≥ 0")?;
         check(self.gamma > 0.0 && self.gamma <= 1.0, "gamma", "must be in (0, 1]")?;
         check(self.warmup_epochs < self.epochs, "warmup_epochs", "must be less than epochs")?;
+        check(
+            self.clip_grad_norm >= 0.0 && self.clip_grad_norm.is_finite(),
+            "clip_grad_norm",
+            "must be ≥ 0 (0: no clipping)",
+        )?;
         if let Some(m) = self.milestones.iter().find(|&&m| m == 0 || m >= self.epochs) {
             bail!("milestones: {m} is outside 1..{} (epochs = {})", self.epochs - 1, self.epochs);
         }
@@ -102,9 +110,9 @@ impl TrainConfig {
         data.carve(self.train_subset, self.val_per_class, self.subset_seed)
     }
 
-    /// The configuration as it identifies a run (study ids, the resume check): the data-carving
-    /// keys are left out while they are at their defaults, so runs recorded before those keys
-    /// existed keep their identity.
+    /// The configuration as it identifies a run (study ids, the resume check): the keys added after
+    /// the first runs were recorded (`ADDED_KEYS`) are left out while they are 0, their "off"
+    /// value, so runs recorded before those keys existed keep their identity.
     pub fn identity(&self) -> serde_json::Value {
         identity_of(serde_json::to_value(self).expect("config serialises"))
     }
@@ -133,11 +141,14 @@ impl TrainConfig {
 /// The keys that carve a data set into a training subset and a validation split.
 pub const CARVING_KEYS: [&str; 3] = ["train_subset", "val_per_class", "subset_seed"];
 
+/// Keys added to `TrainConfig` after runs had been recorded without them; 0 is their "off" value.
+pub const ADDED_KEYS: [&str; 4] = ["train_subset", "val_per_class", "subset_seed", "clip_grad_norm"];
+
 /// See [`TrainConfig::identity`]; also applied to configurations read back from run records.
 pub fn identity_of(mut v: serde_json::Value) -> serde_json::Value {
     if let Some(o) = v.as_object_mut() {
-        for key in CARVING_KEYS {
-            if o.get(key).and_then(serde_json::Value::as_u64) == Some(0) {
+        for key in ADDED_KEYS {
+            if o.get(key).and_then(serde_json::Value::as_f64) == Some(0.0) {
                 o.remove(key);
             }
         }

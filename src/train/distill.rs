@@ -159,6 +159,7 @@ pub fn run(
     out: &Path,
     device: tch::Device,
     quiet: bool,
+    trace_steps: usize,
     extra: serde_json::Value,
 ) -> Result<Outcome> {
     let data = cfg.train.load_data()?;
@@ -203,6 +204,6 @@ pub fn run(
         );
     }
     let mut objective = Distill { teacher, method, cache };
-    let opts = RunOptions { extra: record, quiet, ..RunOptions::new(out, device, "distill") };
+    let opts = RunOptions { extra: record, quiet, trace_steps, ..RunOptions::new(out, device, "distill") };
     trainer::train(&cfg.train, &data, &mut objective, &opts)
 }

@@ -27,6 +27,12 @@ pub struct EpochMetrics {
     /// Mean of each named loss term over the epoch.
     #[serde(default)]
     pub terms: BTreeMap<String, f64>,
+    /// The global gradient norm of the loss (before weight decay and momentum): mean and largest
+    /// over the epoch's steps. Runs recorded before it existed lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm_mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm_max: Option<f64>,
     /// Objective-specific statistics (e.g. ISATS's τ2 distribution).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<serde_json::Value>,
@@ -156,19 +162,27 @@ pub fn write_metrics_csv(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
     for t in &terms {
         out.push_str(&format!(",term_{t}"));
     }
+    let grad = history.iter().any(|m| m.grad_norm_mean.is_some());
+    if grad {
+        out.push_str(",grad_norm_mean,grad_norm_max");
+    }
     out.push('\n');
+    let opt = |v: Option<f64>| v.map(|v| format!(",{v:.6}")).unwrap_or_else(|| ",".into());
     for m in history {
         out.push_str(&format!(
             "{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1}",
             m.epoch, m.lr, m.train_loss, m.train_acc, m.test_loss, m.test_acc, m.time_s, m.images_per_s
         ));
         if val {
-            let opt = |v: Option<f64>| v.map(|v| format!(",{v:.6}")).unwrap_or_else(|| ",".into());
             out.push_str(&opt(m.val_loss));
             out.push_str(&opt(m.val_acc));
         }
         for t in &terms {
-            out.push_str(&m.terms.get(t).map(|v| format!(",{v:.6}")).unwrap_or_else(|| ",".into()));
+            out.push_str(&opt(m.terms.get(t).copied()));
+        }
+        if grad {
+            out.push_str(&opt(m.grad_norm_mean));
+            out.push_str(&opt(m.grad_norm_max));
         }
         out.push('\n');
     }

@@ -32,6 +32,39 @@ impl Sgd {
         }
     }
 
+    /// The global L2 norm of the gradients currently stored (weight decay not included), on the
+    /// device: a scalar tensor, read back with the step's loss.
+    pub fn grad_norm(&self) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let norms: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(|g| g.defined())
+            .map(|g| g.norm().to_kind(tch::Kind::Double))
+            .collect();
+        if norms.is_empty() {
+            return Tensor::from(0.0f64);
+        }
+        Tensor::stack(&norms, 0).norm()
+    }
+
+    /// Scales the stored gradients by min(1, max_norm / ‖g‖) (‖g‖ the global L2 norm, as
+    /// torch.nn.utils.clip_grad_norm_), without reading anything back from the device; returns
+    /// ‖g‖ before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
+        let norm = self.grad_norm();
+        let _guard = tch::no_grad_guard();
+        let scale = (max_norm / (&norm + 1e-6)).clamp_max(1.0);
+        for (_, p) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.g_mul_(&scale.to_kind(g.kind()));
+            }
+        }
+        norm
+    }
+
     /// One update with learning rate `lr`, from the gradients currently stored.
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();

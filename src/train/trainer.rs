@@ -37,6 +37,9 @@ pub struct RunOptions {
     /// it costs nothing, and every 50 on a GPU, where each read waits for the queue to drain).
     /// The values, and the step a NaN is reported at, do not depend on it.
     pub sync_every: Option<usize>,
+    /// Write `steps.csv` with the loss, each term, the gradient norm and the rate of the run's
+    /// first this many steps (0: none): what a diverging or collapsing start looks like.
+    pub trace_steps: usize,
 }
 
 impl RunOptions {
@@ -49,6 +52,7 @@ impl RunOptions {
             quiet: false,
             stop_after: None,
             sync_every: None,
+            trace_steps: 0,
         }
     }
 }
@@ -183,50 +187,112 @@ pub fn best_epoch(history: &[EpochMetrics]) -> &EpochMetrics {
 struct PendingStep {
     step: usize,
     n: usize,
+    lr: f64,
     loss: Tensor,
     terms: Vec<(String, Tensor)>,
     correct: Tensor,
+    grad_norm: Tensor,
 }
 
 impl PendingStep {
-    fn new(step: usize, n: usize, loss: &Tensor, terms: &[(String, Tensor)], logits: &Tensor, y: &Tensor) -> Self {
+    fn new(
+        step: usize,
+        lr: f64,
+        loss: &Tensor,
+        terms: &[(String, Tensor)],
+        logits: &Tensor,
+        y: &Tensor,
+        grad_norm: Tensor,
+    ) -> Self {
         PendingStep {
             step,
-            n,
+            n: y.size()[0] as usize,
+            lr,
             loss: loss.detach(),
             terms: terms.iter().map(|(k, t)| (k.clone(), t.detach())).collect(),
             correct: logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64),
+            grad_norm,
         }
     }
 }
 
-/// Per-sample sums over an epoch's steps, in step order.
+/// Per-sample sums over an epoch's steps, in step order, and the trace of the run's first steps.
 #[derive(Default)]
 struct StepSums {
     loss: f64,
     terms: BTreeMap<String, f64>,
     correct: i64,
     seen: usize,
+    steps: usize,
+    grad_norm_sum: f64,
+    grad_norm_max: f64,
+}
+
+/// One traced step (`RunOptions::trace_steps`).
+struct TracedStep {
+    epoch: usize,
+    step: usize,
+    lr: f64,
+    loss: f64,
+    terms: Vec<(String, f64)>,
+    acc: f64,
+    grad_norm: f64,
 }
 
 impl StepSums {
     /// Reads the pending steps back (the first read waits for the device, the rest are small
-    /// copies) and adds them in order; the first non-finite loss is returned with its step.
-    fn add(&mut self, pending: &mut Vec<PendingStep>) -> std::result::Result<(), (usize, f64)> {
+    /// copies) and adds them in order; the first non-finite loss is returned with its step. Steps
+    /// whose run-wide index is below `trace_until` are also appended to `trace`.
+    fn add(
+        &mut self,
+        pending: &mut Vec<PendingStep>,
+        epoch: usize,
+        first_step: usize,
+        trace_until: usize,
+        trace: &mut Vec<TracedStep>,
+    ) -> std::result::Result<(), (usize, f64)> {
         let losses: Vec<f64> = pending.iter().map(|p| p.loss.double_value(&[])).collect();
         if let Some((p, v)) = pending.iter().zip(&losses).find(|(_, v)| !v.is_finite()) {
             return Err((p.step, *v));
         }
         for (p, v) in pending.drain(..).zip(losses) {
+            let terms: Vec<(String, f64)> = p.terms.iter().map(|(k, t)| (k.clone(), t.double_value(&[]))).collect();
+            let correct = p.correct.int64_value(&[]);
+            let grad_norm = p.grad_norm.double_value(&[]);
             self.loss += v * p.n as f64;
-            for (name, t) in &p.terms {
-                *self.terms.entry(name.clone()).or_default() += t.double_value(&[]) * p.n as f64;
+            for (name, t) in &terms {
+                *self.terms.entry(name.clone()).or_default() += t * p.n as f64;
             }
-            self.correct += p.correct.int64_value(&[]);
+            self.correct += correct;
             self.seen += p.n;
+            self.steps += 1;
+            self.grad_norm_sum += grad_norm;
+            self.grad_norm_max = self.grad_norm_max.max(grad_norm);
+            if first_step + p.step < trace_until {
+                let acc = correct as f64 / p.n.max(1) as f64;
+                trace.push(TracedStep { epoch, step: first_step + p.step, lr: p.lr, loss: v, terms, acc, grad_norm });
+            }
         }
         Ok(())
     }
+}
+
+/// `steps.csv`: one row per traced step (1-based epoch and run-wide step).
+fn write_trace(dir: &Path, trace: &[TracedStep]) -> Result<()> {
+    let names: Vec<&str> = trace.first().map(|t| t.terms.iter().map(|(k, _)| k.as_str()).collect()).unwrap_or_default();
+    let mut out = String::from("epoch,step,lr,loss,batch_acc,grad_norm");
+    for n in &names {
+        out.push_str(&format!(",term_{n}"));
+    }
+    out.push('\n');
+    for t in trace {
+        out.push_str(&format!("{},{},{},{:.6},{:.4},{:.6}", t.epoch, t.step + 1, t.lr, t.loss, t.acc, t.grad_norm));
+        for (_, v) in &t.terms {
+            out.push_str(&format!(",{v:.6}"));
+        }
+        out.push('\n');
+    }
+    crate::util::atomic::write_bytes(&dir.join("steps.csv"), out.as_bytes())
 }
 
 fn finish_outcome(dir: &Path, history: &[EpochMetrics], params: u64, resumed_at: usize, wall: f64) -> Result<Outcome> {
@@ -318,6 +384,7 @@ fn train_epochs(
     let shape = data.shape();
     let end = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
     let sync_every = opts.sync_every.unwrap_or(if model.device() == Device::Cpu { 1 } else { 50 }).max(1);
+    let mut trace: Vec<TracedStep> = vec![];
     for epoch in history.len()..end {
         let start = Instant::now();
         let loader = Loader::new(train_split.clone(), augment.clone(), spec, epoch as u64);
@@ -345,11 +412,15 @@ fn train_epochs(
                 .context("the objective returned no loss terms")?;
             opt.zero_grad();
             loss.backward();
-            pending.push(PendingStep::new(step, batch.len(), &loss, &terms, &logits, &y));
+            let grad_norm =
+                if cfg.clip_grad_norm > 0.0 { opt.clip_grad_norm(cfg.clip_grad_norm) } else { opt.grad_norm() };
+            pending.push(PendingStep::new(step, lr, &loss, &terms, &logits, &y, grad_norm));
             if pending.len() >= sync_every || step + 1 == steps {
                 // A NaN is found here, up to sync_every − 1 updates late: the weights in memory
                 // are lost either way, and the last checkpoint on disk is untouched.
-                if let Err((bad_step, v)) = sums.add(&mut pending) {
+                if let Err((bad_step, v)) =
+                    sums.add(&mut pending, epoch + 1, epoch * steps, opts.trace_steps, &mut trace)
+                {
                     bail!(
                         "the loss became {v} at epoch {} step {} of {}; training stopped (lr {lr:.4}). The last good checkpoint is {}",
                         epoch + 1,
@@ -371,7 +442,11 @@ fn train_epochs(
                 ));
             }
         }
-        let StepSums { loss: loss_sum, terms: term_sums, correct, seen } = sums;
+        if !trace.is_empty() && epoch * steps < opts.trace_steps {
+            write_trace(dir, &trace)?;
+        }
+        let StepSums { loss: loss_sum, terms: term_sums, correct, seen, steps: stepped, grad_norm_sum, grad_norm_max } =
+            sums;
         bar.finish_and_clear();
         let train_time = start.elapsed().as_secs_f64();
         let test = eval::evaluate(model, test_split.clone(), plain.clone());
@@ -388,6 +463,8 @@ fn train_epochs(
             time_s: start.elapsed().as_secs_f64(),
             images_per_s: seen as f64 / train_time.max(1e-9),
             terms: term_sums.into_iter().map(|(k, v)| (k, v / seen.max(1) as f64)).collect(),
+            grad_norm_mean: Some(grad_norm_sum / stepped.max(1) as f64),
+            grad_norm_max: Some(grad_norm_max),
             extra: objective.end_epoch(),
         };
         history.push(metrics.clone());
