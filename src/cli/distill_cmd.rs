@@ -50,15 +50,22 @@ fn toml_value(text: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(text.to_string()))
 }
 
-/// The methods that take `key`, each with its default ("derived" where it follows other keys).
+/// A default as the help shows it: TOML-like, whole numbers without ".0", "(optional)" where the
+/// method decides when the key is not given (kd's student_tau follows tau).
+fn shown_default(d: &serde_json::Value) -> String {
+    match d.as_f64() {
+        _ if d.is_null() => "(optional)".to_string(),
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        _ => d.to_string(),
+    }
+}
+
+/// The methods that take `key`, each with its default.
 fn takers(key: &str) -> Vec<(&'static str, String)> {
     methods::REGISTRY
         .iter()
         .filter(|e| e.keys().contains(&key))
-        .map(|e| {
-            let d = &e.defaults()[key];
-            (e.name, if d.is_null() { "derived".to_string() } else { d.to_string() })
-        })
+        .map(|e| (e.name, shown_default(&e.defaults()[key])))
         .collect()
 }
 
@@ -70,11 +77,7 @@ fn param_long_help() -> String {
     );
     for e in methods::REGISTRY {
         let d = e.defaults();
-        let keys: Vec<String> = e
-            .keys()
-            .iter()
-            .map(|k| if d[*k].is_null() { format!("{k}=(derived)") } else { format!("{k}={}", d[*k]) })
-            .collect();
+        let keys: Vec<String> = e.keys().iter().map(|k| format!("{k}={}", shown_default(&d[*k]))).collect();
         s += &format!("\n  {}: {}", e.name, if keys.is_empty() { "(none)".to_string() } else { keys.join(" ") });
     }
     s
@@ -102,15 +105,16 @@ impl clap::Args for MethodFlags {
                 continue;
             }
             let takers = takers(key);
-            let who: Vec<String> = takers.iter().map(|(m, d)| format!("{m} ({d})")).collect();
+            let who: Vec<String> = takers.iter().map(|(m, d)| format!("{m} {d}")).collect();
             let arg = Arg::new(format!("{KEY_FLAG}{key}")).long(long);
             cmd = cmd.arg(if takers.iter().all(|(_, d)| d == "false") {
+                let who: Vec<&str> = takers.iter().map(|(m, _)| *m).collect();
                 arg.action(ArgAction::SetTrue)
-                    .help(format!("Sets {key} of {}; the same as -p {key}=true", who.join(", ")))
+                    .help(format!("Sets {key} = true ({}); the same as -p {key}=true", who.join(", ")))
             } else {
                 arg.value_name("VALUE")
                     .allow_hyphen_values(true)
-                    .help(format!("{key} of {} (default); the same as -p {key}=VALUE", who.join(", ")))
+                    .help(format!("{key}: {} (defaults); the same as -p {key}=VALUE", who.join(", ")))
             });
         }
         cmd
@@ -191,19 +195,14 @@ fn resolve(a: &DistillArgs) -> Result<DistillConfig> {
     if let Some(m) = &a.method.method {
         table.insert("method".into(), toml::Value::String(m.clone()));
     }
-    // The flags' hyper-parameters override the file's, whether it gives them flat or in [params].
+    // The flags' hyper-parameters go to the `params` table, which overrides the file's flat keys.
     let given = a.method.params()?;
-    let mut params = match table.remove("params") {
-        Some(toml::Value::Table(t)) => t,
-        Some(v) => bail!("{origin}: 'params' should be a table of the method's hyper-parameters, found {v}"),
-        None => methods::Table::new(),
-    };
-    for (k, v) in given {
-        table.remove(&k);
-        params.insert(k, v);
-    }
-    if !params.is_empty() {
-        table.insert("params".into(), toml::Value::Table(params));
+    if !given.is_empty() {
+        let params = table.entry("params").or_insert_with(|| toml::Value::Table(methods::Table::new()));
+        let Some(params) = params.as_table_mut() else {
+            bail!("{origin}: 'params' should be a table of the method's hyper-parameters, found {params}");
+        };
+        params.extend(given);
     }
     for (k, v) in [("teacher", &a.teacher), ("student", &a.student), ("assistant", &a.assistant)] {
         if let Some(v) = v {

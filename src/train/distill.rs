@@ -142,10 +142,12 @@ impl DistillConfig {
     }
 }
 
-/// Takes the method's hyper-parameters out of a merged table: the `params` table and the flat keys
-/// the method takes. A flat key that is also a training key (`gamma`: the learning rate's decay,
-/// and DIST's intra-class weight) is the method's when the method takes it. A flat key that only
-/// other methods take goes to the method too, whose refusal then names it.
+/// Takes the method's hyper-parameters out of a merged table: the `params` table (`-p`, the
+/// per-key flags, or `[params]` in a file), then the flat keys the method takes, unless `params`
+/// has them. A flat key that is also a training key is the method's when the method takes it and
+/// `params` does not: `gamma` is DIST's intra-class weight with `--method dist --gamma 3`, and the
+/// learning rate's decay with `--method dist -p gamma=3 --gamma 0.2`. A flat key that only other
+/// methods take goes to the method too, whose refusal then names it.
 fn method_params(table: &mut toml::Table, method: &str, origin: &str) -> Result<methods::Table> {
     let mut params = match table.remove("params") {
         None => methods::Table::new(),
@@ -155,18 +157,18 @@ fn method_params(table: &mut toml::Table, method: &str, origin: &str) -> Result<
     // An unknown method is reported by `validate`.
     let takes = methods::entry_of(method).map(|e| e.keys()).unwrap_or_default();
     let train_keys = config::keys_of(&TrainConfig::default());
+    let is_training = |k: &String| train_keys.contains(k);
     let flat: Vec<String> = table
         .keys()
         .filter(|k| {
-            takes.contains(&k.as_str()) || (!train_keys.contains(k) && methods::all_keys().contains(&k.as_str()))
+            let others = !is_training(k) && methods::all_keys().contains(&k.as_str());
+            (takes.contains(&k.as_str()) || others) && !(is_training(k) && params.contains_key(*k))
         })
         .cloned()
         .collect();
     for k in flat {
         let v = table.remove(&k).expect("listed");
-        if params.insert(k.clone(), v).is_some() {
-            bail!("{origin}: {k} is given twice, as {k} and as params.{k}");
-        }
+        params.entry(k).or_insert(v);
     }
     Ok(params)
 }
