@@ -114,7 +114,7 @@ pub const REGISTRY: &[Entry] = &[
     entry::<nckd::Params>("nckd", "DKD's non-target term alone, plus CE"),
     entry::<dkd::Params>("dkd", "decoupled KD (Zhao et al. 2022): CE + α·TCKD + β·NCKD with warm-up"),
     entry::<dist::Params>("dist", "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation"),
-    entry::<kd_curriculum::Params>("kd_curriculum", "KD whose temperature follows a fixed curriculum from tau_start to tau_end"),
+    entry::<kd_curriculum::Params>("kd_curriculum", "KD whose temperature follows a fixed schedule over the first epochs (after CTKD's curriculum)"),
 ];
 
 impl Entry {

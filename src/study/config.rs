@@ -120,7 +120,8 @@ const TOP_KEYS: [&str; 11] = [
 /// Top-level keys that set the same value in [teachers] and [students] (a section may override
 /// them): the data carving, so that the students' transfer set is the teachers' training set.
 const SHARED_TRAIN_KEYS: [&str; 3] = config::CARVING_KEYS;
-const BLOCK_KEYS: [&str; 6] = ["name", "teachers", "students", "teacher_epoch", "assistant", "label"];
+/// The keys of a `[[methods]]` block that are not the method's hyper-parameters.
+pub const BLOCK_KEYS: [&str; 6] = ["name", "teachers", "students", "teacher_epoch", "assistant", "label"];
 
 fn unknown(origin: &str, key: &str, allowed: &[String]) -> anyhow::Error {
     let hint = crate::util::text::did_you_mean(key, allowed);
