@@ -144,6 +144,9 @@ fn study_grids_skip_only_incompatible_combinations_and_say_so() {
         let e = format!("{:#}", study(&format!("[[methods]]\n{block}\n")).unwrap_err());
         assert!(e.contains("s.toml methods[0]") && e.contains(says), "{block}: {e}");
     }
+    // A misspelt key: the nearest of the block's keys and the method's.
+    let e = format!("{:#}", study("[[methods]]\nname = 'kd'\nteacher = ['cnn_w1']\n").unwrap_err());
+    assert!(e.contains("unknown key 'teacher' (did you mean 'teachers'?)"), "{e}");
     // Every combination incompatible: an error, not an empty grid.
     let e = format!("{:#}", study("[[methods]]\nname = 'ats'\ntau1 = [1, 2]\ntau2 = 3\n").unwrap_err());
     assert!(e.contains("no combination in the grid is compatible") && e.contains("tau1 ≥ tau2"), "{e}");

@@ -138,16 +138,14 @@ impl Entry {
     /// key no method takes: a likely typo).
     pub fn check_keys<'a>(&self, given: impl IntoIterator<Item = &'a str>) -> Result<()> {
         let keys = self.keys();
-        for key in given.into_iter().filter(|k| !keys.contains(k)) {
-            let takes = if keys.is_empty() { "no hyper-parameters".to_string() } else { keys.join(", ") };
-            if all_keys().contains(&key) {
-                bail!("method '{}' does not take {key} (it takes {takes})", self.name);
-            }
-            let candidates: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-            let hint = crate::util::text::did_you_mean(key, &candidates);
-            bail!("unknown key '{key}'{hint}: method '{}' takes {takes}", self.name);
+        let Some(key) = given.into_iter().find(|k| !keys.contains(k)) else { return Ok(()) };
+        let takes = if keys.is_empty() { "no hyper-parameters".to_string() } else { keys.join(", ") };
+        if all_keys().contains(&key) {
+            bail!("method '{}' does not take {key} (it takes {takes})", self.name);
         }
-        Ok(())
+        let candidates: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let hint = crate::util::text::did_you_mean(key, &candidates);
+        bail!("unknown key '{key}'{hint}: method '{}' takes {takes}", self.name)
     }
 }
 

@@ -401,8 +401,13 @@ impl MethodBlock {
         let name =
             b.get("name").and_then(|v| v.as_str()).with_context(|| format!("{origin}: no method 'name'"))?.to_string();
         let entry = methods::entry_of(&name).with_context(|| origin.to_string())?;
-        let given: Vec<&String> = b.keys().filter(|k| !BLOCK_KEYS.contains(&k.as_str())).collect();
-        entry.check_keys(given.iter().map(|k| k.as_str())).with_context(|| origin.to_string())?;
+        // A key no method takes is likely a typo of a block key or one of this method's keys.
+        let allowed: Vec<String> = BLOCK_KEYS.iter().chain(entry.keys()).map(|k| k.to_string()).collect();
+        if let Some(k) = b.keys().find(|k| !allowed.contains(k) && !methods::all_keys().contains(&k.as_str())) {
+            return Err(unknown(origin, k, &allowed));
+        }
+        let given = b.keys().map(String::as_str).filter(|k| !BLOCK_KEYS.contains(k));
+        entry.check_keys(given).with_context(|| origin.to_string())?;
         let (combinations, varying) = combinations(b, entry.keys(), origin)?;
         let (grid, skipped) = compatible(entry, combinations, origin)?;
         let list = |k: &str| b.get(k).map(|v| strings(v, k, origin)).transpose();
