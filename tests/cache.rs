@@ -1,7 +1,7 @@
 //! The teacher-logit cache: what it stores is what the teacher computes, and distilling from it
 //! follows distilling from the live teacher up to f16 rounding.
 use kdlab::data::augment::Augment;
-use kdlab::methods::{self, MethodParams};
+use kdlab::methods;
 use kdlab::train::cache::{self, LogitCache};
 use kdlab::train::config::TrainConfig;
 use kdlab::train::distill::{Distill, Teacher};
@@ -51,7 +51,7 @@ fn cached_logits_equal_a_live_forward_and_distillation_agrees() {
     for use_cache in [false, true, true] {
         let t = Teacher::load(tdir.to_str().unwrap(), Device::Cpu).unwrap();
         let cache = use_cache.then(|| cache::open_or_build(&tdir, &t.model, &t.meta, &data, true, true).unwrap());
-        let mut obj = Distill { teacher: t, method: methods::build("kd", &MethodParams::default()).unwrap(), cache };
+        let mut obj = Distill { teacher: t, method: methods::build("kd", &methods::Table::new()).unwrap(), cache };
         let out = tmp.path().join(format!("student-{use_cache}-{}", curves.len()));
         let r = train(
             &cfg("cnn_w1", 2),

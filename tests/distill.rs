@@ -3,7 +3,7 @@
 mod common;
 
 use kdlab::data::{self, Dataset};
-use kdlab::methods::{self, MethodParams};
+use kdlab::methods;
 use kdlab::train::config::TrainConfig;
 use kdlab::train::distill::{Distill, Teacher};
 use kdlab::train::objective::CrossEntropy;
@@ -45,7 +45,7 @@ fn distillation_records_the_method_and_teacher_and_is_deterministic() {
     let run = |out: &Path, method: &str, spec: &str| {
         let mut obj = Distill {
             teacher: Teacher::load(spec, Device::Cpu).unwrap(),
-            method: methods::build(method, &MethodParams::default()).unwrap(),
+            method: methods::build(method, &methods::Table::new()).unwrap(),
             cache: None,
         };
         let extra = serde_json::json!({"teacher": obj.teacher.record()});
@@ -189,7 +189,7 @@ fn default_dkd_does_not_collapse_a_student_that_learns_alone() {
     let distil = |name: &str, c: TrainConfig| {
         let mut obj = Distill {
             teacher: Teacher::load(&tdir.display().to_string(), Device::Cpu).unwrap(),
-            method: methods::build("dkd", &MethodParams::default()).unwrap(),
+            method: methods::build("dkd", &methods::Table::new()).unwrap(),
             cache: None,
         };
         train(&c, &data, &mut obj, &opts(&tmp.path().join(name), "distill")).unwrap()

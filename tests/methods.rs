@@ -2,7 +2,7 @@
 //! definitions (plain loops, no tensors), its gradient against finite differences, the identities
 //! the methods must satisfy, and ISATS's search against brute force.
 use kdlab::methods::isats::{self, Rule};
-use kdlab::methods::{self, LossInput, MethodParams};
+use kdlab::methods::{self, LossInput};
 use tch::{Kind, Tensor};
 
 const N: usize = 5;
@@ -20,7 +20,7 @@ fn t(v: &[f64]) -> Tensor {
 }
 
 /// The terms of `method` with `params` computed by kdlab, as (name, value) pairs.
-fn kdlab_terms(method: &str, params: &MethodParams, s: &[f64], te: &[f64], epoch: f64) -> Vec<(String, f64)> {
+fn kdlab_terms(method: &str, params: &methods::Table, s: &[f64], te: &[f64], epoch: f64) -> Vec<(String, f64)> {
     let mut m = methods::build(method, params).unwrap();
     let y = Tensor::from_slice(&Y);
     m.terms(&LossInput { student: &t(s), teacher: &t(te), labels: &y, epoch })
@@ -79,7 +79,7 @@ mod plain {
     }
 }
 
-fn check(method: &str, params: MethodParams, epoch: f64, want: &[(&str, f64)]) {
+fn check(method: &str, params: methods::Table, epoch: f64, want: &[(&str, f64)]) {
     let (s, te) = (data(1, 3.0), data(2, 5.0));
     let got = kdlab_terms(method, &params, &s, &te, epoch);
     assert_eq!(
@@ -92,10 +92,28 @@ fn check(method: &str, params: MethodParams, epoch: f64, want: &[(&str, f64)]) {
     }
 }
 
-fn p(f: impl FnOnce(&mut MethodParams)) -> MethodParams {
-    let mut m = MethodParams::default();
+/// The hyper-parameters a test sets, by name (a key left `None` is not given).
+#[derive(Default, serde::Serialize)]
+struct Given {
+    tau: Option<f64>,
+    alpha: Option<f64>,
+    beta: Option<f64>,
+    student_tau: Option<f64>,
+    tau1: Option<f64>,
+    tau2: Option<f64>,
+    tau2_min: Option<f64>,
+    lambda: Option<f64>,
+    standardize: Option<bool>,
+    rule: Option<String>,
+    center_logits: Option<bool>,
+    margin: Option<f64>,
+}
+
+/// The table a method is built from, with the keys `f` sets.
+fn p(f: impl FnOnce(&mut Given)) -> methods::Table {
+    let mut m = Given::default();
     f(&mut m);
-    m
+    methods::Table::try_from(m).unwrap()
 }
 
 #[test]
@@ -159,7 +177,7 @@ fn every_loss_matches_a_plain_f64_computation() {
     let inter = 1.0 - (0..N).map(|i| pearson(&ps[i], &pt[i])).sum::<f64>() / N as f64;
     let col = |m: &Vec<Vec<f64>>, c: usize| m.iter().map(|r| r[c]).collect::<Vec<f64>>();
     let intra = 1.0 - (0..C).map(|c| pearson(&col(&ps, c), &col(&pt, c))).sum::<f64>() / C as f64;
-    let got = kdlab_terms("dist", &MethodParams::default(), &s, &te, 1.0);
+    let got = kdlab_terms("dist", &methods::Table::new(), &s, &te, 1.0);
     for ((k, g), w) in got.iter().zip([ce(&s), 2.0 * 16.0 * inter, 2.0 * 16.0 * intra]) {
         // DIST's ε = 1e-8 in the correlation's denominator: agreement to ~1e-7 relative.
         assert!((g - w).abs() <= 1e-6 * w.abs().max(1e-3), "dist {k}: {g} vs {w}");
@@ -208,7 +226,7 @@ fn kd_kl_decomposes_into_tckd_and_weighted_nckd() {
         for i in 0..N {
             let one = |v: &[f64]| Tensor::from_slice(&v[i * C..(i + 1) * C]).view([1, C as i64]);
             let y = Tensor::from_slice(&[Y[i]]);
-            let terms = |m: &str, prm: MethodParams| {
+            let terms = |m: &str, prm: methods::Table| {
                 methods::build(m, &prm).unwrap().terms(&LossInput {
                     student: &one(&s),
                     teacher: &one(&te),
@@ -249,16 +267,10 @@ fn kd_kl_decomposes_into_tckd_and_weighted_nckd() {
 fn gradients_match_finite_differences() {
     let (s, te) = (data(7, 2.0), data(8, 3.0));
     let y = Tensor::from_slice(&Y);
-    let cases: Vec<(&str, MethodParams)> = vec![
-        ("ce", p(|_| {})),
-        ("kd", p(|_| {})),
-        ("kd", p(|m| m.standardize = Some(true))),
-        ("ats", p(|_| {})),
-        ("isats", p(|_| {})),
-        ("nckd", p(|_| {})),
-        ("dkd", p(|_| {})),
-        ("dist", p(|_| {})),
-    ];
+    // Every registered method at its defaults (a new one is covered without a line here), and LS.
+    let mut cases: Vec<(&str, methods::Table)> =
+        methods::REGISTRY.iter().map(|e| (e.name, methods::Table::new())).collect();
+    cases.push(("kd", p(|m| m.standardize = Some(true))));
     for (name, prm) in cases {
         let mut m = methods::build(name, &prm).unwrap();
         let total = |sv: &Tensor, m: &mut Box<dyn methods::Method>| -> Tensor {
@@ -320,7 +332,7 @@ fn isats_bounded_tau2_is_within_bounds_and_the_brute_force_argmax() {
 
 #[test]
 fn bad_hyper_parameters_are_refused_by_name() {
-    let e = |m: &str, prm: MethodParams| format!("{:#}", methods::build(m, &prm).err().unwrap());
+    let e = |m: &str, prm: methods::Table| format!("{:#}", methods::build(m, &prm).err().unwrap());
     assert!(e(
         "ats",
         p(|m| {
@@ -352,7 +364,7 @@ fn bad_hyper_parameters_are_refused_by_name() {
 fn losses_are_computed_in_the_input_dtype() {
     let (s, te) = (data(1, 3.0), data(2, 5.0));
     let y = Tensor::from_slice(&Y);
-    let mut m = methods::build("dkd", &MethodParams::default()).unwrap();
+    let mut m = methods::build("dkd", &methods::Table::new()).unwrap();
     let f32_terms = m.terms(&LossInput {
         student: &t(&s).to_kind(Kind::Float),
         teacher: &t(&te).to_kind(Kind::Float),
@@ -659,7 +671,7 @@ fn isats_order_keeps_the_true_class_first_in_the_target() {
 fn isats_and_ats_gradients_reach_only_the_student() {
     let (s, te) = (data(11, 2.0), data(12, 5.0));
     let y = Tensor::from_slice(&Y);
-    let mut cases: Vec<(&str, MethodParams)> = vec![("ats", p(|m| m.center_logits = Some(true)))];
+    let mut cases: Vec<(&str, methods::Table)> = vec![("ats", p(|m| m.center_logits = Some(true)))];
     for rule in ["order", "ts", "ts_order", "bounded"] {
         for center in [false, true] {
             cases.push((
@@ -766,18 +778,19 @@ fn ats_depends_on_a_logit_offset_unless_centred() {
         te[i * C + *y as usize] += 6.0;
     }
     let shifted: Vec<f64> = te.iter().map(|v| v + 7.0).collect();
-    let mut params: Vec<(&str, MethodParams)> = vec![("ats", p(|_| {}))];
+    let mut params: Vec<(&str, methods::Table)> = vec![("ats", p(|_| {}))];
     for rule in ["order", "ts", "ts_order", "bounded"] {
         params.push(("isats", p(|m| m.rule = Some(rule.into()))));
     }
     for (name, prm) in params {
-        let kd = |prm: &MethodParams, te: &[f64]| -> f64 {
+        let kd = |prm: &methods::Table, te: &[f64]| -> f64 {
             let terms = kdlab_terms(name, prm, &s, te, 1.0);
             terms.iter().find(|(k, _)| k == "kd").unwrap().1
         };
         let (a, b) = (kd(&prm, &te), kd(&prm, &shifted));
         assert!((a - b).abs() > 1e-3 * a.abs(), "{name} {prm:?}: raw logits, {a} vs {b} after +7");
-        let centred = MethodParams { center_logits: Some(true), ..prm.clone() };
+        let mut centred = prm.clone();
+        centred.insert("center_logits".into(), true.into());
         let (a, b) = (kd(&centred, &te), kd(&centred, &shifted));
         assert!((a - b).abs() <= 1e-10 * a.abs(), "{name} {prm:?}: centred, {a} vs {b} after +7");
         // Centring is plain ATS on the centred logits.

@@ -3,7 +3,7 @@
 use super::train_cmd::ConfigFlags;
 use super::Runtime;
 use crate::data::npy;
-use crate::methods::{self, LossInput, MethodParams};
+use crate::methods::{self, LossInput};
 use crate::train::config;
 use crate::train::distill::{self, DistillConfig};
 use crate::util::fmt;
@@ -12,51 +12,144 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
-/// A method and its hyper-parameters; flags not given take the method's defaults.
-#[derive(Args, Clone, Debug, Default)]
+/// A method and its hyper-parameters: `--method`, `-p KEY=VALUE` (repeatable), and one flag per
+/// key that some method takes (`--tau 4` is `-p tau=4`). The flags are made from the methods'
+/// `Params` structs, so a new method's keys need no line here. Keys not given take the method's
+/// defaults.
+#[derive(Clone, Debug, Default)]
 pub struct MethodFlags {
-    /// ce, kd, ats, isats, nckd, dkd or dist.
-    #[arg(long)]
     pub method: Option<String>,
-    /// Temperature (kd, nckd, dkd, dist).
-    #[arg(long)]
-    pub tau: Option<f64>,
-    #[arg(long)]
-    pub alpha: Option<f64>,
-    #[arg(long)]
-    pub beta: Option<f64>,
-    #[arg(long)]
-    pub gamma: Option<f64>,
-    /// The student's temperature s_τ (kd: defaults to tau; ats, isats: 1).
-    #[arg(long)]
-    pub student_tau: Option<f64>,
-    /// ATS/ISATS: temperature of the true class.
-    #[arg(long)]
-    pub tau1: Option<f64>,
-    /// ATS: temperature of the other classes.
-    #[arg(long)]
-    pub tau2: Option<f64>,
-    /// ISATS: lower bound of the per-sample τ2 search.
-    #[arg(long)]
-    pub tau2_min: Option<f64>,
-    /// ISATS: how τ2 is chosen per sample: order (default), ts or bounded.
-    #[arg(long)]
-    pub rule: Option<String>,
-    /// ISATS rule order: the least log-probability gap kept between the true class and the next.
-    #[arg(long)]
-    pub margin: Option<f64>,
-    /// ATS/ISATS: subtract each sample's mean teacher logit before scaling.
-    #[arg(long)]
-    pub center_logits: bool,
-    /// ATS/ISATS: weight of the KD term (CE gets 1 − λ).
-    #[arg(long)]
-    pub lambda: Option<f64>,
-    /// DKD: epochs of linear warm-up of the KD terms.
-    #[arg(long)]
-    pub warmup: Option<f64>,
-    /// Logit standardisation (LS) before the temperature softmax (kd, nckd, dkd).
-    #[arg(long)]
-    pub standardize: bool,
+    /// (key, value as typed) from the per-key flags, then from `-p`.
+    given: Vec<(String, String)>,
+}
+
+const PARAM_ID: &str = "param";
+/// The id prefix of the per-key flags (an id apart from the command's other flags).
+const KEY_FLAG: &str = "method-key:";
+
+impl MethodFlags {
+    /// The hyper-parameters given, as a table; a key given twice is an error.
+    pub fn params(&self) -> Result<methods::Table> {
+        let mut t = methods::Table::new();
+        for (k, v) in &self.given {
+            if t.insert(k.clone(), toml_value(v)).is_some() {
+                bail!("the hyper-parameter {k} is given twice (by --{} and -p, or -p twice)", k.replace('_', "-"));
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// A value as typed on the command line, read as TOML (`4`, `0.5`, `true`, `[1, 2]`); anything else
+/// is a string (`order`).
+fn toml_value(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+/// A default as the help shows it: TOML-like, whole numbers without ".0", "(optional)" where the
+/// method decides when the key is not given (kd's student_tau follows tau).
+fn shown_default(d: &serde_json::Value) -> String {
+    match d.as_f64() {
+        _ if d.is_null() => "(optional)".to_string(),
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        _ => d.to_string(),
+    }
+}
+
+/// The methods that take `key`, each with its default.
+fn takers(key: &str) -> Vec<(&'static str, String)> {
+    methods::REGISTRY
+        .iter()
+        .filter(|e| e.keys().contains(&key))
+        .map(|e| (e.name, shown_default(&e.defaults()[key])))
+        .collect()
+}
+
+/// `-p`'s long help: every method's keys with their defaults.
+fn param_long_help() -> String {
+    let mut s = String::from(
+        "A hyper-parameter of the method, KEY=VALUE (repeatable). VALUE is read as TOML (4, 0.5, true), \
+         else as a string (order). The methods' keys, with their defaults:",
+    );
+    for e in methods::REGISTRY {
+        let d = e.defaults();
+        let keys: Vec<String> = e.keys().iter().map(|k| format!("{k}={}", shown_default(&d[*k]))).collect();
+        s += &format!("\n  {}: {}", e.name, if keys.is_empty() { "(none)".to_string() } else { keys.join(" ") });
+    }
+    s
+}
+
+impl clap::Args for MethodFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        use clap::{Arg, ArgAction};
+        let names: Vec<&str> = methods::REGISTRY.iter().map(|e| e.name).collect();
+        let mut cmd =
+            cmd.arg(Arg::new("method").long("method").value_name("NAME").help(format!("{}.", names.join(", ")))).arg(
+                Arg::new(PARAM_ID)
+                    .short('p')
+                    .long("param")
+                    .value_name("KEY=VALUE")
+                    .action(ArgAction::Append)
+                    .help("A hyper-parameter of the method, e.g. -p tau=4 (repeatable; --help lists the keys)")
+                    .long_help(param_long_help()),
+            );
+        for key in methods::all_keys() {
+            let long = key.replace('_', "-");
+            // A flag of the command by the same name (--gamma, the learning rate's decay) already
+            // sets the same key: `DistillConfig` routes it to a method that takes it.
+            if cmd.get_arguments().any(|a| a.get_long() == Some(long.as_str())) {
+                continue;
+            }
+            let takers = takers(key);
+            let who: Vec<String> = takers.iter().map(|(m, d)| format!("{m} {d}")).collect();
+            let arg = Arg::new(format!("{KEY_FLAG}{key}")).long(long);
+            cmd = cmd.arg(if takers.iter().all(|(_, d)| d == "false") {
+                let who: Vec<&str> = takers.iter().map(|(m, _)| *m).collect();
+                arg.action(ArgAction::SetTrue)
+                    .help(format!("Sets {key} = true ({}); the same as -p {key}=true", who.join(", ")))
+            } else {
+                arg.value_name("VALUE")
+                    .allow_hyphen_values(true)
+                    .help(format!("{key}: {} (defaults); the same as -p {key}=VALUE", who.join(", ")))
+            });
+        }
+        cmd
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for MethodFlags {
+    fn from_arg_matches(m: &clap::ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let present = |id: &str| m.ids().any(|i| i.as_str() == id);
+        let mut given = vec![];
+        for key in methods::all_keys() {
+            let id = format!("{KEY_FLAG}{key}");
+            if present(&id) && m.value_source(&id) == Some(clap::parser::ValueSource::CommandLine) {
+                let raw = m.get_raw(&id).into_iter().flatten().next_back();
+                given.push((key.to_string(), raw.map_or("true".into(), |v| v.to_string_lossy().into_owned())));
+            }
+        }
+        for pair in m.get_many::<String>(PARAM_ID).into_iter().flatten() {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(clap::Error::raw(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!("-p takes KEY=VALUE (e.g. -p tau=4), got '{pair}'\n"),
+                ));
+            };
+            given.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        Ok(MethodFlags { method: m.get_one::<String>("method").cloned(), given })
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
 }
 
 /// Distillation-only switches.
@@ -66,60 +159,6 @@ pub struct CacheFlag {
     /// of every training image) instead of running the teacher at each step.
     #[arg(long)]
     pub teacher_cache: bool,
-}
-
-impl MethodFlags {
-    fn table(&self) -> toml::Table {
-        let mut t = toml::Table::new();
-        let mut put = |k: &str, v: Option<f64>| {
-            if let Some(v) = v {
-                t.insert(k.into(), toml::Value::Float(v));
-            }
-        };
-        put("tau", self.tau);
-        put("alpha", self.alpha);
-        put("beta", self.beta);
-        put("gamma", self.gamma);
-        put("student_tau", self.student_tau);
-        put("tau1", self.tau1);
-        put("tau2", self.tau2);
-        put("tau2_min", self.tau2_min);
-        put("lambda", self.lambda);
-        put("warmup", self.warmup);
-        put("margin", self.margin);
-        if self.standardize {
-            t.insert("standardize".into(), toml::Value::Boolean(true));
-        }
-        if let Some(r) = &self.rule {
-            t.insert("rule".into(), toml::Value::String(r.clone()));
-        }
-        if self.center_logits {
-            t.insert("center_logits".into(), toml::Value::Boolean(true));
-        }
-        if let Some(m) = &self.method {
-            t.insert("method".into(), toml::Value::String(m.clone()));
-        }
-        t
-    }
-
-    fn params(&self) -> MethodParams {
-        MethodParams {
-            tau: self.tau,
-            alpha: self.alpha,
-            beta: self.beta,
-            gamma: self.gamma,
-            student_tau: self.student_tau,
-            tau1: self.tau1,
-            tau2: self.tau2,
-            tau2_min: self.tau2_min,
-            lambda: self.lambda,
-            warmup: self.warmup,
-            standardize: self.standardize.then_some(true),
-            rule: self.rule.clone(),
-            center_logits: self.center_logits.then_some(true),
-            margin: self.margin,
-        }
-    }
 }
 
 #[derive(Args)]
@@ -133,8 +172,6 @@ pub struct DistillArgs {
     /// TAKD: train this architecture from the teacher first, then teach the student with it.
     #[arg(long)]
     pub assistant: Option<String>,
-    #[command(flatten)]
-    pub method: MethodFlags,
     #[command(flatten)]
     pub cache: CacheFlag,
     #[command(flatten)]
@@ -150,13 +187,27 @@ pub struct DistillArgs {
     pub trace_steps: usize,
     #[command(flatten)]
     pub rt: Runtime,
+    /// Last: its per-key flags leave out names the command's other flags already have.
+    #[command(flatten)]
+    pub method: MethodFlags,
 }
 
 fn resolve(a: &DistillArgs) -> Result<DistillConfig> {
     let origin = a.cfg.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
     let mut table = config::read_table(a.cfg.config.as_deref())?;
     table.extend(a.cfg.overrides());
-    table.extend(a.method.table());
+    if let Some(m) = &a.method.method {
+        table.insert("method".into(), toml::Value::String(m.clone()));
+    }
+    // The flags' hyper-parameters go to the `params` table, which overrides the file's flat keys.
+    let given = a.method.params()?;
+    if !given.is_empty() {
+        let params = table.entry("params").or_insert_with(|| toml::Value::Table(methods::Table::new()));
+        let Some(params) = params.as_table_mut() else {
+            bail!("{origin}: 'params' should be a table of the method's hyper-parameters, found {params}");
+        };
+        params.extend(given);
+    }
     for (k, v) in [("teacher", &a.teacher), ("student", &a.student), ("assistant", &a.assistant)] {
         if let Some(v) = v {
             table.insert(k.into(), toml::Value::String(v.clone()));
@@ -236,8 +287,6 @@ pub fn distill(a: DistillArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct LossArgs {
-    #[command(flatten)]
-    pub method: MethodFlags,
     /// (N, C) student logits (.npy, float32 or float64).
     #[arg(long)]
     pub student: PathBuf,
@@ -247,7 +296,8 @@ pub struct LossArgs {
     /// (N,) integer labels.
     #[arg(long)]
     pub labels: PathBuf,
-    /// The 1-based epoch (DKD's warm-up; default: the end of the warm-up).
+    /// The 1-based epoch (DKD's warm-up, a temperature curriculum; default: the first epoch at
+    /// which the method's loss no longer changes with the epoch).
     #[arg(long)]
     pub epoch: Option<f64>,
     /// Add per-sample values (ISATS: the chosen τ2 of each sample).
@@ -255,6 +305,9 @@ pub struct LossArgs {
     pub per_sample: bool,
     #[arg(long)]
     pub json: bool,
+    /// Last: its per-key flags leave out names the command's other flags already have.
+    #[command(flatten)]
+    pub method: MethodFlags,
 }
 
 fn logits_tensor(p: &Path) -> Result<(usize, usize, Tensor)> {
@@ -263,9 +316,9 @@ fn logits_tensor(p: &Path) -> Result<(usize, usize, Tensor)> {
 }
 
 pub fn loss(a: LossArgs) -> Result<()> {
-    let name = a.method.method.clone().context("--method is required (ce, kd, ats, isats, nckd, dkd, dist)")?;
-    let params = a.method.params();
-    let mut method = methods::build(&name, &params)?;
+    let names: Vec<&str> = methods::REGISTRY.iter().map(|e| e.name).collect();
+    let name = a.method.method.clone().with_context(|| format!("--method is required ({})", names.join(", ")))?;
+    let mut method = methods::build(&name, &a.method.params()?)?;
     if let Some(e) = a.epoch.filter(|e| !(*e >= 0.0 && e.is_finite())) {
         bail!("--epoch must be a number ≥ 0 (epochs are 1-based), got {e}");
     }
@@ -282,7 +335,7 @@ pub fn loss(a: LossArgs) -> Result<()> {
         bail!("{}: label {v} at index {i} is out of range for {cs} classes", a.labels.display());
     }
     let labels = Tensor::from_slice(&y);
-    let epoch = a.epoch.unwrap_or_else(|| params.warmup.unwrap_or(20.0));
+    let epoch = a.epoch.unwrap_or_else(|| method.settled_epoch());
     let terms = method.terms(&LossInput { student: &s, teacher: &t, labels: &labels, epoch });
     let values: Vec<(String, f64)> =
         terms.iter().map(|(k, v)| (k.clone(), v.to_kind(Kind::Double).double_value(&[]))).collect();

@@ -44,6 +44,8 @@ pub struct ConfigFlags {
     /// Epochs after which the rate is multiplied by gamma, e.g. 150,180,210.
     #[arg(long, value_delimiter = ',')]
     pub milestones: Option<Vec<usize>>,
+    /// The step schedule's decay factor. (kdlab distill --method dist: DIST's intra-class weight
+    /// γ, unless -p gamma=… gives that.)
     #[arg(long)]
     pub gamma: Option<f64>,
     #[arg(long)]

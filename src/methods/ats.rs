@@ -15,9 +15,49 @@
 //! (the other way round, possible when the logits are negative) and `target_not_true_class`, all
 //! as shares of the epoch's samples. The counts stay on the device until the epoch ends.
 use super::common::{cross_entropy, gt_mask, kl_from_log, log_softmax_t};
-use super::{positive, weight, LossInput, Method, MethodParams};
+use super::{incompatible, positive, weight, LossInput, Method, MethodParams};
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
+
+/// ats's hyper-parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// The student's temperature s_τ.
+    pub student_tau: f64,
+    /// Temperature of the teacher's true-class logit.
+    pub tau1: f64,
+    /// Temperature of the teacher's other logits (≤ τ1).
+    pub tau2: f64,
+    /// Weight of the KD term; CE gets 1 − λ.
+    pub lambda: f64,
+    /// Subtract each sample's mean teacher logit first.
+    pub center_logits: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { student_tau: 1.0, tau1: 4.0, tau2: 2.0, lambda: 0.5, center_logits: false }
+    }
+}
+
+impl MethodParams for Params {
+    fn build(self) -> Result<Box<dyn Method>> {
+        let student_tau = positive("student_tau", self.student_tau)?;
+        let tau1 = positive("tau1", self.tau1)?;
+        let tau2 = positive("tau2", self.tau2)?;
+        check(tau1, tau2, weight("lambda", self.lambda)?, "tau2")?;
+        Ok(Box::new(Ats {
+            tau1,
+            tau2,
+            student_tau,
+            lambda: self.lambda,
+            center_logits: self.center_logits,
+            flips: Flips::default(),
+        }))
+    }
+}
 
 pub struct Ats {
     pub tau1: f64,
@@ -28,30 +68,19 @@ pub struct Ats {
     flips: Flips,
 }
 
-/// Checks τ1 ≥ τ2 and λ ∈ [0, 1].
+/// Checks λ ∈ [0, 1] (an invalid value) and τ1 ≥ τ2 (an incompatible pair, which a study grid
+/// skips).
 pub fn check(tau1: f64, tau2: f64, lambda: f64, tau2_name: &str) -> Result<()> {
-    if tau1 < tau2 {
-        bail!("ATS needs tau1 ≥ {tau2_name} (the true class is softened at least as much as the others), got tau1 = {tau1}, {tau2_name} = {tau2}");
-    }
     if !(0.0..=1.0).contains(&lambda) {
         bail!("lambda must be in [0, 1], got {lambda}");
     }
+    if tau1 < tau2 {
+        return incompatible(
+            format!("ATS needs tau1 ≥ {tau2_name} (the true class is softened at least as much as the others)"),
+            format!("tau1 = {tau1}, {tau2_name} = {tau2}"),
+        );
+    }
     Ok(())
-}
-
-pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
-    let tau1 = positive("tau1", p.tau1.unwrap_or(4.0))?;
-    let tau2 = positive("tau2", p.tau2.unwrap_or(2.0))?;
-    let lambda = weight("lambda", p.lambda.unwrap_or(0.5))?;
-    check(tau1, tau2, lambda, "tau2")?;
-    Ok(Box::new(Ats {
-        tau1,
-        tau2,
-        student_tau: positive("student_tau", p.student_tau.unwrap_or(1.0))?,
-        lambda,
-        center_logits: p.center_logits.unwrap_or(false),
-        flips: Flips::default(),
-    }))
 }
 
 /// The teacher logits as the ATS family uses them: detached, and with each row's mean subtracted

@@ -3,12 +3,20 @@
 use super::common::cross_entropy;
 use super::{LossInput, Method, MethodParams};
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// ce takes no hyper-parameters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {}
+
+impl MethodParams for Params {
+    fn build(self) -> Result<Box<dyn Method>> {
+        Ok(Box::new(Ce))
+    }
+}
 
 pub struct Ce;
-
-pub fn build(_: &MethodParams) -> Result<Box<dyn Method>> {
-    Ok(Box::new(Ce))
-}
 
 impl Method for Ce {
     fn name(&self) -> &'static str {

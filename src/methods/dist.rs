@@ -6,22 +6,46 @@
 use super::common::{cross_entropy, pearson_rows};
 use super::{positive, weight, LossInput, Method, MethodParams};
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
+
+/// dist's hyper-parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Temperature of both softmaxes.
+    pub tau: f64,
+    /// Weight of the cross-entropy term.
+    pub alpha: f64,
+    /// Weight of the inter-class (per-sample) correlation term.
+    pub beta: f64,
+    /// Weight of the intra-class (per-class) correlation term. (`kdlab distill --gamma` sets this,
+    /// not the learning rate's decay, when the method is dist.)
+    pub gamma: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { tau: 4.0, alpha: 1.0, beta: 2.0, gamma: 2.0 }
+    }
+}
+
+impl MethodParams for Params {
+    fn build(self) -> Result<Box<dyn Method>> {
+        Ok(Box::new(Dist {
+            tau: positive("tau", self.tau)?,
+            alpha: weight("alpha", self.alpha)?,
+            beta: weight("beta", self.beta)?,
+            gamma: weight("gamma", self.gamma)?,
+        }))
+    }
+}
 
 pub struct Dist {
     pub tau: f64,
     pub alpha: f64,
     pub beta: f64,
     pub gamma: f64,
-}
-
-pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
-    Ok(Box::new(Dist {
-        tau: positive("tau", p.tau.unwrap_or(4.0))?,
-        alpha: weight("alpha", p.alpha.unwrap_or(1.0))?,
-        beta: weight("beta", p.beta.unwrap_or(2.0))?,
-        gamma: weight("gamma", p.gamma.unwrap_or(2.0))?,
-    }))
 }
 
 impl Method for Dist {

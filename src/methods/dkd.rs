@@ -5,7 +5,42 @@
 use super::common::{cross_entropy, kl_from_log, log_binary_t, log_nongt_t, standardize};
 use super::{positive, weight, LossInput, Method, MethodParams};
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
+
+/// dkd's hyper-parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Temperature of both softmaxes.
+    pub tau: f64,
+    /// Weight of the target (TCKD) term.
+    pub alpha: f64,
+    /// Weight of the non-target (NCKD) term.
+    pub beta: f64,
+    /// Epochs of linear warm-up of both KD terms (0: none).
+    pub warmup: f64,
+    /// Logit standardisation before the temperature softmax.
+    pub standardize: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { tau: 4.0, alpha: 1.0, beta: 8.0, warmup: 20.0, standardize: false }
+    }
+}
+
+impl MethodParams for Params {
+    fn build(self) -> Result<Box<dyn Method>> {
+        Ok(Box::new(Dkd {
+            tau: positive("tau", self.tau)?,
+            alpha: weight("alpha", self.alpha)?,
+            beta: weight("beta", self.beta)?,
+            warmup: weight("warmup", self.warmup)?,
+            standardize: self.standardize,
+        }))
+    }
+}
 
 pub struct Dkd {
     pub tau: f64,
@@ -13,16 +48,6 @@ pub struct Dkd {
     pub beta: f64,
     pub warmup: f64,
     pub standardize: bool,
-}
-
-pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
-    Ok(Box::new(Dkd {
-        tau: positive("tau", p.tau.unwrap_or(4.0))?,
-        alpha: weight("alpha", p.alpha.unwrap_or(1.0))?,
-        beta: weight("beta", p.beta.unwrap_or(8.0))?,
-        warmup: weight("warmup", p.warmup.unwrap_or(20.0))?,
-        standardize: p.standardize.unwrap_or(false),
-    }))
 }
 
 impl Dkd {
@@ -58,5 +83,8 @@ impl Method for Dkd {
     }
     fn hyper(&self) -> serde_json::Value {
         serde_json::json!({"tau": self.tau, "alpha": self.alpha, "beta": self.beta, "warmup": self.warmup, "standardize": self.standardize})
+    }
+    fn settled_epoch(&self) -> f64 {
+        self.warmup
     }
 }

@@ -54,8 +54,9 @@
 //! 1), and how often the target does not rank the true class first (`ats_target`, as `ats`).
 use super::ats::{self, log_ats, prepare, Flips};
 use super::common::gt_mask;
-use super::{positive, weight, LossInput, Method, MethodParams};
+use super::{incompatible, positive, weight, LossInput, Method, MethodParams};
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 pub const GRID: i64 = 64;
@@ -110,7 +111,7 @@ pub struct Isats {
     pub student_tau: f64,
     pub lambda: f64,
     pub center_logits: bool,
-    /// `order` only.
+    /// `order` and `ts_order` only.
     pub margin: f64,
     last: Vec<f64>,
     /// This epoch's (τ2, floor, fallback as 0/1) per sample.
@@ -118,28 +119,68 @@ pub struct Isats {
     flips: Flips,
 }
 
-pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
-    let rule = Rule::parse(p.rule.as_deref().unwrap_or("order"))?;
-    let tau1 = positive("tau1", p.tau1.unwrap_or(4.0))?;
-    let tau2_min = positive("tau2_min", p.tau2_min.unwrap_or(0.5))?;
-    let lambda = weight("lambda", p.lambda.unwrap_or(0.5))?;
-    ats::check(tau1, tau2_min, lambda, "tau2_min")?;
-    if p.margin.is_some() && !rule.uses_margin() {
-        bail!("margin applies to the ISATS rules 'order' and 'ts_order' only (the rule is '{}')", rule.name());
+/// isats's hyper-parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// The student's temperature s_τ.
+    pub student_tau: f64,
+    /// Temperature of the teacher's true-class logit.
+    pub tau1: f64,
+    /// Lower end of the per-sample τ2 search.
+    pub tau2_min: f64,
+    /// Weight of the KD term; CE gets 1 − λ.
+    pub lambda: f64,
+    /// How τ2 is chosen per sample (`Rule`'s names).
+    pub rule: String,
+    /// Subtract each sample's mean teacher logit first.
+    pub center_logits: bool,
+    /// `order` and `ts_order` only: the least log-probability gap kept between the true class and
+    /// the next (default `DEFAULT_MARGIN`).
+    pub margin: Option<f64>,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            student_tau: 1.0,
+            tau1: 4.0,
+            tau2_min: 0.5,
+            lambda: 0.5,
+            rule: Rule::Order.name().into(),
+            center_logits: false,
+            margin: None,
+        }
     }
-    let margin = positive("margin", p.margin.unwrap_or(DEFAULT_MARGIN))?;
-    Ok(Box::new(Isats {
-        margin,
-        rule,
-        tau1,
-        tau2_min,
-        student_tau: positive("student_tau", p.student_tau.unwrap_or(1.0))?,
-        lambda,
-        center_logits: p.center_logits.unwrap_or(false),
-        last: vec![],
-        epoch: vec![],
-        flips: Flips::default(),
-    }))
+}
+
+impl MethodParams for Params {
+    fn build(self) -> Result<Box<dyn Method>> {
+        let rule = Rule::parse(&self.rule)?;
+        let student_tau = positive("student_tau", self.student_tau)?;
+        let tau1 = positive("tau1", self.tau1)?;
+        let tau2_min = positive("tau2_min", self.tau2_min)?;
+        let margin = positive("margin", self.margin.unwrap_or(DEFAULT_MARGIN))?;
+        ats::check(tau1, tau2_min, weight("lambda", self.lambda)?, "tau2_min")?;
+        if self.margin.is_some() && !rule.uses_margin() {
+            return incompatible(
+                "margin applies to the ISATS rules 'order' and 'ts_order' only",
+                format!("margin = {margin} with rule = '{}'", rule.name()),
+            );
+        }
+        Ok(Box::new(Isats {
+            margin,
+            rule,
+            tau1,
+            tau2_min,
+            student_tau,
+            lambda: self.lambda,
+            center_logits: self.center_logits,
+            last: vec![],
+            epoch: vec![],
+            flips: Flips::default(),
+        }))
+    }
 }
 
 /// Population variance of the non-GT probabilities of softmax(f with f_y/τ1 and f_c/τ2) for every

@@ -4,7 +4,43 @@
 use super::common::{cross_entropy, kl_from_log, log_softmax_t, standardize};
 use super::{positive, weight, LossInput, Method, MethodParams};
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
+
+/// kd's hyper-parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// The teacher's temperature τ.
+    pub tau: f64,
+    /// Weight of the cross-entropy term.
+    pub alpha: f64,
+    /// Weight of the KD term.
+    pub beta: f64,
+    /// The student's temperature s_τ (default: τ).
+    pub student_tau: Option<f64>,
+    /// Logit standardisation before the temperature softmax.
+    pub standardize: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { tau: 4.0, alpha: 0.1, beta: 0.9, student_tau: None, standardize: false }
+    }
+}
+
+impl MethodParams for Params {
+    fn build(self) -> Result<Box<dyn Method>> {
+        let tau = positive("tau", self.tau)?;
+        Ok(Box::new(Kd {
+            tau,
+            student_tau: positive("student_tau", self.student_tau.unwrap_or(tau))?,
+            alpha: weight("alpha", self.alpha)?,
+            beta: weight("beta", self.beta)?,
+            standardize: self.standardize,
+        }))
+    }
+}
 
 pub struct Kd {
     pub tau: f64,
@@ -12,17 +48,6 @@ pub struct Kd {
     pub alpha: f64,
     pub beta: f64,
     pub standardize: bool,
-}
-
-pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
-    let tau = positive("tau", p.tau.unwrap_or(4.0))?;
-    Ok(Box::new(Kd {
-        tau,
-        student_tau: positive("student_tau", p.student_tau.unwrap_or(tau))?,
-        alpha: weight("alpha", p.alpha.unwrap_or(0.1))?,
-        beta: weight("beta", p.beta.unwrap_or(0.9))?,
-        standardize: p.standardize.unwrap_or(false),
-    }))
 }
 
 impl Method for Kd {

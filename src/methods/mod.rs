@@ -1,7 +1,9 @@
 //! Distillation methods, one file each, after mdistiller's contract: a method is a small type that
 //! turns (student logits, teacher logits, labels, epoch) into named loss terms; the trainer sums
-//! the terms. A registry maps each name to its constructor and the hyper-parameters it takes.
-//! Adding a method is one file and one line in `REGISTRY`.
+//! the terms. Its hyper-parameters are a serde struct in the same file (`MethodParams`), and the
+//! registry builds the method from a table of them (`-p tau=4`, a flag, a study file's keys).
+//! Adding a method is one file and one line in `REGISTRY`: the CLI flags, `kdlab loss` and study
+//! grids read its keys from its struct.
 pub mod ats;
 pub mod ce;
 pub mod common;
@@ -9,10 +11,12 @@ pub mod dist;
 pub mod dkd;
 pub mod isats;
 pub mod kd;
+pub mod kd_curriculum;
 pub mod nckd;
 
-use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tch::Tensor;
 
 /// One batch as a method sees it. The tensors share one dtype (f32 in training, f64 in
@@ -42,126 +46,177 @@ pub trait Method: Send {
     fn end_epoch(&mut self) -> Option<serde_json::Value> {
         None
     }
-}
-
-/// Hyper-parameters as given by the user (flags or TOML); each method takes the ones it uses and
-/// fills in its own defaults.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MethodParams {
-    pub tau: Option<f64>,
-    pub alpha: Option<f64>,
-    pub beta: Option<f64>,
-    pub gamma: Option<f64>,
-    pub student_tau: Option<f64>,
-    pub tau1: Option<f64>,
-    pub tau2: Option<f64>,
-    pub tau2_min: Option<f64>,
-    pub lambda: Option<f64>,
-    pub warmup: Option<f64>,
-    pub standardize: Option<bool>,
-    /// ISATS: how τ2 is chosen per sample (order, ts or bounded).
-    pub rule: Option<String>,
-    /// ATS/ISATS: subtract each sample's mean teacher logit first.
-    pub center_logits: Option<bool>,
-    /// ISATS rule `order`: the least log-probability gap between the true class and the next.
-    pub margin: Option<f64>,
-}
-
-impl MethodParams {
-    /// Keys whose values are not numbers: an integer given for them is not turned into a float
-    /// (as `tau = 4` is), so that a wrong type is reported as such.
-    pub const NOT_NUMBERS: [&'static str; 3] = ["standardize", "rule", "center_logits"];
-
-    /// The configuration keys, in the spelling of TOML files (flags use dashes).
-    pub const KEYS: [&'static str; 14] = [
-        "tau",
-        "alpha",
-        "beta",
-        "gamma",
-        "student_tau",
-        "tau1",
-        "tau2",
-        "tau2_min",
-        "lambda",
-        "warmup",
-        "standardize",
-        "rule",
-        "center_logits",
-        "margin",
-    ];
-
-    /// Which keys were given.
-    pub fn given(&self) -> Vec<&'static str> {
-        let v = serde_json::to_value(self).expect("serialises");
-        Self::KEYS.iter().copied().filter(|k| !v[*k].is_null()).collect()
+    /// The first epoch from which the loss no longer changes with the epoch (DKD: the end of its
+    /// warm-up): `kdlab loss`'s default epoch.
+    fn settled_epoch(&self) -> f64 {
+        1.0
     }
 }
 
-/// A method's entry in the registry.
+/// Hyper-parameters as the user gives them (`-p tau=4`, a flag, or a study file's keys): key →
+/// value, only the keys given. Each method reads the table into its own `Params` struct.
+pub type Table = toml::Table;
+
+/// A method's hyper-parameters: a serde struct in the method's own file, with
+/// `#[serde(default, deny_unknown_fields)]` and a `Default` that holds the method's defaults. Integers
+/// are accepted for float keys (`tau = 4` is 4.0), as serde reads them. A study grid varies the
+/// keys in the order the struct declares them (the first one outermost).
+pub trait MethodParams: Default + Serialize + DeserializeOwned {
+    /// Checks the values and builds the method. A value no run can use is an error that names its
+    /// key (see `positive`, `weight`); values that are fine alone but not together return
+    /// `Incompatible`, which a study grid skips instead of failing.
+    fn build(self) -> Result<Box<dyn Method>>;
+}
+
+/// Hyper-parameter values that are each valid but do not go together (ATS with τ1 < τ2). A study
+/// grid leaves such a combination out, and says so; any other refusal is an error.
+#[derive(Debug)]
+pub struct Incompatible {
+    /// The constraint, the same for every combination it refuses (it groups them in a summary).
+    pub needs: String,
+    /// The values that break it.
+    pub got: String,
+}
+
+impl std::fmt::Display for Incompatible {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}, got {}", self.needs, self.got)
+    }
+}
+
+impl std::error::Error for Incompatible {}
+
+/// Refuses a combination as incompatible: `return incompatible(...)` in `MethodParams::build`.
+pub fn incompatible<T>(needs: impl Into<String>, got: impl Into<String>) -> Result<T> {
+    Err(Incompatible { needs: needs.into(), got: got.into() }.into())
+}
+
+/// A method's entry in the registry: its name, a line about it, and its `MethodParams` type, from
+/// which the keys it takes, their defaults and the constructor all follow.
 pub struct Entry {
     pub name: &'static str,
     pub about: &'static str,
-    /// The hyper-parameters it takes.
-    pub takes: &'static [&'static str],
-    pub build: fn(&MethodParams) -> Result<Box<dyn Method>>,
+    build: fn(&Table) -> Result<Box<dyn Method>>,
+    keys: fn() -> &'static [&'static str],
+    defaults: fn() -> serde_json::Value,
+}
+
+/// The registry entry of a method whose hyper-parameters are `P`.
+const fn entry<P: MethodParams>(name: &'static str, about: &'static str) -> Entry {
+    Entry { name, about, build: build_from::<P>, keys: field_names::<P>, defaults: defaults_of::<P> }
 }
 
 pub const REGISTRY: &[Entry] = &[
-    Entry { name: "ce", about: "cross-entropy only (the student baseline)", takes: &[], build: ce::build },
-    Entry {
-        name: "kd",
-        about: "Hinton et al.: α·CE + β·s_τ²·KL(p(t/τ) ‖ p(s/s_τ))",
-        takes: &["tau", "alpha", "beta", "student_tau", "standardize"],
-        build: kd::build,
-    },
-    Entry {
-        name: "ats",
-        about: "asymmetric temperature scaling: τ1 on the true class, τ2 on the others",
-        takes: &["tau1", "tau2", "student_tau", "lambda", "center_logits"],
-        build: ats::build,
-    },
-    Entry {
-        name: "isats",
-        about: "instance-specific ATS: τ2 per sample in [τ2_min, τ1] by a rule (order: the largest non-GT variance keeping the true class first)",
-        takes: &["tau1", "tau2_min", "student_tau", "lambda", "rule", "center_logits", "margin"],
-        build: isats::build,
-    },
-    Entry {
-        name: "nckd",
-        about: "DKD's non-target term alone, plus CE",
-        takes: &["tau", "alpha", "beta", "standardize"],
-        build: nckd::build,
-    },
-    Entry {
-        name: "dkd",
-        about: "decoupled KD (Zhao et al. 2022): CE + α·TCKD + β·NCKD with warm-up",
-        takes: &["tau", "alpha", "beta", "warmup", "standardize"],
-        build: dkd::build,
-    },
-    Entry {
-        name: "dist",
-        about: "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation",
-        takes: &["tau", "alpha", "beta", "gamma"],
-        build: dist::build,
-    },
+    entry::<ce::Params>("ce", "cross-entropy only (the student baseline)"),
+    entry::<kd::Params>("kd", "Hinton et al.: α·CE + β·s_τ²·KL(p(t/τ) ‖ p(s/s_τ))"),
+    entry::<ats::Params>("ats", "asymmetric temperature scaling: τ1 on the true class, τ2 on the others"),
+    entry::<isats::Params>("isats", "instance-specific ATS: τ2 per sample in [τ2_min, τ1] by a rule (order: the largest non-GT variance keeping the true class first)"),
+    entry::<nckd::Params>("nckd", "DKD's non-target term alone, plus CE"),
+    entry::<dkd::Params>("dkd", "decoupled KD (Zhao et al. 2022): CE + α·TCKD + β·NCKD with warm-up"),
+    entry::<dist::Params>("dist", "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation"),
+    entry::<kd_curriculum::Params>("kd_curriculum", "KD whose temperature follows a fixed schedule over the first epochs (after CTKD's curriculum)"),
 ];
 
-/// Builds method `name`; hyper-parameters it does not take are an error, not silently ignored.
-pub fn build(name: &str, params: &MethodParams) -> Result<Box<dyn Method>> {
-    let Some(entry) = REGISTRY.iter().find(|e| e.name == name) else {
-        let names: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
-        bail!("unknown method '{name}': choose one of {}", names.join(", "));
-    };
-    let stray: Vec<&str> = params.given().into_iter().filter(|k| !entry.takes.contains(k)).collect();
-    if !stray.is_empty() {
-        bail!(
-            "method '{name}' does not take {} (it takes {})",
-            stray.join(", "),
-            if entry.takes.is_empty() { "no hyper-parameters".to_string() } else { entry.takes.join(", ") }
-        );
+impl Entry {
+    /// The hyper-parameters it takes, in the order its struct declares them.
+    pub fn keys(&self) -> &'static [&'static str] {
+        (self.keys)()
     }
-    (entry.build)(params)
+
+    /// Each key's default (null where the default depends on another key, as kd's student_tau).
+    pub fn defaults(&self) -> serde_json::Value {
+        (self.defaults)()
+    }
+
+    /// Builds the method from `params`. A key it does not take is an error, not silently ignored.
+    pub fn build(&self, params: &Table) -> Result<Box<dyn Method>> {
+        self.check_keys(params.keys().map(String::as_str))?;
+        (self.build)(params).with_context(|| format!("method '{}'", self.name))
+    }
+
+    /// Refuses a key the method does not take, naming the keys it takes (and the nearest, for a
+    /// key no method takes: a likely typo).
+    pub fn check_keys<'a>(&self, given: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let keys = self.keys();
+        let Some(key) = given.into_iter().find(|k| !keys.contains(k)) else { return Ok(()) };
+        let takes = if keys.is_empty() { "no hyper-parameters".to_string() } else { keys.join(", ") };
+        if all_keys().contains(&key) {
+            bail!("method '{}' does not take {key} (it takes {takes})", self.name);
+        }
+        let candidates: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let hint = crate::util::text::did_you_mean(key, &candidates);
+        bail!("unknown key '{key}'{hint}: method '{}' takes {takes}", self.name)
+    }
+}
+
+fn build_from<P: MethodParams>(params: &Table) -> Result<Box<dyn Method>> {
+    // toml's error ends with "in `key`", naming the key whose value has the wrong type.
+    let p: P = toml::Value::Table(params.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.to_string().trim().replace('\n', " ")))?;
+    p.build()
+}
+
+fn defaults_of<P: MethodParams>() -> serde_json::Value {
+    serde_json::to_value(P::default()).expect("hyper-parameters serialise")
+}
+
+/// The field names of `P`, in declaration order, as serde's derive hands them to a deserializer
+/// (so that no method lists its keys a second time).
+fn field_names<P: MethodParams>() -> &'static [&'static str] {
+    use serde::de::{Error, Visitor};
+    struct Recorder<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Recorder<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> std::result::Result<V::Value, Self::Error> {
+            Err(Error::custom("hyper-parameters must be a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Error::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+            unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = P::deserialize(Recorder(&mut fields));
+    fields
+}
+
+/// The registry entry of method `name`.
+pub fn entry_of(name: &str) -> Result<&'static Entry> {
+    REGISTRY.iter().find(|e| e.name == name).with_context(|| {
+        let names: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
+        format!("unknown method '{name}': choose one of {}", names.join(", "))
+    })
+}
+
+/// Builds method `name` from its hyper-parameters.
+pub fn build(name: &str, params: &Table) -> Result<Box<dyn Method>> {
+    entry_of(name)?.build(params)
+}
+
+/// Every key some method takes, each once, in registry order.
+pub fn all_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = vec![];
+    for k in REGISTRY.iter().flat_map(|e| e.keys()) {
+        if !keys.contains(k) {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
+/// The incompatibility behind an error from `build`, if that is what it is.
+pub fn incompatibility(e: &anyhow::Error) -> Option<&Incompatible> {
+    e.downcast_ref::<Incompatible>()
 }
 
 /// Checks a temperature (or any quantity that must be positive).

@@ -4,22 +4,45 @@
 use super::common::{cross_entropy, kl_from_log, log_nongt_t, standardize};
 use super::{positive, weight, LossInput, Method, MethodParams};
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
+
+/// nckd's hyper-parameters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Temperature of both softmaxes.
+    pub tau: f64,
+    /// Weight of the cross-entropy term.
+    pub alpha: f64,
+    /// Weight of the non-target (NCKD) term.
+    pub beta: f64,
+    /// Logit standardisation before the temperature softmax.
+    pub standardize: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { tau: 4.0, alpha: 1.0, beta: 8.0, standardize: false }
+    }
+}
+
+impl MethodParams for Params {
+    fn build(self) -> Result<Box<dyn Method>> {
+        Ok(Box::new(Nckd {
+            tau: positive("tau", self.tau)?,
+            alpha: weight("alpha", self.alpha)?,
+            beta: weight("beta", self.beta)?,
+            standardize: self.standardize,
+        }))
+    }
+}
 
 pub struct Nckd {
     pub tau: f64,
     pub alpha: f64,
     pub beta: f64,
     pub standardize: bool,
-}
-
-pub fn build(p: &MethodParams) -> Result<Box<dyn Method>> {
-    Ok(Box::new(Nckd {
-        tau: positive("tau", p.tau.unwrap_or(4.0))?,
-        alpha: weight("alpha", p.alpha.unwrap_or(1.0))?,
-        beta: weight("beta", p.beta.unwrap_or(8.0))?,
-        standardize: p.standardize.unwrap_or(false),
-    }))
 }
 
 impl Method for Nckd {

@@ -34,10 +34,11 @@
 //! name = "kd"
 //! assistant = "cnn_w2"                # TAKD: teacher → assistant → student
 //! ```
-use crate::methods::MethodParams;
+use crate::methods;
 use crate::train::checkpoint::RunRef;
 use crate::train::config::{self, TrainConfig};
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -64,7 +65,7 @@ pub struct StudentSet {
     pub models: Vec<String>,
     pub train: TrainConfig,
     /// Per-student changes to `train` (`[students.overrides.mobilenetv2_x0_5] lr = 0.01`).
-    pub overrides: std::collections::BTreeMap<String, TrainConfig>,
+    pub overrides: BTreeMap<String, TrainConfig>,
     /// Distil from each teacher's logit cache instead of running the teacher.
     pub teacher_cache: bool,
 }
@@ -80,15 +81,27 @@ impl StudentSet {
 #[derive(Clone, Debug, PartialEq)]
 pub struct MethodBlock {
     pub name: String,
-    /// Every combination of the listed values, as complete parameter sets.
-    pub grid: Vec<MethodParams>,
-    /// The hyper-parameters that vary in the grid (they label the runs).
+    /// Every combination of the listed values that the method accepts, each the keys given.
+    pub grid: Vec<methods::Table>,
+    /// The hyper-parameters that vary in the grid (they label the runs), in the method's order.
     pub varying: Vec<String>,
+    /// Combinations the method declares incompatible, left out of the grid.
+    pub skipped: Vec<SkippedCombination>,
     pub teachers: Option<Vec<String>>,
     pub students: Option<Vec<String>>,
     pub teacher_epoch: Option<usize>,
     pub assistant: Option<String>,
     pub label: Option<String>,
+}
+
+/// A grid combination left out because the method declares its values incompatible.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SkippedCombination {
+    pub params: methods::Table,
+    /// The constraint it breaks (`methods::Incompatible`).
+    pub needs: String,
+    /// Its values that break it.
+    pub got: String,
 }
 
 const TOP_KEYS: [&str; 11] = [
@@ -107,10 +120,11 @@ const TOP_KEYS: [&str; 11] = [
 /// Top-level keys that set the same value in [teachers] and [students] (a section may override
 /// them): the data carving, so that the students' transfer set is the teachers' training set.
 const SHARED_TRAIN_KEYS: [&str; 3] = config::CARVING_KEYS;
-const BLOCK_KEYS: [&str; 6] = ["name", "teachers", "students", "teacher_epoch", "assistant", "label"];
+/// The keys of a `[[methods]]` block that are not the method's hyper-parameters.
+pub const BLOCK_KEYS: [&str; 6] = ["name", "teachers", "students", "teacher_epoch", "assistant", "label"];
 
 fn unknown(origin: &str, key: &str, allowed: &[String]) -> anyhow::Error {
-    let hint = config::nearest(key, allowed).map(|k| format!(" (did you mean '{k}'?)")).unwrap_or_default();
+    let hint = crate::util::text::did_you_mean(key, allowed);
     anyhow::anyhow!("{origin}: unknown key '{key}'{hint}; valid keys: {}", allowed.join(", "))
 }
 
@@ -149,77 +163,92 @@ fn train_section(t: &toml::Table, origin: &str, own: &[&str], data: &str) -> Res
     config::from_table(table, origin)
 }
 
-impl StudyConfig {
-    pub fn load(path: &Path) -> Result<StudyConfig> {
-        let table = config::read_table(Some(path))?;
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "study".into());
-        Self::from_table(table, &path.display().to_string(), &stem)
+fn optional_str(table: &toml::Table, k: &str, origin: &str) -> Result<Option<String>> {
+    match table.get(k) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => bail!("{origin}: '{k}' should be a string, found {v}"),
     }
+}
 
-    pub fn from_table(table: toml::Table, origin: &str, default_name: &str) -> Result<StudyConfig> {
-        let top: Vec<String> = TOP_KEYS.iter().map(|s| s.to_string()).collect();
-        for k in table.keys() {
-            if !top.contains(k) {
-                return Err(unknown(origin, k, &top));
-            }
+fn seeds(v: Option<&toml::Value>, origin: &str) -> Result<Vec<u64>> {
+    let seeds: Vec<u64> = match v {
+        None => vec![0],
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_integer()
+                    .filter(|i| *i >= 0)
+                    .map(|i| i as u64)
+                    .with_context(|| format!("{origin}: 'seeds' must list non-negative integers, found {v}"))
+            })
+            .collect::<Result<_>>()?,
+        Some(v) => bail!("{origin}: 'seeds' should be a list of integers, found {v}"),
+    };
+    if seeds.is_empty() {
+        bail!("{origin}: 'seeds' is empty");
+    }
+    Ok(seeds)
+}
+
+fn probe_tau(v: Option<&toml::Value>, origin: &str) -> Result<f64> {
+    match v {
+        None => Ok(4.0),
+        Some(v) => v
+            .as_float()
+            .or_else(|| v.as_integer().map(|i| i as f64))
+            .filter(|t| *t > 0.0)
+            .with_context(|| format!("{origin}: 'probe_tau' must be a positive number")),
+    }
+}
+
+/// The section `[k]` (empty if absent), with the top-level data-carving keys it does not set.
+fn section(table: &toml::Table, k: &str, origin: &str) -> Result<toml::Table> {
+    let mut t = match table.get(k) {
+        None => toml::Table::new(),
+        Some(toml::Value::Table(t)) => t.clone(),
+        Some(v) => bail!("{origin}: '[{k}]' should be a table, found {v}"),
+    };
+    for key in SHARED_TRAIN_KEYS {
+        if let (Some(v), false) = (table.get(key), t.contains_key(key)) {
+            t.insert(key.to_string(), v.clone());
         }
-        let get_str = |k: &str| -> Result<Option<String>> {
-            match table.get(k) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-                Some(v) => bail!("{origin}: '{k}' should be a string, found {v}"),
-            }
-        };
-        let name = get_str("name")?.unwrap_or_else(|| default_name.to_string());
-        let data = get_str("data")?.with_context(|| format!("{origin}: no 'data' (e.g. data = \"fashion-mnist\")"))?;
-        let seeds: Vec<u64> = match table.get("seeds") {
-            None => vec![0],
-            Some(toml::Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_integer()
-                        .filter(|i| *i >= 0)
-                        .map(|i| i as u64)
-                        .with_context(|| format!("{origin}: 'seeds' must list non-negative integers, found {v}"))
-                })
-                .collect::<Result<_>>()?,
-            Some(v) => bail!("{origin}: 'seeds' should be a list of integers, found {v}"),
-        };
-        if seeds.is_empty() {
-            bail!("{origin}: 'seeds' is empty");
-        }
-        let probe_tau = match table.get("probe_tau") {
-            None => 4.0,
-            Some(v) => v
-                .as_float()
-                .or_else(|| v.as_integer().map(|i| i as f64))
-                .filter(|t| *t > 0.0)
-                .with_context(|| format!("{origin}: 'probe_tau' must be a positive number"))?,
-        };
-        let section = |k: &str| -> Result<toml::Table> {
-            let mut t = match table.get(k) {
-                None => toml::Table::new(),
-                Some(toml::Value::Table(t)) => t.clone(),
-                Some(v) => bail!("{origin}: '[{k}]' should be a table, found {v}"),
-            };
-            for key in SHARED_TRAIN_KEYS {
-                if let (Some(v), false) = (table.get(key), t.contains_key(key)) {
-                    t.insert(key.to_string(), v.clone());
-                }
-            }
-            Ok(t)
-        };
-        let t = section("teachers")?;
+    }
+    Ok(t)
+}
+
+/// The architectures a section lists under `models`, each checked.
+fn models(t: &toml::Table, key: &str, origin: &str) -> Result<Vec<String>> {
+    let models = t.get("models").map(|v| strings(v, key, origin)).transpose()?.unwrap_or_default();
+    for m in &models {
+        crate::models::parse(m).with_context(|| origin.to_string())?;
+    }
+    Ok(models)
+}
+
+fn method_blocks(v: Option<&toml::Value>, origin: &str) -> Result<Vec<MethodBlock>> {
+    let blocks = match v {
+        None => bail!("{origin}: no [[methods]] (e.g. [[methods]] name = \"kd\")"),
+        Some(toml::Value::Array(a)) => a,
+        Some(v) => bail!("{origin}: 'methods' must be [[methods]] tables, found {v}"),
+    };
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let b = b.as_table().with_context(|| format!("{origin}: methods[{i}] is not a table"))?;
+            MethodBlock::parse(b, &format!("{origin} methods[{i}]"))
+        })
+        .collect()
+}
+
+impl TeacherSet {
+    fn parse(t: &toml::Table, data: &str, origin: &str) -> Result<TeacherSet> {
         let runs = t.get("runs").map(|v| strings(v, "teachers.runs", origin)).transpose()?.unwrap_or_default();
         for r in &runs {
             r.parse::<RunRef>().with_context(|| format!("{origin}: teachers.runs"))?;
         }
-        let teachers = TeacherSet {
-            models: t.get("models").map(|v| strings(v, "teachers.models", origin)).transpose()?.unwrap_or_default(),
-            runs,
-            train: train_section(&t, &format!("{origin} [teachers]"), &["models", "runs", "seed"], &data)?,
-        };
-        let teacher_seed = t
+        let seed = t
             .get("seed")
             .map(|v| {
                 v.as_integer()
@@ -228,47 +257,27 @@ impl StudyConfig {
             })
             .transpose()?
             .unwrap_or(0);
-        let teachers = TeacherSet { train: TrainConfig { seed: teacher_seed as u64, ..teachers.train }, ..teachers };
-        let s = section("students")?;
-        let student_train =
-            train_section(&s, &format!("{origin} [students]"), &["models", "teacher_cache", "overrides"], &data)?;
-        let mut overrides = std::collections::BTreeMap::new();
-        if let Some(o) = s.get("overrides") {
-            let o = o
-                .as_table()
-                .with_context(|| format!("{origin}: students.overrides should be a table of student names"))?;
-            for (model, changes) in o {
-                let changes = changes
-                    .as_table()
-                    .with_context(|| format!("{origin}: students.overrides.{model} should be a table"))?;
-                // The student's section with this model's changes on top.
-                let mut merged = s.clone();
-                merged.remove("overrides");
-                merged.extend(changes.clone());
-                overrides.insert(
-                    model.clone(),
-                    train_section(
-                        &merged,
-                        &format!("{origin} [students.overrides.{model}]"),
-                        &["models", "teacher_cache"],
-                        &data,
-                    )?,
-                );
-            }
-        }
+        let train = train_section(t, &format!("{origin} [teachers]"), &["models", "runs", "seed"], data)?;
+        Ok(TeacherSet {
+            models: models(t, "teachers.models", origin)?,
+            runs,
+            train: TrainConfig { seed: seed as u64, ..train },
+        })
+    }
+}
+
+impl StudentSet {
+    fn parse(s: &toml::Table, data: &str, origin: &str) -> Result<StudentSet> {
         let students = StudentSet {
-            models: s.get("models").map(|v| strings(v, "students.models", origin)).transpose()?.unwrap_or_default(),
-            train: student_train,
-            overrides,
+            models: models(s, "students.models", origin)?,
+            train: train_section(s, &format!("{origin} [students]"), &["models", "teacher_cache", "overrides"], data)?,
+            overrides: Self::overrides(s, data, origin)?,
             teacher_cache: match s.get("teacher_cache") {
                 None => false,
                 Some(toml::Value::Boolean(b)) => *b,
                 Some(v) => bail!("{origin}: students.teacher_cache should be true or false, found {v}"),
             },
         };
-        for m in teachers.models.iter().chain(&students.models) {
-            crate::models::parse(m).with_context(|| origin.to_string())?;
-        }
         if students.models.is_empty() {
             bail!("{origin}: [students] lists no models");
         }
@@ -278,19 +287,62 @@ impl StudyConfig {
                 students.models.join(", ")
             );
         }
-        let blocks = match table.get("methods") {
-            None => bail!("{origin}: no [[methods]] (e.g. [[methods]] name = \"kd\")"),
-            Some(toml::Value::Array(a)) => a,
-            Some(v) => bail!("{origin}: 'methods' must be [[methods]] tables, found {v}"),
-        };
-        let mut methods = vec![];
-        for (i, b) in blocks.iter().enumerate() {
-            let b = b.as_table().with_context(|| format!("{origin}: methods[{i}] is not a table"))?;
-            methods.push(MethodBlock::parse(b, &format!("{origin} methods[{i}]"))?);
+        Ok(students)
+    }
+
+    /// `[students.overrides.MODEL]`: each student's training settings, its changes on top of the
+    /// section's.
+    fn overrides(s: &toml::Table, data: &str, origin: &str) -> Result<BTreeMap<String, TrainConfig>> {
+        let mut overrides = BTreeMap::new();
+        let Some(o) = s.get("overrides") else { return Ok(overrides) };
+        let o =
+            o.as_table().with_context(|| format!("{origin}: students.overrides should be a table of student names"))?;
+        for (model, changes) in o {
+            let changes = changes
+                .as_table()
+                .with_context(|| format!("{origin}: students.overrides.{model} should be a table"))?;
+            let mut merged = s.clone();
+            merged.remove("overrides");
+            merged.extend(changes.clone());
+            let origin = format!("{origin} [students.overrides.{model}]");
+            overrides.insert(model.clone(), train_section(&merged, &origin, &["models", "teacher_cache"], data)?);
         }
-        let cfg = StudyConfig { name, data, seeds, probe_tau, teachers, students, methods };
+        Ok(overrides)
+    }
+}
+
+impl StudyConfig {
+    pub fn load(path: &Path) -> Result<StudyConfig> {
+        let table = config::read_table(Some(path))?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "study".into());
+        Self::from_table(table, &path.display().to_string(), &stem)
+    }
+
+    pub fn from_table(table: toml::Table, origin: &str, default_name: &str) -> Result<StudyConfig> {
+        let top: Vec<String> = TOP_KEYS.iter().map(|s| s.to_string()).collect();
+        if let Some(k) = table.keys().find(|k| !top.contains(k)) {
+            return Err(unknown(origin, k, &top));
+        }
+        let name = optional_str(&table, "name", origin)?.unwrap_or_else(|| default_name.to_string());
+        let data = optional_str(&table, "data", origin)?
+            .with_context(|| format!("{origin}: no 'data' (e.g. data = \"fashion-mnist\")"))?;
+        let cfg = StudyConfig {
+            name,
+            seeds: seeds(table.get("seeds"), origin)?,
+            probe_tau: probe_tau(table.get("probe_tau"), origin)?,
+            teachers: TeacherSet::parse(&section(&table, "teachers", origin)?, &data, origin)?,
+            students: StudentSet::parse(&section(&table, "students", origin)?, &data, origin)?,
+            methods: method_blocks(table.get("methods"), origin)?,
+            data,
+        };
         cfg.check_references(origin)?;
         Ok(cfg)
+    }
+
+    /// One line per `[[methods]]` block whose grid left combinations out as incompatible: how many,
+    /// and why.
+    pub fn skipped_notes(&self) -> Vec<String> {
+        self.methods.iter().enumerate().filter_map(|(i, m)| m.skipped_note(i)).collect()
     }
 
     /// The names teachers go by in the study: the architecture for trained ones, the directory
@@ -346,67 +398,18 @@ pub fn external_name(spec: &str) -> String {
 
 impl MethodBlock {
     fn parse(b: &toml::Table, origin: &str) -> Result<MethodBlock> {
-        let mut allowed: Vec<String> = BLOCK_KEYS.iter().map(|s| s.to_string()).collect();
-        allowed.extend(MethodParams::KEYS.iter().map(|s| s.to_string()));
-        for k in b.keys() {
-            if !allowed.contains(k) {
-                return Err(unknown(origin, k, &allowed));
-            }
-        }
         let name =
             b.get("name").and_then(|v| v.as_str()).with_context(|| format!("{origin}: no method 'name'"))?.to_string();
-        // Expand the grid: every listed value of every hyper-parameter.
-        let mut grid: Vec<toml::Table> = vec![toml::Table::new()];
-        let mut varying = vec![];
-        for k in MethodParams::KEYS {
-            let Some(v) = b.get(k) else { continue };
-            let values: Vec<toml::Value> = match v {
-                toml::Value::Array(a) if a.is_empty() => bail!("{origin}: '{k}' is an empty list"),
-                toml::Value::Array(a) => a.clone(),
-                other => vec![other.clone()],
-            };
-            if values.len() > 1 {
-                varying.push(k.to_string());
-            }
-            grid = grid
-                .into_iter()
-                .flat_map(|g| {
-                    values.iter().map(move |v| {
-                        let mut g = g.clone();
-                        let v = match v {
-                            toml::Value::Integer(i) if !MethodParams::NOT_NUMBERS.contains(&k) => {
-                                toml::Value::Float(*i as f64)
-                            }
-                            v => v.clone(),
-                        };
-                        g.insert(k.to_string(), v);
-                        g
-                    })
-                })
-                .collect();
+        let entry = methods::entry_of(&name).with_context(|| origin.to_string())?;
+        // A key no method takes is likely a typo of a block key or one of this method's keys.
+        let allowed: Vec<String> = BLOCK_KEYS.iter().chain(entry.keys()).map(|k| k.to_string()).collect();
+        if let Some(k) = b.keys().find(|k| !allowed.contains(k) && !methods::all_keys().contains(&k.as_str())) {
+            return Err(unknown(origin, k, &allowed));
         }
-        let grid: Vec<MethodParams> = grid
-            .into_iter()
-            .map(|g| toml::Value::Table(g).try_into::<MethodParams>().map_err(|e| anyhow::anyhow!("{origin}: {e}")))
-            .collect::<Result<_>>()?;
-        // A misspelt rule is an error even in a grid (where refused combinations are skipped).
-        for r in grid.iter().filter_map(|p| p.rule.as_deref()) {
-            crate::methods::isats::Rule::parse(r).with_context(|| origin.to_string())?;
-        }
-        // In a grid, combinations the method refuses (ATS with τ1 < τ2) are left out; a single
-        // setting that is refused is an error.
-        let grid: Vec<MethodParams> = if grid.len() > 1 {
-            let ok: Vec<MethodParams> =
-                grid.iter().filter(|p| crate::methods::build(&name, p).is_ok()).cloned().collect();
-            if ok.is_empty() {
-                crate::methods::build(&name, &grid[0])
-                    .with_context(|| format!("{origin}: no valid combination in the grid"))?;
-            }
-            ok
-        } else {
-            crate::methods::build(&name, &grid[0]).with_context(|| origin.to_string())?;
-            grid
-        };
+        let given = b.keys().map(String::as_str).filter(|k| !BLOCK_KEYS.contains(k));
+        entry.check_keys(given).with_context(|| origin.to_string())?;
+        let (combinations, varying) = combinations(b, entry.keys(), origin)?;
+        let (grid, skipped) = compatible(entry, combinations, origin)?;
         let list = |k: &str| b.get(k).map(|v| strings(v, k, origin)).transpose();
         let teacher_epoch = b
             .get("teacher_epoch")
@@ -435,6 +438,7 @@ impl MethodBlock {
             name,
             grid,
             varying,
+            skipped,
             teachers: list("teachers")?,
             students: list("students")?,
             teacher_epoch,
@@ -442,6 +446,93 @@ impl MethodBlock {
             label: b.get("label").and_then(|v| v.as_str()).map(str::to_string),
         })
     }
+
+    /// "methods[i] (ats): 9 of 30 combinations left out as incompatible: …", if any were.
+    fn skipped_note(&self, i: usize) -> Option<String> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        let mut why: Vec<(&str, Vec<&str>)> = vec![];
+        for s in &self.skipped {
+            match why.iter_mut().find(|(needs, _)| *needs == s.needs) {
+                Some((_, got)) => got.push(&s.got),
+                None => why.push((&s.needs, vec![&s.got])),
+            }
+        }
+        let reasons: Vec<String> = why
+            .iter()
+            .map(|(needs, got)| {
+                let more = if got.len() > 3 { format!("; … {} more", got.len() - 3) } else { String::new() };
+                format!("{needs} ({}: {}{more})", got.len(), got[..got.len().min(3)].join("; "))
+            })
+            .collect();
+        Some(format!(
+            "methods[{i}] ({}): {} of {} combinations left out as incompatible: {}",
+            self.name,
+            self.skipped.len(),
+            self.skipped.len() + self.grid.len(),
+            reasons.join("; and ")
+        ))
+    }
+}
+
+/// Every combination of the values a block lists for the method's keys (a single value is a list
+/// of one), the method's first key outermost; and the keys that take more than one value.
+fn combinations(b: &toml::Table, keys: &[&str], origin: &str) -> Result<(Vec<methods::Table>, Vec<String>)> {
+    let mut grid: Vec<methods::Table> = vec![methods::Table::new()];
+    let mut varying = vec![];
+    for &k in keys {
+        let Some(v) = b.get(k) else { continue };
+        let values: Vec<toml::Value> = match v {
+            toml::Value::Array(a) if a.is_empty() => bail!("{origin}: '{k}' is an empty list"),
+            toml::Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
+        if values.len() > 1 {
+            varying.push(k.to_string());
+        }
+        grid = grid
+            .into_iter()
+            .flat_map(|g| {
+                values.iter().map(move |v| {
+                    let mut g = g.clone();
+                    g.insert(k.to_string(), v.clone());
+                    g
+                })
+            })
+            .collect();
+    }
+    Ok((grid, varying))
+}
+
+/// The combinations the method accepts, and those it declares incompatible (left out of a grid).
+/// Any other refusal is an error, as is a single setting that is incompatible or a grid with no
+/// compatible combination.
+fn compatible(
+    entry: &methods::Entry,
+    combinations: Vec<methods::Table>,
+    origin: &str,
+) -> Result<(Vec<methods::Table>, Vec<SkippedCombination>)> {
+    let single = combinations.len() == 1;
+    let (mut grid, mut skipped) = (vec![], vec![]);
+    for params in combinations {
+        match entry.build(&params) {
+            Ok(_) => grid.push(params),
+            Err(e) => match methods::incompatibility(&e) {
+                Some(i) if !single => skipped.push(SkippedCombination {
+                    needs: i.needs.clone(),
+                    got: i.got.clone(),
+                    params: params.clone(),
+                }),
+                _ => return Err(e.context(origin.to_string())),
+            },
+        }
+    }
+    if grid.is_empty() {
+        let needs: Vec<&str> = skipped.iter().map(|s| s.needs.as_str()).collect();
+        bail!("{origin}: no combination in the grid is compatible: {}", needs[0]);
+    }
+    Ok((grid, skipped))
 }
 
 #[cfg(test)]
@@ -487,15 +578,16 @@ mod tests {
             "{BASE}[[methods]]\nname = 'isats'\nrule = ['order', 'bounded']\ncenter_logits = true\n[[methods]]\nname = 'ats'\ncenter_logits = [false, true]\n"
         ))
         .unwrap();
-        let rules: Vec<Option<&str>> = s.methods[0].grid.iter().map(|p| p.rule.as_deref()).collect();
+        let rules: Vec<Option<&str>> =
+            s.methods[0].grid.iter().map(|p| p.get("rule").and_then(|r| r.as_str())).collect();
         assert_eq!(rules, vec![Some("order"), Some("bounded")]);
-        assert!(s.methods[0].grid.iter().all(|p| p.center_logits == Some(true)));
+        assert!(s.methods[0].grid.iter().all(|p| p.get("center_logits") == Some(&toml::Value::Boolean(true))));
         assert_eq!(s.methods[0].varying, vec!["rule"]);
         assert_eq!(s.methods[1].grid.len(), 2);
         assert_eq!(s.methods[1].varying, vec!["center_logits"]);
         // A single rule, and a misspelt one: an error naming the valid rules, even in a grid.
         let s = parse(&format!("{BASE}[[methods]]\nname = 'isats'\nrule = 'ts'\n")).unwrap();
-        assert_eq!(s.methods[0].grid[0].rule.as_deref(), Some("ts"));
+        assert_eq!(s.methods[0].grid[0].get("rule").and_then(|r| r.as_str()), Some("ts"));
         for bad in ["'oder'", "['order', 'oder']"] {
             let e = format!("{:#}", parse(&format!("{BASE}[[methods]]\nname = 'isats'\nrule = {bad}\n")).unwrap_err());
             assert!(e.contains("unknown ISATS rule 'oder'") && e.contains("order, ts, bounded"), "{e}");

@@ -2,7 +2,7 @@
 //! run with a stable id, the hash of everything that determines its result. Adding a seed or a
 //! temperature adds runs; the existing ones keep their ids and are not run again.
 use super::config::{external_name, MethodBlock, StudyConfig};
-use crate::methods::{self, MethodParams};
+use crate::methods;
 use crate::train::checkpoint::{RunRef, Which};
 use crate::train::config::TrainConfig;
 use anyhow::{Context, Result};
@@ -65,7 +65,9 @@ pub struct RunSpec {
     pub name: String,
     pub train: TrainConfig,
     pub method: String,
-    pub params: MethodParams,
+    /// The method's hyper-parameters as the study gives them.
+    #[serde(deserialize_with = "given_params")]
+    pub params: methods::Table,
     /// Every hyper-parameter in effect, defaults included.
     pub hyper: serde_json::Value,
     /// The line this run belongs to in the report (e.g. "kd τ=2", "kd (ESKD@3)").
@@ -75,6 +77,13 @@ pub struct RunSpec {
     /// Distil from the teacher's logit cache instead of running the teacher.
     #[serde(default)]
     pub teacher_cache: bool,
+}
+
+/// Reads `params`, dropping null values: plans stored before the methods had their own structs
+/// wrote every key of every method, null where not given.
+fn given_params<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<methods::Table, D::Error> {
+    let all = BTreeMap::<String, Option<toml::Value>>::deserialize(d)?;
+    Ok(all.into_iter().filter_map(|(k, v)| Some((k, v?))).collect())
 }
 
 /// Where a run lives inside a study.
@@ -99,7 +108,7 @@ fn fmt_value(v: &serde_json::Value) -> String {
     }
 }
 
-fn series_label(block: &MethodBlock, p: &MethodParams) -> String {
+fn series_label(block: &MethodBlock, p: &methods::Table) -> String {
     if let Some(l) = &block.label {
         return l.clone();
     }
@@ -119,7 +128,7 @@ fn series_label(block: &MethodBlock, p: &MethodParams) -> String {
         };
         s += &format!(" {sym}={}", fmt_value(&pv[k.as_str()]));
     }
-    if p.standardize == Some(true) {
+    if p.get("standardize") == Some(&toml::Value::Boolean(true)) {
         s += "+ls";
     }
     if let Some(e) = block.teacher_epoch {
@@ -146,142 +155,199 @@ fn teacher_identity(t: &TeacherRef, study_dir: &Path) -> Result<serde_json::Valu
     })
 }
 
+/// Runs in the order they are added, each id once.
+#[derive(Default)]
+struct Plan {
+    runs: BTreeMap<String, RunSpec>,
+    order: Vec<String>,
+}
+
+impl Plan {
+    fn add(&mut self, r: RunSpec) {
+        if !self.runs.contains_key(&r.id) {
+            self.order.push(r.id.clone());
+            self.runs.insert(r.id.clone(), r);
+        }
+    }
+
+    fn into_runs(mut self) -> Vec<RunSpec> {
+        self.order.into_iter().map(|id| self.runs.remove(&id).expect("added")).collect()
+    }
+}
+
 /// Expands a study into its runs, teachers first; ids are unique.
 pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
-    let mut runs: BTreeMap<String, RunSpec> = BTreeMap::new();
-    let mut order: Vec<String> = vec![];
-    let mut add = |r: RunSpec, runs: &mut BTreeMap<String, RunSpec>| {
-        if !runs.contains_key(&r.id) {
-            order.push(r.id.clone());
-            runs.insert(r.id.clone(), r);
-        }
-    };
-    let ce = methods::build("ce", &MethodParams::default())?;
-    // Teachers trained by the study.
-    let mut teachers: Vec<TeacherRef> = vec![];
+    let mut plan = Plan::default();
+    let mut teachers = vec![];
     for model in &study.teachers.models {
-        let train = TrainConfig { model: model.clone(), ..study.teachers.train.clone() };
-        let id = hash_id(&serde_json::json!({"kind": "teacher", "train": train.identity()}));
-        add(
-            RunSpec {
-                id: id.clone(),
-                kind: Kind::Teacher,
-                name: format!("teacher {model} s{}", train.seed),
-                train,
-                method: "ce".into(),
-                params: MethodParams::default(),
-                hyper: ce.hyper(),
-                series: "teacher".into(),
-                teacher: None,
-                depends_on: vec![],
-                teacher_cache: false,
-            },
-            &mut runs,
-        );
-        teachers.push(TeacherRef {
-            name: model.clone(),
-            run_id: Some(id),
-            external: None,
-            at_epoch: None,
-            via_assistant: None,
-            root: model.clone(),
-        });
+        let (run, teacher) = trained_teacher(study, model)?;
+        plan.add(run);
+        teachers.push(teacher);
     }
     for spec in &study.teachers.runs {
-        let r: RunRef = spec.parse()?;
-        let abs = std::fs::canonicalize(&r.dir)
-            .with_context(|| format!("teacher run {}: no such directory", r.dir.display()))?;
-        let external = RunRef { dir: abs, ..r }.to_string();
-        crate::train::checkpoint::resolve(&external)?;
-        let name = external_name(spec);
-        teachers.push(TeacherRef {
-            name: name.clone(),
-            run_id: None,
-            external: Some(external),
-            at_epoch: None,
-            via_assistant: None,
-            root: name,
-        });
+        teachers.push(existing_teacher(spec)?);
     }
     for block in &study.methods {
         for params in &block.grid {
-            let method = methods::build(&block.name, params)?;
-            let hyper = method.hyper();
-            let series = series_label(block, params);
-            let chosen: Vec<Option<&TeacherRef>> = if block.name == "ce" {
-                vec![None]
-            } else {
-                teachers
-                    .iter()
-                    .filter(|t| block.teachers.as_ref().is_none_or(|f| f.contains(&t.name)))
-                    .map(Some)
-                    .collect()
-            };
-            for teacher in chosen {
+            let point = GridPoint::new(block, params)?;
+            for teacher in point.teachers(&teachers) {
                 for student in
                     study.students.models.iter().filter(|s| block.students.as_ref().is_none_or(|f| f.contains(s)))
                 {
                     for &seed in &study.seeds {
-                        let mut t = teacher.cloned().map(|t| TeacherRef { at_epoch: block.teacher_epoch, ..t });
-                        let mut deps: Vec<String> = t.as_ref().and_then(|t| t.run_id.clone()).into_iter().collect();
-                        if let (Some(assistant), Some(tr)) = (&block.assistant, &t) {
-                            let train = TrainConfig { seed, ..study.students.train_for(assistant) };
-                            let identity = serde_json::json!({"kind": "assistant", "train": train.identity(), "method": block.name, "hyper": hyper, "teacher_cache": study.students.teacher_cache,
-                                "teacher": teacher_identity(tr, study_dir)?});
-                            let aid = hash_id(&identity);
-                            add(
-                                RunSpec {
-                                    id: aid.clone(),
-                                    kind: Kind::Assistant,
-                                    name: format!("assistant {assistant} ← {} {} s{seed}", tr.name, block.name),
-                                    train,
-                                    method: block.name.clone(),
-                                    params: params.clone(),
-                                    hyper: hyper.clone(),
-                                    series: format!("{} assistant", block.name),
-                                    teacher: Some(tr.clone()),
-                                    depends_on: deps.clone(),
-                                    teacher_cache: study.students.teacher_cache,
-                                },
-                                &mut runs,
-                            );
-                            t = Some(TeacherRef {
-                                name: tr.name.clone(),
-                                run_id: Some(aid.clone()),
-                                external: None,
-                                at_epoch: None,
-                                via_assistant: Some(assistant.clone()),
-                                root: tr.root.clone(),
-                            });
-                            deps = vec![aid];
-                        }
-                        let train = TrainConfig { seed, ..study.students.train_for(student) };
-                        let identity = serde_json::json!({"kind": "student", "train": train.identity(), "method": block.name, "hyper": hyper, "teacher_cache": study.students.teacher_cache && t.is_some(),
-                            "teacher": t.as_ref().map(|t| teacher_identity(t, study_dir)).transpose()?});
-                        let id = hash_id(&identity);
-                        let from = t.as_ref().map(|t| format!(" ← {}", t.name)).unwrap_or_default();
-                        add(
-                            RunSpec {
-                                id,
-                                kind: Kind::Student,
-                                name: format!("{student}{from} {series} s{seed}"),
-                                train,
-                                method: block.name.clone(),
-                                params: params.clone(),
-                                hyper: hyper.clone(),
-                                series: series.clone(),
-                                teacher_cache: study.students.teacher_cache && t.is_some(),
-                                teacher: t,
-                                depends_on: deps,
-                            },
-                            &mut runs,
-                        );
+                        point.add_runs(&mut plan, study, study_dir, teacher, student, seed)?;
                     }
                 }
             }
         }
     }
-    Ok(order.into_iter().map(|id| runs.remove(&id).expect("added")).collect())
+    Ok(plan.into_runs())
+}
+
+/// A teacher the study trains: its run, and how students refer to it.
+fn trained_teacher(study: &StudyConfig, model: &str) -> Result<(RunSpec, TeacherRef)> {
+    let train = TrainConfig { model: model.to_string(), ..study.teachers.train.clone() };
+    let id = hash_id(&serde_json::json!({"kind": "teacher", "train": train.identity()}));
+    let run = RunSpec {
+        id: id.clone(),
+        kind: Kind::Teacher,
+        name: format!("teacher {model} s{}", train.seed),
+        train,
+        method: "ce".into(),
+        params: methods::Table::new(),
+        hyper: methods::build("ce", &methods::Table::new())?.hyper(),
+        series: "teacher".into(),
+        teacher: None,
+        depends_on: vec![],
+        teacher_cache: false,
+    };
+    let teacher = TeacherRef {
+        name: model.to_string(),
+        run_id: Some(id),
+        external: None,
+        at_epoch: None,
+        via_assistant: None,
+        root: model.to_string(),
+    };
+    Ok((run, teacher))
+}
+
+/// An existing run given as a teacher (`[teachers] runs`), by its absolute checkpoint spec.
+fn existing_teacher(spec: &str) -> Result<TeacherRef> {
+    let r: RunRef = spec.parse()?;
+    let abs =
+        std::fs::canonicalize(&r.dir).with_context(|| format!("teacher run {}: no such directory", r.dir.display()))?;
+    let external = RunRef { dir: abs, ..r }.to_string();
+    crate::train::checkpoint::resolve(&external)?;
+    let name = external_name(spec);
+    Ok(TeacherRef {
+        name: name.clone(),
+        run_id: None,
+        external: Some(external),
+        at_epoch: None,
+        via_assistant: None,
+        root: name,
+    })
+}
+
+/// One combination of a `[[methods]]` block: what its runs share.
+struct GridPoint<'a> {
+    block: &'a MethodBlock,
+    params: &'a methods::Table,
+    hyper: serde_json::Value,
+    series: String,
+}
+
+impl<'a> GridPoint<'a> {
+    fn new(block: &'a MethodBlock, params: &'a methods::Table) -> Result<GridPoint<'a>> {
+        let hyper = methods::build(&block.name, params)?.hyper();
+        Ok(GridPoint { block, params, hyper, series: series_label(block, params) })
+    }
+
+    /// The teachers the block distils from (none for `ce`, which has no teacher).
+    fn teachers<'t>(&self, all: &'t [TeacherRef]) -> Vec<Option<&'t TeacherRef>> {
+        if self.block.name == "ce" {
+            return vec![None];
+        }
+        all.iter().filter(|t| self.block.teachers.as_ref().is_none_or(|f| f.contains(&t.name))).map(Some).collect()
+    }
+
+    /// The run of `student` from `teacher` with `seed`, after its TAKD assistant's run when the
+    /// block has an assistant.
+    fn add_runs(
+        &self,
+        plan: &mut Plan,
+        study: &StudyConfig,
+        study_dir: &Path,
+        teacher: Option<&TeacherRef>,
+        student: &str,
+        seed: u64,
+    ) -> Result<()> {
+        let block = self.block;
+        let mut t = teacher.cloned().map(|t| TeacherRef { at_epoch: block.teacher_epoch, ..t });
+        let mut deps: Vec<String> = t.as_ref().and_then(|t| t.run_id.clone()).into_iter().collect();
+        if let (Some(assistant), Some(tr)) = (&block.assistant, &t) {
+            let run = self.assistant_run(study, study_dir, tr, assistant, seed, deps)?;
+            t = Some(TeacherRef {
+                name: tr.name.clone(),
+                run_id: Some(run.id.clone()),
+                external: None,
+                at_epoch: None,
+                via_assistant: Some(assistant.clone()),
+                root: tr.root.clone(),
+            });
+            deps = vec![run.id.clone()];
+            plan.add(run);
+        }
+        let train = TrainConfig { seed, ..study.students.train_for(student) };
+        let teacher_cache = study.students.teacher_cache && t.is_some();
+        let identity = serde_json::json!({"kind": "student", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": teacher_cache,
+            "teacher": t.as_ref().map(|t| teacher_identity(t, study_dir)).transpose()?});
+        let from = t.as_ref().map(|t| format!(" ← {}", t.name)).unwrap_or_default();
+        plan.add(RunSpec {
+            id: hash_id(&identity),
+            kind: Kind::Student,
+            name: format!("{student}{from} {} s{seed}", self.series),
+            train,
+            method: block.name.clone(),
+            params: self.params.clone(),
+            hyper: self.hyper.clone(),
+            series: self.series.clone(),
+            teacher_cache,
+            teacher: t,
+            depends_on: deps,
+        });
+        Ok(())
+    }
+
+    /// TAKD: the assistant `assistant` distilled from `teacher`, which then teaches the student.
+    fn assistant_run(
+        &self,
+        study: &StudyConfig,
+        study_dir: &Path,
+        teacher: &TeacherRef,
+        assistant: &str,
+        seed: u64,
+        depends_on: Vec<String>,
+    ) -> Result<RunSpec> {
+        let block = self.block;
+        let train = TrainConfig { seed, ..study.students.train_for(assistant) };
+        let identity = serde_json::json!({"kind": "assistant", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": study.students.teacher_cache,
+            "teacher": teacher_identity(teacher, study_dir)?});
+        Ok(RunSpec {
+            id: hash_id(&identity),
+            kind: Kind::Assistant,
+            name: format!("assistant {assistant} ← {} {} s{seed}", teacher.name, block.name),
+            train,
+            method: block.name.clone(),
+            params: self.params.clone(),
+            hyper: self.hyper.clone(),
+            series: format!("{} assistant", block.name),
+            teacher: Some(teacher.clone()),
+            depends_on,
+            teacher_cache: study.students.teacher_cache,
+        })
+    }
 }
 
 #[cfg(test)]

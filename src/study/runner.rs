@@ -220,24 +220,13 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
     std::fs::create_dir_all(&dir0).with_context(|| format!("creating {}", dir0.display()))?;
     let _lock = lock(&dir0.join(".sweep.lock"), &format!("another sweep is already running on {}", dir0.display()))?;
     let (cfg, dir, specs, mut store) = open(study_file, out, opts.retry_failed)?;
-    let by_id: HashMap<&str, &RunSpec> = specs.iter().map(|s| (s.id.as_str(), s)).collect();
-    let status = |store: &Store, id: &str| store.get(id).map(|r| r.map(|r| r.status));
+    for note in cfg.skipped_notes() {
+        println!("note: {note}");
+    }
     let todo: Vec<&RunSpec> =
-        specs.iter().filter(|s| status(&store, &s.id).ok().flatten() == Some(Status::Queued)).collect();
-    let done_before = specs.len() - todo.len();
+        specs.iter().filter(|s| store.get(&s.id).ok().flatten().map(|r| r.status) == Some(Status::Queued)).collect();
     if opts.dry_run {
-        println!(
-            "{}: {} runs planned, {} to run ({} done or failed)",
-            dir.display(),
-            specs.len(),
-            todo.len(),
-            done_before
-        );
-        let rows: Vec<Vec<String>> = todo
-            .iter()
-            .map(|s| vec![s.id.clone(), s.kind.as_str().into(), s.name.clone(), s.train.epochs.to_string()])
-            .collect();
-        print!("{}", fmt::table(&["id", "kind", "run", "epochs"], &rows));
+        print_plan(&dir, &specs, &todo);
         return Ok(dir);
     }
     let workers = opts.workers.max(1);
@@ -249,115 +238,36 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
         specs.len(),
         todo.len()
     );
-    let exe = WorkerExe::resolve()?;
-    let total = specs.len();
-    let mut running: Vec<Running> = vec![];
-    // A worker that cannot be started is the sweep's failure, not the run's: the run goes back to
-    // `queued`, nothing more starts, the running workers finish, and the sweep reports the cause.
-    let mut spawn_error: Option<(String, anyhow::Error)> = None;
     let started = Instant::now();
-    let mut probed = false;
-    loop {
-        // Runs whose dependencies failed cannot run.
-        let runs = store.runs()?;
-        let st: HashMap<String, Status> = runs.iter().map(|r| (r.id.clone(), r.status)).collect();
-        for s in &specs {
-            if st.get(&s.id) == Some(&Status::Queued) {
-                if let Some(dep) = s.depends_on.iter().find(|d| st.get(*d) == Some(&Status::Failed)) {
-                    store.set_status(&s.id, Status::Failed, Some(&format!("its teacher run {dep} failed")))?;
-                }
-            }
-        }
-        let st: HashMap<String, Status> = store.runs()?.into_iter().map(|r| (r.id, r.status)).collect();
-        let teachers_done =
-            specs.iter().filter(|s| s.kind == Kind::Teacher).all(|s| st.get(&s.id) == Some(&Status::Done));
-        if teachers_done && !probed {
-            probed = true;
-            if let Err(e) = super::probe_teachers(&cfg, &dir, &specs, &store) {
-                eprintln!("warning: probing the teachers failed: {e:#}");
-            }
-        }
-        let ready: Vec<&RunSpec> = specs
-            .iter()
-            .filter(|s| st.get(&s.id) == Some(&Status::Queued))
-            .filter(|s| !running.iter().any(|r| r.id == s.id))
-            .filter(|s| s.depends_on.iter().all(|d| st.get(d) == Some(&Status::Done)))
-            .collect();
-        if (ready.is_empty() || spawn_error.is_some()) && running.is_empty() {
-            break;
-        }
-        let free = if spawn_error.is_some() { 0 } else { workers.saturating_sub(running.len()) };
-        for s in ready.into_iter().take(free) {
-            store.set_status(&s.id, Status::Running, None)?;
-            match spawn(&dir, s, threads, &exe) {
-                Ok(child) => {
-                    if !opts.quiet {
-                        println!("  start {} {}", s.id, s.name);
-                    }
-                    running.push(Running { id: s.id.clone(), child, started: Instant::now() });
-                }
-                Err(e) => {
-                    store.set_status(&s.id, Status::Queued, None)?;
-                    eprintln!(
-                        "error: could not start a worker for {} ({e:#}); starting no more runs{}",
-                        s.name,
-                        if running.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", waiting for the {} running", running.len())
-                        }
-                    );
-                    spawn_error = Some((s.id.clone(), e));
-                    break;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let mut still = vec![];
-        for mut r in running.drain(..) {
-            match r.child.try_wait()? {
-                None => still.push(r),
-                Some(code) => {
-                    let spec = by_id[r.id.as_str()];
-                    let rdir = plan::run_dir(&dir, &r.id);
-                    let outcome = if code.success() { finished(&rdir, spec)? } else { None };
-                    match outcome {
-                        Some((rec, history)) => {
-                            store.record_done(&r.id, &rec, &history)?;
-                            let (d, f) = planned_counts(&store, &by_id)?;
-                            println!(
-                                "[{d}/{total} done, {f} failed] {}: final {:.2}%, best {:.2}% ({})",
-                                spec.name,
-                                100.0 * rec.final_test_acc.unwrap_or(f64::NAN),
-                                100.0 * rec.best_test_acc.unwrap_or(f64::NAN),
-                                fmt::duration(r.started.elapsed().as_secs_f64())
-                            );
-                        }
-                        None => {
-                            let why = failure_reason(&rdir, code.code());
-                            store.set_status(&r.id, Status::Failed, Some(&why))?;
-                            let (d, f) = planned_counts(&store, &by_id)?;
-                            println!("[{d}/{total} done, {f} failed] FAILED {}: {why}", spec.name);
-                        }
-                    }
-                }
-            }
-        }
-        running = still;
-    }
-    let (d, f) = planned_counts(&store, &by_id)?;
+    let mut pool = Pool {
+        dir: &dir,
+        specs: &specs,
+        by_id: specs.iter().map(|s| (s.id.as_str(), s)).collect(),
+        exe: WorkerExe::resolve()?,
+        workers,
+        threads,
+        quiet: opts.quiet,
+        running: vec![],
+        spawn_error: None,
+    };
+    pool.run(&cfg, &mut store)?;
+    let (d, f) = planned_counts(&store, &pool.by_id)?;
     println!(
-        "{}: {d} of {total} runs done, {f} failed, in {}. `kdlab report {}` writes the report.",
+        "{}: {d} of {} runs done, {f} failed, in {}. `kdlab report {}` writes the report.",
         cfg.name,
+        specs.len(),
         fmt::duration(started.elapsed().as_secs_f64()),
         dir.display()
     );
     if f > 0 {
         println!("failed runs are retried with --retry-failed; `kdlab status {}` lists them", dir.display());
     }
-    if let Some((id, e)) = spawn_error {
-        let queued =
-            store.runs()?.iter().filter(|r| by_id.contains_key(r.id.as_str()) && r.status == Status::Queued).count();
+    if let Some((id, e)) = pool.spawn_error {
+        let queued = store
+            .runs()?
+            .iter()
+            .filter(|r| pool.by_id.contains_key(r.id.as_str()) && r.status == Status::Queued)
+            .count();
         let mut again = format!("kdlab sweep {} --out {} --workers {workers}", study_file.display(), dir.display());
         if let Some(t) = opts.threads {
             again += &format!(" --threads {t}");
@@ -368,6 +278,148 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
         );
     }
     Ok(dir)
+}
+
+/// `--dry-run`: what a sweep would run.
+fn print_plan(dir: &Path, specs: &[RunSpec], todo: &[&RunSpec]) {
+    println!(
+        "{}: {} runs planned, {} to run ({} done or failed)",
+        dir.display(),
+        specs.len(),
+        todo.len(),
+        specs.len() - todo.len()
+    );
+    let rows: Vec<Vec<String>> = todo
+        .iter()
+        .map(|s| vec![s.id.clone(), s.kind.as_str().into(), s.name.clone(), s.train.epochs.to_string()])
+        .collect();
+    print!("{}", fmt::table(&["id", "kind", "run", "epochs"], &rows));
+}
+
+/// The sweep's workers: the runs in flight, and what starting one needs.
+struct Pool<'a> {
+    dir: &'a Path,
+    specs: &'a [RunSpec],
+    by_id: HashMap<&'a str, &'a RunSpec>,
+    exe: WorkerExe,
+    workers: usize,
+    threads: usize,
+    quiet: bool,
+    running: Vec<Running>,
+    /// A worker that could not be started: the sweep's failure, not the run's. The run goes back
+    /// to `queued`, nothing more starts, the running workers finish, and the sweep reports it.
+    spawn_error: Option<(String, anyhow::Error)>,
+}
+
+impl Pool<'_> {
+    /// Starts runs as their teachers finish, until none is left to start and none is running.
+    fn run(&mut self, cfg: &StudyConfig, store: &mut Store) -> Result<()> {
+        let mut probed = false;
+        loop {
+            let st = self.fail_orphans(store)?;
+            let teachers_done =
+                self.specs.iter().filter(|s| s.kind == Kind::Teacher).all(|s| st.get(&s.id) == Some(&Status::Done));
+            if teachers_done && !probed {
+                probed = true;
+                if let Err(e) = super::probe_teachers(cfg, self.dir, self.specs, store) {
+                    eprintln!("warning: probing the teachers failed: {e:#}");
+                }
+            }
+            let ready: Vec<&RunSpec> = self
+                .specs
+                .iter()
+                .filter(|s| st.get(&s.id) == Some(&Status::Queued))
+                .filter(|s| !self.running.iter().any(|r| r.id == s.id))
+                .filter(|s| s.depends_on.iter().all(|d| st.get(d) == Some(&Status::Done)))
+                .collect();
+            if (ready.is_empty() || self.spawn_error.is_some()) && self.running.is_empty() {
+                return Ok(());
+            }
+            self.start(&ready, store)?;
+            std::thread::sleep(Duration::from_millis(200));
+            self.reap(store)?;
+        }
+    }
+
+    /// Marks failed the queued runs whose teacher run failed (they cannot run); every run's status.
+    fn fail_orphans(&self, store: &Store) -> Result<HashMap<String, Status>> {
+        let st: HashMap<String, Status> = store.runs()?.into_iter().map(|r| (r.id, r.status)).collect();
+        for s in self.specs {
+            if st.get(&s.id) == Some(&Status::Queued) {
+                if let Some(dep) = s.depends_on.iter().find(|d| st.get(*d) == Some(&Status::Failed)) {
+                    store.set_status(&s.id, Status::Failed, Some(&format!("its teacher run {dep} failed")))?;
+                }
+            }
+        }
+        Ok(store.runs()?.into_iter().map(|r| (r.id, r.status)).collect())
+    }
+
+    /// Starts ready runs in the free worker slots (none after a worker failed to start).
+    fn start(&mut self, ready: &[&RunSpec], store: &Store) -> Result<()> {
+        let free = if self.spawn_error.is_some() { 0 } else { self.workers.saturating_sub(self.running.len()) };
+        for s in ready.iter().take(free) {
+            store.set_status(&s.id, Status::Running, None)?;
+            match spawn(self.dir, s, self.threads, &self.exe) {
+                Ok(child) => {
+                    if !self.quiet {
+                        println!("  start {} {}", s.id, s.name);
+                    }
+                    self.running.push(Running { id: s.id.clone(), child, started: Instant::now() });
+                }
+                Err(e) => {
+                    store.set_status(&s.id, Status::Queued, None)?;
+                    eprintln!(
+                        "error: could not start a worker for {} ({e:#}); starting no more runs{}",
+                        s.name,
+                        if self.running.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", waiting for the {} running", self.running.len())
+                        }
+                    );
+                    self.spawn_error = Some((s.id.clone(), e));
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the runs whose process has exited: done if it finished its epochs, else failed with
+    /// the reason from its log.
+    fn reap(&mut self, store: &mut Store) -> Result<()> {
+        let mut still = vec![];
+        for mut r in self.running.drain(..) {
+            let Some(code) = r.child.try_wait()? else {
+                still.push(r);
+                continue;
+            };
+            let spec = self.by_id[r.id.as_str()];
+            let rdir = plan::run_dir(self.dir, &r.id);
+            let outcome = if code.success() { finished(&rdir, spec)? } else { None };
+            let line = match outcome {
+                Some((rec, history)) => {
+                    store.record_done(&r.id, &rec, &history)?;
+                    format!(
+                        "{}: final {:.2}%, best {:.2}% ({})",
+                        spec.name,
+                        100.0 * rec.final_test_acc.unwrap_or(f64::NAN),
+                        100.0 * rec.best_test_acc.unwrap_or(f64::NAN),
+                        fmt::duration(r.started.elapsed().as_secs_f64())
+                    )
+                }
+                None => {
+                    let why = failure_reason(&rdir, code.code());
+                    store.set_status(&r.id, Status::Failed, Some(&why))?;
+                    format!("FAILED {}: {why}", spec.name)
+                }
+            };
+            let (d, f) = planned_counts(store, &self.by_id)?;
+            println!("[{d}/{} done, {f} failed] {line}", self.specs.len());
+        }
+        self.running = still;
+        Ok(())
+    }
 }
 
 /// `kdlab sweep-run SPEC.json`: trains one run of a study (what a sweep worker or a Slurm job runs).

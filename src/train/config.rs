@@ -2,6 +2,7 @@
 //! keys are an error that names them (and suggests the nearest valid key), wrong types name the key
 //! and the file, and out-of-range values say what range is allowed.
 use super::schedule::Schedule;
+pub use crate::util::text::nearest;
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -177,7 +178,7 @@ pub fn from_table<T: DeserializeOwned + Serialize + Default>(table: toml::Table,
     let allowed = keys_of(&T::default());
     for key in table.keys() {
         if !allowed.iter().any(|a| a == key) {
-            let hint = nearest(key, &allowed).map(|k| format!(" (did you mean '{k}'?)")).unwrap_or_default();
+            let hint = crate::util::text::did_you_mean(key, &allowed);
             bail!("{origin}: unknown key '{key}'{hint}; valid keys: {}", allowed.join(", "));
         }
     }
@@ -219,29 +220,6 @@ fn type_name(v: &toml::Value) -> &'static str {
         toml::Value::Array(_) => "a list",
         toml::Value::Table(_) => "a table",
     }
-}
-
-/// The candidate closest to `key` by edit distance, if it is close enough to be a likely typo.
-pub fn nearest<'a>(key: &str, candidates: &'a [String]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (edit_distance(key, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c.as_str())
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

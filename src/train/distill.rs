@@ -5,7 +5,7 @@ use super::config::{self, TrainConfig};
 use super::model::Model;
 use super::objective::{Objective, StepInput};
 use super::trainer::{self, Outcome, RunOptions};
-use crate::methods::{self, LossInput, Method, MethodParams};
+use crate::methods::{self, LossInput, Method};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -70,7 +70,8 @@ impl Objective for Distill {
 }
 
 /// A distillation run's settings: the student's training configuration plus teacher, method and
-/// the method's hyper-parameters. In TOML the student architecture is `student` (or `model`).
+/// the method's hyper-parameters. In TOML the student architecture is `student` (or `model`), and
+/// the method's keys are given flat (`tau = 4`) or in a `[params]` table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DistillConfig {
     pub train: TrainConfig,
@@ -78,25 +79,25 @@ pub struct DistillConfig {
     /// TAKD: an architecture trained by distillation from the teacher first, which then teaches.
     pub assistant: Option<String>,
     pub method: String,
-    pub params: MethodParams,
+    /// The method's hyper-parameters as given (the method fills in its defaults).
+    pub params: methods::Table,
     /// Read the teacher's logits from its logit cache (built on first use) instead of running it.
     #[serde(default)]
     pub teacher_cache: bool,
 }
 
 /// The keys a distillation config accepts besides the training keys.
-pub const DISTILL_KEYS: [&str; 5] = ["student", "teacher", "assistant", "method", "teacher_cache"];
+pub const DISTILL_KEYS: [&str; 6] = ["student", "teacher", "assistant", "method", "teacher_cache", "params"];
 
 impl DistillConfig {
     /// Splits a merged table (file overlaid with flags) into its parts, refusing unknown keys with
     /// a suggestion drawn from every valid key.
     pub fn from_table(mut table: toml::Table, origin: &str) -> Result<DistillConfig> {
         let mut allowed: Vec<String> = config::keys_of(&TrainConfig::default());
-        allowed.extend(DISTILL_KEYS.iter().chain(MethodParams::KEYS.iter()).map(|k| k.to_string()));
+        allowed.extend(DISTILL_KEYS.iter().chain(methods::all_keys().iter()).map(|k| k.to_string()));
         for key in table.keys() {
             if !allowed.contains(key) {
-                let hint =
-                    config::nearest(key, &allowed).map(|k| format!(" (did you mean '{k}'?)")).unwrap_or_default();
+                let hint = crate::util::text::did_you_mean(key, &allowed);
                 bail!("{origin}: unknown key '{key}'{hint}; valid keys: {}", allowed.join(", "));
             }
         }
@@ -121,18 +122,7 @@ impl DistillConfig {
         let teacher = take_str("teacher")?;
         let assistant = take_str("assistant")?;
         let method = take_str("method")?.unwrap_or_else(|| "kd".into());
-        let mut ptable = toml::Table::new();
-        for k in MethodParams::KEYS {
-            if let Some(v) = table.remove(k) {
-                let v = match v {
-                    toml::Value::Integer(i) if !MethodParams::NOT_NUMBERS.contains(&k) => toml::Value::Float(i as f64),
-                    v => v,
-                };
-                ptable.insert(k.into(), v);
-            }
-        }
-        let params: MethodParams =
-            toml::Value::Table(ptable).try_into().map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let params = method_params(&mut table, &method, origin)?;
         let train: TrainConfig = config::from_table(table, origin)?;
         let Some(teacher) = teacher else {
             bail!("{origin}: no teacher given (--teacher runs/NAME, optionally @epochN for an early-stopped teacher)")
@@ -150,6 +140,37 @@ impl DistillConfig {
         }
         Ok(())
     }
+}
+
+/// Takes the method's hyper-parameters out of a merged table: the `params` table (`-p`, the
+/// per-key flags, or `[params]` in a file), then the flat keys the method takes, unless `params`
+/// has them. A flat key that is also a training key is the method's when the method takes it and
+/// `params` does not: `gamma` is DIST's intra-class weight with `--method dist --gamma 3`, and the
+/// learning rate's decay with `--method dist -p gamma=3 --gamma 0.2`. A flat key that only other
+/// methods take goes to the method too, whose refusal then names it.
+fn method_params(table: &mut toml::Table, method: &str, origin: &str) -> Result<methods::Table> {
+    let mut params = match table.remove("params") {
+        None => methods::Table::new(),
+        Some(toml::Value::Table(t)) => t,
+        Some(v) => bail!("{origin}: 'params' should be a table of the method's hyper-parameters, found {v}"),
+    };
+    // An unknown method is reported by `validate`.
+    let takes = methods::entry_of(method).map(|e| e.keys()).unwrap_or_default();
+    let train_keys = config::keys_of(&TrainConfig::default());
+    let is_training = |k: &String| train_keys.contains(k);
+    let flat: Vec<String> = table
+        .keys()
+        .filter(|k| {
+            let others = !is_training(k) && methods::all_keys().contains(&k.as_str());
+            (takes.contains(&k.as_str()) || others) && !(is_training(k) && params.contains_key(*k))
+        })
+        .cloned()
+        .collect();
+    for k in flat {
+        let v = table.remove(&k).expect("listed");
+        params.entry(k).or_insert(v);
+    }
+    Ok(params)
 }
 
 /// Distils `cfg.train.model` from the teacher `teacher_spec` into `out`.

@@ -445,51 +445,78 @@ fn train_epochs(
         if !trace.is_empty() && epoch * steps < opts.trace_steps {
             write_trace(dir, &trace)?;
         }
-        let StepSums { loss: loss_sum, terms: term_sums, correct, seen, steps: stepped, grad_norm_sum, grad_norm_max } =
-            sums;
         bar.finish_and_clear();
         let train_time = start.elapsed().as_secs_f64();
-        let test = eval::evaluate(model, test_split.clone(), plain.clone());
-        let val = val_split.as_ref().map(|v| eval::evaluate(model, v.clone(), plain.clone()));
-        let metrics = EpochMetrics {
-            epoch: epoch + 1,
-            lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_acc: correct as f64 / seen.max(1) as f64,
-            test_loss: test.loss,
-            test_acc: test.acc,
-            val_loss: val.as_ref().map(|v| v.loss),
-            val_acc: val.as_ref().map(|v| v.acc),
-            time_s: start.elapsed().as_secs_f64(),
-            images_per_s: seen as f64 / train_time.max(1e-9),
-            terms: term_sums.into_iter().map(|(k, v)| (k, v / seen.max(1) as f64)).collect(),
-            grad_norm_mean: Some(grad_norm_sum / stepped.max(1) as f64),
-            grad_norm_max: Some(grad_norm_max),
-            extra: objective.end_epoch(),
+        let evals = Evaluations {
+            test: eval::evaluate(model, test_split.clone(), plain.clone()),
+            val: val_split.as_ref().map(|v| eval::evaluate(model, v.clone(), plain.clone())),
         };
+        let metrics =
+            epoch_metrics(epoch, lr, sums, evals, train_time, start.elapsed().as_secs_f64(), objective.end_epoch());
         history.push(metrics.clone());
         record.wall_time_s += metrics.time_s;
         save_epoch(cfg, dir, model, opt, history)?;
         record.epochs_done = history.len();
         run::write_record(dir, record)?;
         if !opts.quiet {
-            let best = history.iter().map(|m| m.test_acc).fold(0.0, f64::max);
-            println!(
-                "epoch {:>3}/{}  lr {:.4}  loss {:.4}  train {:5.2}%  test {:5.2}% (best {:5.2}%){}  {:.0} img/s  {}",
-                metrics.epoch,
-                cfg.epochs,
-                metrics.lr,
-                metrics.train_loss,
-                100.0 * metrics.train_acc,
-                100.0 * metrics.test_acc,
-                100.0 * best,
-                metrics.val_acc.map(|v| format!("  val {:5.2}%", 100.0 * v)).unwrap_or_default(),
-                metrics.images_per_s,
-                fmt::duration(metrics.time_s)
-            );
+            print_epoch(cfg, history, &metrics);
         }
     }
     Ok(())
+}
+
+/// An epoch's evaluation on the test set and, when there is one, the validation split.
+struct Evaluations {
+    test: eval::EvalResult,
+    val: Option<eval::EvalResult>,
+}
+
+/// An epoch's record: its training sums as means, its evaluations, its times.
+fn epoch_metrics(
+    epoch: usize,
+    lr: f64,
+    sums: StepSums,
+    evals: Evaluations,
+    train_time: f64,
+    time_s: f64,
+    extra: Option<serde_json::Value>,
+) -> EpochMetrics {
+    let StepSums { loss: loss_sum, terms: term_sums, correct, seen, steps, grad_norm_sum, grad_norm_max } = sums;
+    let Evaluations { test, val } = evals;
+    EpochMetrics {
+        epoch: epoch + 1,
+        lr,
+        train_loss: loss_sum / seen.max(1) as f64,
+        train_acc: correct as f64 / seen.max(1) as f64,
+        test_loss: test.loss,
+        test_acc: test.acc,
+        val_loss: val.as_ref().map(|v| v.loss),
+        val_acc: val.as_ref().map(|v| v.acc),
+        time_s,
+        images_per_s: seen as f64 / train_time.max(1e-9),
+        terms: term_sums.into_iter().map(|(k, v)| (k, v / seen.max(1) as f64)).collect(),
+        grad_norm_mean: Some(grad_norm_sum / steps.max(1) as f64),
+        grad_norm_max: Some(grad_norm_max),
+        extra,
+    }
+}
+
+/// The line printed after each epoch.
+fn print_epoch(cfg: &TrainConfig, history: &[EpochMetrics], metrics: &EpochMetrics) {
+    let best = history.iter().map(|m| m.test_acc).fold(0.0, f64::max);
+    println!(
+        "epoch {:>3}/{}  lr {:.4}  loss {:.4}  train {:5.2}%  test {:5.2}% (best {:5.2}%){}  {:.0} img/s  {}",
+        metrics.epoch,
+        cfg.epochs,
+        metrics.lr,
+        metrics.train_loss,
+        100.0 * metrics.train_acc,
+        100.0 * metrics.test_acc,
+        100.0 * best,
+        metrics.val_acc.map(|v| format!("  val {:5.2}%", 100.0 * v)).unwrap_or_default(),
+        metrics.images_per_s,
+        fmt::duration(metrics.time_s)
+    );
 }
 
 /// Writes the epoch's metrics and checkpoints. `last` is written last: it is what a resumed run

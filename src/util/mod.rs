@@ -7,3 +7,4 @@ pub mod malloc;
 pub mod progress;
 pub mod rng;
 pub mod svg;
+pub mod text;
