@@ -87,7 +87,7 @@ fn distillation_records_the_method_and_teacher_and_is_deterministic() {
         let (lo, hi) = (s["min"].as_f64().unwrap(), s["max"].as_f64().unwrap());
         assert!(lo >= 0.5 - 1e-9 && hi <= 4.0 + 1e-9, "{s}");
         assert_eq!(s["hist_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum::<u64>(), 640);
-        // The default rule, `order`, never ranks a wrong class first where the teacher is right.
+        // The default rule, `ts_order`, never ranks a wrong class first where the teacher is right.
         assert_eq!(m.extra.as_ref().unwrap()["ats_target"]["flipped_where_teacher_right"], 0.0);
     }
 }

@@ -346,7 +346,10 @@ fn bad_hyper_parameters_are_refused_by_name() {
     assert!(e("ats", p(|m| m.standardize = Some(true))).contains("does not take standardize"));
     assert!(e("fitnet", p(|_| {})).contains("unknown method"));
     let bad_rule = e("isats", p(|m| m.rule = Some("oder".into())));
-    assert!(bad_rule.contains("unknown ISATS rule 'oder'") && bad_rule.contains("order, ts, bounded"), "{bad_rule}");
+    assert!(
+        bad_rule.contains("unknown ISATS rule 'oder'") && bad_rule.contains("order, ts, ts_order, bounded"),
+        "{bad_rule}"
+    );
     assert!(e("ats", p(|m| m.rule = Some("order".into()))).contains("does not take rule"));
     assert!(e("kd", p(|m| m.center_logits = Some(true))).contains("does not take center_logits"));
     let ts_margin = e(
@@ -356,7 +359,7 @@ fn bad_hyper_parameters_are_refused_by_name() {
             m.margin = Some(0.5)
         }),
     );
-    assert!(ts_margin.contains("margin applies to the ISATS rule 'order' only"), "{ts_margin}");
+    assert!(ts_margin.contains("margin applies to the ISATS rules 'order' and 'ts_order' only"), "{ts_margin}");
     assert!(e("isats", p(|m| m.margin = Some(0.0))).contains("margin must be a positive"));
 }
 
@@ -901,11 +904,13 @@ fn kdlab_loss_takes_every_rule() {
     }
     let o = run(&[]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["hyper"]["rule"], "order", "the default rule: {v}");
+    assert_eq!(v["hyper"]["rule"], "ts_order", "the default rule: {v}");
     let o = run(&["--rule", "largest"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("unknown ISATS rule 'largest'") && err.contains("order, ts, bounded"),
+        !o.status.success()
+            && err.contains("unknown ISATS rule 'largest'")
+            && err.contains("order, ts, ts_order, bounded"),
         "{err}"
     );
 }

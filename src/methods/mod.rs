@@ -110,7 +110,7 @@ pub const REGISTRY: &[Entry] = &[
     entry::<ce::Params>("ce", "cross-entropy only (the student baseline)"),
     entry::<kd::Params>("kd", "Hinton et al.: α·CE + β·s_τ²·KL(p(t/τ) ‖ p(s/s_τ))"),
     entry::<ats::Params>("ats", "asymmetric temperature scaling: τ1 on the true class, τ2 on the others"),
-    entry::<isats::Params>("isats", "instance-specific ATS: τ2 per sample in [τ2_min, τ1] by a rule (order: the largest non-GT variance keeping the true class first)"),
+    entry::<isats::Params>("isats", "instance-specific ATS: τ2 per sample in [τ2_min, τ1] by a rule (ts_order: the variance-maximising temperature, kept where the true class stays first)"),
     entry::<nckd::Params>("nckd", "DKD's non-target term alone, plus CE"),
     entry::<dkd::Params>("dkd", "decoupled KD (Zhao et al. 2022): CE + α·TCKD + β·NCKD with warm-up"),
     entry::<dist::Params>("dist", "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation"),
