@@ -7,7 +7,7 @@ use super::config::StudyConfig;
 use super::plan::{self, Kind, RunSpec};
 use super::store::{Status, Store};
 use crate::train::run;
-use crate::util::{atomic, fmt};
+use crate::util::{atomic, fmt, sealed};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::File;
@@ -117,7 +117,27 @@ pub fn open(
         }
         eprintln!("note: {} is missing; rebuilding the study's index from its run directories", db.display());
     }
-    let mut store = Store::open(&db)?;
+    let mut store = match Store::open(&db) {
+        Err(e) if super::store::is_damaged(&e) => {
+            // The index is derived from the run directories: keep the damaged file for a look,
+            // with its WAL (which must not be replayed into the new one), and build it anew.
+            for part in ["", "-wal", "-shm"] {
+                let from = dir.join(format!("study.sqlite{part}"));
+                if from.exists() {
+                    let to = dir.join(format!("study.sqlite.damaged{part}"));
+                    std::fs::rename(&from, &to)
+                        .with_context(|| format!("setting {} aside as {}", from.display(), to.display()))?;
+                }
+            }
+            eprintln!(
+                "warning: {e:#}; it is kept as {} and the index is rebuilt from the run directories (runs that had \
+                 failed are queued again)",
+                dir.join("study.sqlite.damaged").display()
+            );
+            Store::open(&db)?
+        }
+        opened => opened?,
+    };
     let text = std::fs::read_to_string(study_file)?;
     atomic::write_bytes(&dir.join("study.toml"), text.as_bytes())?;
     store.set_meta("study_toml", &text)?;
@@ -170,7 +190,7 @@ fn spawn(dir: &Path, spec: &RunSpec, threads: usize, exe: &WorkerExe) -> Result<
     let rdir = plan::run_dir(dir, &spec.id);
     std::fs::create_dir_all(&rdir)?;
     let spec_path = rdir.join("spec.json");
-    atomic::write_json(&spec_path, spec)?;
+    sealed::write_json(&spec_path, spec)?;
     let mut log = File::options().create(true).append(true).open(rdir.join("log.txt"))?;
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     writeln!(log, "{ATTEMPT_MARK}(unix time {unix})")?;
@@ -372,9 +392,7 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
 
 /// `kdlab sweep-run SPEC.json`: trains one run of a study (what a sweep worker or a Slurm job runs).
 pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
-    let text = std::fs::read_to_string(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
-    let spec: RunSpec =
-        serde_json::from_str(&text).with_context(|| format!("{}: not a study run", spec_path.display()))?;
+    let spec: RunSpec = sealed::read_json(spec_path, "a study run")?;
     let rdir = spec_path.parent().context("a spec lives in its run directory")?.to_path_buf();
     let study = rdir.parent().and_then(Path::parent).context("a run directory lives in <study>/runs/")?.to_path_buf();
     let _lock = lock(&rdir.join(".lock"), &format!("run {} is already being trained by another process", spec.id))?;
