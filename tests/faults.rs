@@ -221,7 +221,7 @@ fn damage(path: &Path, how: impl FnOnce(&mut [u8])) -> Vec<u8> {
 }
 
 /// Bit rot: a byte changed in each kind of file kdlab writes and reads back — `run.json`,
-/// `spec.json`, checkpoint sidecars and weights, the teacher-logit cache, the study's probe
+/// `spec.json`, the study directory's copy of the study file, checkpoint sidecars and weights, the teacher-logit cache, the study's probe
 /// results, the study index, saved logits and labels — is found before the file is used. Files
 /// whose loss costs work (run records, checkpoints, specs, saved arrays) are refused with an
 /// error naming them; derived ones (the cache, the probe results, the index) are rebuilt with a
@@ -247,12 +247,13 @@ fn a_changed_byte_in_any_file_kdlab_reads_back_is_found_before_it_is_used() {
     };
 
     // Records and checkpoints: refused, naming the file; restored, all is as before.
-    let refused: [(PathBuf, Edit, &str); 5] = [
+    let refused: [(PathBuf, Edit, &str); 6] = [
         (teacher.join("run.json"), |b| change_a_digit(b), "do not match the checksum"),
         (teacher.join("last.json"), |b| change_a_digit(b), "do not match the checksum"),
         (teacher.join("checkpoints/epoch-0001.json"), |b| change_a_digit(b), "do not match the checksum"),
         (teacher.join("last.safetensors"), |b| flip_middle(b), "the weights are damaged"),
         (student.join("spec.json"), |b| change_a_digit(b), "do not match the checksum"),
+        (out.join("study.toml"), |b| change_a_digit(b), "do not match the checksum on its first line"),
     ];
     for (path, how, says) in refused {
         let good = damage(&path, how);

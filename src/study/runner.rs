@@ -90,10 +90,11 @@ pub fn sync(store: &mut Store, specs: &[RunSpec], dir: &Path, retry_failed: bool
 /// database was deleted under it), rebuilt in memory from the study file and the run directories
 /// without touching the directory.
 pub fn index_in_memory(study_file: &Path, dir: &Path) -> Result<Store> {
+    let text = sealed::read_text(study_file)?;
     let cfg = StudyConfig::load(study_file)?;
     let specs = plan::expand(&cfg, dir)?;
     let mut store = Store::open(Path::new(":memory:"))?;
-    store.set_meta("study_toml", &std::fs::read_to_string(study_file)?)?;
+    store.set_meta("study_toml", &text)?;
     store.set_meta("plan", &serde_json::to_string(&specs.iter().map(|s| &s.id).collect::<Vec<_>>())?)?;
     sync(&mut store, &specs, dir, false)?;
     Ok(store)
@@ -105,6 +106,8 @@ pub fn open(
     out: Option<&Path>,
     retry_failed: bool,
 ) -> Result<(StudyConfig, PathBuf, Vec<RunSpec>, Store)> {
+    // The study directory's copy of the study file is sealed; verified before it is planned.
+    let text = sealed::read_text(study_file)?;
     let cfg = StudyConfig::load(study_file)?;
     let dir = study_dir(&cfg, out);
     std::fs::create_dir_all(dir.join("runs")).with_context(|| format!("creating {}", dir.display()))?;
@@ -138,8 +141,7 @@ pub fn open(
         }
         opened => opened?,
     };
-    let text = std::fs::read_to_string(study_file)?;
-    atomic::write_bytes(&dir.join("study.toml"), text.as_bytes())?;
+    atomic::write_bytes(&dir.join("study.toml"), sealed::seal_text(&text).as_bytes())?;
     store.set_meta("study_toml", &text)?;
     store.set_meta("kdlab_version", crate::VERSION)?;
     store.set_meta("plan", &serde_json::to_string(&specs.iter().map(|s| &s.id).collect::<Vec<_>>())?)?;

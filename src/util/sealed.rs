@@ -79,6 +79,41 @@ pub fn unseal(path: &Path, text: &str) -> Result<(String, Seal)> {
 
 static TOLD: AtomicBool = AtomicBool::new(false);
 
+/// The first line of a sealed text file (the copy of the study file a study directory keeps): a
+/// comment, so the file stays valid TOML, with the SHA-256 of the rest of the file.
+const TEXT_SEAL: &str = "# kdlab_checksum sha256:";
+const TEXT_NOTE: &str = "(of the lines below: kdlab's copy of the study file; edit the original instead)";
+
+/// `text` with a first line that seals it (see [`read_text`]).
+pub fn seal_text(text: &str) -> String {
+    format!("{TEXT_SEAL}{} {TEXT_NOTE}\n{text}", crate::data::sha256_hex(text.as_bytes()))
+}
+
+/// Reads a text file that may be sealed by [`seal_text`]: a sealed file is verified and returned
+/// without its seal line; any other file (a study file as its author wrote it) as it is.
+pub fn read_text(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    if !(first.contains("kdlab_checksum") || first.contains("sha256:")) {
+        return Ok(text);
+    }
+    let recorded = first
+        .strip_prefix(TEXT_SEAL)
+        .and_then(|s| s.strip_suffix(&format!(" {TEXT_NOTE}")))
+        .filter(|s| s.len() == 64)
+        .with_context(|| format!("{}: its checksum line is damaged ({first:?})", path.display()))?;
+    let actual = crate::data::sha256_hex(rest.as_bytes());
+    if actual != recorded {
+        bail!(
+            "{}: the contents do not match the checksum on its first line (sha256 {actual}, recorded {recorded}): the \
+             file is damaged, or was edited (it is kdlab's copy of the study file: edit the original, or delete this \
+             copy's first line to accept the edit)",
+            path.display()
+        );
+    }
+    Ok(rest.to_string())
+}
+
 /// Reads and verifies a sealed JSON file and parses it as `T`; `what` names the kind of file in
 /// errors ("a kdlab run record"). An unsealed (older) file is accepted with a note.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
@@ -132,6 +167,27 @@ mod tests {
         assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap(), v);
         assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap()["epoch"], 3, "still plain JSON");
         assert_eq!(flip_each_byte(&text), text.len());
+    }
+
+    #[test]
+    fn a_sealed_text_reads_back_as_written_and_a_changed_byte_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("study.toml");
+        let text = "name = 'x'\nseeds = [0, 1]\n";
+        std::fs::write(&p, seal_text(text)).unwrap();
+        assert_eq!(read_text(&p).unwrap(), text);
+        let sealed = seal_text(text).into_bytes();
+        for i in 0..sealed.len() {
+            let mut b = sealed.clone();
+            b[i] ^= 0x02;
+            std::fs::write(&p, &b).unwrap();
+            match read_text(&p) {
+                Ok(t) => panic!("byte {i}: read as {t:?}"),
+                Err(e) => assert!(format!("{e:#}").contains("study.toml"), "{e:#}"),
+            }
+        }
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(read_text(&p).unwrap(), text, "a study file as its author wrote it");
     }
 
     #[test]
