@@ -202,6 +202,14 @@ fn spawn(dir: &Path, spec: &RunSpec, threads: usize, exe: &WorkerExe) -> Result<
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    // LibTorch's OpenMP threads spin while they wait for work. When the machine has more busy
+    // threads than cores (two workers, a compiler, another job), spinning threads steal the cores
+    // the working ones need: a 2-thread ISATS student took 82–90 s instead of 7–11 s under load
+    // (docs/performance.md). Passive waiting costs a wake-up per parallel region instead. A
+    // setting the user made is kept.
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        cmd.env("OMP_WAIT_POLICY", "PASSIVE");
+    }
     // SAFETY: prctl is async-signal-safe; the child dies with the sweep, so a killed sweep
     // never leaves a run training behind that a restarted sweep would start a second time.
     unsafe {
