@@ -28,15 +28,23 @@ impl Kind {
     }
 }
 
-/// Who teaches a run.
+/// Where a teacher's weights come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TeacherSource {
+    /// The study run (its id) that trains it.
+    StudyRun(String),
+    /// An existing run given in the study: its checkpoint spec (absolute).
+    Existing(String),
+}
+
+/// Who teaches a run. Stored (spec.json, the study index) with the source as the two fields
+/// `run_id` and `external`, as before the enum existed, so older plans read back unchanged.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredTeacherRef", into = "StoredTeacherRef")]
 pub struct TeacherRef {
     /// The teacher's name in the study (its architecture, or an existing run's directory name).
     pub name: String,
-    /// The study run that produces it (None for an existing run given in the study).
-    pub run_id: Option<String>,
-    /// An existing run's checkpoint spec (absolute), for teachers from outside the study.
-    pub external: Option<String>,
+    pub source: TeacherSource,
     /// ESKD: the checkpoint after this many epochs instead of the final one.
     pub at_epoch: Option<usize>,
     /// TAKD: the assistant's architecture when this teacher is an assistant run.
@@ -45,13 +53,65 @@ pub struct TeacherRef {
     pub root: String,
 }
 
+/// `TeacherRef` as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredTeacherRef {
+    name: String,
+    run_id: Option<String>,
+    external: Option<String>,
+    at_epoch: Option<usize>,
+    via_assistant: Option<String>,
+    root: String,
+}
+
+impl TryFrom<StoredTeacherRef> for TeacherRef {
+    type Error = String;
+    fn try_from(s: StoredTeacherRef) -> std::result::Result<Self, String> {
+        let source = match (s.run_id, s.external) {
+            (Some(id), None) => TeacherSource::StudyRun(id),
+            (None, Some(ext)) => TeacherSource::Existing(ext),
+            (id, ext) => {
+                return Err(format!(
+                    "teacher '{}' must name exactly one of run_id and external (has run_id {id:?}, external {ext:?})",
+                    s.name
+                ))
+            }
+        };
+        Ok(TeacherRef { name: s.name, source, at_epoch: s.at_epoch, via_assistant: s.via_assistant, root: s.root })
+    }
+}
+
+impl From<TeacherRef> for StoredTeacherRef {
+    fn from(t: TeacherRef) -> Self {
+        let (run_id, external) = match t.source {
+            TeacherSource::StudyRun(id) => (Some(id), None),
+            TeacherSource::Existing(ext) => (None, Some(ext)),
+        };
+        StoredTeacherRef {
+            name: t.name,
+            run_id,
+            external,
+            at_epoch: t.at_epoch,
+            via_assistant: t.via_assistant,
+            root: t.root,
+        }
+    }
+}
+
 impl TeacherRef {
+    /// The id of the study run that trains this teacher, if a study run does.
+    pub fn study_run(&self) -> Option<&str> {
+        match &self.source {
+            TeacherSource::StudyRun(id) => Some(id),
+            TeacherSource::Existing(_) => None,
+        }
+    }
+
     /// The checkpoint spec, given the study directory.
     pub fn spec(&self, study_dir: &Path) -> String {
-        let base = match (&self.run_id, &self.external) {
-            (Some(id), _) => run_dir(study_dir, id).display().to_string(),
-            (None, Some(ext)) => ext.clone(),
-            (None, None) => unreachable!("a teacher is a study run or an existing run"),
+        let base = match &self.source {
+            TeacherSource::StudyRun(id) => run_dir(study_dir, id).display().to_string(),
+            TeacherSource::Existing(ext) => ext.clone(),
         };
         RunRef { dir: base.into(), at: self.at_epoch.map(Which::Epoch) }.to_string()
     }
@@ -142,16 +202,15 @@ fn series_label(block: &MethodBlock, p: &methods::Table) -> String {
 
 /// The identity of a teacher for hashing: a study run's id, or an existing run's weights checksum.
 fn teacher_identity(t: &TeacherRef, study_dir: &Path) -> Result<serde_json::Value> {
-    Ok(match (&t.run_id, &t.external) {
-        (Some(id), _) => serde_json::json!({"run": id, "at_epoch": t.at_epoch}),
-        (None, Some(ext)) => {
+    Ok(match &t.source {
+        TeacherSource::StudyRun(id) => serde_json::json!({"run": id, "at_epoch": t.at_epoch}),
+        TeacherSource::Existing(ext) => {
             let spec = RunRef { dir: ext.into(), at: t.at_epoch.map(Which::Epoch) }.to_string();
             let json = crate::train::checkpoint::resolve(&spec)?;
             let meta = crate::train::checkpoint::read_meta(&json)?;
             let _ = study_dir;
             serde_json::json!({"external": ext, "at_epoch": t.at_epoch, "weights_sha256": meta.weights_sha256})
         }
-        _ => unreachable!(),
     })
 }
 
@@ -223,8 +282,7 @@ fn trained_teacher(study: &StudyConfig, model: &str) -> Result<(RunSpec, Teacher
     };
     let teacher = TeacherRef {
         name: model.to_string(),
-        run_id: Some(id),
-        external: None,
+        source: TeacherSource::StudyRun(id),
         at_epoch: None,
         via_assistant: None,
         root: model.to_string(),
@@ -242,8 +300,7 @@ fn existing_teacher(spec: &str) -> Result<TeacherRef> {
     let name = external_name(spec);
     Ok(TeacherRef {
         name: name.clone(),
-        run_id: None,
-        external: Some(external),
+        source: TeacherSource::Existing(external),
         at_epoch: None,
         via_assistant: None,
         root: name,
@@ -285,13 +342,12 @@ impl<'a> GridPoint<'a> {
     ) -> Result<()> {
         let block = self.block;
         let mut t = teacher.cloned().map(|t| TeacherRef { at_epoch: block.teacher_epoch, ..t });
-        let mut deps: Vec<String> = t.as_ref().and_then(|t| t.run_id.clone()).into_iter().collect();
+        let mut deps: Vec<String> = t.as_ref().and_then(|t| t.study_run().map(str::to_string)).into_iter().collect();
         if let (Some(assistant), Some(tr)) = (&block.assistant, &t) {
             let run = self.assistant_run(study, study_dir, tr, assistant, seed, deps)?;
             t = Some(TeacherRef {
                 name: tr.name.clone(),
-                run_id: Some(run.id.clone()),
-                external: None,
+                source: TeacherSource::StudyRun(run.id.clone()),
                 at_epoch: None,
                 via_assistant: Some(assistant.clone()),
                 root: tr.root.clone(),
