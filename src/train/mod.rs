@@ -10,4 +10,5 @@ pub mod objective;
 pub mod run;
 pub mod schedule;
 pub mod sgd;
+pub mod teacher;
 pub mod trainer;
