@@ -4,21 +4,10 @@
 mod common;
 
 use common::text;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-fn kdlab(args: &[&str], cwd: &Path) -> Output {
-    common::kdlab().args(args).args(["--device", "cpu"]).current_dir(cwd).output().unwrap()
-}
-
-/// The Makefile's PyTorch environment, or None (the test is then skipped, as the other
-/// reference checks are).
-fn venv_python() -> Option<PathBuf> {
-    let venv = std::env::var("KDLAB_TORCH_VENV")
-        .unwrap_or_else(|_| format!("{}/.cache/kdlab-torch-venv", std::env::var("HOME").unwrap_or_default()));
-    let py = Path::new(&venv).join("bin/python");
-    py.exists().then_some(py)
-}
+use common::{kdlab_cpu as kdlab, venv_python};
 
 fn max_abs_diff(a: &Path, b: &Path) -> f64 {
     let (na, ca, va) = kdlab::data::npy::read_logits(a).unwrap();
@@ -40,10 +29,7 @@ fn torchscript_teachers_give_pytorchs_logits_and_teach() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     // The embedded test images, raw, for PyTorch to normalise itself.
-    let data = kdlab::data::embedded::load().unwrap();
-    let pixels: Vec<f32> = data.test.images.iter().map(|&p| p as f32).collect();
-    let n = data.test.len();
-    kdlab::data::npy::write_f32(&d.join("images.npy"), &[n, 1, 28, 28], &pixels).unwrap();
+    let n = common::write_test_images(&d.join("images.npy"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/torchscript_teacher.py");
     let o = Command::new(&py).arg(&script).arg(d).arg(d.join("images.npy")).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));

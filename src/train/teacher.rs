@@ -189,14 +189,7 @@ impl ScriptModel {
             test_acc: f64::NAN,
             best_test_acc: f64::NAN,
             best_epoch: 0,
-            optimizer: OptimizerMeta {
-                kind: "none".into(),
-                lr: 0.0,
-                momentum: 0.0,
-                nesterov: false,
-                weight_decay: 0.0,
-                has_momentum_buffers: false,
-            },
+            optimizer: no_optimizer("none"),
             history: vec![],
         }
     }
@@ -204,6 +197,18 @@ impl ScriptModel {
     /// `torchscript:<file name>`.
     pub fn model_name(&self) -> String {
         format!("torchscript:{}", self.path.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()))
+    }
+}
+
+/// The optimiser description of weights kdlab did not train (`kind` says where they came from).
+pub fn no_optimizer(kind: &str) -> OptimizerMeta {
+    OptimizerMeta {
+        kind: kind.into(),
+        lr: 0.0,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+        has_momentum_buffers: false,
     }
 }
 
