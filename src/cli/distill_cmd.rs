@@ -6,6 +6,7 @@ use crate::data::npy;
 use crate::methods::{self, LossInput};
 use crate::train::config;
 use crate::train::distill::{self, DistillConfig};
+use crate::train::teacher::{self, InputNorm};
 use crate::util::fmt;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -161,9 +162,29 @@ pub struct CacheFlag {
     pub teacher_cache: bool,
 }
 
+/// A TorchScript teacher's input normalisation, where it is not the data set's profile.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TeacherNormFlags {
+    /// A TorchScript teacher's per-channel input mean, of pixels scaled to [0, 1] (one value, or
+    /// one per channel; with --teacher-std). Default: the data set's profile, which kdlab's own
+    /// teachers see (CIFAR-100's is RepDistiller's 0.5071,0.4865,0.4409).
+    #[arg(long, value_delimiter = ',', value_name = "MEAN,...")]
+    pub teacher_mean: Option<Vec<f64>>,
+    /// A TorchScript teacher's per-channel input standard deviation (with --teacher-mean).
+    #[arg(long, value_delimiter = ',', value_name = "STD,...")]
+    pub teacher_std: Option<Vec<f64>>,
+}
+
+impl TeacherNormFlags {
+    pub fn norm(&self) -> InputNorm {
+        InputNorm { mean: self.teacher_mean.clone(), std: self.teacher_std.clone() }
+    }
+}
+
 #[derive(Args)]
 pub struct DistillArgs {
-    /// The teacher run (optionally @epochN for an early-stopped teacher, ESKD).
+    /// The teacher: a run (optionally @epochN for an early-stopped teacher, ESKD), or a
+    /// TorchScript file (torch.jit.trace/script, then .save()).
     #[arg(long)]
     pub teacher: Option<String>,
     /// Student architecture (same as --model).
@@ -174,6 +195,8 @@ pub struct DistillArgs {
     pub assistant: Option<String>,
     #[command(flatten)]
     pub cache: CacheFlag,
+    #[command(flatten)]
+    pub norm: TeacherNormFlags,
     #[command(flatten)]
     pub cfg: ConfigFlags,
     /// Run directory (default: runs/<student>-<method>-from-<teacher>-s<seed>).
@@ -215,6 +238,11 @@ fn resolve(a: &DistillArgs) -> Result<DistillConfig> {
     }
     if a.cache.teacher_cache {
         table.insert("teacher_cache".into(), toml::Value::Boolean(true));
+    }
+    for (k, v) in [("teacher_mean", &a.norm.teacher_mean), ("teacher_std", &a.norm.teacher_std)] {
+        if let Some(v) = v {
+            table.insert(k.into(), toml::Value::Array(v.iter().map(|&x| toml::Value::Float(x)).collect()));
+        }
     }
     if a.student.is_some() && a.cfg.model.is_some() {
         bail!("give the student once: --student or --model");
@@ -260,8 +288,9 @@ pub fn distill(a: DistillArgs) -> Result<()> {
                 a_out.display()
             );
             let spec = a_out.display().to_string();
+            let s_cfg = DistillConfig { teacher_norm: InputNorm::default(), ..cfg.clone() };
             distill::run(
-                &cfg,
+                &s_cfg,
                 &spec,
                 &out.join("student"),
                 device,
@@ -369,27 +398,30 @@ pub fn loss(a: LossArgs) -> Result<()> {
 pub enum CacheCommand {
     /// Compute a teacher's logits for every training image and augmentation view, once.
     Build {
-        /// The teacher run (optionally @best, @last or @epochN).
-        #[arg(long)]
+        /// The teacher run (optionally @best, @last or @epochN), or a TorchScript file (the cache
+        /// then lives in the file's directory, under logit-cache/).
+        #[arg(long, alias = "teacher")]
         run: String,
-        /// The data set (default: the run's own).
+        /// The data set (default: the run's own; required for a TorchScript file).
         #[arg(long)]
         data: Option<String>,
         /// Cache the views of the students' augmentation (true) or the plain images only (false).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         augment: bool,
         #[command(flatten)]
+        norm: TeacherNormFlags,
+        #[command(flatten)]
         rt: Runtime,
     },
 }
 
 pub fn cache(c: CacheCommand) -> Result<()> {
-    let CacheCommand::Build { run, data, augment, rt } = c;
+    let CacheCommand::Build { run, data, augment, norm, rt } = c;
     let device = rt.init()?;
-    let teacher = crate::train::distill::Teacher::load(&run, device)?;
-    let ds = crate::train::run::run_data(&teacher.checkpoint, data.as_deref())?;
-    let dir = crate::train::checkpoint::run_dir_of(&teacher.checkpoint);
-    let c = crate::train::cache::open_or_build(&dir, &teacher.model, &teacher.meta, &ds, augment, false)?;
+    let ds = teacher::teacher_data(&run, data.as_deref())?;
+    let teacher = teacher::Teacher::open(&run, device, &ds, &norm.norm())?;
+    let c =
+        crate::train::cache::open_or_build(&teacher.cache_dir(), &teacher.model, &teacher.meta, &ds, augment, false)?;
     println!(
         "{}: {} samples × {} views × {} classes (f16)",
         c.path.display(),

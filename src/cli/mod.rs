@@ -3,6 +3,7 @@ mod bench_cmd;
 mod data_cmd;
 mod demo;
 mod distill_cmd;
+mod import_cmd;
 mod models_cmd;
 mod probe_cmd;
 mod study_cmd;
@@ -75,6 +76,8 @@ enum Command {
     /// Get data sets and look at them.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// A PyTorch checkpoint (state dict) into a run directory, usable as a teacher.
+    Import(import_cmd::ImportArgs),
     /// List the model zoo with parameter counts.
     Models(models_cmd::ModelsArgs),
     /// The main job in miniature: a teacher ladder, its probe, distilled students and the report.
@@ -121,6 +124,7 @@ pub fn main() -> Result<()> {
         Command::Report(a) => study_cmd::report(a),
         Command::SweepRun(a) => study_cmd::sweep_run(a),
         Command::Data(c) => data_cmd::run(c),
+        Command::Import(a) => import_cmd::run(a),
         Command::Models(a) => models_cmd::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench_cmd::run(a),

@@ -7,7 +7,7 @@ use crate::probe::{
     source::{LogitSource, NpySource, RunSource},
 };
 use crate::train::checkpoint;
-use crate::train::run::run_data;
+use crate::train::teacher;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 #[derive(Args)]
 pub struct ProbeArgs {
-    /// A trained run (optionally @best, @last or @epochN); repeat for several teachers.
-    #[arg(long = "run")]
+    /// A trained run (optionally @best, @last or @epochN), or a TorchScript teacher file (with
+    /// --data); repeat for several teachers.
+    #[arg(long = "run", alias = "teacher")]
     pub runs: Vec<String>,
     /// An (N, C) float32/float64 .npy of logits; repeat for several teachers.
     #[arg(long = "logits")]
@@ -33,9 +34,12 @@ pub struct ProbeArgs {
     /// Seed for the augmented views.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// With --run: a data set other than the runs' own.
+    /// With --run: a data set other than the runs' own (required when the first is a TorchScript file).
     #[arg(long)]
     pub data: Option<String>,
+    /// The TorchScript teachers' input normalisation (kdlab runs use their data set's).
+    #[command(flatten)]
+    pub norm: super::distill_cmd::TeacherNormFlags,
     /// Temperatures (default: 0.25 to 16 in steps of √2).
     #[arg(long, value_delimiter = ',')]
     pub tau: Option<Vec<f64>>,
@@ -113,23 +117,27 @@ pub fn run(a: ProbeArgs) -> Result<()> {
             let mut data = None;
             let mut fingerprint: Option<(String, String)> = None;
             for (spec, name) in a.runs.iter().zip(names) {
-                let (model, meta, json) = checkpoint::load_model(spec, device)?;
                 let ds = match &data {
                     Some(d) => std::sync::Arc::clone(d),
                     None => {
-                        let d = Arc::new(run_data(&json, a.data.as_deref())?);
+                        let d = Arc::new(teacher::teacher_data(spec, a.data.as_deref())?);
                         data = Some(d.clone());
                         d
                     }
                 };
-                let run_dir = checkpoint::run_dir_of(&json);
-                if let Some(rec) = crate::train::run::read_record(&run_dir)? {
-                    match &fingerprint {
-                        Some((first, fp)) if *fp != rec.data.fingerprint && a.data.is_none() => {
-                            bail!("{spec} was trained on other data than {first}; probe teachers of the same data set (or force one with --data)")
+                let norm = if teacher::is_torchscript(spec) { a.norm.norm() } else { Default::default() };
+                let t = teacher::Teacher::open(spec, device, &ds, &norm)?;
+                let meta = &t.meta;
+                if !t.is_torchscript() {
+                    let run_dir = checkpoint::run_dir_of(&t.checkpoint);
+                    if let Some(rec) = crate::train::run::read_record(&run_dir)? {
+                        match &fingerprint {
+                            Some((first, fp)) if *fp != rec.data.fingerprint && a.data.is_none() => {
+                                bail!("{spec} was trained on other data than {first}; probe teachers of the same data set (or force one with --data)")
+                            }
+                            None => fingerprint = Some((spec.clone(), rec.data.fingerprint)),
+                            _ => {}
                         }
-                        None => fingerprint = Some((spec.clone(), rec.data.fingerprint)),
-                        _ => {}
                     }
                 }
                 if meta.input != ds.shape() || meta.classes != ds.classes {
@@ -142,7 +150,7 @@ pub fn run(a: ProbeArgs) -> Result<()> {
                     );
                 }
                 let split = Arc::new(ds.split(&a.split)?.clone());
-                srcs.push(Box::new(RunSource::new(name, model, &ds, split, a.augment, a.seed)));
+                srcs.push(Box::new(RunSource::new(name, t.model, &ds, split, a.augment, a.seed)));
             }
             let ds = data.expect("at least one run");
             let labels = ds.split(&a.split)?.labels.iter().map(|&y| y as usize).collect();

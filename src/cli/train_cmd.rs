@@ -7,6 +7,7 @@ use crate::train::eval;
 use crate::train::objective::CrossEntropy;
 use crate::train::run::run_data;
 use crate::train::schedule::Schedule;
+use crate::train::teacher;
 use crate::train::trainer::{self, RunOptions};
 use crate::util::fmt;
 use anyhow::{bail, Result};
@@ -246,8 +247,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct LogitsArgs {
-    /// Run directory, optionally @best, @last or @epochN (default: last).
-    #[arg(long)]
+    /// Run directory, optionally @best, @last or @epochN (default: last); or a TorchScript
+    /// teacher file (with --data).
+    #[arg(long, alias = "teacher")]
     pub run: String,
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -257,21 +259,25 @@ pub struct LogitsArgs {
     /// Output .npy for the (N,) int64 labels (default: labels.npy beside --out).
     #[arg(long)]
     pub labels_out: Option<PathBuf>,
+    /// The data set (default: the run's own; required for a TorchScript file).
     #[arg(long)]
     pub data: Option<String>,
+    #[command(flatten)]
+    pub norm: super::distill_cmd::TeacherNormFlags,
     #[command(flatten)]
     pub rt: Runtime,
 }
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let device = a.rt.init()?;
-    let (model, meta, json) = checkpoint::load_model(&a.run, device)?;
-    let ds = run_data(&json, a.data.as_deref())?;
-    check_compatible(&meta, &ds)?;
+    let ds = teacher::teacher_data(&a.run, a.data.as_deref())?;
+    let t = teacher::Teacher::open(&a.run, device, &ds, &a.norm.norm())?;
+    let (model, meta) = (&t.model, &t.meta);
+    check_compatible(meta, &ds)?;
     let split = Arc::new(ds.split(&a.split)?.clone());
     let n = split.len();
     let labels: Vec<i64> = split.labels.iter().map(|&y| y as i64).collect();
-    let l = eval::logits(&model, split, eval::plain_augment(&ds));
+    let l = eval::logits(model, split, eval::plain_augment(&ds));
     npy::write_f32(&a.out, &[n, meta.classes], &l)?;
     let labels_out = a.labels_out.unwrap_or_else(|| a.out.with_file_name("labels.npy"));
     npy::write_i64(&labels_out, &[n], &labels)?;

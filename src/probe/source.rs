@@ -1,10 +1,10 @@
-//! Where logits come from: .npy files (read a block of rows at a time), or a trained run whose
-//! model is evaluated batch by batch on a split (optionally on augmented views).
+//! Where logits come from: .npy files (read a block of rows at a time), or a teacher (a trained
+//! run or a TorchScript file) evaluated batch by batch on a split (optionally on augmented views).
 use crate::data::augment::Augment;
 use crate::data::loader::{Loader, LoaderSpec};
 use crate::data::npy::RowReader;
 use crate::data::{Dataset, Split};
-use crate::train::model::Model;
+use crate::train::teacher::TeacherModel;
 use anyhow::Result;
 use std::path::Path;
 use std::sync::Arc;
@@ -49,22 +49,29 @@ impl LogitSource for NpySource {
     }
 }
 
-/// A trained model evaluated on a split in order, in inference mode; with augmentation, every
+/// A teacher (a trained run or a TorchScript model) evaluated on a split in order, in inference mode; with augmentation, every
 /// sample gets the view that the seed picks (the same view for every teacher).
 pub struct RunSource {
     name: String,
-    model: Model,
+    model: TeacherModel,
     loader: Loader,
     pending: Vec<f64>,
     samples: usize,
 }
 
 impl RunSource {
-    pub fn new(name: String, model: Model, data: &Dataset, split: Arc<Split>, augment: bool, seed: u64) -> Self {
+    pub fn new(
+        name: String,
+        model: impl Into<TeacherModel>,
+        data: &Dataset,
+        split: Arc<Split>,
+        augment: bool,
+        seed: u64,
+    ) -> Self {
         let aug = Arc::new(Augment::new(&data.profile, augment));
         let samples = split.len();
         let spec = LoaderSpec { batch_size: crate::train::eval::EVAL_BATCH, shuffle: false, seed, drop_last: false };
-        RunSource { name, model, loader: Loader::new(split, aug, spec, 0), pending: vec![], samples }
+        RunSource { name, model: model.into(), loader: Loader::new(split, aug, spec, 0), pending: vec![], samples }
     }
 }
 
@@ -73,7 +80,7 @@ impl LogitSource for RunSource {
         &self.name
     }
     fn classes(&self) -> usize {
-        self.model.classes
+        self.model.classes()
     }
     fn samples(&self) -> usize {
         self.samples
@@ -82,10 +89,10 @@ impl LogitSource for RunSource {
         Some(self.model.params())
     }
     fn next_rows(&mut self, n: usize) -> Result<Vec<f64>> {
-        let c = self.model.classes;
+        let c = self.model.classes();
         while self.pending.len() < n * c {
             let Some(batch) = self.loader.next() else { break };
-            let (x, _) = crate::train::eval::to_tensors(&batch, self.model.input, self.model.device());
+            let (x, _) = crate::train::eval::to_tensors(&batch, self.model.input(), self.model.device());
             let logits = self.model.infer(&x).to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous();
             self.pending.extend(Vec::<f64>::try_from(logits.view(-1))?);
         }

@@ -478,6 +478,7 @@ pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
                 method: spec.method.clone(),
                 params: spec.params.clone(),
                 teacher_cache: spec.teacher_cache,
+                teacher_norm: Default::default(),
             };
             crate::train::distill::run(&cfg, &tspec, &rdir, device, false, 0, extra)?;
         }

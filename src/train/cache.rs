@@ -19,7 +19,7 @@
 //! kdlab wrote in another format — and says so on stderr. The map is not re-verified afterwards:
 //! damage that happens to the file while a run reads it is not caught.
 use super::checkpoint::CheckpointMeta;
-use super::model::Model;
+use super::model::Infer;
 use crate::data::augment::Augment;
 use crate::data::{Dataset, Split};
 use crate::util::atomic;
@@ -115,7 +115,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 /// Opens the cache for this teacher and data, building it first if it is missing or stale.
 pub fn open_or_build(
     teacher_dir: &Path,
-    model: &Model,
+    model: &impl Infer,
     meta: &CheckpointMeta,
     data: &Dataset,
     augment: bool,
@@ -214,7 +214,7 @@ fn table_sum(head: &[u8], table: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn build(path: &Path, model: &Model, data: &Dataset, header: &Header, augment: bool, quiet: bool) -> Result<()> {
+fn build(path: &Path, model: &impl Infer, data: &Dataset, header: &Header, augment: bool, quiet: bool) -> Result<()> {
     let (n, c, v) = (header.samples, header.classes, header.views);
     let bytes = (n * c * v * 2) as u64;
     let dir = path.parent().expect("has a parent");

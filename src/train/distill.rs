@@ -1,44 +1,16 @@
 //! Distillation as a training objective: a frozen teacher (eval mode, no gradient) supplies logits
 //! for each batch, and a method from the registry turns student and teacher logits into loss terms.
-use super::checkpoint::{self, CheckpointMeta};
 use super::config::{self, TrainConfig};
-use super::model::Model;
 use super::objective::{Objective, StepInput};
 use super::trainer::{self, Outcome, RunOptions};
 use crate::methods::{self, LossInput, Method};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-use tch::{Device, Tensor};
+use std::path::Path;
+use tch::Tensor;
 
-/// A trained teacher, loaded for inference.
-pub struct Teacher {
-    pub model: Model,
-    /// As given (`runs/r56`, `runs/r110@epoch60`).
-    pub spec: String,
-    pub checkpoint: PathBuf,
-    pub meta: CheckpointMeta,
-}
-
-impl Teacher {
-    pub fn load(spec: &str, device: Device) -> Result<Teacher> {
-        let (model, meta, checkpoint) = checkpoint::load_model(spec, device)?;
-        Ok(Teacher { model, spec: spec.to_string(), checkpoint, meta })
-    }
-
-    /// What identifies the teacher in a run record: where it is, its weights' checksum, accuracy.
-    pub fn record(&self) -> serde_json::Value {
-        serde_json::json!({
-            "spec": self.spec,
-            "checkpoint": self.checkpoint.display().to_string(),
-            "model": self.meta.model,
-            "params": self.meta.params,
-            "epoch": self.meta.epoch,
-            "weights_sha256": self.meta.weights_sha256,
-            "test_acc": self.meta.test_acc,
-        })
-    }
-}
+use super::teacher::InputNorm;
+pub use super::teacher::Teacher;
 
 pub struct Distill {
     pub teacher: Teacher,
@@ -84,10 +56,15 @@ pub struct DistillConfig {
     /// Read the teacher's logits from its logit cache (built on first use) instead of running it.
     #[serde(default)]
     pub teacher_cache: bool,
+    /// A TorchScript teacher's input normalisation (`teacher_mean`, `teacher_std`), where it is
+    /// not the data set's profile.
+    #[serde(flatten)]
+    pub teacher_norm: InputNorm,
 }
 
 /// The keys a distillation config accepts besides the training keys.
-pub const DISTILL_KEYS: [&str; 6] = ["student", "teacher", "assistant", "method", "teacher_cache", "params"];
+pub const DISTILL_KEYS: [&str; 8] =
+    ["student", "teacher", "assistant", "method", "teacher_cache", "params", "teacher_mean", "teacher_std"];
 
 impl DistillConfig {
     /// Splits a merged table (file overlaid with flags) into its parts, refusing unknown keys with
@@ -112,6 +89,20 @@ impl DistillConfig {
             Some(toml::Value::Boolean(b)) => b,
             Some(v) => bail!("{origin}: key 'teacher_cache' should be true or false, found {v}"),
         };
+        let mut take_floats = |k: &str| -> Result<Option<Vec<f64>>> {
+            let as_f64 = |v: &toml::Value| v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+            match table.remove(k) {
+                None => Ok(None),
+                Some(toml::Value::Array(a)) if !a.is_empty() && a.iter().all(|v| as_f64(v).is_some()) => {
+                    Ok(Some(a.iter().filter_map(as_f64).collect()))
+                }
+                Some(v) if as_f64(&v).is_some() => Ok(as_f64(&v).map(|x| vec![x])),
+                Some(v) => {
+                    bail!("{origin}: key '{k}' should be a number or a list of numbers (one per channel), found {v}")
+                }
+            }
+        };
+        let teacher_norm = InputNorm { mean: take_floats("teacher_mean")?, std: take_floats("teacher_std")? };
         let mut take_str = |k: &str| -> Result<Option<String>> {
             match table.remove(k) {
                 None => Ok(None),
@@ -127,7 +118,7 @@ impl DistillConfig {
         let Some(teacher) = teacher else {
             bail!("{origin}: no teacher given (--teacher runs/NAME, optionally @epochN for an early-stopped teacher)")
         };
-        let cfg = DistillConfig { train, teacher, assistant, method, params, teacher_cache };
+        let cfg = DistillConfig { train, teacher, assistant, method, params, teacher_cache, teacher_norm };
         cfg.validate().map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
         Ok(cfg)
     }
@@ -184,12 +175,12 @@ pub fn run(
     extra: serde_json::Value,
 ) -> Result<Outcome> {
     let data = cfg.train.load_data()?;
-    let teacher = Teacher::load(teacher_spec, device)?;
-    if teacher.meta.input != data.shape() || teacher.meta.classes != data.classes {
+    let teacher = Teacher::open(teacher_spec, device, &data, &cfg.teacher_norm)?;
+    if teacher.model.input() != data.shape() || teacher.model.classes() != data.classes {
         bail!(
             "teacher {teacher_spec} takes {} inputs with {} classes, but the student's data {} has {} with {}",
-            teacher.meta.input,
-            teacher.meta.classes,
+            teacher.model.input(),
+            teacher.model.classes(),
             data.name,
             data.shape(),
             data.classes
@@ -201,19 +192,17 @@ pub fn run(
     }
     if !quiet {
         println!(
-            "distil {} from {} ({}, {} params, {:.2}% test) with {} into {}",
+            "distil {} from {} ({}) with {} into {}",
             cfg.train.model,
             teacher_spec,
-            teacher.meta.model,
-            crate::util::fmt::count(teacher.meta.params),
-            100.0 * teacher.meta.test_acc,
+            teacher.describe(),
             cfg.method,
             out.display()
         );
     }
     let method = methods::build(&cfg.method, &cfg.params)?;
     let cache = if cfg.teacher_cache {
-        let dir = crate::train::checkpoint::run_dir_of(&teacher.checkpoint);
+        let dir = teacher.cache_dir();
         Some(super::cache::open_or_build(&dir, &teacher.model, &teacher.meta, &data, cfg.train.augment, quiet)?)
     } else {
         None

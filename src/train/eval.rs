@@ -1,5 +1,5 @@
 //! Inference over a whole split: accuracy (overall and per class), mean loss, and logits.
-use super::model::Model;
+use super::model::{Infer, Model};
 use crate::data::augment::Augment;
 use crate::data::loader::{Loader, LoaderSpec};
 use crate::data::{Dataset, Split};
@@ -47,7 +47,12 @@ pub fn to_tensors(
 
 /// Runs the model in inference mode over `split` in order, handing each batch's logits (on the
 /// CPU, float32) and labels to `visit`.
-pub fn for_each_batch(model: &Model, split: Arc<Split>, augment: Arc<Augment>, mut visit: impl FnMut(&Tensor, &[i64])) {
+pub fn for_each_batch(
+    model: &impl Infer,
+    split: Arc<Split>,
+    augment: Arc<Augment>,
+    mut visit: impl FnMut(&Tensor, &[i64]),
+) {
     let spec = LoaderSpec { batch_size: EVAL_BATCH, shuffle: false, seed: 0, drop_last: false };
     let shape = split.shape;
     for batch in Loader::new(split, augment, spec, 0) {
@@ -81,8 +86,8 @@ pub fn evaluate(model: &Model, split: Arc<Split>, augment: Arc<Augment>) -> Eval
 }
 
 /// The (N × classes) float32 logits of `split`, row-major in split order.
-pub fn logits(model: &Model, split: Arc<Split>, augment: Arc<Augment>) -> Vec<f32> {
-    let mut out = Vec::with_capacity(split.len() * model.classes);
+pub fn logits(model: &impl Infer, split: Arc<Split>, augment: Arc<Augment>) -> Vec<f32> {
+    let mut out = vec![];
     for_each_batch(model, split, augment, |l, _| {
         out.extend(Vec::<f32>::try_from(l.contiguous().view(-1)).expect("logits to vec"));
     });

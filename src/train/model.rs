@@ -97,6 +97,22 @@ impl Model {
     }
 }
 
+/// Inference with any network that gives logits: a kdlab model, or a teacher of either kind.
+pub trait Infer {
+    /// Logits in inference mode (no gradient; BatchNorm uses running statistics).
+    fn infer(&self, x: &Tensor) -> Tensor;
+    fn device(&self) -> Device;
+}
+
+impl Infer for Model {
+    fn infer(&self, x: &Tensor) -> Tensor {
+        Model::infer(self, x)
+    }
+    fn device(&self) -> Device {
+        Model::device(self)
+    }
+}
+
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Model({} on {}, {} classes)", self.arch, self.input, self.classes)

@@ -26,3 +26,26 @@ pub fn write_small_idx(dir: &Path, train: usize, test: usize) {
 pub fn text(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
+
+/// `kdlab ARGS --device cpu` run in `cwd`.
+pub fn kdlab_cpu(args: &[&str], cwd: &Path) -> std::process::Output {
+    kdlab().args(args).args(["--device", "cpu"]).current_dir(cwd).output().unwrap()
+}
+
+/// The Python of the Makefile's PyTorch environment ($KDLAB_TORCH_VENV, else
+/// ~/.cache/kdlab-torch-venv), or None: the reference checks that need it are then skipped.
+pub fn venv_python() -> Option<std::path::PathBuf> {
+    let venv = std::env::var("KDLAB_TORCH_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/kdlab-torch-venv", std::env::var("HOME").unwrap_or_default()));
+    let py = Path::new(&venv).join("bin/python");
+    py.exists().then_some(py)
+}
+
+/// Writes the embedded Fashion-MNIST subset's test images as (N, 1, 28, 28) raw pixel values
+/// (float32 .npy), for a PyTorch script to normalise itself.
+pub fn write_test_images(path: &Path) -> usize {
+    let data = kdlab::data::embedded::load().unwrap();
+    let pixels: Vec<f32> = data.test.images.iter().map(|&p| p as f32).collect();
+    kdlab::data::npy::write_f32(path, &[data.test.len(), 1, 28, 28], &pixels).unwrap();
+    data.test.len()
+}
