@@ -323,7 +323,10 @@ fn print_plan(dir: &Path, specs: &[RunSpec], todo: &[&RunSpec]) {
         .iter()
         .map(|s| vec![s.id.clone(), s.kind.as_str().into(), s.name.clone(), s.train.epochs.to_string()])
         .collect();
-    print!("{}", fmt::table(&["id", "kind", "run", "epochs"], &rows));
+    if !rows.is_empty() {
+        let table = fmt::table(&["id", "kind", "run", "epochs"], &rows);
+        print!("{table}{}", if table.ends_with('\n') { "" } else { "\n" });
+    }
 }
 
 /// The sweep's workers: the runs in flight, and what starting one needs.
