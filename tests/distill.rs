@@ -176,7 +176,10 @@ fn default_dkd_does_not_collapse_a_student_that_learns_alone() {
     let data = data::embedded::load().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let tdir = tmp.path().join("teacher");
-    train(&TrainConfig { save_every: 0, ..cfg("cnn_w1", 3) }, &data, &mut CrossEntropy, &opts(&tdir, "train")).unwrap();
+    // An MLP teacher (85% after 3 epochs) keeps the test fast: the collapse does not need a
+    // strong teacher, only a loss many times larger than cross-entropy.
+    let tcfg = TrainConfig { save_every: 0, augment: false, ..cfg("mlp_256x1", 3) };
+    train(&tcfg, &data, &mut CrossEntropy, &opts(&tdir, "train")).unwrap();
     let student = |clip: f64| TrainConfig {
         augment: false,
         save_every: 0,

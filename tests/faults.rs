@@ -59,8 +59,9 @@ fn run_dirs(out: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// A full disk while SQLite writes the study index's WAL, at two points of a sweep: while it
-/// records the teacher's completion, and (in the next sweep) while it marks a run as started.
+/// A full disk while SQLite writes the study index's WAL, at two points of a sweep (after 44 and
+/// after 40 writes: when this test was written, while it recorded the teacher's completion and,
+/// in the next sweep, while it marked a run as started).
 /// Each time the sweep stops with an error naming the index, the index stays consistent, and the
 /// same command, with space again, finishes the study with the undisturbed sweep's results;
 /// every run trained exactly one history. (The faulty sweeps run one worker, so that the N-th
@@ -76,7 +77,9 @@ fn a_full_disk_while_the_index_commits_stops_the_sweep_and_a_rerun_finishes_it()
 
     let full = tmp.path().join("full");
     // The first N writes succeed, then the disk is full for good.
-    for (after, while_) in [(44, "while recording the finished run"), (40, "while marking the run")] {
+    // Which change the N-th write falls on depends on how much the index stores (it grows as
+    // kdlab records more), so the test asks only that some commit of the sweep met the full disk.
+    for after in [44, 40] {
         let o = kdlab()
             .args(["sweep", study.to_str().unwrap(), "--out", full.to_str().unwrap(), "--workers", "1", "--quiet"])
             .env("KDLAB_FAILPOINT_ENOSPC", "study.sqlite-wal")
@@ -86,7 +89,7 @@ fn a_full_disk_while_the_index_commits_stops_the_sweep_and_a_rerun_finishes_it()
         let t = failed(o);
         let index = full.join("study.sqlite").display().to_string();
         assert!(
-            t.contains(&format!("no space left on device {while_}")) && t.contains(&index) && t.contains("rolled back"),
+            t.contains("no space left on device while") && t.contains(&index) && t.contains("rolled back"),
             "after {after} writes: {t}"
         );
         // The index is consistent after the failed commit: it opens and passes its checks.
