@@ -373,54 +373,10 @@ pub fn load(dir: &Path, opts: &Options) -> Result<Dataset> {
 
 /// Loads an image folder, with the cache in `cache_root`.
 pub fn load_with(dir: &Path, opts: &Options, cache_root: &Path) -> Result<(Dataset, CacheUse)> {
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(format!("indexing {}", dir.display()));
-    let train = index_split(dir, "train", &bar)?;
-    let eval_folder = ["val", "test"].into_iter().find(|f| dir.join(f).is_dir()).ok_or_else(|| {
-        anyhow::anyhow!("{}: an image folder needs val/<class>/… (or test/<class>/…) beside train/", dir.display())
-    })?;
-    let val = index_split(dir, eval_folder, &bar)?;
-    bar.finish_and_clear();
-    check_same_classes(dir, &train, &val)?;
-    if train.ignored + val.ignored > 0 {
-        eprintln!(
-            "note: {}: passed over {} files that are not .png, .jpg or .jpeg images or not in a class folder",
-            dir.display(),
-            train.ignored + val.ignored
-        );
-    }
-    let key = cache_key(&train, &val, opts);
-    let classes = train.classes.clone();
+    let (train, val) = index(dir)?;
+    let (classes, eval_folder) = (train.classes.clone(), val.folder.clone());
     let cache_file = cache_path(dir, opts, cache_root);
-    let mut cache_use = CacheUse::Off;
-    let mut loaded = None;
-    if opts.cache {
-        cache_use = CacheUse::Built;
-        if cache_file.exists() {
-            match read_cache(&cache_file, &key) {
-                Ok(Some(splits)) => {
-                    loaded = Some(splits);
-                    cache_use = CacheUse::Hit;
-                }
-                Ok(None) => {} // made from other files or options: rebuilt below
-                Err(e) => eprintln!("warning: {e:#}; decoding the images again"),
-            }
-        }
-    }
-    let (train_split, test_split, note) = match loaded {
-        Some((a, b, note)) => (a, b, note),
-        None => {
-            let (a, b, note) = decode_splits(dir, train, val, opts)?;
-            if opts.cache {
-                if let Err(e) = write_cache(&cache_file, &key, &a, &b, &note) {
-                    eprintln!(
-                        "warning: could not write the image cache ({e:#}); the images will be decoded again next time"
-                    );
-                }
-            }
-            (a, b, note)
-        }
-    };
+    let (train_split, test_split, note, cache_use) = cached_or_decoded(dir, train, val, opts, &cache_file)?;
     let mut profile = catalog::generic_profile(&train_split);
     profile.flip = opts.flip.unwrap_or(profile.flip);
     profile.pad = opts.pad.unwrap_or(profile.pad);
@@ -451,6 +407,55 @@ pub fn load_with(dir: &Path, opts: &Options, cache_root: &Path) -> Result<(Datas
         profile,
     };
     Ok((ds, cache_use))
+}
+
+/// Indexes `train/` and `val/` (or `test/`), with a spinner, and checks that their classes agree.
+fn index(dir: &Path) -> Result<(Indexed, Indexed)> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(format!("indexing {}", dir.display()));
+    let train = index_split(dir, "train", &bar)?;
+    let eval_folder = ["val", "test"].into_iter().find(|f| dir.join(f).is_dir()).ok_or_else(|| {
+        anyhow::anyhow!("{}: an image folder needs val/<class>/… (or test/<class>/…) beside train/", dir.display())
+    })?;
+    let val = index_split(dir, eval_folder, &bar)?;
+    bar.finish_and_clear();
+    check_same_classes(dir, &train, &val)?;
+    if train.ignored + val.ignored > 0 {
+        eprintln!(
+            "note: {}: passed over {} files that are not .png, .jpg or .jpeg images or not in a class folder",
+            dir.display(),
+            train.ignored + val.ignored
+        );
+    }
+    Ok((train, val))
+}
+
+/// Both splits from `cache_file` when it is valid for these files and options, else decoded (and
+/// the cache written). Returns the splits, the note on their shape, and how they were obtained.
+fn cached_or_decoded(
+    dir: &Path,
+    train: Indexed,
+    val: Indexed,
+    opts: &Options,
+    cache_file: &Path,
+) -> Result<(Split, Split, String, CacheUse)> {
+    if !opts.cache {
+        let (a, b, note) = decode_splits(dir, train, val, opts)?;
+        return Ok((a, b, note, CacheUse::Off));
+    }
+    let key = cache_key(&train, &val, opts);
+    if cache_file.exists() {
+        match read_cache(cache_file, &key) {
+            Ok(Some((a, b, note))) => return Ok((a, b, note, CacheUse::Hit)),
+            Ok(None) => {} // made from other files or options: rebuilt below
+            Err(e) => eprintln!("warning: {e:#}; decoding the images again"),
+        }
+    }
+    let (a, b, note) = decode_splits(dir, train, val, opts)?;
+    if let Err(e) = write_cache(cache_file, &key, &a, &b, &note) {
+        eprintln!("warning: could not write the image cache ({e:#}); the images will be decoded again next time");
+    }
+    Ok((a, b, note, CacheUse::Built))
 }
 
 /// The cache file of `dir` loaded with `opts`: one per folder and pixel-changing options.
@@ -864,6 +869,33 @@ mod tests {
         assert!(!ds.profile.flip);
         let (flipped, _) = load_at(&root, "flip=true,pad=3", &tmp.path().join("cache")).unwrap();
         assert!(flipped.profile.flip && flipped.profile.pad == 3);
+    }
+
+    /// `export` as PNG and the reader give back the source data set: the same classes in the same
+    /// order, the same class counts, and each class's images pixel for pixel in their order.
+    #[test]
+    fn an_exported_png_folder_reads_back_as_the_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = crate::data::embedded::load().unwrap();
+        let root = tmp.path().join("fm");
+        assert_eq!(export(&src, &root, 5, 2, ImageFormat::Png).unwrap(), 70);
+        let (ds, _) = load_at(&root, "", &tmp.path().join("cache")).unwrap();
+        let folders: Vec<String> = (0..10).map(|c| class_folder(c, 10, &src.class_names[c])).collect();
+        assert_eq!(ds.class_names, folders);
+        assert_eq!(ds.train.class_counts(10), vec![5; 10]);
+        assert_eq!(ds.test.class_counts(10), vec![2; 10]);
+        for (got, source, per_class) in [(&ds.train, &src.train, 5), (&ds.test, &src.test, 2)] {
+            for c in 0..10u16 {
+                let want: Vec<&[u8]> = (0..source.len())
+                    .filter(|&i| source.labels[i] == c)
+                    .take(per_class)
+                    .map(|i| source.image(i))
+                    .collect();
+                let have: Vec<&[u8]> = (0..got.len()).filter(|&i| got.labels[i] == c).map(|i| got.image(i)).collect();
+                assert_eq!(have, want, "class {c}");
+            }
+        }
+        assert!(format!("{:#}", export(&src, &root, 1, 1, ImageFormat::Png).unwrap_err()).contains("not empty"));
     }
 
     #[test]
