@@ -3,6 +3,7 @@
 #   make demo    set up LibTorch, build the release binary, run the demo
 #   make test    set up LibTorch, then formatting, clippy and the test suite
 #   make build   the release binary ($(CARGO_TARGET_DIR)/release/kdlab)
+#   make soak    a 501-run study with 2 workers under a polling `kdlab status` (~6 min; not in test)
 #
 # LibTorch comes from PyPI's torch==2.11.0 wheel (the version tch 0.24 expects), installed once
 # into a virtual environment under ~/.cache (about 7 GB with its CUDA libraries, ~2 minutes).
@@ -24,7 +25,7 @@ else
 TORCH_STAMP :=
 endif
 
-.PHONY: all build demo test torch fmt lint clean-runs bench-ref
+.PHONY: all build demo test soak torch fmt lint clean-runs bench-ref
 
 all: build
 
@@ -47,6 +48,11 @@ test: torch
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
 	cargo test --release
+
+# Slow: runs, lost or duplicated, "database is locked", and the sweep's descriptors and memory
+# over 501 runs (docs/reliability.md). Not part of `make test`.
+soak: build
+	KDLAB=$(BIN) scripts/soak.sh
 
 fmt:
 	cargo fmt

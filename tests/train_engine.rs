@@ -127,3 +127,33 @@ fn checkpoints_load_for_inference_and_damage_is_detected() {
     let e = format!("{:#}", checkpoint::load_model(dir.path().to_str().unwrap(), Device::Cpu).unwrap_err());
     assert!(e.contains("last.safetensors") && e.contains("checksum"), "{e}");
 }
+
+/// `trace_steps` writes the first steps (1-based, across epochs) with every term and the gradient
+/// norm, and the epoch's recorded norms agree with them: 1200 images in batches of 64 are 19
+/// steps an epoch, so a trace of 25 steps holds all of epoch 1 and 6 steps of epoch 2.
+#[test]
+fn the_first_steps_are_traced_with_their_gradient_norms() {
+    let _s = serial();
+    let data = small_data();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("r");
+    let out =
+        train(&cfg("mlp_32x1", 2), &data, &mut CrossEntropy, &RunOptions { trace_steps: 25, ..quiet(&dir) }).unwrap();
+    let text = std::fs::read_to_string(dir.join("steps.csv")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next().unwrap(), "epoch,step,lr,loss,batch_acc,grad_norm,term_ce");
+    let rows: Vec<Vec<f64>> = lines.map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+    assert_eq!(rows.len(), 25);
+    assert_eq!((rows[0][0], rows[0][1], rows[18][0], rows[19][0], rows[24][1]), (1.0, 1.0, 1.0, 2.0, 25.0));
+    for r in &rows {
+        assert!((r[3] - r[6]).abs() < 1e-6, "the loss is the sum of its one term: {r:?}");
+        assert!(r[5] > 0.0 && r[5].is_finite());
+    }
+    let first = &out.history[0];
+    let epoch1: Vec<f64> = rows[..19].iter().map(|r| r[5]).collect();
+    let mean = epoch1.iter().sum::<f64>() / 19.0;
+    assert!((first.grad_norm_mean.unwrap() - mean).abs() < 1e-5 * mean, "{:?} vs {mean}", first.grad_norm_mean);
+    assert!((first.grad_norm_max.unwrap() - epoch1.iter().cloned().fold(0.0, f64::max)).abs() < 1e-5);
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",grad_norm_mean,grad_norm_max"), "{csv}");
+}

@@ -46,14 +46,63 @@ pub fn encode_i64(shape: &[usize], data: &[i64]) -> Vec<u8> {
     out
 }
 
-/// Writes a float32 array atomically.
+/// Writes a float32 array atomically, with its checksum file (see [`sum_path`]).
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    crate::util::atomic::write_bytes(path, &encode_f32(shape, data))
+    write_with_sum(path, &encode_f32(shape, data))
 }
 
-/// Writes an int64 array atomically.
+/// Writes an int64 array atomically, with its checksum file (see [`sum_path`]).
 pub fn write_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
-    crate::util::atomic::write_bytes(path, &encode_i64(shape, data))
+    write_with_sum(path, &encode_i64(shape, data))
+}
+
+/// The checksum file kdlab writes beside every .npy it writes: `NAME.npy.sha256`, one line in
+/// `sha256sum`'s format (so `sha256sum -c` checks it too). kdlab verifies a .npy against it
+/// before reading the array; a .npy without one (written by NumPy, say) is read as it is.
+pub fn sum_path(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!("{name}.sha256"))
+}
+
+fn write_with_sum(path: &Path, bytes: &[u8]) -> Result<()> {
+    let sums = sum_path(path);
+    // A crash between the two writes leaves no checksum rather than a stale one.
+    match std::fs::remove_file(&sums) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", sums.display()))
+        }
+        _ => {}
+    }
+    crate::util::atomic::write_bytes(path, bytes)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    crate::util::atomic::write_bytes(&sums, format!("{}  {name}\n", super::sha256_hex(bytes)).as_bytes())
+}
+
+/// Checks a .npy's contents against the checksum kdlab wrote beside it, if there is one.
+fn verify_sum(path: &Path, actual: impl FnOnce() -> Result<String>) -> Result<()> {
+    let sums = sum_path(path);
+    let Ok(text) = std::fs::read_to_string(&sums) else { return Ok(()) };
+    let recorded = text.split_whitespace().next().unwrap_or_default();
+    let actual = actual()?;
+    if recorded != actual {
+        bail!(
+            "{}: its sha256 {actual} differs from the one kdlab recorded in {} ({recorded}): the file is damaged (or \
+             was changed after kdlab wrote it; delete {} to read it anyway)",
+            path.display(),
+            sums.display(),
+            sums.display()
+        );
+    }
+    Ok(())
+}
+
+/// The sha256 of a file, read in pieces.
+fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(super::hex(&h.finalize()))
 }
 
 /// The element type of an array, from its `descr`.
@@ -250,6 +299,7 @@ pub struct RowReader {
 impl RowReader {
     pub fn open(path: &Path) -> Result<RowReader> {
         use std::io::{Read, Seek, SeekFrom};
+        verify_sum(path, || file_sha256(path))?;
         let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
         let len = f.metadata()?.len();
         let mut head = vec![0u8; (len as usize).min(1 << 16)];
@@ -322,6 +372,7 @@ fn dict_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 /// Reads and parses a .npy file.
 pub fn read(path: &Path) -> Result<Array> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    verify_sum(path, || Ok(super::sha256_hex(&bytes)))?;
     parse(&bytes, path)
 }
 

@@ -106,8 +106,13 @@ fn read_probe(dir: &Path, stem: &str) -> Result<Option<ProbeReport>> {
     if !p.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not a kdlab probe result", p.display()))?))
+    let report = crate::util::sealed::read_json(&p, "a kdlab probe result").with_context(|| {
+        format!(
+            "{} is derived from the teachers: delete it and run the study's sweep again to probe them anew",
+            p.display()
+        )
+    })?;
+    Ok(Some(report))
 }
 
 /// A teacher's family, for grouping teachers by architecture.
@@ -151,7 +156,7 @@ impl StudyResults {
         if !dir.join("study.sqlite").exists() {
             anyhow::bail!("{} is not a study directory (it has no study.sqlite)", dir.display());
         }
-        let store = Store::open(&dir.join("study.sqlite"))
+        let store = Store::open_to_read(&dir.join("study.sqlite"))
             .with_context(|| format!("{} is not a study directory", dir.display()))?;
         let runs: Vec<StoredRun> = store.planned_runs()?;
         let study_toml = store.meta("study_toml")?.unwrap_or_default();

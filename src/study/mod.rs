@@ -1,12 +1,13 @@
 //! Studies: a capacity-mismatch grid declared in one TOML file (`config`), expanded into runs with
 //! stable ids (`plan`), indexed in SQLite (`store`) and run resumably (`runner`).
 pub mod config;
+mod failpoint;
 pub mod plan;
 pub mod runner;
 pub mod store;
 
 use crate::probe::{self, source::LogitSource};
-use crate::util::{atomic, fmt};
+use crate::util::{atomic, fmt, sealed};
 use anyhow::{bail, Result};
 use config::StudyConfig;
 use plan::{Kind, RunSpec};
@@ -70,8 +71,16 @@ pub fn probe_teachers(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &
     let key = serde_json::to_string(&teachers)?;
     let mut todo = vec![];
     for set in probe_sets(cfg) {
+        let file = dir.join(format!("{}.json", set.stem));
         let done = store.meta(&probe_meta_key(set))?.as_deref() == Some(key.as_str())
-            && dir.join(format!("{}.json", set.stem)).exists();
+            && file.exists()
+            && match sealed::read_json::<probe::ProbeReport>(&file, "a kdlab probe result") {
+                Ok(_) => true,
+                Err(e) => {
+                    eprintln!("warning: {e:#}; probing the teachers again");
+                    false
+                }
+            };
         if !done {
             todo.push(set);
         }
@@ -118,7 +127,7 @@ fn probe_set(
     );
     let result =
         probe::run(sources, &labels, &format!("the {} split of {}", set.split, data.name), taus, probe::CHUNK)?;
-    atomic::write_json(&dir.join(format!("{}.json", set.stem)), &result.report)?;
+    sealed::write_json(&dir.join(format!("{}.json", set.stem)), &result.report)?;
     probe::output::write_plots(&dir.join(set.stem), &result, cfg.probe_tau, Some(&data.class_names))?;
     println!("{}", probe::output::table(&result.report, &result.taus, cfg.probe_tau));
     Ok(())
@@ -128,23 +137,24 @@ fn probe_set(
 pub fn status(dir: &Path) -> Result<String> {
     let db = dir.join("study.sqlite");
     let study_file = dir.join("study.toml");
-    let store = if db.exists() {
-        Store::open(&db)?
-    } else if study_file.exists() {
-        // Rebuilt from the run directories, as `sweep` and `report` do.
-        match runner::lock(&dir.join(".sweep.lock"), "") {
+    let opened = db.exists().then(|| Store::open_to_read(&db));
+    let store = match opened {
+        Some(Ok(store)) => store,
+        Some(Err(e)) if !(store::is_damaged(&e) && study_file.exists()) => return Err(e),
+        // Missing or damaged: rebuilt from the run directories, as `sweep` and `report` do.
+        _ if study_file.exists() => match runner::lock(&dir.join(".sweep.lock"), "") {
             Ok(_lock) => runner::open(&study_file, Some(dir), false)?.3,
             Err(_) => {
                 eprintln!(
-                    "note: {} is missing while a sweep runs; its index is rebuilt in memory from the run directories \
+                    "note: {} is {} while a sweep runs; its index is rebuilt in memory from the run directories \
                      (runs in progress show as queued)",
-                    db.display()
+                    db.display(),
+                    if db.exists() { "damaged" } else { "missing" }
                 );
                 runner::index_in_memory(&study_file, dir)?
             }
-        }
-    } else {
-        bail!("{} is not a study directory (it has neither study.sqlite nor study.toml)", dir.display());
+        },
+        _ => bail!("{} is not a study directory (it has neither study.sqlite nor study.toml)", dir.display()),
     };
     let runs = store.planned_runs()?;
     let mut rows = vec![];
@@ -203,7 +213,7 @@ pub fn emit_slurm(dir: &Path, specs: &[RunSpec], store: &Store, out: &Path) -> R
             let rdir = plan::run_dir(dir, &s.id);
             std::fs::create_dir_all(&rdir)?;
             let p = rdir.join("spec.json");
-            atomic::write_json(&p, s)?;
+            sealed::write_json(&p, s)?;
             list += &format!("{}\n", std::fs::canonicalize(&p)?.display());
         }
         let name = kind.as_str();

@@ -7,7 +7,7 @@ use super::config::StudyConfig;
 use super::plan::{self, Kind, RunSpec};
 use super::store::{Status, Store};
 use crate::train::run;
-use crate::util::{atomic, fmt};
+use crate::util::{atomic, fmt, sealed};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs::File;
@@ -90,10 +90,11 @@ pub fn sync(store: &mut Store, specs: &[RunSpec], dir: &Path, retry_failed: bool
 /// database was deleted under it), rebuilt in memory from the study file and the run directories
 /// without touching the directory.
 pub fn index_in_memory(study_file: &Path, dir: &Path) -> Result<Store> {
+    let text = sealed::read_text(study_file)?;
     let cfg = StudyConfig::load(study_file)?;
     let specs = plan::expand(&cfg, dir)?;
     let mut store = Store::open(Path::new(":memory:"))?;
-    store.set_meta("study_toml", &std::fs::read_to_string(study_file)?)?;
+    store.set_meta("study_toml", &text)?;
     store.set_meta("plan", &serde_json::to_string(&specs.iter().map(|s| &s.id).collect::<Vec<_>>())?)?;
     sync(&mut store, &specs, dir, false)?;
     Ok(store)
@@ -105,6 +106,8 @@ pub fn open(
     out: Option<&Path>,
     retry_failed: bool,
 ) -> Result<(StudyConfig, PathBuf, Vec<RunSpec>, Store)> {
+    // The study directory's copy of the study file is sealed; verified before it is planned.
+    let text = sealed::read_text(study_file)?;
     let cfg = StudyConfig::load(study_file)?;
     let dir = study_dir(&cfg, out);
     std::fs::create_dir_all(dir.join("runs")).with_context(|| format!("creating {}", dir.display()))?;
@@ -117,9 +120,28 @@ pub fn open(
         }
         eprintln!("note: {} is missing; rebuilding the study's index from its run directories", db.display());
     }
-    let mut store = Store::open(&db)?;
-    let text = std::fs::read_to_string(study_file)?;
-    atomic::write_bytes(&dir.join("study.toml"), text.as_bytes())?;
+    let mut store = match Store::open(&db) {
+        Err(e) if super::store::is_damaged(&e) => {
+            // The index is derived from the run directories: keep the damaged file for a look,
+            // with its WAL (which must not be replayed into the new one), and build it anew.
+            for part in ["", "-wal", "-shm"] {
+                let from = dir.join(format!("study.sqlite{part}"));
+                if from.exists() {
+                    let to = dir.join(format!("study.sqlite.damaged{part}"));
+                    std::fs::rename(&from, &to)
+                        .with_context(|| format!("setting {} aside as {}", from.display(), to.display()))?;
+                }
+            }
+            eprintln!(
+                "warning: {e:#}; it is kept as {} and the index is rebuilt from the run directories (runs that had \
+                 failed are queued again)",
+                dir.join("study.sqlite.damaged").display()
+            );
+            Store::open(&db)?
+        }
+        opened => opened?,
+    };
+    atomic::write_bytes(&dir.join("study.toml"), sealed::seal_text(&text).as_bytes())?;
     store.set_meta("study_toml", &text)?;
     store.set_meta("kdlab_version", crate::VERSION)?;
     store.set_meta("plan", &serde_json::to_string(&specs.iter().map(|s| &s.id).collect::<Vec<_>>())?)?;
@@ -170,7 +192,7 @@ fn spawn(dir: &Path, spec: &RunSpec, threads: usize, exe: &WorkerExe) -> Result<
     let rdir = plan::run_dir(dir, &spec.id);
     std::fs::create_dir_all(&rdir)?;
     let spec_path = rdir.join("spec.json");
-    atomic::write_json(&spec_path, spec)?;
+    sealed::write_json(&spec_path, spec)?;
     let mut log = File::options().create(true).append(true).open(rdir.join("log.txt"))?;
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     writeln!(log, "{ATTEMPT_MARK}(unix time {unix})")?;
@@ -424,9 +446,7 @@ impl Pool<'_> {
 
 /// `kdlab sweep-run SPEC.json`: trains one run of a study (what a sweep worker or a Slurm job runs).
 pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
-    let text = std::fs::read_to_string(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
-    let spec: RunSpec =
-        serde_json::from_str(&text).with_context(|| format!("{}: not a study run", spec_path.display()))?;
+    let spec: RunSpec = sealed::read_json(spec_path, "a study run")?;
     let rdir = spec_path.parent().context("a spec lives in its run directory")?.to_path_buf();
     let study = rdir.parent().and_then(Path::parent).context("a run directory lives in <study>/runs/")?.to_path_buf();
     let _lock = lock(&rdir.join(".lock"), &format!("run {} is already being trained by another process", spec.id))?;

@@ -132,6 +132,15 @@ pub fn open_or_build(
         // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
         unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
     }
+    // A build killed mid-write (kill -9, a power cut) leaves its temporary file, as large as the
+    // cache; the finished file was never replaced, so only the temporary needs removing.
+    let stale = atomic::remove_stale_temps(dir);
+    if stale > 0 {
+        eprintln!(
+            "note: removed {stale} unfinished teacher-logit cache file(s) left in {} by an interrupted build",
+            dir.display()
+        );
+    }
     if path.exists() {
         match LogitCache::open(&path) {
             Ok(c) if c.header == want => return Ok(c),
@@ -230,7 +239,7 @@ fn build(path: &Path, model: &Model, data: &Dataset, header: &Header, augment: b
     head_json.extend(std::iter::repeat_n(b' ', (64 - unpadded % 64) % 64));
     atomic::write_via_path(path, |tmp| {
         let f = std::fs::File::create(tmp).map_err(|e| anyhow::anyhow!(atomic::describe_io(&e, "creating", tmp)))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
         let io = |e: std::io::Error| anyhow::anyhow!(atomic::describe_io(&e, "writing", path));
         let mut head = MAGIC.to_vec();
         head.extend_from_slice(&(head_json.len() as u32).to_le_bytes());

@@ -6,7 +6,7 @@ use super::model::Model;
 use super::run::EpochMetrics;
 use super::sgd::{Sgd, BUFFER_PREFIX};
 use crate::data::{sha256_hex, Shape};
-use crate::util::atomic;
+use crate::util::{atomic, sealed};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -57,6 +57,7 @@ pub fn save(dir: &Path, stem: &str, model: &Model, opt: Option<&Sgd>, mut meta: 
     let named: Vec<(String, Tensor)> =
         named.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
     let mut sha = String::new();
+    atomic::remove_stale_temps(dir);
     atomic::write_via_path(&weights, |tmp| {
         Tensor::write_safetensors(&named, tmp).map_err(|e| anyhow::anyhow!("{e}"))?;
         let bytes = std::fs::read(tmp).with_context(|| format!("reading back {}", tmp.display()))?;
@@ -68,15 +69,13 @@ pub fn save(dir: &Path, stem: &str, model: &Model, opt: Option<&Sgd>, mut meta: 
     meta.weights_sha256 = sha;
     meta.optimizer.has_momentum_buffers = opt.is_some_and(|o| !o.state().is_empty());
     let json = dir.join(format!("{stem}.json"));
-    atomic::write_json(&json, &meta)?;
+    sealed::write_json(&json, &meta)?;
     Ok(json)
 }
 
 /// Reads a sidecar.
 pub fn read_meta(json: &Path) -> Result<CheckpointMeta> {
-    let text = std::fs::read_to_string(json).with_context(|| format!("reading checkpoint {}", json.display()))?;
-    let meta: CheckpointMeta =
-        serde_json::from_str(&text).with_context(|| format!("{}: not a kdlab checkpoint sidecar", json.display()))?;
+    let meta: CheckpointMeta = sealed::read_json(json, "a kdlab checkpoint sidecar")?;
     if meta.format != FORMAT {
         bail!("{}: checkpoint format '{}' is not {FORMAT}", json.display(), meta.format);
     }

@@ -1,7 +1,7 @@
 //! A run directory: `run.json` (what was run, on what, and how it ended), `metrics.csv` (one row
 //! per epoch), checkpoints. Every file is written atomically.
 use crate::data::{Dataset, Shape};
-use crate::util::atomic;
+use crate::util::{atomic, sealed};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -138,12 +138,11 @@ pub fn read_record(dir: &Path) -> Result<Option<RunRecord>> {
     if !p.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not a kdlab run record", p.display()))?))
+    Ok(Some(sealed::read_json(&p, "a kdlab run record")?))
 }
 
 pub fn write_record(dir: &Path, rec: &RunRecord) -> Result<()> {
-    atomic::write_json(&dir.join("run.json"), rec)
+    sealed::write_json(&dir.join("run.json"), rec)
 }
 
 /// Writes metrics.csv: fixed columns, then one column per loss term.

@@ -157,4 +157,28 @@ mod tests {
             assert_eq!(opt.state().len(), 1);
         }
     }
+
+    /// Gradients (3, 4) and (12) have global norm 13: clipping at 6.5 halves both, at 20 leaves
+    /// them alone, and the norm returned is the one before clipping.
+    #[test]
+    fn clips_the_global_norm_by_hand() {
+        for (max, scale) in [(6.5, 0.5), (20.0, 1.0)] {
+            let vs = VarStore::new(Device::Cpu);
+            let a = vs.root().var_copy("a", &Tensor::from_slice(&[0.0f32, 0.0]));
+            let b = vs.root().var_copy("b", &Tensor::from_slice(&[0.0f32]));
+            let mut opt = Sgd::new(&vs, 0.0, false, 0.0);
+            opt.zero_grad();
+            // d/da (3·a0 + 4·a1) = (3, 4); d/db (12·b) = 12.
+            let loss = (&a * &Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float) + (&b * 12.0).sum(Kind::Float);
+            loss.backward();
+            let norm = opt.clip_grad_norm(max).double_value(&[]);
+            assert!((norm - 13.0).abs() < 1e-5, "{norm}");
+            let ga: Vec<f32> = Vec::try_from(a.grad()).unwrap();
+            let gb: Vec<f32> = Vec::try_from(b.grad()).unwrap();
+            let want = [3.0 * scale, 4.0 * scale, 12.0 * scale];
+            for (g, w) in ga.iter().chain(&gb).zip(want) {
+                assert!((*g as f64 - w).abs() < 1e-5, "max {max}: {ga:?} {gb:?} vs {want:?}");
+            }
+        }
+    }
 }

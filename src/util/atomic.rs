@@ -22,6 +22,29 @@ pub fn describe_io(err: &io::Error, action: &str, path: &Path) -> String {
     }
 }
 
+/// Removes the temporary files in `dir` that a process killed mid-write left behind (their
+/// writer, named by the pid in the name, is gone), returning how many. A teacher-logit cache's
+/// temporary file can be as large as the cache.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) =
+            name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).and_then(|(_, p)| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let alive = pid > 0
+            && (unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+        if !alive && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 fn sync_dir(dir: &Path) {
     // Makes the rename itself durable. Some file systems refuse to fsync a directory; the file's
     // own contents are already safe then, so the error is not worth failing over.
@@ -119,6 +142,18 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"second");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "left behind: {names:?}");
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = temp_path(&dir.path().join("a.kdlc"));
+        let dead = dir.path().join(".b.kdlc.tmp-2147483646");
+        for p in [&mine, &dead, &dir.path().join("c.json")] {
+            fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(dir.path()), 1);
+        assert!(mine.exists() && !dead.exists() && dir.path().join("c.json").exists());
     }
 
     #[test]
