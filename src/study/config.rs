@@ -590,7 +590,7 @@ mod tests {
         assert_eq!(s.methods[0].grid[0].get("rule").and_then(|r| r.as_str()), Some("ts"));
         for bad in ["'oder'", "['order', 'oder']"] {
             let e = format!("{:#}", parse(&format!("{BASE}[[methods]]\nname = 'isats'\nrule = {bad}\n")).unwrap_err());
-            assert!(e.contains("unknown ISATS rule 'oder'") && e.contains("order, ts, bounded"), "{e}");
+            assert!(e.contains("unknown ISATS rule 'oder'") && e.contains("order, ts, ts_order, bounded"), "{e}");
         }
         let e = format!("{:#}", parse(&format!("{BASE}[[methods]]\nname = 'ats'\nrule = 'order'\n")).unwrap_err());
         assert!(e.contains("does not take rule"), "{e}");
