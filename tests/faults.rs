@@ -76,7 +76,7 @@ fn a_full_disk_while_the_index_commits_stops_the_sweep_and_a_rerun_finishes_it()
 
     let full = tmp.path().join("full");
     // The first N writes succeed, then the disk is full for good.
-    for (after, while_) in [(44, "while recording the finished run"), (40, "while marking the run")] {
+    for (after, while_) in [(40, "while recording the finished run"), (40, "while marking the run")] {
         let o = kdlab()
             .args(["sweep", study.to_str().unwrap(), "--out", full.to_str().unwrap(), "--workers", "1", "--quiet"])
             .env("KDLAB_FAILPOINT_ENOSPC", "study.sqlite-wal")
