@@ -130,7 +130,11 @@ fn study_grids_skip_only_incompatible_combinations_and_say_so() {
     // ISATS: a margin goes with the rule `order` only.
     let s = study("[[methods]]\nname = 'isats'\nrule = ['order', 'ts']\nmargin = 0.5\n").unwrap();
     assert_eq!((s.methods[0].grid.len(), s.methods[0].skipped.len()), (1, 1));
-    assert!(s.skipped_notes()[0].contains("margin applies to the ISATS rules 'order' and 'ts_order' only"), "{:?}", s.skipped_notes());
+    assert!(
+        s.skipped_notes()[0].contains("margin applies to the ISATS rules 'order' and 'ts_order' only"),
+        "{:?}",
+        s.skipped_notes()
+    );
     // A grid without skips says nothing.
     assert!(study("[[methods]]\nname = 'kd'\ntau = [2, 4]\n").unwrap().skipped_notes().is_empty());
     // Any other refusal is an error naming the key and the file, even when other values are fine.
