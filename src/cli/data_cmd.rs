@@ -1,5 +1,5 @@
 //! `kdlab data fetch` and `kdlab data info`.
-use crate::data::{fetch, source};
+use crate::data::{fetch, imagefolder, source};
 use crate::util::fmt;
 use anyhow::Result;
 use clap::Subcommand;
@@ -18,9 +18,27 @@ pub enum DataCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Write a data set as an image folder (train/<class>/*.png|jpg, val/<class>/…), class folders
+    /// named NN-<class name> so that their sorted order is the data set's class order.
+    Export {
+        /// A catalogue name, fashion-mnist-mini, or a directory.
+        name: String,
+        /// The folder to create (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Training images per class (0: all), the first of each class.
+        #[arg(long, default_value_t = 0)]
+        train_per_class: usize,
+        /// Test images per class (0: all), written to val/.
+        #[arg(long, default_value_t = 0)]
+        test_per_class: usize,
+        #[arg(long, value_enum, default_value = "png")]
+        format: imagefolder::ImageFormat,
+    },
     /// Sizes, shape, classes and per-class counts of a data set (a name or any directory).
     Info {
-        /// A catalogue name, fashion-mnist-mini, or a directory with IDX or CIFAR binary files.
+        /// A catalogue name, fashion-mnist-mini, a directory with IDX or CIFAR binary files, or an
+        /// image folder (DIR or DIR:size=HxW,channels=1|3,…).
         name: String,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -37,6 +55,17 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             Ok(())
         }
         DataCommand::Info { name, json } => info(&name, json),
+        DataCommand::Export { name, out, train_per_class, test_per_class, format } => {
+            let ds = source::load(&name)?;
+            let n = imagefolder::export(&ds, &out, train_per_class, test_per_class, format)?;
+            println!(
+                "wrote {n} images of {} to {} (train/, val/; {} class folders)",
+                ds.name,
+                out.display(),
+                ds.classes
+            );
+            Ok(())
+        }
     }
 }
 

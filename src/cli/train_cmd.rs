@@ -24,7 +24,8 @@ pub struct ConfigFlags {
     /// Architecture (`kdlab models` lists them).
     #[arg(long)]
     pub model: Option<String>,
-    /// Data set: fashion-mnist-mini (embedded), fashion-mnist, mnist, cifar10, cifar100, or a directory.
+    /// Data set: fashion-mnist-mini (embedded), fashion-mnist, mnist, cifar10, cifar100, a directory
+    /// (IDX or CIFAR files), or an image folder DIR[:size=HxW,channels=1|3,bad=skip,flip=true,pad=N,cache=off].
     #[arg(long)]
     pub data: Option<String>,
     #[arg(long)]

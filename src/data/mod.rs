@@ -1,4 +1,4 @@
-//! Data: readers for the on-disk formats (IDX, CIFAR binary, NumPy .npy), the catalogue of known
+//! Data: readers for the on-disk formats (IDX, CIFAR binary, NumPy .npy, image folders), the catalogue of known
 //! data sets and where they live, the embedded Fashion-MNIST subset, augmentation, and the
 //! background batch loader.
 pub mod augment;
@@ -7,6 +7,7 @@ pub mod cifar;
 pub mod embedded;
 pub mod fetch;
 pub mod idx;
+pub mod imagefolder;
 pub mod loader;
 pub mod npy;
 pub mod source;

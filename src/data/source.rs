@@ -1,7 +1,7 @@
 //! Finding and loading a data set by name or directory: the embedded subset, the catalogue's data
-//! sets in kdlab's data directory (or a system package's folder), or any directory holding IDX or
-//! CIFAR binary files.
-use super::{catalog, cifar, embedded, idx, Dataset};
+//! sets in kdlab's data directory (or a system package's folder), any directory holding IDX or
+//! CIFAR binary files, or an image folder (`DIR/train/<class>/…`, optionally `DIR:options`).
+use super::{catalog, cifar, embedded, idx, imagefolder, Dataset};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -28,15 +28,18 @@ pub fn load(spec: &str) -> Result<Dataset> {
         let dir = locate(&entry)?;
         return load_entry(&entry, &dir);
     }
+    if let Some((dir, opts)) = imagefolder::parse_spec(spec)? {
+        return imagefolder::load(&dir, &opts);
+    }
     let path = Path::new(spec);
     if path.is_dir() {
         return load_dir(path);
     }
     if path.exists() {
-        bail!("{spec}: a data set is a directory (holding IDX or CIFAR binary files), not a file");
+        bail!("{spec}: a data set is a directory (holding IDX or CIFAR binary files, or train/<class>/ image folders), not a file");
     }
     bail!(
-        "unknown data set '{spec}': expected one of {} or a directory holding IDX or CIFAR binary files",
+        "unknown data set '{spec}': expected one of {}, a directory holding IDX or CIFAR binary files, or an image folder (DIR with train/<class>/ and val/<class>/)",
         catalog::names_list()
     )
 }

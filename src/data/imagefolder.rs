@@ -1,0 +1,1054 @@
+//! Image folders in torchvision's `ImageFolder` layout: `DIR/train/<class>/*.{png,jpg,jpeg}` and
+//! `DIR/val/<class>/…` (or `DIR/test/<class>/…`), decoded in Rust into kdlab's in-memory
+//! [`Dataset`] (the `val/` images are its test split).
+//!
+//! - **Labels** are the class folders' names in sorted order (as torchvision: Unicode code-point
+//!   order), and the images of a class are in torchvision's order too (sorted by folder, then file
+//!   name; sub-folders of a class folder are walked).
+//! - **Size and channels**: every image is resized (bilinear with antialiasing, aspect ratio not
+//!   kept, as `torchvision.transforms.Resize((h, w))`) to `size=HxW` when the spec gives one;
+//!   without it every image must have the first training image's size. Channels are `channels=1|3`
+//!   when given, else 3 when any image is in colour and 1 when all are grey. Colour images become
+//!   grey with PIL's ITU-R 601-2 luma; grey images become colour by repeating the grey value; an
+//!   alpha channel is dropped.
+//! - **Options** follow the directory after a colon: `DIR:size=32x32,channels=3,bad=skip,flip=true,pad=4,cache=off`.
+//!   The whole string is the run's `data` value, so a run, its evaluation and its students load the
+//!   same pixels.
+//! - **Decoding** runs on a pool of threads, each holding one image at a time and writing it into
+//!   its place in the data set's buffer (memory: the decoded data set, which must fit in RAM).
+//! - **Cache**: the decoded data set is kept in `$KDLAB_DATA/image-cache/` (a sha256-checked binary
+//!   file), reused while the folder's list of files, their sizes and modification times and the
+//!   options are unchanged, and rebuilt otherwise. A cache file that fails its check is rebuilt.
+use super::{catalog, Dataset, Shape, Split};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// File name endings read as images (case-insensitive).
+pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+const CACHE_MAGIC: &[u8; 8] = b"KDLABIMG";
+const CACHE_VERSION: u32 = 1;
+
+/// The options that may follow the directory in a data spec (`DIR:key=value,…`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Resize every image to (height, width); None: all images must have the first one's size.
+    pub size: Option<(usize, usize)>,
+    /// 1 or 3; None: 3 when any image is in colour, else 1.
+    pub channels: Option<usize>,
+    /// Leave undecodable images out (with a warning naming each) instead of failing.
+    pub skip_bad: bool,
+    /// Random horizontal flips (default off, as for every directory kdlab does not know).
+    pub flip: Option<bool>,
+    /// Zero padding of the random crops (default: 2 px up to 28×28, an eighth of the side above).
+    pub pad: Option<usize>,
+    /// Read and write the decoded-image cache.
+    pub cache: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { size: None, channels: None, skip_bad: false, flip: None, pad: None, cache: true }
+    }
+}
+
+const KEYS: [&str; 6] = ["size", "channels", "bad", "flip", "pad", "cache"];
+
+impl Options {
+    /// Parses `key=value,key=value` (the part of a data spec after the directory's colon).
+    pub fn parse(text: &str) -> Result<Options> {
+        let mut o = Options::default();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let Some((key, value)) = item.split_once('=') else {
+                bail!("image-folder option '{item}' needs a value (key=value; keys: {})", KEYS.join(", "))
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let bad = |what: &str| anyhow::anyhow!("image-folder option {key}={value}: {what}");
+            match key {
+                "size" => {
+                    let parts: Vec<usize> = value.split('x').map(|p| p.parse().unwrap_or(0)).collect();
+                    o.size = match parts[..] {
+                        [s] if s > 0 => Some((s, s)),
+                        [h, w] if h > 0 && w > 0 => Some((h, w)),
+                        _ => return Err(bad("expected a side (32) or HxW (32x48) in pixels")),
+                    }
+                }
+                "channels" => {
+                    o.channels = match value {
+                        "1" => Some(1),
+                        "3" => Some(3),
+                        _ => return Err(bad("expected 1 (grey) or 3 (colour)")),
+                    }
+                }
+                "bad" => {
+                    o.skip_bad = match value {
+                        "fail" => false,
+                        "skip" => true,
+                        _ => return Err(bad("expected fail (the default) or skip")),
+                    }
+                }
+                "flip" => o.flip = Some(parse_bool(value).ok_or_else(|| bad("expected true or false"))?),
+                "cache" => o.cache = parse_bool(value).ok_or_else(|| bad("expected on or off"))?,
+                "pad" => o.pad = Some(value.parse().map_err(|_| bad("expected a number of pixels"))?),
+                other => {
+                    let keys: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();
+                    let hint = crate::util::text::did_you_mean(other, &keys);
+                    bail!("unknown image-folder option '{other}'{hint}; options: {}", KEYS.join(", "))
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    /// The options that change the decoded pixels, as they enter the cache key.
+    fn content_key(&self) -> String {
+        format!("size={:?};channels={:?};skip_bad={}", self.size, self.channels, self.skip_bad)
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "true" | "on" | "yes" | "1" => Some(true),
+        "false" | "off" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether `dir` is laid out as an image folder (it has a `train/` folder).
+pub fn is_image_folder(dir: &Path) -> bool {
+    dir.join("train").is_dir()
+}
+
+/// Splits a data spec into an image folder and its options: `DIR` when DIR is an image folder,
+/// `DIR:options` when DIR is a directory. None when the spec names no image folder.
+pub fn parse_spec(spec: &str) -> Result<Option<(PathBuf, Options)>> {
+    let whole = Path::new(spec);
+    if whole.is_dir() {
+        return Ok(is_image_folder(whole).then(|| (whole.to_path_buf(), Options::default())));
+    }
+    let Some((dir, opts)) = spec.rsplit_once(':') else { return Ok(None) };
+    let dir = Path::new(dir);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    if !is_image_folder(dir) {
+        bail!("{}: options after ':' are for image folders (DIR/train/<class>/…), and this directory has no train/ folder", dir.display());
+    }
+    Ok(Some((dir.to_path_buf(), Options::parse(opts)?)))
+}
+
+/// One image file found while indexing.
+#[derive(Clone, Debug)]
+struct FileEntry {
+    path: PathBuf,
+    /// Path below the image folder's root, e.g. `train/cat/001.png`.
+    rel: String,
+    class: u16,
+    len: u64,
+    mtime_ns: i128,
+}
+
+/// One split's classes (sorted folder names) and files (class by class, torchvision's order).
+struct Indexed {
+    folder: String,
+    classes: Vec<String>,
+    files: Vec<FileEntry>,
+    ignored: usize,
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+fn hidden(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with('.')
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
+    let mut v: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading directory {}", dir.display()))?;
+    v.sort_by_key(|e| e.file_name());
+    Ok(v)
+}
+
+/// All image files below `dir`, in torchvision's order: directories by their path, the files of
+/// each directory by name. Returns the files and the number of other files passed over.
+fn walk_class(dir: &Path, root: &Path, class: u16, out: &mut Vec<FileEntry>) -> Result<usize> {
+    let mut dirs = vec![dir.to_path_buf()];
+    let mut all_dirs = vec![];
+    while let Some(d) = dirs.pop() {
+        for e in sorted_entries(&d)? {
+            if !hidden(&e.file_name()) && e.path().is_dir() {
+                dirs.push(e.path());
+            }
+        }
+        all_dirs.push(d);
+    }
+    all_dirs.sort();
+    let mut ignored = 0;
+    for d in all_dirs {
+        for e in sorted_entries(&d)? {
+            let p = e.path();
+            if hidden(&e.file_name()) || p.is_dir() {
+                continue;
+            }
+            if !is_image(&p) {
+                ignored += 1;
+                continue;
+            }
+            let meta = std::fs::metadata(&p).with_context(|| format!("reading {}", p.display()))?;
+            let mtime_ns = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i128);
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
+            out.push(FileEntry { path: p, rel, class, len: meta.len(), mtime_ns });
+        }
+    }
+    Ok(ignored)
+}
+
+fn index_split(root: &Path, folder: &str, bar: &indicatif::ProgressBar) -> Result<Indexed> {
+    let dir = root.join(folder);
+    let mut classes = vec![];
+    let mut ignored = 0;
+    for e in sorted_entries(&dir)? {
+        if hidden(&e.file_name()) {
+            continue;
+        }
+        if e.path().is_dir() {
+            classes.push(e.file_name().to_string_lossy().into_owned());
+        } else {
+            ignored += 1;
+        }
+    }
+    if classes.is_empty() {
+        bail!("{}: no class folders (expected {folder}/<class>/<image>.png|jpg|jpeg)", dir.display());
+    }
+    if classes.len() > u16::MAX as usize {
+        bail!("{}: {} class folders; at most {} are supported", dir.display(), classes.len(), u16::MAX);
+    }
+    let mut files = vec![];
+    for (c, name) in classes.iter().enumerate() {
+        let before = files.len();
+        ignored += walk_class(&dir.join(name), root, c as u16, &mut files)?;
+        if files.len() == before {
+            bail!(
+                "{}: an empty class folder (no .png, .jpg or .jpeg files); every class needs images — add some or remove the folder",
+                dir.join(name).display()
+            );
+        }
+        bar.set_message(format!("indexing {}: {} images", root.display(), files.len()));
+        bar.tick();
+    }
+    Ok(Indexed { folder: folder.to_string(), classes, files, ignored })
+}
+
+/// What an image file's header says.
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    h: usize,
+    w: usize,
+    colour: bool,
+}
+
+fn read_header(path: &Path) -> Result<Header> {
+    let reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    let dec = reader.into_decoder()?;
+    let (w, h) = image::ImageDecoder::dimensions(&dec);
+    let colour = image::ImageDecoder::color_type(&dec).has_color();
+    Ok(Header { h: h as usize, w: w as usize, colour })
+}
+
+/// Decodes `path`, converts it to `shape.c` channels, resizes it to `shape.h`×`shape.w`, and
+/// writes it channel-planar into `out`.
+fn decode_into(path: &Path, shape: Shape, out: &mut [u8]) -> Result<()> {
+    let img = image::ImageReader::open(path)?.with_guessed_format()?.decode()?;
+    let (w, h) = (shape.w as u32, shape.h as u32);
+    let filter = image::imageops::FilterType::Triangle;
+    if shape.c == 1 {
+        let grey = if img.color().has_color() { luma601(&img.to_rgb8()) } else { img.to_luma8() };
+        let grey = if grey.dimensions() == (w, h) { grey } else { image::imageops::resize(&grey, w, h, filter) };
+        out.copy_from_slice(grey.as_raw());
+    } else {
+        let rgb = img.to_rgb8();
+        let rgb = if rgb.dimensions() == (w, h) { rgb } else { image::imageops::resize(&rgb, w, h, filter) };
+        let plane = shape.h * shape.w;
+        for (i, px) in rgb.as_raw().chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = px[c];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Colour to grey as PIL's `convert("L")` (ITU-R 601-2 luma, in fixed point).
+fn luma601(rgb: &image::RgbImage) -> image::GrayImage {
+    let px = rgb
+        .as_raw()
+        .chunks_exact(3)
+        .map(|p| ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8)
+        .collect();
+    image::GrayImage::from_raw(rgb.width(), rgb.height(), px).expect("sizes agree")
+}
+
+/// Number of decoding threads: every core, at most 16.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(16)
+}
+
+/// Hands the items of `work` to a pool of threads, one at a time, calling `f(index, item)`; when
+/// `f` returns false no further items are handed out.
+fn par_each<S: Send, I: Iterator<Item = (usize, S)> + Send>(work: I, f: impl Fn(usize, S) -> bool + Sync) {
+    let work = Mutex::new(work);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..threads() {
+            s.spawn(|| loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let next = work.lock().expect("work queue").next();
+                let Some((i, item)) = next else { break };
+                if !f(i, item) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+}
+
+fn bad_file_error(path: &Path, e: &anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: cannot decode this image ({e:#}); fix or remove it, or add bad=skip to the data spec (DIR:bad=skip) to leave undecodable images out",
+        path.display()
+    )
+}
+
+/// Applies `bad` (index, error) to `files`: with `skip`, warns and returns the files without them;
+/// otherwise fails naming the first.
+fn drop_bad(files: Vec<FileEntry>, mut bad: Vec<(usize, anyhow::Error)>, skip: bool) -> Result<Vec<FileEntry>> {
+    if bad.is_empty() {
+        return Ok(files);
+    }
+    bad.sort_by_key(|(i, _)| *i);
+    if !skip {
+        let (i, e) = &bad[0];
+        return Err(bad_file_error(&files[*i].path, e));
+    }
+    for (i, e) in &bad {
+        eprintln!("warning: skipping {}: cannot decode it ({e:#})", files[*i].path.display());
+    }
+    let drop: std::collections::HashSet<usize> = bad.iter().map(|(i, _)| *i).collect();
+    Ok(files.into_iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, f)| f).collect())
+}
+
+/// Where the decoded-image caches live: `$KDLAB_DATA/image-cache` (default
+/// `~/.cache/kdlab/data/image-cache`).
+pub fn cache_dir() -> PathBuf {
+    super::source::data_dir().join("image-cache")
+}
+
+/// How a load was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Decoded, and the cache was off.
+    Off,
+    /// Decoded, and a cache file written (none existed, or it was for other files or options).
+    Built,
+    /// Read from a valid cache file.
+    Hit,
+}
+
+/// Loads an image folder with the default cache directory, printing a summary to stderr.
+pub fn load(dir: &Path, opts: &Options) -> Result<Dataset> {
+    Ok(load_with(dir, opts, &cache_dir())?.0)
+}
+
+/// Loads an image folder, with the cache in `cache_root`.
+pub fn load_with(dir: &Path, opts: &Options, cache_root: &Path) -> Result<(Dataset, CacheUse)> {
+    let (train, val) = index(dir)?;
+    let (classes, eval_folder) = (train.classes.clone(), val.folder.clone());
+    let cache_file = cache_path(dir, opts, cache_root);
+    let (train_split, test_split, note, cache_use) = cached_or_decoded(dir, train, val, opts, &cache_file)?;
+    let mut profile = catalog::generic_profile(&train_split);
+    profile.flip = opts.flip.unwrap_or(profile.flip);
+    profile.pad = opts.pad.unwrap_or(profile.pad);
+    let shown: Vec<String> = classes.iter().take(6).enumerate().map(|(i, n)| format!("{i} {n}")).collect();
+    eprintln!(
+        "image folder {}: {} classes, labelled in sorted folder-name order ({}{}); {} train images (train/) and {} test images ({eval_folder}/), {}; {}",
+        dir.display(),
+        classes.len(),
+        shown.join(", "),
+        if classes.len() > 6 { ", …" } else { "" },
+        train_split.len(),
+        test_split.len(),
+        note,
+        match cache_use {
+            CacheUse::Hit => format!("read from the cache {}", cache_file.display()),
+            CacheUse::Built => format!("decoded, cached in {}", cache_file.display()),
+            CacheUse::Off => "decoded (cache off)".to_string(),
+        }
+    );
+    let ds = Dataset {
+        name: dir_name(dir),
+        source: dir.display().to_string(),
+        train: train_split,
+        test: test_split,
+        val: None,
+        classes: classes.len(),
+        class_names: classes,
+        profile,
+    };
+    Ok((ds, cache_use))
+}
+
+/// Indexes `train/` and `val/` (or `test/`), with a spinner, and checks that their classes agree.
+fn index(dir: &Path) -> Result<(Indexed, Indexed)> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(format!("indexing {}", dir.display()));
+    let train = index_split(dir, "train", &bar)?;
+    let eval_folder = ["val", "test"].into_iter().find(|f| dir.join(f).is_dir()).ok_or_else(|| {
+        anyhow::anyhow!("{}: an image folder needs val/<class>/… (or test/<class>/…) beside train/", dir.display())
+    })?;
+    let val = index_split(dir, eval_folder, &bar)?;
+    bar.finish_and_clear();
+    check_same_classes(dir, &train, &val)?;
+    if train.ignored + val.ignored > 0 {
+        eprintln!(
+            "note: {}: passed over {} files that are not .png, .jpg or .jpeg images or not in a class folder",
+            dir.display(),
+            train.ignored + val.ignored
+        );
+    }
+    Ok((train, val))
+}
+
+/// Both splits from `cache_file` when it is valid for these files and options, else decoded (and
+/// the cache written). Returns the splits, the note on their shape, and how they were obtained.
+fn cached_or_decoded(
+    dir: &Path,
+    train: Indexed,
+    val: Indexed,
+    opts: &Options,
+    cache_file: &Path,
+) -> Result<(Split, Split, String, CacheUse)> {
+    if !opts.cache {
+        let (a, b, note) = decode_splits(dir, train, val, opts)?;
+        return Ok((a, b, note, CacheUse::Off));
+    }
+    let key = cache_key(&train, &val, opts);
+    if cache_file.exists() {
+        match read_cache(cache_file, &key) {
+            Ok(Some((a, b, note))) => return Ok((a, b, note, CacheUse::Hit)),
+            Ok(None) => {} // made from other files or options: rebuilt below
+            Err(e) => eprintln!("warning: {e:#}; decoding the images again"),
+        }
+    }
+    let (a, b, note) = decode_splits(dir, train, val, opts)?;
+    if let Err(e) = write_cache(cache_file, &key, &a, &b, &note) {
+        eprintln!("warning: could not write the image cache ({e:#}); the images will be decoded again next time");
+    }
+    Ok((a, b, note, CacheUse::Built))
+}
+
+/// The cache file of `dir` loaded with `opts`: one per folder and pixel-changing options.
+fn cache_path(dir: &Path, opts: &Options, cache_root: &Path) -> PathBuf {
+    let id = super::sha256_hex(format!("{}\n{}", canonical(dir), opts.content_key()).as_bytes());
+    cache_root.join(format!("{}-{}.kdimg", dir_name(dir), &id[..16]))
+}
+
+fn dir_name(dir: &Path) -> String {
+    let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    canon.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "images".to_string())
+}
+
+fn canonical(dir: &Path) -> String {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).to_string_lossy().into_owned()
+}
+
+fn check_same_classes(dir: &Path, train: &Indexed, val: &Indexed) -> Result<()> {
+    if train.classes == val.classes {
+        return Ok(());
+    }
+    let only = |a: &Indexed, b: &Indexed| -> String {
+        let v: Vec<&str> = a.classes.iter().filter(|c| !b.classes.contains(c)).map(String::as_str).collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    bail!(
+        "{}: the class folders of train/ and {}/ differ (only in train/: {}; only in {}/: {}); labels are the folder names in sorted order, so both splits need the same class folders",
+        dir.display(),
+        val.folder,
+        only(train, val),
+        val.folder,
+        only(val, train)
+    )
+}
+
+/// Identifies the decoded data: every file's path, size and modification time, and the options.
+fn cache_key(train: &Indexed, val: &Indexed, opts: &Options) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("v{CACHE_VERSION};{}\n", opts.content_key()));
+    for f in train.files.iter().chain(&val.files) {
+        h.update(format!("{}\t{}\t{}\t{}\n", f.rel, f.class, f.len, f.mtime_ns));
+    }
+    super::hex(&h.finalize())
+}
+
+/// Reads every header, settles the shape, and decodes both splits.
+fn decode_splits(dir: &Path, train: Indexed, val: Indexed, opts: &Options) -> Result<(Split, Split, String)> {
+    let found = train.files.len() + val.files.len();
+    let (train_files, train_headers) = headers(train.files, opts.skip_bad)?;
+    let (val_files, val_headers) = headers(val.files, opts.skip_bad)?;
+    if train_files.is_empty() || val_files.is_empty() {
+        bail!("{}: no decodable images left in train/ or {}/", dir.display(), val.folder);
+    }
+    let first = train_headers[0];
+    let (h, w, size_note) = match opts.size {
+        Some((h, w)) => (h, w, format!("resized to {h}x{w} (size={h}x{w})")),
+        None => {
+            let files = train_files.iter().chain(&val_files);
+            if let Some((f, hd)) =
+                files.zip(train_headers.iter().chain(&val_headers)).find(|(_, hd)| (hd.h, hd.w) != (first.h, first.w))
+            {
+                bail!(
+                    "{} is {}x{} but the first image ({}) is {}x{}, and no size is given: add size=HxW to the data spec (e.g. --data '{}:size={}x{}') to resize every image",
+                    f.path.display(),
+                    hd.h,
+                    hd.w,
+                    train_files[0].path.display(),
+                    first.h,
+                    first.w,
+                    dir.display(),
+                    first.h,
+                    first.w
+                );
+            }
+            (first.h, first.w, format!("{}x{} as the first image ({})", first.h, first.w, train_files[0].rel))
+        }
+    };
+    let colour = train_headers.iter().chain(&val_headers).filter(|hd| hd.colour).count();
+    let total = train_headers.len() + val_headers.len();
+    let (c, channel_note) = match opts.channels {
+        Some(c) => (c, format!("{c} channel{} (channels={c})", if c == 1 { "" } else { "s" })),
+        None if colour > 0 => (3, format!("3 channels ({colour} of {total} images in colour)")),
+        None => (1, "1 channel (every image is grey)".to_string()),
+    };
+    let shape = Shape { c, h, w };
+    check_memory(total * shape.numel(), dir)?;
+    let bar = crate::util::progress::items_bar(total, "decoding");
+    let train = decode_split(train_files, shape, opts.skip_bad, &bar)?;
+    let test = decode_split(val_files, shape, opts.skip_bad, &bar)?;
+    bar.finish_and_clear();
+    let skipped = found - train.len() - test.len();
+    let skipped_note =
+        if skipped > 0 { format!(", {skipped} undecodable images left out (bad=skip)") } else { String::new() };
+    Ok((train, test, format!("{shape} (C x H x W): {size_note}, {channel_note}{skipped_note}")))
+}
+
+fn headers(files: Vec<FileEntry>, skip: bool) -> Result<(Vec<FileEntry>, Vec<Header>)> {
+    let mut slots: Vec<Option<Result<Header>>> = (0..files.len()).map(|_| None).collect();
+    let bar = crate::util::progress::items_bar(files.len(), "indexing");
+    par_each(slots.iter_mut().enumerate(), |i, slot| {
+        let r = read_header(&files[i].path);
+        let ok = r.is_ok() || skip;
+        *slot = Some(r);
+        bar.inc(1);
+        ok
+    });
+    bar.finish_and_clear();
+    let mut bad = vec![];
+    let mut good = vec![];
+    for (i, s) in slots.into_iter().enumerate() {
+        match s {
+            Some(Ok(h)) => good.push(h),
+            Some(Err(e)) => bad.push((i, e)),
+            None => {} // not reached: an earlier file failed
+        }
+    }
+    let files = drop_bad(files, bad, skip)?;
+    Ok((files, good))
+}
+
+fn decode_split(files: Vec<FileEntry>, shape: Shape, skip: bool, bar: &indicatif::ProgressBar) -> Result<Split> {
+    let numel = shape.numel();
+    let mut images = vec![0u8; files.len() * numel];
+    let bad = Mutex::new(vec![]);
+    par_each(images.chunks_mut(numel).enumerate(), |i, out| {
+        let r = decode_into(&files[i].path, shape, out);
+        bar.inc(1);
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                bad.lock().expect("errors").push((i, e));
+                skip
+            }
+        }
+    });
+    let bad = bad.into_inner().expect("errors");
+    let dropped: std::collections::HashSet<usize> = bad.iter().map(|(i, _)| *i).collect();
+    if !dropped.is_empty() && skip {
+        images = images
+            .chunks(numel)
+            .enumerate()
+            .filter(|(i, _)| !dropped.contains(i))
+            .flat_map(|(_, c)| c.to_vec())
+            .collect();
+    }
+    let files = drop_bad(files, bad, skip)?;
+    Ok(Split { images, labels: files.iter().map(|f| f.class).collect(), shape })
+}
+
+/// Refuses a data set that would not fit in memory, before decoding it.
+fn check_memory(bytes: usize, dir: &Path) -> Result<()> {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    if let Some(avail) = available {
+        if bytes as u64 > avail / 10 * 8 {
+            bail!(
+                "{}: the decoded images need {:.1} GiB but {:.1} GiB of memory is available; give a smaller size=HxW (kdlab holds image folders in memory; streaming ImageNet-size folders is not implemented yet)",
+                dir.display(),
+                bytes as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---- The cache file: magic, version, a JSON header, the two splits, and the sha256 of it all. ----
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheHeader {
+    key: String,
+    shape: Shape,
+    train: usize,
+    test: usize,
+    note: String,
+}
+
+fn write_cache(path: &Path, key: &str, train: &Split, test: &Split, note: &str) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let header = serde_json::to_vec(&CacheHeader {
+        key: key.to_string(),
+        shape: train.shape,
+        train: train.len(),
+        test: test.len(),
+        note: note.to_string(),
+    })?;
+    let mut bytes =
+        Vec::with_capacity(64 + header.len() + train.images.len() + test.images.len() + 2 * (train.len() + test.len()));
+    bytes.extend_from_slice(CACHE_MAGIC);
+    bytes.extend_from_slice(&CACHE_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    for s in [train, test] {
+        for y in &s.labels {
+            bytes.extend_from_slice(&y.to_le_bytes());
+        }
+        bytes.extend_from_slice(&s.images);
+    }
+    let digest = Sha256::digest(&bytes);
+    bytes.extend_from_slice(&digest);
+    crate::util::atomic::write_via_path(path, |tmp| {
+        std::fs::write(tmp, &bytes).map_err(|e| anyhow::anyhow!(crate::util::atomic::describe_io(&e, "writing", tmp)))
+    })
+}
+
+/// The cached splits when the file is valid and made for `key`; None when made for another key;
+/// an error naming the file when it is damaged.
+fn read_cache(path: &Path, key: &str) -> Result<Option<(Split, Split, String)>> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("reading the image cache {}", path.display()))?;
+    let damaged = |what: &str| anyhow::anyhow!("the image cache {} is damaged ({what})", path.display());
+    if bytes.len() < 20 + 32 || &bytes[..8] != CACHE_MAGIC {
+        return Err(damaged("not a kdlab image cache"));
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body).as_slice() != digest {
+        return Err(damaged("checksum mismatch"));
+    }
+    if u32::from_le_bytes(body[8..12].try_into().unwrap()) != CACHE_VERSION {
+        return Ok(None);
+    }
+    let hlen = u64::from_le_bytes(body[12..20].try_into().unwrap()) as usize;
+    let header: CacheHeader =
+        serde_json::from_slice(body.get(20..20 + hlen).ok_or_else(|| damaged("truncated header"))?)
+            .map_err(|e| damaged(&e.to_string()))?;
+    if header.key != key {
+        return Ok(None);
+    }
+    let mut at = 20 + hlen;
+    let mut take = |n: usize, shape: Shape| -> Result<Split> {
+        let need = n * 2 + n * shape.numel();
+        let chunk = body.get(at..at + need).ok_or_else(|| damaged("truncated"))?;
+        at += need;
+        let labels = chunk[..2 * n].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        Ok(Split { images: chunk[2 * n..].to_vec(), labels, shape })
+    };
+    let train = take(header.train, header.shape)?;
+    let test = take(header.test, header.shape)?;
+    if at != body.len() {
+        return Err(damaged("trailing bytes"));
+    }
+    Ok(Some((train, test, header.note)))
+}
+
+// ---- Writing image folders (kdlab data export, and the tests). ----
+
+/// The file formats an export writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    /// PNG and JPEG in turn (the first image of each class PNG).
+    Mixed,
+}
+
+/// Writes one C×H×W image (C = 1 or 3, channel-planar) as PNG or JPEG (quality 95).
+pub fn write_image(path: &Path, pixels: &[u8], shape: Shape, jpeg: bool) -> Result<()> {
+    use image::ImageEncoder;
+    let plane = shape.h * shape.w;
+    let (interleaved, colour) = match shape.c {
+        1 => (pixels.to_vec(), image::ExtendedColorType::L8),
+        3 => ((0..plane * 3).map(|i| pixels[(i % 3) * plane + i / 3]).collect(), image::ExtendedColorType::Rgb8),
+        c => bail!("{}: cannot write a {c}-channel image (1 or 3)", path.display()),
+    };
+    let mut bytes = vec![];
+    let (w, h) = (shape.w as u32, shape.h as u32);
+    if jpeg {
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95).write_image(&interleaved, w, h, colour)?;
+    } else {
+        image::codecs::png::PngEncoder::new(&mut bytes).write_image(&interleaved, w, h, colour)?;
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A class name made safe as a folder name, prefixed with its zero-padded index so that sorted
+/// folder names keep the data set's class order.
+pub fn class_folder(index: usize, classes: usize, name: &str) -> String {
+    let width = (classes.max(2) - 1).to_string().len();
+    let safe: String = name.chars().map(|ch| if ch == '/' || ch == '\\' || ch == ':' { '-' } else { ch }).collect();
+    format!("{index:0width$}-{safe}")
+}
+
+/// Writes the first `train_per_class` / `test_per_class` images of each class (0: all) of `ds`
+/// into `out` as an image folder (`train/`, `val/`). Returns the number of files written.
+pub fn export(
+    ds: &Dataset,
+    out: &Path,
+    train_per_class: usize,
+    test_per_class: usize,
+    format: ImageFormat,
+) -> Result<usize> {
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        bail!("{}: exists and is not empty (give a new folder)", out.display());
+    }
+    let mut written = 0;
+    for (split, folder, per_class) in [(&ds.train, "train", train_per_class), (&ds.test, "val", test_per_class)] {
+        let mut count = vec![0usize; ds.classes];
+        for c in 0..ds.classes {
+            std::fs::create_dir_all(out.join(folder).join(class_folder(c, ds.classes, &ds.class_names[c])))?;
+        }
+        for i in 0..split.len() {
+            let c = split.labels[i] as usize;
+            if per_class > 0 && count[c] >= per_class {
+                continue;
+            }
+            let jpeg = match format {
+                ImageFormat::Png => false,
+                ImageFormat::Jpeg => true,
+                ImageFormat::Mixed => count[c] % 2 == 1,
+            };
+            count[c] += 1;
+            let name = format!("{i:06}.{}", if jpeg { "jpg" } else { "png" });
+            let path = out.join(folder).join(class_folder(c, ds.classes, &ds.class_names[c])).join(name);
+            write_image(&path, split.image(i), split.shape, jpeg)?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One image written into a test tree: where, the source pixels, and whether it is lossless.
+    struct Written {
+        rel: String,
+        pixels: Vec<u8>,
+        png: bool,
+    }
+
+    /// Writes an image folder from the embedded Fashion-MNIST subset: classes Sandal, Bag and Coat
+    /// as folders `sandal`, `bag`, `coat` (so sorted order differs from the order of writing),
+    /// `train` images per class (PNG and JPEG in turn) in train/ and `val` in val/. Returns what
+    /// was written per split, in the order the reader must return it.
+    fn write_tree(root: &Path, train: usize, val: usize) -> [Vec<Written>; 2] {
+        let ds = crate::data::embedded::load().unwrap();
+        let classes = [(5u16, "sandal"), (8, "bag"), (4, "coat")];
+        let mut out: [Vec<Written>; 2] = [vec![], vec![]];
+        for (k, (split, folder, per_class)) in
+            [(&ds.train, "train", train), (&ds.test, "val", val)].into_iter().enumerate()
+        {
+            let mut by_class = vec![];
+            for &(label, name) in &classes {
+                std::fs::create_dir_all(root.join(folder).join(name)).unwrap();
+                let idx: Vec<usize> = (0..split.len()).filter(|&i| split.labels[i] == label).take(per_class).collect();
+                let files: Vec<Written> = idx
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &i)| {
+                        let png = j % 2 == 0;
+                        let rel = format!("{folder}/{name}/{i:06}.{}", if png { "png" } else { "jpg" });
+                        write_image(&root.join(&rel), split.image(i), split.shape, !png).unwrap();
+                        Written { rel, pixels: split.image(i).to_vec(), png }
+                    })
+                    .collect();
+                by_class.push((name, files));
+            }
+            by_class.sort_by_key(|(name, _)| *name);
+            out[k] = by_class.into_iter().flat_map(|(_, f)| f).collect();
+        }
+        out
+    }
+
+    fn load_at(root: &Path, opts: &str, cache: &Path) -> Result<(Dataset, CacheUse)> {
+        load_with(root, &Options::parse(opts).unwrap(), cache)
+    }
+
+    fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+        a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.len() as f64
+    }
+
+    #[test]
+    fn classes_are_sorted_folder_names_and_png_pixels_are_the_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("fm");
+        let written = write_tree(&root, 4, 2);
+        let (ds, used) = load_at(&root, "", &tmp.path().join("cache")).unwrap();
+        assert_eq!(used, CacheUse::Built);
+        assert_eq!(ds.class_names, vec!["bag", "coat", "sandal"]);
+        assert_eq!(ds.classes, 3);
+        assert_eq!(ds.shape().to_string(), "1x28x28", "grey images, the first image's size");
+        assert_eq!(ds.train.class_counts(3), vec![4, 4, 4]);
+        assert_eq!(ds.test.class_counts(3), vec![2, 2, 2]);
+        for (split, files) in [(&ds.train, &written[0]), (&ds.test, &written[1])] {
+            assert_eq!(split.len(), files.len());
+            for (i, w) in files.iter().enumerate() {
+                let label = ["bag", "coat", "sandal"].iter().position(|c| w.rel.contains(&format!("/{c}/"))).unwrap();
+                assert_eq!(split.labels[i] as usize, label, "{}", w.rel);
+                if w.png {
+                    assert_eq!(split.image(i), &w.pixels[..], "{}: PNG is lossless", w.rel);
+                } else {
+                    let d = mean_abs_diff(split.image(i), &w.pixels);
+                    assert!(d < 4.0, "{}: JPEG (quality 95) differs by {d} on average", w.rel);
+                }
+            }
+        }
+        // The profile is the training split's own statistics.
+        let (mean, std) = ds.train.channel_stats();
+        assert_eq!((ds.profile.mean.clone(), ds.profile.std.clone()), (mean, std));
+        assert!(!ds.profile.flip);
+        let (flipped, _) = load_at(&root, "flip=true,pad=3", &tmp.path().join("cache")).unwrap();
+        assert!(flipped.profile.flip && flipped.profile.pad == 3);
+    }
+
+    /// `export` as PNG and the reader give back the source data set: the same classes in the same
+    /// order, the same class counts, and each class's images pixel for pixel in their order.
+    #[test]
+    fn an_exported_png_folder_reads_back_as_the_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = crate::data::embedded::load().unwrap();
+        let root = tmp.path().join("fm");
+        assert_eq!(export(&src, &root, 5, 2, ImageFormat::Png).unwrap(), 70);
+        let (ds, _) = load_at(&root, "", &tmp.path().join("cache")).unwrap();
+        let folders: Vec<String> = (0..10).map(|c| class_folder(c, 10, &src.class_names[c])).collect();
+        assert_eq!(ds.class_names, folders);
+        assert_eq!(ds.train.class_counts(10), vec![5; 10]);
+        assert_eq!(ds.test.class_counts(10), vec![2; 10]);
+        for (got, source, per_class) in [(&ds.train, &src.train, 5), (&ds.test, &src.test, 2)] {
+            for c in 0..10u16 {
+                let want: Vec<&[u8]> = (0..source.len())
+                    .filter(|&i| source.labels[i] == c)
+                    .take(per_class)
+                    .map(|i| source.image(i))
+                    .collect();
+                let have: Vec<&[u8]> = (0..got.len()).filter(|&i| got.labels[i] == c).map(|i| got.image(i)).collect();
+                assert_eq!(have, want, "class {c}");
+            }
+        }
+        assert!(format!("{:#}", export(&src, &root, 1, 1, ImageFormat::Png).unwrap_err()).contains("not empty"));
+    }
+
+    #[test]
+    fn an_undecodable_file_is_named_and_can_be_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("fm");
+        write_tree(&root, 3, 1);
+        let cache = tmp.path().join("cache");
+        // Not an image at all: fails while reading headers.
+        std::fs::write(root.join("train/coat/broken.png"), b"this is not a PNG").unwrap();
+        let e = format!("{:#}", load_at(&root, "", &cache).unwrap_err());
+        assert!(e.contains("train/coat/broken.png") && e.contains("bad=skip"), "{e}");
+        let (ds, _) = load_at(&root, "bad=skip", &cache).unwrap();
+        assert_eq!(ds.train.class_counts(3), vec![3, 3, 3]);
+        std::fs::remove_file(root.join("train/coat/broken.png")).unwrap();
+        // A JPEG cut short: the header reads, the pixels do not.
+        let cut = root.join("val/bag/cut.jpg");
+        write_image(&cut, &[128u8; 28 * 28], Shape { c: 1, h: 28, w: 28 }, true).unwrap();
+        let whole = std::fs::read(&cut).unwrap();
+        std::fs::write(&cut, &whole[..200]).unwrap();
+        let e = format!("{:#}", load_at(&root, "", &cache).unwrap_err());
+        assert!(e.contains("val/bag/cut.jpg"), "{e}");
+        let (ds, _) = load_at(&root, "bad=skip", &cache).unwrap();
+        assert_eq!(ds.test.class_counts(3), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn the_cache_is_reused_and_rebuilt_when_a_file_or_the_cache_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("fm");
+        let written = write_tree(&root, 2, 1);
+        let cache = tmp.path().join("cache");
+        let (a, used) = load_at(&root, "", &cache).unwrap();
+        assert_eq!(used, CacheUse::Built);
+        let (b, used) = load_at(&root, "", &cache).unwrap();
+        assert_eq!(used, CacheUse::Hit);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!((a.class_names.clone(), a.profile.clone()), (b.class_names.clone(), b.profile.clone()));
+        // Other options: other pixels, in a cache file of their own.
+        let (c, used) = load_at(&root, "size=14", &cache).unwrap();
+        assert_eq!((used, c.shape().to_string()), (CacheUse::Built, "1x14x14".to_string()));
+        assert_eq!(load_at(&root, "", &cache).unwrap().1, CacheUse::Hit, "each option set keeps its own cache");
+        // A changed file: rebuilt, with the new pixels.
+        let first = &written[0][0];
+        assert!(first.png);
+        let inverted: Vec<u8> = first.pixels.iter().map(|p| 255 - p).collect();
+        let path = root.join(&first.rel);
+        write_image(&path, &inverted, Shape { c: 1, h: 28, w: 28 }, false).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
+        let (d, used) = load_at(&root, "", &cache).unwrap();
+        assert_eq!(used, CacheUse::Built);
+        assert_eq!(d.train.image(0), &inverted[..]);
+        assert_eq!(load_at(&root, "", &cache).unwrap().1, CacheUse::Hit);
+        // A damaged cache file is noticed and rebuilt.
+        let file = cache_path(&root, &Options::default(), &cache);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(format!("{:#}", read_cache(&file, "any").unwrap_err()).contains("checksum"));
+        let (e, used) = load_at(&root, "", &cache).unwrap();
+        assert_eq!(used, CacheUse::Built);
+        assert_eq!(e.fingerprint(), d.fingerprint());
+        assert_eq!(load_at(&root, "cache=off", &cache).unwrap().1, CacheUse::Off);
+    }
+
+    #[test]
+    fn layout_errors_name_the_folder_or_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("fm");
+        write_tree(&root, 2, 1);
+        let cache = tmp.path().join("cache");
+        let err = |opts: &str| format!("{:#}", load_at(&root, opts, &cache).unwrap_err());
+        std::fs::create_dir(root.join("train/dress")).unwrap();
+        let e = err("");
+        assert!(e.contains("train/dress") && e.contains("empty class folder"), "{e}");
+        write_image(&root.join("train/dress/a.png"), &[7; 28 * 28], Shape { c: 1, h: 28, w: 28 }, false).unwrap();
+        let e = err("");
+        assert!(e.contains("only in train/: dress") && e.contains("only in val/: none"), "{e}");
+        std::fs::remove_dir_all(root.join("train/dress")).unwrap();
+        // Mixed sizes without size=: the odd file is named; with it every image is resized.
+        write_image(&root.join("val/coat/big.png"), &[9; 30 * 32], Shape { c: 1, h: 30, w: 32 }, false).unwrap();
+        let e = err("");
+        assert!(e.contains("val/coat/big.png is 30x32") && e.contains("size=28x28"), "{e}");
+        let (ds, _) = load_at(&root, "size=28x28", &cache).unwrap();
+        assert_eq!(ds.test.class_counts(3), vec![1, 2, 1]);
+        assert!(
+            ds.test.images.chunks(784).any(|img| img.iter().all(|&p| p == 9)),
+            "resized uniform image stays uniform"
+        );
+        // No val/ (or test/) folder.
+        std::fs::rename(root.join("val"), root.join("elsewhere")).unwrap();
+        assert!(err("").contains("val/<class>"));
+        std::fs::rename(root.join("elsewhere"), root.join("test")).unwrap();
+        assert_eq!(load_at(&root, "size=28", &cache).unwrap().0.test.len(), 4, "test/ serves as val/");
+    }
+
+    #[test]
+    fn colour_and_grey_channels() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rgb");
+        let shape = Shape { c: 3, h: 2, w: 3 };
+        let colour: Vec<u8> = (0..18).map(|i| (i * 13) as u8).collect();
+        for split in ["train", "val"] {
+            for class in ["a", "b"] {
+                std::fs::create_dir_all(root.join(split).join(class)).unwrap();
+                write_image(&root.join(split).join(class).join("1.png"), &colour, shape, false).unwrap();
+                write_image(&root.join(split).join(class).join("2.png"), &[50; 6], Shape { c: 1, ..shape }, false)
+                    .unwrap();
+            }
+        }
+        let cache = tmp.path().join("cache");
+        // Any colour image makes the set colour; grey images repeat their value in R, G and B.
+        let (ds, _) = load_at(&root, "", &cache).unwrap();
+        assert_eq!(ds.shape(), shape);
+        assert_eq!(ds.train.image(0), &colour[..]);
+        assert_eq!(ds.train.image(1), &[50; 18][..]);
+        assert_eq!(ds.profile.mean.len(), 3);
+        // channels=1: PIL's luma of the colour image.
+        let (grey, _) = load_at(&root, "channels=1", &cache).unwrap();
+        assert_eq!(grey.shape(), Shape { c: 1, ..shape });
+        let (r, g, b) = (colour[0] as u32, colour[6] as u32, colour[12] as u32);
+        assert_eq!(grey.train.image(0)[0] as u32, (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16);
+        assert_eq!(grey.train.image(1), &[50; 6][..]);
+    }
+
+    #[test]
+    fn specs_and_options() {
+        let o = Options::parse("size=32, channels=3,bad=skip,flip=on,pad=4,cache=off").unwrap();
+        assert_eq!(
+            o,
+            Options {
+                size: Some((32, 32)),
+                channels: Some(3),
+                skip_bad: true,
+                flip: Some(true),
+                pad: Some(4),
+                cache: false
+            }
+        );
+        assert_eq!(Options::parse("size=24x40").unwrap().size, Some((24, 40)));
+        let e = format!("{:#}", Options::parse("sise=32").unwrap_err());
+        assert!(e.contains("'sise'") && e.contains("size"), "{e}");
+        assert!(format!("{:#}", Options::parse("channels=2").unwrap_err()).contains("1 (grey) or 3"));
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().display().to_string();
+        assert!(parse_spec(&d).unwrap().is_none(), "a directory without train/ is not an image folder");
+        assert!(format!("{:#}", parse_spec(&format!("{d}:size=3")).unwrap_err()).contains("no train/ folder"));
+        std::fs::create_dir(tmp.path().join("train")).unwrap();
+        assert_eq!(parse_spec(&d).unwrap().unwrap().1, Options::default());
+        assert_eq!(parse_spec(&format!("{d}:size=3")).unwrap().unwrap().1.size, Some((3, 3)));
+        assert_eq!(class_folder(3, 100, "T-shirt/top"), "03-T-shirt-top");
+        assert_eq!(class_folder(3, 10, "x"), "3-x");
+    }
+}
