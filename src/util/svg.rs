@@ -73,16 +73,75 @@ fn label(v: f64) -> String {
     }
 }
 
+/// A line plot's drawing area and data ranges (x on the log10 scale when `x_log`).
+struct Frame {
+    w: f64,
+    h: f64,
+    l: f64,
+    r: f64,
+    t: f64,
+    b: f64,
+    x_log: bool,
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+impl Frame {
+    fn fx(&self, x: f64) -> f64 {
+        if self.x_log {
+            x.log10()
+        } else {
+            x
+        }
+    }
+    fn px(&self, x: f64) -> f64 {
+        self.l + (self.fx(x) - self.x0) / (self.x1 - self.x0) * (self.w - self.l - self.r)
+    }
+    fn py(&self, y: f64) -> f64 {
+        self.h - self.b - (y - self.y0) / (self.y1 - self.y0) * (self.h - self.t - self.b)
+    }
+}
+
 impl LinePlot {
     pub fn to_svg(&self) -> String {
-        let (w, h) = (640.0, 400.0);
-        let (l, r, t, b) = (70.0, 170.0, 40.0, 50.0);
-        let pts: Vec<(f64, f64)> = self
-            .series
+        let f = self.frame();
+        let (w, h) = (f.w, f.h);
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = write!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+            (f.l + w - f.r) / 2.0,
+            esc(&self.title)
+        );
+        self.draw_axes(&mut s, &f);
+        for (i, se) in self.series.iter().enumerate() {
+            draw_series(&mut s, &f, i, se);
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+
+    /// The finite points, all series together.
+    fn finite_points(&self) -> Vec<(f64, f64)> {
+        self.series
             .iter()
             .flat_map(|s| s.points.iter().copied())
             .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .collect();
+            .collect()
+    }
+
+    /// The drawing area and the data ranges (error bars included, y padded by 8%).
+    fn frame(&self) -> Frame {
+        let (w, h) = (640.0, 400.0);
+        let (l, r, t, b) = (70.0, 170.0, 40.0, 50.0);
+        let pts = self.finite_points();
         let fx = |x: f64| if self.x_log { x.log10() } else { x };
         let (mut x0, mut x1) =
             pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(fx(p.0)), b.max(fx(p.0))));
@@ -104,36 +163,25 @@ impl LinePlot {
             x1 += 0.5;
         }
         let pad = ((y1 - y0) * 0.08).max(1e-12 + y1.abs() * 1e-6);
-        y0 -= pad;
-        y1 += pad;
-        let px = |x: f64| l + (fx(x) - x0) / (x1 - x0) * (w - l - r);
-        let py = |y: f64| h - b - (y - y0) / (y1 - y0) * (h - t - b);
-        let mut s = String::new();
-        let _ = write!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = write!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-            (l + w - r) / 2.0,
-            esc(&self.title)
-        );
-        // Axes and grid.
+        Frame { w, h, l, r, t, b, x_log: self.x_log, x0, x1, y0: y0 - pad, y1: y1 + pad }
+    }
+
+    /// The plot's box, grid lines, tick labels and axis titles.
+    fn draw_axes(&self, s: &mut String, f: &Frame) {
+        let (w, h, l, r, t, b) = (f.w, f.h, f.l, f.r, f.t, f.b);
         let _ = write!(
             s,
             r##"<rect x="{l}" y="{t}" width="{}" height="{}" fill="none" stroke="#333"/>"##,
             w - l - r,
             h - t - b
         );
-        for yt in ticks(y0, y1) {
-            let y = py(yt);
+        for yt in ticks(f.y0, f.y1) {
+            let y = f.py(yt);
             let _ = write!(s, r##"<line x1="{l}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/>"##, w - r);
             let _ = write!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, l - 6.0, y + 4.0, label(yt));
         }
         let xt: Vec<f64> = if self.x_log {
-            let mut v: Vec<f64> = pts.iter().map(|p| p.0).collect();
+            let mut v: Vec<f64> = self.finite_points().iter().map(|p| p.0).collect();
             v.sort_by(f64::total_cmp);
             v.dedup();
             if v.len() > 9 {
@@ -142,10 +190,10 @@ impl LinePlot {
             }
             v
         } else {
-            ticks(x0, x1)
+            ticks(f.x0, f.x1)
         };
         for xv in xt {
-            let x = px(xv);
+            let x = f.px(xv);
             let _ = write!(s, r##"<line x1="{x:.1}" x2="{x:.1}" y1="{t}" y2="{}" stroke="#eee"/>"##, h - b);
             let _ = write!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#, h - b + 16.0, label(xv));
         }
@@ -163,45 +211,44 @@ impl LinePlot {
             (t + h - b) / 2.0,
             esc(&self.y_label)
         );
-        for (i, se) in self.series.iter().enumerate() {
-            let (c, dash) = style(i);
-            let good: Vec<(usize, &(f64, f64))> =
-                se.points.iter().enumerate().filter(|(_, p)| p.0.is_finite() && p.1.is_finite()).collect();
-            let path: Vec<String> = good.iter().map(|(_, p)| format!("{:.1},{:.1}", px(p.0), py(p.1))).collect();
-            let _ =
-                write!(s, r#"<polyline fill="none" stroke="{c}"{dash} stroke-width="2" points="{}"/>"#, path.join(" "));
-            for (k, p) in &good {
-                let _ = write!(
-                    s,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"><title>{}: ({}, {})</title></circle>"#,
-                    px(p.0),
-                    py(p.1),
-                    esc(&se.name),
-                    label(p.0),
-                    label(p.1)
-                );
-                if let Some(e) = se.errors.as_ref().map(|e| e[*k]).filter(|e| *e > 0.0) {
-                    let _ = write!(
-                        s,
-                        r#"<line x1="{x:.1}" x2="{x:.1}" y1="{:.1}" y2="{:.1}" stroke="{c}"/>"#,
-                        py(p.1 - e),
-                        py(p.1 + e),
-                        x = px(p.0)
-                    );
-                }
-            }
-            let ly = t + 14.0 + 18.0 * i as f64;
+    }
+}
+
+/// Series `i`: its line, points (with their values on hover), error bars and legend entry.
+fn draw_series(s: &mut String, f: &Frame, i: usize, se: &Series) {
+    let (c, dash) = style(i);
+    let good: Vec<(usize, &(f64, f64))> =
+        se.points.iter().enumerate().filter(|(_, p)| p.0.is_finite() && p.1.is_finite()).collect();
+    let path: Vec<String> = good.iter().map(|(_, p)| format!("{:.1},{:.1}", f.px(p.0), f.py(p.1))).collect();
+    let _ = write!(s, r#"<polyline fill="none" stroke="{c}"{dash} stroke-width="2" points="{}"/>"#, path.join(" "));
+    for (k, p) in &good {
+        let _ = write!(
+            s,
+            r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{c}"><title>{}: ({}, {})</title></circle>"#,
+            f.px(p.0),
+            f.py(p.1),
+            esc(&se.name),
+            label(p.0),
+            label(p.1)
+        );
+        if let Some(e) = se.errors.as_ref().map(|e| e[*k]).filter(|e| *e > 0.0) {
             let _ = write!(
                 s,
-                r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}"{dash} stroke-width="3"/>"#,
-                w - r + 10.0,
-                w - r + 30.0
+                r#"<line x1="{x:.1}" x2="{x:.1}" y1="{:.1}" y2="{:.1}" stroke="{c}"/>"#,
+                f.py(p.1 - e),
+                f.py(p.1 + e),
+                x = f.px(p.0)
             );
-            let _ = write!(s, r#"<text x="{}" y="{}">{}</text>"#, w - r + 36.0, ly + 4.0, esc(&se.name));
         }
-        s.push_str("</svg>\n");
-        s
     }
+    let ly = f.t + 14.0 + 18.0 * i as f64;
+    let _ = write!(
+        s,
+        r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}"{dash} stroke-width="3"/>"#,
+        f.w - f.r + 10.0,
+        f.w - f.r + 30.0
+    );
+    let _ = write!(s, r#"<text x="{}" y="{}">{}</text>"#, f.w - f.r + 36.0, ly + 4.0, esc(&se.name));
 }
 
 #[derive(Clone, Debug)]
