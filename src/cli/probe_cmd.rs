@@ -88,77 +88,89 @@ pub fn run(a: ProbeArgs) -> Result<()> {
         (false, false) => {
             bail!("give either --run or --logits, not both (save a run's logits with `kdlab logits` to mix them)")
         }
-        (true, false) => {
-            let lp = a.labels.as_ref().context("--logits needs --labels (an (N,) integer .npy)")?;
-            let raw = npy::read_labels(lp)?;
-            let labels = raw
-                .iter()
-                .enumerate()
-                .map(|(i, &y)| {
-                    usize::try_from(y)
-                        .map_err(|_| anyhow::anyhow!("{}: label {y} at index {i} is negative", lp.display()))
-                })
-                .collect::<Result<Vec<usize>>>()?;
-            let mut srcs: Vec<Box<dyn LogitSource>> = vec![];
-            for p in &a.logits {
-                srcs.push(Box::new(NpySource::open(p)?));
-            }
-            (srcs, labels, lp.display().to_string(), None)
-        }
-        (false, true) => {
-            let device = a.rt.init()?;
-            let names = unique(
-                a.runs
-                    .iter()
-                    .map(|r| r.parse::<crate::train::checkpoint::RunRef>().map(|r| r.name()))
-                    .collect::<Result<_>>()?,
-            );
-            let mut srcs: Vec<Box<dyn LogitSource>> = vec![];
-            let mut data = None;
-            let mut fingerprint: Option<(String, String)> = None;
-            for (spec, name) in a.runs.iter().zip(names) {
-                let ds = match &data {
-                    Some(d) => std::sync::Arc::clone(d),
-                    None => {
-                        let d = Arc::new(teacher::teacher_data(spec, a.data.as_deref())?);
-                        data = Some(d.clone());
-                        d
-                    }
-                };
-                let norm = if teacher::is_torchscript(spec) { a.norm.norm() } else { Default::default() };
-                let t = teacher::Teacher::open(spec, device, &ds, &norm)?;
-                let meta = &t.meta;
-                if !t.is_torchscript() {
-                    let run_dir = checkpoint::run_dir_of(&t.checkpoint);
-                    if let Some(rec) = crate::train::run::read_record(&run_dir)? {
-                        match &fingerprint {
-                            Some((first, fp)) if *fp != rec.data.fingerprint && a.data.is_none() => {
-                                bail!("{spec} was trained on other data than {first}; probe teachers of the same data set (or force one with --data)")
-                            }
-                            None => fingerprint = Some((spec.clone(), rec.data.fingerprint)),
-                            _ => {}
-                        }
-                    }
-                }
-                if meta.input != ds.shape() || meta.classes != ds.classes {
-                    bail!(
-                        "{spec}: the model takes {} inputs with {} classes, the data has {} with {}",
-                        meta.input,
-                        meta.classes,
-                        ds.shape(),
-                        ds.classes
-                    );
-                }
-                let split = Arc::new(ds.split(&a.split)?.clone());
-                srcs.push(Box::new(RunSource::new(name, t.model, &ds, split, a.augment, a.seed)));
-            }
-            let ds = data.expect("at least one run");
-            let labels = ds.split(&a.split)?.labels.iter().map(|&y| y as usize).collect();
-            (srcs, labels, format!("the {} split of {}", a.split, ds.name), Some(ds.class_names.clone()))
-        }
+        (true, false) => npy_inputs(&a)?,
+        (false, true) => run_inputs(&a)?,
     };
     let started = std::time::Instant::now();
     let result = probe::run(sources, &labels, &labels_from, &taus, a.chunk)?;
+    write_outputs(&a, &result, class_names.as_deref())?;
+    eprintln!("probed {} samples in {}", labels.len(), crate::util::fmt::duration(started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// `--logits` files with `--labels`.
+fn npy_inputs(a: &ProbeArgs) -> Result<Inputs> {
+    let lp = a.labels.as_ref().context("--logits needs --labels (an (N,) integer .npy)")?;
+    let raw = npy::read_labels(lp)?;
+    let labels = raw
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| {
+            usize::try_from(y).map_err(|_| anyhow::anyhow!("{}: label {y} at index {i} is negative", lp.display()))
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let mut srcs: Vec<Box<dyn LogitSource>> = vec![];
+    for p in &a.logits {
+        srcs.push(Box::new(NpySource::open(p)?));
+    }
+    Ok((srcs, labels, lp.display().to_string(), None))
+}
+
+/// `--run` teachers (kdlab runs or TorchScript files) on a split of their data.
+fn run_inputs(a: &ProbeArgs) -> Result<Inputs> {
+    let device = a.rt.init()?;
+    let names = unique(
+        a.runs
+            .iter()
+            .map(|r| r.parse::<crate::train::checkpoint::RunRef>().map(|r| r.name()))
+            .collect::<Result<_>>()?,
+    );
+    let mut srcs: Vec<Box<dyn LogitSource>> = vec![];
+    let mut data = None;
+    let mut fingerprint: Option<(String, String)> = None;
+    for (spec, name) in a.runs.iter().zip(names) {
+        let ds = match &data {
+            Some(d) => std::sync::Arc::clone(d),
+            None => {
+                let d = Arc::new(teacher::teacher_data(spec, a.data.as_deref())?);
+                data = Some(d.clone());
+                d
+            }
+        };
+        let norm = if teacher::is_torchscript(spec) { a.norm.norm() } else { Default::default() };
+        let t = teacher::Teacher::open(spec, device, &ds, &norm)?;
+        let meta = &t.meta;
+        if !t.is_torchscript() {
+            let run_dir = checkpoint::run_dir_of(&t.checkpoint);
+            if let Some(rec) = crate::train::run::read_record(&run_dir)? {
+                match &fingerprint {
+                    Some((first, fp)) if *fp != rec.data.fingerprint && a.data.is_none() => {
+                        bail!("{spec} was trained on other data than {first}; probe teachers of the same data set (or force one with --data)")
+                    }
+                    None => fingerprint = Some((spec.clone(), rec.data.fingerprint)),
+                    _ => {}
+                }
+            }
+        }
+        if meta.input != ds.shape() || meta.classes != ds.classes {
+            bail!(
+                "{spec}: the model takes {} inputs with {} classes, the data has {} with {}",
+                meta.input,
+                meta.classes,
+                ds.shape(),
+                ds.classes
+            );
+        }
+        let split = Arc::new(ds.split(&a.split)?.clone());
+        srcs.push(Box::new(RunSource::new(name, t.model, &ds, split, a.augment, a.seed)));
+    }
+    let ds = data.expect("at least one run");
+    let labels = ds.split(&a.split)?.labels.iter().map(|&y| y as usize).collect();
+    Ok((srcs, labels, format!("the {} split of {}", a.split, ds.name), Some(ds.class_names.clone())))
+}
+
+/// The table on stdout, and the JSON, CSV and plots asked for.
+fn write_outputs(a: &ProbeArgs, result: &probe::Probe, class_names: Option<&[String]>) -> Result<()> {
     print!("{}", output::table(&result.report, &result.taus, a.table_tau));
     if let Some(p) = &a.json {
         output::write_json(p, &result.report)?;
@@ -169,9 +181,8 @@ pub fn run(a: ProbeArgs) -> Result<()> {
         println!("wrote {} and {}", t.display(), pairs.display());
     }
     if let Some(dir) = &a.plots {
-        let files = output::write_plots(dir, &result, a.table_tau, class_names.as_deref())?;
+        let files = output::write_plots(dir, &result, a.table_tau, class_names)?;
         println!("wrote {} plots in {}", files.len(), dir.display());
     }
-    eprintln!("probed {} samples in {}", labels.len(), crate::util::fmt::duration(started.elapsed().as_secs_f64()));
     Ok(())
 }
