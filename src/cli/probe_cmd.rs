@@ -181,7 +181,7 @@ fn write_outputs(a: &ProbeArgs, result: &probe::Probe, class_names: Option<&[Str
         println!("wrote {} and {}", t.display(), pairs.display());
     }
     if let Some(dir) = &a.plots {
-        let files = output::write_plots(dir, &result, a.table_tau, class_names)?;
+        let files = output::write_plots(dir, result, a.table_tau, class_names)?;
         println!("wrote {} plots in {}", files.len(), dir.display());
     }
     Ok(())
