@@ -8,16 +8,7 @@ use common::text;
 use std::path::Path;
 use std::process::Command;
 
-use common::{kdlab_cpu as kdlab, venv_python};
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
-}
-
-fn sidecar(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
+use common::{kdlab_cpu as kdlab, max_abs_diff, read_json as sidecar, venv_python};
 
 #[test]
 fn pytorch_checkpoints_import_into_runs_that_give_pytorchs_logits() {

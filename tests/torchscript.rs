@@ -7,17 +7,14 @@ use common::text;
 use std::path::Path;
 use std::process::Command;
 
-use common::{kdlab_cpu as kdlab, venv_python};
+use common::{kdlab_cpu as kdlab, read_json as json, venv_python};
 
-fn max_abs_diff(a: &Path, b: &Path) -> f64 {
+/// The largest difference between two saved logit files of the same shape.
+fn logits_diff(a: &Path, b: &Path) -> f64 {
     let (na, ca, va) = kdlab::data::npy::read_logits(a).unwrap();
     let (nb, cb, vb) = kdlab::data::npy::read_logits(b).unwrap();
     assert_eq!((na, ca), (nb, cb), "{} vs {}", a.display(), b.display());
-    va.iter().zip(&vb).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
-}
-
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    common::max_abs_diff(&va, &vb)
 }
 
 #[test]
@@ -44,7 +41,7 @@ fn torchscript_teachers_give_pytorchs_logits_and_teach() {
         let args = [&["logits", "--run", model, "--out", "out/l.npy"][..], &ds, &extra].concat();
         let o = kdlab(&args, d);
         assert!(o.status.success(), "{args:?}: {}", text(&o));
-        let diff = max_abs_diff(&d.join("out/l.npy"), &d.join(reference));
+        let diff = logits_diff(&d.join("out/l.npy"), &d.join(reference));
         eprintln!("{model} {extra:?}: max abs difference from PyTorch {diff:e}");
         assert!(diff <= 1e-5, "{model} {extra:?}: kdlab's logits differ from PyTorch's by {diff}");
     }

@@ -49,3 +49,14 @@ pub fn write_test_images(path: &Path) -> usize {
     kdlab::data::npy::write_f32(path, &[data.test.len(), 1, 28, 28], &pixels).unwrap();
     data.test.len()
 }
+
+/// A JSON file kdlab wrote (its checksum line is an ordinary field).
+pub fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// The largest absolute difference between two equally long vectors.
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
