@@ -914,3 +914,37 @@ fn kdlab_loss_takes_every_rule() {
         "{err}"
     );
 }
+
+/// The τ* memo is exact only if the search treats every row on its own: a row's τ* computed alone,
+/// within its batch, or within another batch has the same bits (float32, as in training). And the
+/// memo returns `ts_temperature`'s bits for batches that mix remembered and new rows.
+#[test]
+fn tau_star_is_row_independent_and_the_memo_returns_its_bits() {
+    let mut r = kdlab::util::rng::Rng::new(91);
+    for (n, c, scale) in [(64usize, 10usize, 4.0), (33, 100, 8.0), (7, 2, 30.0)] {
+        let rows: Vec<f64> = (0..n * c).map(|_| scale * normal(&mut r)).collect();
+        let te = Tensor::from_slice(&rows).view([n as i64, c as i64]).to_kind(Kind::Float);
+        let y = Tensor::from_slice(&(0..n).map(|i| (i % c) as i64).collect::<Vec<_>>());
+        let bits = |t: &Tensor| Vec::<f32>::try_from(t).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let whole = bits(&isats::ts_temperature(&te, &y));
+        for i in 0..n as i64 {
+            let alone = bits(&isats::ts_temperature(&te.narrow(0, i, 1), &y.narrow(0, i, 1)));
+            assert_eq!(alone[0], whole[i as usize], "n {n} c {c} row {i}: alone vs in its batch");
+        }
+        // The memo: the first half first, then the whole batch (half remembered), then a shuffled
+        // repeat (all remembered).
+        let mut memo = isats::TauStarMemo::default();
+        let half = (n / 2) as i64;
+        let first = bits(&memo.tau_star(&te.narrow(0, 0, half), &y.narrow(0, 0, half)));
+        assert_eq!(first, whole[..half as usize], "n {n} c {c}: memo, first half");
+        assert_eq!(bits(&memo.tau_star(&te, &y)), whole, "n {n} c {c}: memo, half remembered");
+        let perm = Tensor::from_slice(&(0..n as i64).rev().collect::<Vec<_>>());
+        let again = bits(&memo.tau_star(&te.index_select(0, &perm), &y.index_select(0, &perm)));
+        assert_eq!(again, whole.iter().rev().copied().collect::<Vec<_>>(), "n {n} c {c}: memo, reversed");
+        assert_eq!((memo.misses, memo.hits), (n as u64, (n + half as usize) as u64), "n {n} c {c}: counts");
+        // A different label is a different sample.
+        let y2 = (&y + 1).remainder(c as i64);
+        memo.tau_star(&te, &y2);
+        assert_eq!(memo.misses, 2 * n as u64, "n {n} c {c}: labels are part of the key");
+    }
+}

@@ -50,7 +50,9 @@
 //! golden-section search of `ITERS` = 30 steps (the bracket shrinks by 0.618³⁰ ≈ 5·10⁻⁷); the
 //! result is kept only if it beats the best grid point. Nothing assumes the variance unimodal
 //! beyond the grid's resolution. Cost: GRID + 2·ITERS + 1 = 125 softmaxes of the teacher's logits
-//! per sample, a few percent of a ResNet student's step on CIFAR-100.
+//! per sample, a few percent of a ResNet student's step on CIFAR-100 but ten times an MLP
+//! student's; `ts` and `ts_order` remember τ* per logits row (`TauStarMemo`), so with the logit
+//! cache the search runs once per (sample, view), not once per epoch.
 //!
 //! Every epoch the run records the distribution of the chosen τ2 (`isats_tau2`: quantiles, a
 //! histogram over [τ2_min, τ1], and the shares of samples `fallback` (given τ1 by the fallback),
@@ -122,6 +124,7 @@ pub struct Isats {
     /// This epoch's (τ2, floor, fallback as 0/1) per sample.
     epoch: Vec<[f64; 3]>,
     flips: Flips,
+    tau_star: TauStarMemo,
 }
 
 /// isats's hyper-parameters.
@@ -184,6 +187,7 @@ impl MethodParams for Params {
             last: vec![],
             epoch: vec![],
             flips: Flips::default(),
+            tau_star: TauStarMemo::default(),
         }))
     }
 }
@@ -264,6 +268,69 @@ pub fn ts_temperature(t: &Tensor, y: &Tensor) -> Tensor {
     maximise(&|tau: &Tensor| ts_variance(t, y, tau), &lo, &hi)
 }
 
+/// Remembers each sample's τ* by the content of its teacher logits and label. τ* depends on
+/// nothing else, and when the teacher's logits come from the logit cache the same rows recur every
+/// epoch, so the search (125 softmaxes per sample, ten times an MLP student's whole step) runs
+/// once per (sample, view) instead of once per epoch. Exact: a hit returns the value computed
+/// before, and the search treats every row on its own, so computing a row alone or within a batch
+/// gives the same bits (tested). Rows that never recur (continuous crops, a teacher run on the fly
+/// with dropout) only cost a hash per row; the memo stops growing at `TAU_STAR_MEMO_CAP` entries.
+#[derive(Default)]
+pub struct TauStarMemo {
+    map: std::collections::HashMap<u128, f64>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// At most this many remembered τ* (~48 bytes each: ~100 MB).
+pub const TAU_STAR_MEMO_CAP: usize = 1 << 21;
+
+impl TauStarMemo {
+    /// A 128-bit key of a row's exact values (as f64: exact for f16/f32 rows) and its label.
+    fn key(row: &[f64], label: i64) -> u128 {
+        use std::hash::{Hash, Hasher};
+        let half = |salt: u64| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (salt, label).hash(&mut h);
+            row.iter().for_each(|v| v.to_bits().hash(&mut h));
+            h.finish() as u128
+        };
+        (half(0x6b64_6c61_62) << 64) | half(0x7461_7573_7461_72)
+    }
+
+    /// `ts_temperature(t, y)`, computing only the rows not seen before.
+    pub fn tau_star(&mut self, t: &Tensor, y: &Tensor) -> Tensor {
+        let _g = tch::no_grad_guard();
+        let (n, c) = (t.size()[0], t.size()[1] as usize);
+        let rows = Vec::<f64>::try_from(t.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu).reshape([-1]))
+            .unwrap_or_default();
+        let labels = Vec::<i64>::try_from(y.to_device(tch::Device::Cpu)).unwrap_or_default();
+        let keys: Vec<u128> = (0..n as usize).map(|i| Self::key(&rows[i * c..(i + 1) * c], labels[i])).collect();
+        let mut values: Vec<Option<f64>> = keys.iter().map(|k| self.map.get(k).copied()).collect();
+        let missing: Vec<i64> = (0..n).filter(|&i| values[i as usize].is_none()).collect();
+        if !missing.is_empty() {
+            let computed = if missing.len() == n as usize {
+                ts_temperature(t, y)
+            } else {
+                let idx = Tensor::from_slice(&missing).to_device(t.device());
+                ts_temperature(&t.index_select(0, &idx), &y.index_select(0, &idx))
+            };
+            let computed = Vec::<f64>::try_from(computed.to_kind(Kind::Double).to_device(tch::Device::Cpu))
+                .unwrap_or_default();
+            for (&i, v) in missing.iter().zip(computed) {
+                values[i as usize] = Some(v);
+                if self.map.len() < TAU_STAR_MEMO_CAP {
+                    self.map.insert(keys[i as usize], v);
+                }
+            }
+        }
+        self.misses += missing.len() as u64;
+        self.hits += (n as usize - missing.len()) as u64;
+        let values: Vec<f64> = values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+        Tensor::from_slice(&values).to_kind(t.kind()).to_device(t.device())
+    }
+}
+
 /// `order`'s feasible floor per sample and where the teacher is right by the margin at τ2 = τ1
 /// (elsewhere the floor is τ1: the fallback). The gap f_y/τ1 − m/τ2 ≥ margin holds for every
 /// τ2 ∈ [floor, τ1]: if m ≤ 0 the gap only grows as τ2 falls (floor τ2_min); if m > 0,
@@ -280,6 +347,19 @@ fn order_floor(fy: &Tensor, m: &Tensor, tau1: f64, tau2_min: f64, margin: f64) -
 /// The per-sample τ2 of `rule` (teacher logits `t` as given: centre them first if wanted);
 /// `margin` is used by `order` and `ts_order` only.
 pub fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64, margin: f64) -> Choice {
+    choose_with(rule, t, y, tau1, tau2_min, margin, &mut |t, y| ts_temperature(t, y))
+}
+
+/// `choose`, with `tau_star` computing `ts_temperature` (the rules `ts` and `ts_order` call it).
+fn choose_with(
+    rule: Rule,
+    t: &Tensor,
+    y: &Tensor,
+    tau1: f64,
+    tau2_min: f64,
+    margin: f64,
+    tau_star: &mut dyn FnMut(&Tensor, &Tensor) -> Tensor,
+) -> Choice {
     let _g = tch::no_grad_guard();
     let t = &t.detach();
     let (n, kind, dev) = (t.size()[0], t.kind(), t.device());
@@ -298,12 +378,12 @@ pub fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64, marg
         }
         Rule::TsOrder => {
             let (floor, ok) = order_floor(&fy, &m, tau1, tau2_min, margin);
-            let tau2 = ts_temperature(t, y).clamp_tensor(Some(&floor), Some(&full(tau1))).where_self(&ok, &full(tau1));
+            let tau2 = tau_star(t, y).clamp_tensor(Some(&floor), Some(&full(tau1))).where_self(&ok, &full(tau1));
             Choice { tau2, floor, fallback: ok.logical_not() }
         }
         Rule::Ts => {
             let right = fy.gt_tensor(&m);
-            let tau2 = ts_temperature(t, y).clamp(tau2_min, tau1).where_self(&right, &full(tau1));
+            let tau2 = tau_star(t, y).clamp(tau2_min, tau1).where_self(&right, &full(tau1));
             Choice { tau2, floor: full(tau2_min).where_self(&right, &full(tau1)), fallback: right.logical_not() }
         }
     }
@@ -364,7 +444,10 @@ impl Method for Isats {
     }
     fn terms(&mut self, x: &LossInput) -> Vec<(String, Tensor)> {
         let t = prepare(x.teacher, self.center_logits);
-        let ch = choose(self.rule, &t, x.labels, self.tau1, self.tau2_min, self.margin);
+        let memo = &mut self.tau_star;
+        let ch = choose_with(self.rule, &t, x.labels, self.tau1, self.tau2_min, self.margin, &mut |t, y| {
+            memo.tau_star(t, y)
+        });
         let rows = Tensor::stack(&[&ch.tau2, &ch.floor, &ch.fallback.to_kind(ch.tau2.kind())], 1);
         let rows =
             Vec::<Vec<f64>>::try_from(rows.to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or_default();
@@ -406,7 +489,8 @@ impl Method for Isats {
         self.epoch.clear();
         let flips = self.flips.take();
         Some(
-            serde_json::json!({"isats_tau2": s, "target_not_true_class": flips["target_not_true_class"], "ats_target": flips}),
+            serde_json::json!({"isats_tau2": s, "target_not_true_class": flips["target_not_true_class"], "ats_target": flips,
+                "tau_star_memo": {"hits": self.tau_star.hits, "misses": self.tau_star.misses}}),
         )
     }
 }

@@ -36,7 +36,9 @@ fn target_statistics(by_series: &BTreeMap<String, Vec<&Student>>, teachers: &[&T
                 mean(["isats_tau2", "p50"], 1.0, 3),
                 mean(["isats_tau2", "at_tau2_min"], 100.0, 1),
                 mean(["isats_tau2", "at_floor"], 100.0, 1),
+                mean(["isats_tau2", "at_tau1"], 100.0, 1),
                 mean(["isats_tau2", "fallback"], 100.0, 1),
+                mean(["isats_tau2", "interior"], 100.0, 1),
             ]);
         }
     }
@@ -46,7 +48,7 @@ fn target_statistics(by_series: &BTreeMap<String, Vec<&Student>>, teachers: &[&T
 pub fn write(_: &StudyResults, v: &StudentView, out: &mut Output) -> Result<()> {
     let rows = target_statistics(&v.by_series, &v.tnames);
     if !rows.is_empty() {
-        out.push(Block::Para(format!("ATS-family targets for student `{}` (last epoch, mean over seeds): the share of transfer-set samples the teacher gets wrong, the share where the teacher is right but the ATS target ranks a wrong class first (**flipped**), and, for ISATS, the median chosen τ2 and the shares at the lower bound τ2_min, at the order constraint's floor, and given τ1 by the fallback.", v.model)));
+        out.push(Block::Para(format!("ATS-family targets for student `{}` (last epoch, mean over seeds): the share of transfer-set samples the teacher gets wrong, the share where the teacher is right but the ATS target ranks a wrong class first (**flipped**), and, for ISATS, the median chosen τ2 and where it lies, each sample counted once: at the lower bound τ2_min, at the order constraint's floor, at τ1 (the search's upper bound), given τ1 by the fallback (the teacher is wrong, or right by less than the margin), or strictly inside.", v.model)));
         out.push(Block::Table(
             strings(&[
                 "series",
@@ -56,7 +58,9 @@ pub fn write(_: &StudyResults, v: &StudentView, out: &mut Output) -> Result<()> 
                 "τ2 median",
                 "at τ2_min %",
                 "at floor %",
+                "at τ1 %",
                 "fallback %",
+                "interior %",
             ]),
             rows,
         ));
