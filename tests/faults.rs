@@ -354,3 +354,40 @@ fn a_changed_byte_in_any_file_kdlab_reads_back_is_found_before_it_is_used() {
     }
     ok(probe_npy());
 }
+
+/// A rebuilt index keeps the failures the runs recorded in their directories: a run whose
+/// `run.json` says it failed (as the trainer writes it on a NaN loss or a full disk) is shown
+/// failed, not queued, after the index is lost, and is trained again only with `--retry-failed`.
+#[test]
+fn a_rebuilt_index_keeps_the_failures_recorded_in_run_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (study, out) = (tiny_study(tmp.path()), tmp.path().join("out"));
+    ok(sweep_cmd(&study, &out).output().unwrap());
+    // A student's record, turned into the record of a failed run.
+    let student = run_dirs(&out)
+        .into_iter()
+        .find(|d| kdlab::train::run::read_record(d).unwrap().is_some_and(|r| r.kind == "distill"))
+        .expect("a distilled student");
+    let mut rec = kdlab::train::run::read_record(&student).unwrap().unwrap();
+    rec.status = kdlab::train::run::RunStatus::Failed;
+    rec.error = Some("loss is NaN at epoch 1 step 1 (planted)".into());
+    kdlab::train::run::write_record(&student, &rec).unwrap();
+    std::fs::remove_file(out.join("study.sqlite")).unwrap();
+    let s = status(&out);
+    assert!(s.contains("planted"), "the recorded error is shown: {s}");
+    ok(sweep_cmd(&study, &out).output().unwrap());
+    let after = kdlab::train::run::read_record(&student).unwrap().unwrap();
+    assert_eq!(after.status, kdlab::train::run::RunStatus::Failed, "the failed run was trained again");
+    let row = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("student"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(row(&status(&out)).starts_with("student 3 0 1 0"), "{}", status(&out));
+    let mut retry = sweep_cmd(&study, &out);
+    ok(retry.arg("--retry-failed").output().unwrap());
+    assert!(row(&status(&out)).starts_with("student 4 0 0 0"), "{}", status(&out));
+}

@@ -13,7 +13,7 @@
 //! The default, `ts_order`, was chosen on the validation split of `studies/fashion-mnist-mismatch.toml`
 //! (the best ISATS rule there for all nine teachers, and the only one ahead of KD at τ = 4 for every
 //! teacher); its τ2 is τ1 for 36–51% of the samples there (τ* above τ1; with `tau1 = 8`, 0–7%, at
-//! 0.0–0.4 points of test accuracy), see the README.
+//! a cost of up to 0.4 points of test accuracy), see the README.
 //!
 //! - `order`: the τ2 ∈ [τ2_min, τ1] with the largest non-GT variance *among those that
 //!   keep the true class first in the target*, with a margin: the target's log-probability gap
@@ -316,8 +316,8 @@ impl TauStarMemo {
                 let idx = Tensor::from_slice(&missing).to_device(t.device());
                 ts_temperature(&t.index_select(0, &idx), &y.index_select(0, &idx))
             };
-            let computed = Vec::<f64>::try_from(computed.to_kind(Kind::Double).to_device(tch::Device::Cpu))
-                .unwrap_or_default();
+            let computed =
+                Vec::<f64>::try_from(computed.to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or_default();
             for (&i, v) in missing.iter().zip(computed) {
                 values[i as usize] = Some(v);
                 if self.map.len() < TAU_STAR_MEMO_CAP {

@@ -62,10 +62,18 @@ fn finished(dir: &Path, spec: &RunSpec) -> Result<Option<(run::RunRecord, Vec<ru
     Ok(Some((rec, meta.history)))
 }
 
+/// The failure a run recorded in its directory (training errors: a NaN loss, a full disk), if any.
+fn recorded_failure(dir: &Path) -> Option<String> {
+    let rec = run::read_record(dir).ok()??;
+    (rec.status == run::RunStatus::Failed).then(|| rec.error.unwrap_or_else(|| "failed (no error recorded)".into()))
+}
+
 /// Brings the store in line with the plan and the run directories: adds new runs, imports runs
 /// that finished (also ones run elsewhere, e.g. by Slurm jobs), requeues runs left `running` by a
-/// killed sweep, and (with `retry_failed`) failed ones.
-pub fn sync(store: &mut Store, specs: &[RunSpec], dir: &Path, retry_failed: bool) -> Result<()> {
+/// killed sweep, and (with `retry_failed`) failed ones. `rebuilt`: the store was just built anew
+/// (its file was missing or damaged), so a failure a run recorded in its directory is taken back
+/// into it rather than queued again.
+pub fn sync(store: &mut Store, specs: &[RunSpec], dir: &Path, retry_failed: bool, rebuilt: bool) -> Result<()> {
     store.add_missing(specs)?;
     for s in specs {
         let stored = store.get(&s.id)?.expect("just added");
@@ -75,6 +83,12 @@ pub fn sync(store: &mut Store, specs: &[RunSpec], dir: &Path, retry_failed: bool
                 store.record_done(&s.id, &rec, &history)?;
             }
             continue;
+        }
+        if rebuilt && !retry_failed && stored.status == Status::Queued {
+            if let Some(error) = recorded_failure(&rdir) {
+                store.set_status(&s.id, Status::Failed, Some(&error))?;
+                continue;
+            }
         }
         match stored.status {
             Status::Done => store.set_status(&s.id, Status::Queued, None)?, // its directory was removed
@@ -96,7 +110,7 @@ pub fn index_in_memory(study_file: &Path, dir: &Path) -> Result<Store> {
     let mut store = Store::open(Path::new(":memory:"))?;
     store.set_meta("study_toml", &text)?;
     store.set_meta("plan", &serde_json::to_string(&specs.iter().map(|s| &s.id).collect::<Vec<_>>())?)?;
-    sync(&mut store, &specs, dir, false)?;
+    sync(&mut store, &specs, dir, false, true)?;
     Ok(store)
 }
 
@@ -113,7 +127,9 @@ pub fn open(
     std::fs::create_dir_all(dir.join("runs")).with_context(|| format!("creating {}", dir.display()))?;
     let specs = plan::expand(&cfg, &dir)?;
     let db = dir.join("study.sqlite");
+    let mut rebuilt = false;
     if !db.exists() && dir.join("runs").read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        rebuilt = true;
         // A WAL left by the deleted database must not be replayed into the new one.
         for stale in ["study.sqlite-wal", "study.sqlite-shm"] {
             let _ = std::fs::remove_file(dir.join(stale));
@@ -133,10 +149,10 @@ pub fn open(
                 }
             }
             eprintln!(
-                "warning: {e:#}; it is kept as {} and the index is rebuilt from the run directories (runs that had \
-                 failed are queued again)",
+                "warning: {e:#}; it is kept as {} and the index is rebuilt from the run directories",
                 dir.join("study.sqlite.damaged").display()
             );
+            rebuilt = true;
             Store::open(&db)?
         }
         opened => opened?,
@@ -145,7 +161,7 @@ pub fn open(
     store.set_meta("study_toml", &text)?;
     store.set_meta("kdlab_version", crate::VERSION)?;
     store.set_meta("plan", &serde_json::to_string(&specs.iter().map(|s| &s.id).collect::<Vec<_>>())?)?;
-    sync(&mut store, &specs, &dir, retry_failed)?;
+    sync(&mut store, &specs, &dir, retry_failed, rebuilt)?;
     Ok((cfg, dir, specs, store))
 }
 
