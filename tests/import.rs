@@ -15,7 +15,13 @@ use common::{kdlab_cpu as kdlab, max_abs_diff, read_json as sidecar, venv_python
 fn fixture(py: &Path, mode: &str, dir: &Path, args: &[&Path]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/import_fixture.py");
     let o = Command::new(py).arg(&script).arg(mode).arg(dir).args(args).output().unwrap();
-    assert!(o.status.success(), "import_fixture.py {mode}: {}", text(&o));
+    let out = text(&o);
+    assert!(
+        !out.contains("No module named 'torchvision'"),
+        "{} has no torchvision: `make torch` installs it (the Makefile's environment has it since issue 15)",
+        py.display()
+    );
+    assert!(o.status.success(), "import_fixture.py {mode}: {out}");
 }
 
 /// The weights file's sha256 recorded for a run directory's last checkpoint.

@@ -65,7 +65,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "MobileNetV2",
         pattern: "mobilenetv2, mobilenetv2_x<A>_<B> (width A.B)",
-        about: "inverted residuals; x0_5 is the light KD student",
+        about: "RepDistiller's CIFAR MobileNetV2 (stride-2 stem, ReLU); x0_5 is the light KD student",
         examples: &["mobilenetv2_x0_5", "mobilenetv2"],
     },
     Family {
