@@ -6,18 +6,20 @@
 #   make soak    a 501-run study with 2 workers under a polling `kdlab status` (~6 min; not in test)
 #
 # LibTorch comes from PyPI's torch==2.11.0 wheel (the version tch 0.24 expects), installed once
-# into a virtual environment under ~/.cache (about 7 GB with its CUDA libraries, ~2 minutes).
+# into a virtual environment under ~/.cache (about 7 GB with its CUDA libraries, ~2 minutes), with
+# torchvision 0.26.0 (the release built against torch 2.11.0) for the import tests' reference models.
 # Set LIBTORCH=/path/to/libtorch to build against a LibTorch you already have instead.
 
 SHELL := /bin/bash
 TORCH_VERSION := 2.11.0
+TORCHVISION_VERSION := 0.26.0
 KDLAB_TORCH_VENV ?= $(HOME)/.cache/kdlab-torch-venv
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/kdlab-target
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/release/kdlab
 
 ifeq ($(strip $(LIBTORCH)),)
-TORCH_STAMP := $(KDLAB_TORCH_VENV)/.kdlab-torch-$(TORCH_VERSION)
+TORCH_STAMP := $(KDLAB_TORCH_VENV)/.kdlab-torch-$(TORCH_VERSION)-torchvision-$(TORCHVISION_VERSION)
 export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(KDLAB_TORCH_VENV)
 export PATH := $(KDLAB_TORCH_VENV)/bin:$(PATH)
@@ -29,13 +31,14 @@ endif
 
 all: build
 
-# The virtual environment with PyTorch (and numpy, used by the reference checks).
+# The virtual environment with PyTorch (and numpy and torchvision, used by the reference checks).
+# The stamp names both versions, so an environment made before torchvision was added gets it.
 torch: $(TORCH_STAMP)
-$(KDLAB_TORCH_VENV)/.kdlab-torch-$(TORCH_VERSION):
-	@echo "Installing PyTorch $(TORCH_VERSION) (LibTorch for tch) into $(KDLAB_TORCH_VENV) ..."
+$(KDLAB_TORCH_VENV)/.kdlab-torch-$(TORCH_VERSION)-torchvision-$(TORCHVISION_VERSION):
+	@echo "Installing PyTorch $(TORCH_VERSION) (LibTorch for tch) and torchvision $(TORCHVISION_VERSION) into $(KDLAB_TORCH_VENV) ..."
 	$(PYTHON) -m venv $(KDLAB_TORCH_VENV)
-	$(KDLAB_TORCH_VENV)/bin/pip install -q --disable-pip-version-check "torch==$(TORCH_VERSION)" numpy
-	$(KDLAB_TORCH_VENV)/bin/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
+	$(KDLAB_TORCH_VENV)/bin/pip install -q --disable-pip-version-check "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)" numpy
+	$(KDLAB_TORCH_VENV)/bin/python -c "import torch, torchvision; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
 	touch $@
 
 build: torch

@@ -236,3 +236,38 @@ fn status_rebuilds_a_deleted_index_from_the_run_directories() {
     assert!(!o.status.success() && common::text(&o).contains("is not a study directory"), "{}", common::text(&o));
     assert!(!tmp.path().join("data/study.sqlite").exists());
 }
+
+/// `studies/imagenet-paper.toml` (issue 15) says the standard KD ImageNet protocol, and a dry run
+/// plans its runs with no ImageNet present (the dry run loads no data).
+#[test]
+fn the_imagenet_study_is_the_standard_protocol_and_plans_without_data() {
+    let study = Path::new(env!("CARGO_MANIFEST_DIR")).join("studies/imagenet-paper.toml");
+    let cfg = kdlab::study::config::StudyConfig::load(&study).unwrap();
+    assert_eq!(cfg.teachers.models, ["resnet34", "resnet50"]);
+    assert_eq!(cfg.students.models, ["resnet18"]);
+    for (who, t) in [("teachers", &cfg.teachers.train), ("students", &cfg.students.train)] {
+        let recipe = (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.gamma, t.warmup_epochs);
+        assert_eq!(recipe, (100, 256, 0.1, 0.9, 1e-4, 0.1, 0), "{who}");
+        assert_eq!((t.schedule, t.milestones.as_slice()), (kdlab::train::schedule::Schedule::Step, &[30, 60, 90][..]));
+    }
+    let names: Vec<&str> = cfg.methods.iter().map(|m| m.name.as_str()).collect();
+    for method in ["ce", "kd", "ats", "isats", "dkd", "dist"] {
+        assert!(names.contains(&method), "{method} missing from {names:?}");
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let o = kdlab()
+        .args(["sweep", study.to_str().unwrap(), "--out", "s", "--dry-run"])
+        .env("KDLAB_DATA", tmp.path().join("no-data"))
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    // Two teachers; per seed one CE student and one run per (teacher, distillation block).
+    let (seeds, distill_blocks) = (cfg.seeds.len(), names.iter().filter(|&&n| n != "ce").count());
+    let planned = 2 + seeds * (1 + 2 * distill_blocks);
+    assert!(text.contains(&format!("{planned} runs planned, {planned} to run")), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("resnet18 ← resnet50 dkd")).count(), seeds, "{text}");
+    assert!(!tmp.path().join("imagenet").exists() && !tmp.path().join("no-data").exists());
+}

@@ -31,7 +31,7 @@ pub fn run(a: ModelsArgs) -> Result<()> {
     print!("{}", fmt::table(&["model", "family", "params", "exact"], &rows));
     println!("\nname patterns:");
     for f in FAMILIES {
-        println!("  {:<14} {:<44} {}", f.name, f.pattern, f.about);
+        println!("  {:<15} {:<52} {}", f.name, f.pattern, f.about);
     }
     Ok(())
 }
@@ -39,6 +39,7 @@ pub fn run(a: ModelsArgs) -> Result<()> {
 fn family_of(name: &str) -> Result<String> {
     Ok(match models::parse(name)? {
         models::Arch::ResNet { .. } => "CIFAR ResNet",
+        models::Arch::ImageNetResNet { .. } => "ImageNet ResNet",
         models::Arch::Wrn { .. } => "Wide ResNet",
         models::Arch::Vgg { .. } => "VGG-BN",
         models::Arch::MobileNetV2 { .. } => "MobileNetV2",

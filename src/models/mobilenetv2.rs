@@ -1,6 +1,11 @@
-//! MobileNetV2 (Sandler et al. 2018) adapted to small images as in the CRD / mdistiller zoo: the
-//! stem and the second stage keep full resolution (stride 1), so a 32×32 input ends at 4×4.
-//! `width` scales every layer's channels (0.5 gives the light student of the KD literature).
+//! MobileNetV2 (Sandler et al. 2018) as RepDistiller and mdistiller define it for CIFAR (from
+//! "Knowledge Distillation via Route Constrained Optimization"): a 3×3 stride-2 stem, seven stages
+//! of inverted residuals — the second at stride 1, so a 32×32 input ends at 2×2 — a 1×1 head to
+//! 1280 channels, global average pooling and a linear classifier. Unlike torchvision's, every
+//! activation is ReLU (not ReLU6), every block has its 1×1 expansion (also at expansion 1), and
+//! `width` scales channels as ⌊c·width⌋ with no rounding to multiples of 8 (0.5 gives the light
+//! KD student, RepDistiller's `mobile_half`). Parameter names are RepDistiller's (`conv1.0`,
+//! `blocks.S.J.conv.K`, `conv2.0`, `classifier.0`), so its checkpoints load with no renaming.
 use super::layers::{bn2d, conv2d, conv2d_grouped, linear};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -9,16 +14,16 @@ use tch::Tensor;
 const STAGES: [(i64, i64, usize, i64); 7] =
     [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
 
-/// Rounds channels to a multiple of 8 without losing more than 10% (as torchvision does).
-fn make_divisible(v: f64) -> i64 {
-    let d = 8.0;
-    let new = ((v + d / 2.0) / d).floor().max(1.0) * d;
-    (if new < 0.9 * v { new + d } else { new }) as i64
+/// ⌊channels · width⌋ as RepDistiller's `int(c * width_mult)`, at least 1.
+fn scaled(channels: i64, width: f64) -> i64 {
+    ((channels as f64 * width) as i64).max(1)
 }
 
+/// 1×1 expansion, 3×3 depthwise (strided), 1×1 linear projection, each with BatchNorm (RepDistiller's
+/// `conv.0/1`, `conv.3/4`, `conv.6/7`); the input is added back where the shape is kept.
 #[derive(Debug)]
 struct InvertedResidual {
-    expand: Option<(nn::Conv2D, nn::BatchNorm)>,
+    expand: (nn::Conv2D, nn::BatchNorm),
     depthwise: (nn::Conv2D, nn::BatchNorm),
     project: (nn::Conv2D, nn::BatchNorm),
     residual: bool,
@@ -27,11 +32,11 @@ struct InvertedResidual {
 impl InvertedResidual {
     fn new(p: nn::Path, cin: i64, cout: i64, stride: i64, t: i64) -> Self {
         let hidden = cin * t;
+        let q = &p / "conv";
         InvertedResidual {
-            expand: (t != 1)
-                .then(|| (conv2d(&p / "expand", cin, hidden, 1, 1, 0, false), bn2d(&p / "expand_bn", hidden))),
-            depthwise: (conv2d_grouped(&p / "dw", hidden, hidden, 3, stride, hidden), bn2d(&p / "dw_bn", hidden)),
-            project: (conv2d(&p / "project", hidden, cout, 1, 1, 0, false), bn2d(&p / "project_bn", cout)),
+            expand: (conv2d(&q / 0, cin, hidden, 1, 1, 0, false), bn2d(&q / 1, hidden)),
+            depthwise: (conv2d_grouped(&q / 3, hidden, hidden, 3, stride, hidden), bn2d(&q / 4, hidden)),
+            project: (conv2d(&q / 6, hidden, cout, 1, 1, 0, false), bn2d(&q / 7, cout)),
             residual: stride == 1 && cin == cout,
         }
     }
@@ -39,12 +44,9 @@ impl InvertedResidual {
 
 impl ModuleT for InvertedResidual {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x.shallow_clone();
-        if let Some((conv, bn)) = &self.expand {
-            h = h.apply(conv).apply_t(bn, train).relu6();
-        }
-        h = h.apply(&self.depthwise.0).apply_t(&self.depthwise.1, train).relu6();
-        h = h.apply(&self.project.0).apply_t(&self.project.1, train); // linear bottleneck
+        let h = x.apply(&self.expand.0).apply_t(&self.expand.1, train).relu();
+        let h = h.apply(&self.depthwise.0).apply_t(&self.depthwise.1, train).relu();
+        let h = h.apply(&self.project.0).apply_t(&self.project.1, train); // linear bottleneck
         if self.residual {
             h + x
         } else {
@@ -63,39 +65,36 @@ pub struct MobileNetV2 {
 
 impl MobileNetV2 {
     pub fn new(p: &nn::Path, width: f64, cin: i64, classes: i64) -> Self {
-        let stem_c = make_divisible(32.0 * width);
-        let last = if width > 1.0 { make_divisible(1280.0 * width) } else { 1280 };
+        let stem_c = scaled(32, width);
+        let last = if width > 1.0 { scaled(1280, width) } else { 1280 };
         let mut blocks = vec![];
         let mut c = stem_c;
         for (s, &(t, out, n, stride)) in STAGES.iter().enumerate() {
-            let out = make_divisible(out as f64 * width);
+            let out = scaled(out, width);
             for j in 0..n {
-                blocks.push(InvertedResidual::new(
-                    p / format!("stage{}", s + 1) / j,
-                    c,
-                    out,
-                    if j == 0 { stride } else { 1 },
-                    t,
-                ));
+                let block_stride = if j == 0 { stride } else { 1 };
+                blocks.push(InvertedResidual::new(p / "blocks" / s / j, c, out, block_stride, t));
                 c = out;
             }
         }
         MobileNetV2 {
-            stem: (conv2d(p / "stem", cin, stem_c, 3, 1, 1, false), bn2d(p / "stem_bn", stem_c)),
+            stem: (conv2d(p / "conv1" / 0, cin, stem_c, 3, 2, 1, false), bn2d(p / "conv1" / 1, stem_c)),
             blocks,
-            head: (conv2d(p / "head", c, last, 1, 1, 0, false), bn2d(p / "head_bn", last)),
-            fc: linear(p / "fc", last, classes),
+            head: (conv2d(p / "conv2" / 0, c, last, 1, 1, 0, false), bn2d(p / "conv2" / 1, last)),
+            fc: linear(p / "classifier" / 0, last, classes),
         }
     }
 }
 
 impl ModuleT for MobileNetV2 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x.apply(&self.stem.0).apply_t(&self.stem.1, train).relu6();
+        let mut h = x.apply(&self.stem.0).apply_t(&self.stem.1, train).relu();
         for b in &self.blocks {
             h = b.forward_t(&h, train);
         }
-        h = h.apply(&self.head.0).apply_t(&self.head.1, train).relu6();
+        h = h.apply(&self.head.0).apply_t(&self.head.1, train).relu();
+        // RepDistiller's AvgPool2d(input/16, ceil_mode) is this global pooling for inputs whose
+        // side is a multiple of 32 (the only ones it accepts).
         h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
     }
 }

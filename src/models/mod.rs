@@ -1,6 +1,7 @@
 //! The model zoo: one file per family, and a registry that turns a name such as `resnet20`,
 //! `wrn_40_2` or `cnn_w4` into a network for any input shape and class count.
 pub mod cnn;
+pub mod imagenet_resnet;
 pub mod layers;
 pub mod mlp;
 pub mod mobilenetv2;
@@ -27,7 +28,7 @@ pub struct Family {
 pub const FAMILIES: &[Family] = &[
     Family {
         name: "CIFAR ResNet",
-        pattern: "resnet<D> (D = 6n+2), resnet<D>x4",
+        pattern: "resnet<D> (D = 6n+2, not 50 or 152), resnet<D>x4",
         about: "basic blocks, widths 16/32/64 (x4: 32/64/128/256 after a 32-wide stem)",
         examples: &[
             "resnet8",
@@ -40,6 +41,12 @@ pub const FAMILIES: &[Family] = &[
             "resnet8x4",
             "resnet32x4",
         ],
+    },
+    Family {
+        name: "ImageNet ResNet",
+        pattern: "resnet18, resnet34, resnet50, resnet101, resnet152",
+        about: "torchvision's: 7x7 stem + max-pool, basic (18, 34) or bottleneck blocks, its parameter names",
+        examples: &["resnet18", "resnet34", "resnet50"],
     },
     Family {
         name: "Wide ResNet",
@@ -58,7 +65,7 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "MobileNetV2",
         pattern: "mobilenetv2, mobilenetv2_x<A>_<B> (width A.B)",
-        about: "inverted residuals; x0_5 is the light KD student",
+        about: "RepDistiller's CIFAR MobileNetV2 (stride-2 stem, ReLU); x0_5 is the light KD student",
         examples: &["mobilenetv2_x0_5", "mobilenetv2"],
     },
     Family {
@@ -79,6 +86,7 @@ pub const FAMILIES: &[Family] = &[
 #[derive(Clone, Debug, PartialEq)]
 pub enum Arch {
     ResNet { depth: usize, wide4: bool },
+    ImageNetResNet { depth: usize },
     Wrn { depth: usize, width: i64 },
     Vgg { depth: usize },
     MobileNetV2 { width: f64 },
@@ -101,8 +109,16 @@ pub fn parse(name: &str) -> Result<Arch> {
             None => (rest, false),
         };
         let depth: usize = num(d).ok_or_else(|| unknown(name))?;
+        // torchvision's depths name the ImageNet ResNets; 50 and 152 are also 6n+2, so those two
+        // CIFAR depths cannot be named (18, 34 and 101 are not 6n+2: no other name is taken).
+        if !wide4 && imagenet_resnet::config(depth).is_some() {
+            return Ok(Arch::ImageNetResNet { depth });
+        }
         if depth < 8 || (depth - 2) % 6 != 0 {
-            bail!("model '{name}': a CIFAR ResNet's depth is 6n+2 with n ≥ 1 (8, 14, 20, 32, 44, 56, 110, …)");
+            bail!(
+                "model '{name}': a CIFAR ResNet's depth is 6n+2 with n ≥ 1 (8, 14, 20, 32, 44, 56, 110, …); \
+                 the ImageNet ResNets are resnet18, resnet34, resnet50, resnet101 and resnet152"
+            );
         }
         Arch::ResNet { depth, wide4 }
     } else if let Some(rest) = name.strip_prefix("wrn_") {
@@ -161,6 +177,7 @@ pub fn build(p: &nn::Path, name: &str, input: Shape, classes: usize) -> Result<N
         Arch::ResNet { depth, wide4: true } => {
             Box::new(resnet::CifarResNet::new(p, depth, &[32, 64, 128, 256], cin, classes))
         }
+        Arch::ImageNetResNet { depth } => Box::new(imagenet_resnet::ImageNetResNet::new(p, depth, cin, classes)),
         Arch::Wrn { depth, width } => Box::new(wrn::WideResNet::new(p, depth, width, cin, classes)),
         Arch::Vgg { depth } => Box::new(vgg::Vgg::new(p, &vgg::config(depth).unwrap(), cin, classes)),
         Arch::MobileNetV2 { width } => Box::new(mobilenetv2::MobileNetV2::new(p, width, cin, classes)),
@@ -206,6 +223,16 @@ mod tests {
         close("resnet32x4", 100, 7.43e6, 0.03);
         close("wrn_16_2", 100, 0.70e6, 0.03);
         close("vgg13", 100, 9.46e6, 0.03);
+        close("mobilenetv2_x0_5", 100, 0.81e6, 0.03);
+    }
+
+    #[test]
+    fn imagenet_resnets_have_torchvisions_parameter_counts() {
+        // sum(p.numel() for p in torchvision.models.resnetD().parameters()), torchvision 0.26.0.
+        let imagenet = Shape { c: 3, h: 224, w: 224 };
+        for (name, torchvision) in [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)] {
+            assert_eq!(param_count(name, imagenet, 1000).unwrap(), torchvision, "{name}");
+        }
     }
 
     #[test]
@@ -220,8 +247,10 @@ mod tests {
     fn every_listed_model_runs_on_both_input_shapes() {
         let _g = tch::no_grad_guard();
         for fam in FAMILIES {
-            for &name in
-                fam.examples.iter().filter(|n| !["wrn_28_8", "wrn_40_4", "resnet110", "resnet32x4"].contains(n))
+            for &name in fam
+                .examples
+                .iter()
+                .filter(|n| !["wrn_28_8", "wrn_40_4", "resnet110", "resnet32x4", "resnet34"].contains(n))
             {
                 for (shape, classes) in [(FMNIST, 10usize), (CIFAR, 100)] {
                     let vs = nn::VarStore::new(tch::Device::Cpu);
@@ -253,6 +282,13 @@ mod tests {
     fn bad_names_explain_themselves() {
         let e = |n: &str| format!("{:#}", parse(n).unwrap_err());
         assert!(e("resnet21").contains("6n+2"));
+        assert!(e("resnet21").contains("resnet18, resnet34"));
+        // torchvision's depths are the ImageNet ResNets, 50 and 152 included (both also 6n+2).
+        for d in [18, 34, 50, 101, 152] {
+            assert_eq!(parse(&format!("resnet{d}")).unwrap(), Arch::ImageNetResNet { depth: d });
+        }
+        assert_eq!(parse("resnet56").unwrap(), Arch::ResNet { depth: 56, wide4: false });
+        assert_eq!(parse("resnet50x4").unwrap(), Arch::ResNet { depth: 50, wide4: true });
         assert!(e("wrn_40").contains("unknown model"));
         assert!(e("vgg16").contains("8, 11 and 13"));
         assert!(e("transformer").contains("kdlab models"));

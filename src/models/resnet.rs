@@ -6,8 +6,10 @@ use super::layers::{bn2d, conv2d, linear};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+/// Two 3×3 conv–BN layers and a skip; the skip is a 1×1 conv–BN projection (under `skip_name`:
+/// kdlab's CIFAR ResNets say `shortcut`, torchvision's `downsample`) where the shape changes.
 #[derive(Debug)]
-struct BasicBlock {
+pub(super) struct BasicBlock {
     conv1: nn::Conv2D,
     bn1: nn::BatchNorm,
     conv2: nn::Conv2D,
@@ -16,9 +18,8 @@ struct BasicBlock {
 }
 
 impl BasicBlock {
-    fn new(p: nn::Path, cin: i64, cout: i64, stride: i64) -> Self {
-        let shortcut = (stride != 1 || cin != cout)
-            .then(|| (conv2d(&p / "shortcut" / 0, cin, cout, 1, stride, 0, false), bn2d(&p / "shortcut" / 1, cout)));
+    pub(super) fn new(p: nn::Path, cin: i64, cout: i64, stride: i64, skip_name: &str) -> Self {
+        let shortcut = (stride != 1 || cin != cout).then(|| projection(&p / skip_name, cin, cout, stride));
         BasicBlock {
             conv1: conv2d(&p / "conv1", cin, cout, 3, stride, 1, false),
             bn1: bn2d(&p / "bn1", cout),
@@ -27,6 +28,11 @@ impl BasicBlock {
             shortcut,
         }
     }
+}
+
+/// The 1×1 conv–BN projection of a skip connection that changes the shape.
+pub(super) fn projection(p: nn::Path, cin: i64, cout: i64, stride: i64) -> (nn::Conv2D, nn::BatchNorm) {
+    (conv2d(&p / 0, cin, cout, 1, stride, 0, false), bn2d(&p / 1, cout))
 }
 
 impl ModuleT for BasicBlock {
@@ -59,7 +65,7 @@ impl CifarResNet {
         for (stage, &w) in widths[1..].iter().enumerate() {
             for j in 0..n {
                 let stride = if stage > 0 && j == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(p / format!("layer{}", stage + 1) / j, c, w, stride));
+                blocks.push(BasicBlock::new(p / format!("layer{}", stage + 1) / j, c, w, stride, "shortcut"));
                 c = w;
             }
         }

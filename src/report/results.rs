@@ -121,6 +121,7 @@ pub fn family(arch: &str) -> String {
     match crate::models::parse(arch) {
         Ok(Arch::ResNet { wide4: false, .. }) => "resnet",
         Ok(Arch::ResNet { wide4: true, .. }) => "resnet x4",
+        Ok(Arch::ImageNetResNet { .. }) => "imagenet resnet",
         Ok(Arch::Wrn { .. }) => "wrn",
         Ok(Arch::Vgg { .. }) => "vgg",
         Ok(Arch::MobileNetV2 { .. }) => "mobilenetv2",

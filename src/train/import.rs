@@ -1,23 +1,67 @@
 //! `kdlab import`: a PyTorch checkpoint (a state dict, or a training script's wrapper around one)
-//! into a kdlab run directory, so that the model is a teacher like any trained run. The zoo's
-//! parameter names follow RepDistiller's and mdistiller's: a CIFAR ResNet's `layerS.B.conv1`,
-//! `bn1`, …, `fc` are the same; only the projection shortcut differs (`downsample.0/1` there,
-//! `shortcut.0/1` here), and BatchNorm's `num_batches_tracked` counters are not kept.
+//! into a kdlab run directory, so that the model is a teacher like any trained run.
+//!
+//! The zoo's models compute what RepDistiller's and mdistiller's CIFAR models (and torchvision's
+//! ImageNet ResNets) of the same names compute, with the same tensors; [`zoo_name`] maps their
+//! parameter names where kdlab's differ. BatchNorm's `num_batches_tracked` counters are not kept.
 use super::checkpoint::{self, CheckpointMeta};
 use super::model::Model;
 use super::pth::{self, PthTensor};
 use crate::data::Shape;
+use crate::models::Arch;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
-/// The zoo's name for a checkpoint key, or None for a key that carries no weight kdlab keeps.
-pub fn zoo_name(key: &str) -> Option<String> {
+/// The zoo's name for a checkpoint key of an `arch` model, or None for a key that carries no
+/// weight kdlab keeps. Names that need no change pass through (and are reported as unexpected
+/// when the model has no such tensor).
+///
+/// - CIFAR ResNet: the projection shortcut is `downsample.0/1` there, `shortcut.0/1` here.
+/// - Wide ResNet: `blockS.layer.J.…` there, `blockS.J.…` here; `convShortcut` → `shortcut`; the
+///   final BatchNorm is `bn1` there, `bn` here.
+/// - VGG: `blockS.K` (conv at K = 3j, BatchNorm at 3j+1, ReLUs between) there,
+///   `stage{S+1}.j.conv` / `.bn` here; `classifier` → `fc`.
+/// - MobileNetV2 and the ImageNet ResNets use the reference names already.
+pub fn zoo_name(arch: &Arch, key: &str) -> Option<String> {
     if key.ends_with("num_batches_tracked") {
         return None;
     }
-    Some(key.replace(".downsample.", ".shortcut."))
+    Some(match arch {
+        Arch::ResNet { .. } => key.replace(".downsample.", ".shortcut."),
+        Arch::Wrn { .. } => wrn_name(key),
+        Arch::Vgg { .. } => vgg_name(key),
+        _ => key.to_string(),
+    })
+}
+
+fn wrn_name(key: &str) -> String {
+    let key = key.replacen(".layer.", ".", 1).replace(".convShortcut.", ".shortcut.");
+    match key.strip_prefix("bn1.") {
+        Some(rest) => format!("bn.{rest}"),
+        None => key,
+    }
+}
+
+fn vgg_name(key: &str) -> String {
+    if let Some(rest) = key.strip_prefix("classifier.") {
+        return format!("fc.{rest}");
+    }
+    let mut parts = key.splitn(3, '.');
+    let (Some(block), Some(k), Some(param)) = (parts.next(), parts.next(), parts.next()) else {
+        return key.to_string();
+    };
+    let (Some(stage), Ok(k)) = (block.strip_prefix("block").and_then(|s| s.parse::<usize>().ok()), k.parse::<usize>())
+    else {
+        return key.to_string();
+    };
+    let layer = match k % 3 {
+        0 => "conv",
+        1 => "bn",
+        _ => return key.to_string(),
+    };
+    format!("stage{}.{}.{layer}.{param}", stage + 1, k / 3)
 }
 
 /// Tensors listed per kind of mismatch (the rest are counted).
@@ -70,9 +114,10 @@ impl Mismatch {
 
 /// Copies `tensors` (checkpoint keys) into `model`, or lists every tensor that does not fit.
 pub fn load_into(model: &Model, tensors: &BTreeMap<String, PthTensor>, origin: &Path) -> Result<()> {
+    let arch = crate::models::parse(&model.arch)?;
     let mut by_zoo: BTreeMap<String, (&String, &PthTensor)> = BTreeMap::new();
     for (k, t) in tensors {
-        if let Some(z) = zoo_name(k) {
+        if let Some(z) = zoo_name(&arch, k) {
             by_zoo.insert(z, (k, t));
         }
     }
@@ -174,4 +219,36 @@ pub fn import(
         }),
     )?;
     Ok((json, test_acc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(arch: &str, key: &str) -> Option<String> {
+        zoo_name(&crate::models::parse(arch).unwrap(), key)
+    }
+
+    #[test]
+    fn reference_names_map_to_the_zoos() {
+        let cases = [
+            ("resnet56", "layer2.0.downsample.1.running_var", "layer2.0.shortcut.1.running_var"),
+            ("resnet56", "fc.weight", "fc.weight"),
+            ("resnet18", "layer2.0.downsample.0.weight", "layer2.0.downsample.0.weight"),
+            ("wrn_40_2", "block1.layer.0.convShortcut.weight", "block1.0.shortcut.weight"),
+            ("wrn_40_2", "block3.layer.5.bn1.bias", "block3.5.bn1.bias"),
+            ("wrn_40_2", "bn1.running_mean", "bn.running_mean"),
+            ("wrn_40_2", "conv1.weight", "conv1.weight"),
+            ("vgg13", "block0.0.weight", "stage1.0.conv.weight"),
+            ("vgg13", "block4.4.running_var", "stage5.1.bn.running_var"),
+            ("vgg13", "classifier.bias", "fc.bias"),
+            ("mobilenetv2_x0_5", "blocks.6.0.conv.7.weight", "blocks.6.0.conv.7.weight"),
+        ];
+        for (arch, key, want) in cases {
+            assert_eq!(name(arch, key).as_deref(), Some(want), "{arch}: {key}");
+        }
+        assert_eq!(name("wrn_40_2", "block1.layer.0.bn1.num_batches_tracked"), None);
+        // A name the mapping does not know passes through, to be reported as unexpected.
+        assert_eq!(name("vgg13", "block0.2.weight").as_deref(), Some("block0.2.weight"));
+    }
 }
