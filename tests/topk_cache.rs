@@ -55,8 +55,8 @@ fn records_are_the_loaders_crops_with_the_live_teachers_top_k_and_replay_exactly
                 // The stored top-k is the live teacher's on that crop (f16-rounded).
                 let mut x = vec![0f32; shape.numel()];
                 aug.apply(data.train.image(i), shape, aug.view(v as usize), &mut x);
-                let live = Vec::<f32>::try_from(t.model.infer(&Tensor::from_slice(&x).view([1, 1, 28, 28])).view(-1))
-                    .unwrap();
+                let live =
+                    Vec::<f32>::try_from(t.model.infer(&Tensor::from_slice(&x).view([1, 1, 28, 28])).view(-1)).unwrap();
                 let want = top_k(&live, 3);
                 assert_eq!(top.classes, want.classes);
                 for (a, b) in top.logits.iter().zip(&want.logits).chain([(&top.fill, &want.fill)]) {
@@ -107,16 +107,22 @@ fn damage_is_named_and_rebuilt_and_more_epochs_rebuild() {
     let row = 11 + 4 * 2;
     // A byte in epoch 2's rows, a byte of the header, a truncation: each named.
     let damaged: Vec<(Vec<u8>, &str)> = vec![
-        ({
-            let mut b = good.clone();
-            b[12 + header_len + 200 * row + 5] ^= 0x40;
-            b
-        }, "epochs 0..=2"),
-        ({
-            let mut b = good.clone();
-            b[20] ^= 0x01;
-            b
-        }, "damaged"),
+        (
+            {
+                let mut b = good.clone();
+                b[12 + header_len + 200 * row + 5] ^= 0x40;
+                b
+            },
+            "epochs 0..=2",
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[20] ^= 0x01;
+                b
+            },
+            "damaged",
+        ),
         (good[..good.len() - 9].to_vec(), "truncated"),
     ];
     for (bytes, what) in damaged {
@@ -158,7 +164,8 @@ fn full_k_teaches_what_the_full_logit_cache_teaches() {
     let mut histories = vec![];
     for cached in [Cached::Logits(full), Cached::TopK(topk)] {
         let t = Teacher::load(tdir.to_str().unwrap(), Device::Cpu).unwrap();
-        let mut obj = Distill { teacher: t, method: methods::build("kd", &methods::Table::new()).unwrap(), cache: Some(cached) };
+        let mut obj =
+            Distill { teacher: t, method: methods::build("kd", &methods::Table::new()).unwrap(), cache: Some(cached) };
         let out = tmp.path().join(format!("student-{}", histories.len()));
         histories.push(train(&cfg("cnn_w1", 2, 3), &data, &mut obj, &quiet(&out, "distill")).unwrap().history);
     }
@@ -174,7 +181,9 @@ fn full_k_teaches_what_the_full_logit_cache_teaches() {
 #[test]
 fn methods_that_read_the_non_target_classes_refuse_top_1() {
     let table = |method: &str, mode: &str| -> toml::Table {
-        format!("student = 'mlp_16x1'\nteacher = 'runs/t'\nmethod = '{method}'\nteacher_cache = '{mode}'").parse().unwrap()
+        format!("student = 'mlp_16x1'\nteacher = 'runs/t'\nmethod = '{method}'\nteacher_cache = '{mode}'")
+            .parse()
+            .unwrap()
     };
     for method in ["nckd", "dkd", "isats"] {
         let e = format!("{:#}", DistillConfig::from_table(table(method, "topk:1"), "run.toml").unwrap_err());
@@ -186,4 +195,37 @@ fn methods_that_read_the_non_target_classes_refuse_top_1() {
     }
     let e = format!("{:#}", DistillConfig::from_table(table("kd", "top5"), "run.toml").unwrap_err());
     assert!(e.contains("'teacher_cache'") && e.contains("topk:K"), "{e}");
+}
+
+#[test]
+fn the_cli_builds_and_distils_from_a_top_k_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_kdlab"))
+            .args(args)
+            .args(["--threads", "1", "--device", "cpu"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let data = ["--data", "fashion-mnist-mini", "--train-subset", "40"];
+    let (ok, out) =
+        run(&[&["train", "--model", "cnn_w1", "--epochs", "1", "--quiet", "--out", "t"], &data[..]].concat());
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["cache", "build", "--run", "t", "--topk", "2", "--seed", "4", "--epochs", "2"]);
+    assert!(ok && out.contains("2 epochs × 400 samples, top-2 of 10 classes (19 bytes a record, seed 4)"), "{out}");
+    let distill =
+        [&["distill", "--teacher", "t", "--student", "mlp_16x1", "--epochs", "2", "--seed", "4"], &data[..]].concat();
+    let (ok, out) = run(&[&distill[..], &["--teacher-cache", "topk:2", "--quiet", "--out", "s"]].concat());
+    assert!(ok && !out.contains("built the top-k"), "the cache built above is reused: {out}");
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("s/run.json")).unwrap()).unwrap();
+    let cache = &rec["extra"]["teacher_cache"];
+    assert_eq!(
+        (cache["mode"].as_str(), cache["k"].as_u64(), cache["seed"].as_u64()),
+        (Some("topk:2"), Some(2), Some(4))
+    );
+    let (ok, out) = run(&[&distill[..], &["--method", "nckd", "--teacher-cache", "topk:1", "--out", "n"]].concat());
+    assert!(!ok && out.contains("method 'nckd' cannot distil from teacher_cache = \"topk:1\""), "{out}");
 }

@@ -83,7 +83,13 @@ impl Loader {
         Self::start(split, augment, spec, epoch, Some(views))
     }
 
-    fn start(split: Arc<Split>, augment: Arc<Augment>, spec: LoaderSpec, epoch: u64, replay: Option<Vec<u32>>) -> Loader {
+    fn start(
+        split: Arc<Split>,
+        augment: Arc<Augment>,
+        spec: LoaderSpec,
+        epoch: u64,
+        replay: Option<Vec<u32>>,
+    ) -> Loader {
         let batches = batch_count(split.len(), &spec);
         let (tx, rx) = sync_channel::<Batch>(3);
         let handle = std::thread::Builder::new()

@@ -36,8 +36,8 @@
 //! ```
 use crate::methods;
 use crate::train::checkpoint::RunRef;
-use crate::train::topk_cache::TeacherCache;
 use crate::train::config::{self, TrainConfig};
+use crate::train::topk_cache::TeacherCache;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -463,4 +463,26 @@ mod tests {
         assert!(series.contains("isats rule=bounded center_logits=true"), "{series:?}");
         assert_eq!(series.len(), 6, "{series:?}");
     }
+
+    #[test]
+    fn a_block_compares_teacher_caches_each_a_series_and_the_old_ids_stay() {
+        let dir = Path::new("/tmp/unused");
+        let block = "[[methods]]\nname = 'kd'\nteacher_cache = ['topk:1', 'topk:5', true]\n";
+        let runs = expand(&study(block), dir).unwrap();
+        let students: Vec<&RunSpec> = runs.iter().filter(|r| r.kind == Kind::Student).collect();
+        assert_eq!(students.len(), 2 * 3 * 2, "2 teachers × 3 caches × 2 seeds");
+        let series: std::collections::BTreeSet<&str> = students.iter().map(|r| r.series.as_str()).collect();
+        assert_eq!(series.into_iter().collect::<Vec<_>>(), ["kd cache=logits", "kd cache=topk:1", "kd cache=topk:5"]);
+        assert!(students.iter().any(|r| r.teacher_cache == TeacherCache::TopK(5)));
+        // A block's `true` is the [students] `true` of studies written before top-k: the same runs.
+        let old = expand(&study("teacher_cache = true\n[[methods]]\nname = 'kd'\n"), dir).unwrap();
+        let logits: Vec<&String> =
+            students.iter().filter(|r| r.teacher_cache == TeacherCache::Logits).map(|r| &r.id).collect();
+        assert_eq!(old.iter().filter(|r| r.kind == Kind::Student).map(|r| &r.id).collect::<Vec<_>>(), logits);
+        // A method that cannot read a top-1 cache is refused when the study is read.
+        let text = "data = 'fashion-mnist-mini'\n[teachers]\nmodels = ['cnn_w1']\n[students]\nmodels = ['mlp_32x1']\n\
+                    [[methods]]\nname = 'dkd'\nteacher_cache = 'topk:1'\n";
+        let e = format!("{:#}", StudyConfig::from_table(text.parse().unwrap(), "s.toml", "s").unwrap_err());
+        assert!(e.contains("s.toml methods[0]") && e.contains("method 'dkd' cannot"), "{e}");
+    }
 }

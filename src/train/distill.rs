@@ -10,10 +10,10 @@ use std::path::Path;
 use tch::Tensor;
 
 use super::teacher::InputNorm;
+pub use super::teacher::Teacher;
 use super::topk_cache::{self, TeacherCache, TopKCache};
 use crate::data::augment::Augment;
 use crate::data::Shape;
-pub use super::teacher::Teacher;
 
 pub struct Distill {
     pub teacher: Teacher,
@@ -266,8 +266,10 @@ pub fn run(
         Some(Cached::Logits(c)) => {
             Some(serde_json::json!({"file": c.path.display().to_string(), "views": c.header.views}))
         }
-        Some(Cached::TopK(c)) => Some(serde_json::json!({"file": c.path.display().to_string(), "mode": cfg.teacher_cache,
-            "k": c.header.k, "epochs": c.header.epochs, "seed": c.header.seed, "fill_tau": c.header.fill_tau})),
+        Some(Cached::TopK(c)) => {
+            Some(serde_json::json!({"file": c.path.display().to_string(), "mode": cfg.teacher_cache,
+            "k": c.header.k, "epochs": c.header.epochs, "seed": c.header.seed, "fill_tau": c.header.fill_tau}))
+        }
     };
     if let (Some(o), Some(d)) = (record.as_object_mut(), described) {
         o.insert("teacher_cache".into(), d);

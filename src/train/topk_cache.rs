@@ -74,8 +74,11 @@ impl CropRecord {
     pub fn to_view(self, pad: usize, shape: Shape) -> Option<View> {
         let p = pad as i16;
         let inside = |o: i16| (-p..=p).contains(&o);
-        (self.h as usize == shape.h && self.w as usize == shape.w && inside(self.y) && inside(self.x))
-            .then(|| View { dy: (self.y + p) as u16, dx: (self.x + p) as u16, flip: self.flip })
+        (self.h as usize == shape.h && self.w as usize == shape.w && inside(self.y) && inside(self.x)).then(|| View {
+            dy: (self.y + p) as u16,
+            dx: (self.x + p) as u16,
+            flip: self.flip,
+        })
     }
 
     fn encode(self, out: &mut Vec<u8>) {
@@ -502,7 +505,9 @@ impl TopKCache {
         let epoch_bytes = (self.header.samples * self.header.row_bytes()).max(1);
         for (b, want) in table.chunks_exact(4).enumerate() {
             let (lo, hi) = (b * block, ((b + 1) * block).min(data));
-            if crc32fast::hash(&self.map[self.offset + lo..self.offset + hi]) != u32::from_le_bytes(want.try_into().unwrap()) {
+            if crc32fast::hash(&self.map[self.offset + lo..self.offset + hi])
+                != u32::from_le_bytes(want.try_into().unwrap())
+            {
                 bail!(
                     "the top-k teacher cache {} fails its checksum in block {} of {} (bytes {lo}..{hi}, epochs {}..={}): the file is damaged",
                     self.path.display(),
@@ -542,7 +547,9 @@ impl TopKCache {
         let top = TopK {
             fill: f16::from_le_bytes(u(9)).to_f32(),
             classes: (0..k).map(|j| u16::from_le_bytes([entries[2 * j], entries[2 * j + 1]])).collect(),
-            logits: (0..k).map(|j| f16::from_le_bytes([entries[2 * (k + j)], entries[2 * (k + j) + 1]]).to_f32()).collect(),
+            logits: (0..k)
+                .map(|j| f16::from_le_bytes([entries[2 * (k + j)], entries[2 * (k + j) + 1]]).to_f32())
+                .collect(),
         };
         (CropRecord::decode(row), top)
     }
@@ -703,7 +710,8 @@ mod tests {
                 assert!(rebuilt.iter().enumerate().all(|(c, &l)| t.classes.contains(&(c as u16)) || l == t.fill));
                 // At τ = FILL_TAU the missing classes keep their total probability (up to f16).
                 let (full, part) = (softmax(&row, FILL_TAU), softmax(&rebuilt, FILL_TAU));
-                let missing = |p: &[f64]| (0..10).filter(|c| !t.classes.contains(&(*c as u16))).map(|c| p[c]).sum::<f64>();
+                let missing =
+                    |p: &[f64]| (0..10).filter(|c| !t.classes.contains(&(*c as u16))).map(|c| p[c]).sum::<f64>();
                 assert!((missing(&full) - missing(&part)).abs() < 2e-3, "{} vs {}", missing(&full), missing(&part));
                 if k == 10 {
                     let f16_row: Vec<f32> = row.iter().map(|&l| f16::from_f32(l).to_f32()).collect();
