@@ -44,7 +44,7 @@ def fills(logits, k, tau):
         "mass@1": mass(1.0),
         "mass@4": mass(4.0),
         "mean": tail.mean(axis=1),
-        "drop": np.full(len(logits), -1e30),
+        "drop": np.full(len(logits), -np.inf),
         "oracle": mass(tau),
     }
 
