@@ -4,7 +4,7 @@ use kdlab::data::augment::Augment;
 use kdlab::methods;
 use kdlab::train::cache::{self, LogitCache};
 use kdlab::train::config::TrainConfig;
-use kdlab::train::distill::{Distill, Teacher};
+use kdlab::train::distill::{Cached, Distill, Teacher};
 use kdlab::train::objective::CrossEntropy;
 use kdlab::train::trainer::{train, RunOptions};
 use tch::{Device, Tensor};
@@ -51,7 +51,11 @@ fn cached_logits_equal_a_live_forward_and_distillation_agrees() {
     for use_cache in [false, true, true] {
         let t = Teacher::load(tdir.to_str().unwrap(), Device::Cpu).unwrap();
         let cache = use_cache.then(|| cache::open_or_build(&tdir, &t.model, &t.meta, &data, true, true).unwrap());
-        let mut obj = Distill { teacher: t, method: methods::build("kd", &methods::Table::new()).unwrap(), cache };
+        let mut obj = Distill {
+            teacher: t,
+            method: methods::build("kd", &methods::Table::new()).unwrap(),
+            cache: cache.map(Cached::Logits),
+        };
         let out = tmp.path().join(format!("student-{use_cache}-{}", curves.len()));
         let r = train(
             &cfg("cnn_w1", 2),

@@ -7,6 +7,7 @@ use crate::methods::{self, LossInput};
 use crate::train::config;
 use crate::train::distill::{self, DistillConfig};
 use crate::train::teacher::{self, InputNorm};
+use crate::train::topk_cache;
 use crate::util::fmt;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -156,10 +157,12 @@ impl clap::FromArgMatches for MethodFlags {
 /// Distillation-only switches.
 #[derive(Args, Clone, Debug, Default)]
 pub struct CacheFlag {
-    /// Read the teacher's logits from its logit cache (built on first use: every augmentation view
-    /// of every training image) instead of running the teacher at each step.
-    #[arg(long)]
-    pub teacher_cache: bool,
+    /// Read the teacher's outputs from a cache (built on first use) instead of running the teacher
+    /// at each step: `logits` (the default when given without a value) stores every augmentation
+    /// view of every training image; `topk:K` stores, per epoch, the crop each image drew and the
+    /// teacher's K largest logits (FKD; for data sets too large for the first).
+    #[arg(long, num_args = 0..=1, default_missing_value = "logits", value_name = "MODE")]
+    pub teacher_cache: Option<String>,
 }
 
 /// A TorchScript teacher's input normalisation, where it is not the data set's profile.
@@ -236,8 +239,8 @@ fn resolve(a: &DistillArgs) -> Result<DistillConfig> {
             table.insert(k.into(), toml::Value::String(v.clone()));
         }
     }
-    if a.cache.teacher_cache {
-        table.insert("teacher_cache".into(), toml::Value::Boolean(true));
+    if let Some(mode) = &a.cache.teacher_cache {
+        table.insert("teacher_cache".into(), toml::Value::String(mode.clone()));
     }
     for (k, v) in [("teacher_mean", &a.norm.teacher_mean), ("teacher_std", &a.norm.teacher_std)] {
         if let Some(v) = v {
@@ -396,7 +399,9 @@ pub fn loss(a: LossArgs) -> Result<()> {
 
 #[derive(clap::Subcommand)]
 pub enum CacheCommand {
-    /// Compute a teacher's logits for every training image and augmentation view, once.
+    /// Compute a teacher's logits for every training image and augmentation view, once; or, with
+    /// --topk K, the crop each image draws in each epoch of a run with --seed and --epochs and the
+    /// teacher's K largest logits on it (what `--teacher-cache topk:K` reads).
     Build {
         /// The teacher run (optionally @best, @last or @epochN), or a TorchScript file (the cache
         /// then lives in the file's directory, under logit-cache/).
@@ -408,6 +413,15 @@ pub enum CacheCommand {
         /// Cache the views of the students' augmentation (true) or the plain images only (false).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         augment: bool,
+        /// Build the top-k cache (FKD) with this K instead of every view's logits.
+        #[arg(long, requires = "epochs")]
+        topk: Option<usize>,
+        /// With --topk: the student run's seed, whose loader draws the crops.
+        #[arg(long, default_value_t = 0, requires = "topk")]
+        seed: u64,
+        /// With --topk: the epochs to record (the student run's `epochs`).
+        #[arg(long, requires = "topk")]
+        epochs: Option<usize>,
         #[command(flatten)]
         norm: TeacherNormFlags,
         #[command(flatten)]
@@ -416,10 +430,26 @@ pub enum CacheCommand {
 }
 
 pub fn cache(c: CacheCommand) -> Result<()> {
-    let CacheCommand::Build { run, data, augment, norm, rt } = c;
+    let CacheCommand::Build { run, data, augment, topk, seed, epochs, norm, rt } = c;
     let device = rt.init()?;
     let ds = teacher::teacher_data(&run, data.as_deref())?;
     let teacher = teacher::Teacher::open(&run, device, &ds, &norm.norm())?;
+    if let (Some(k), Some(epochs)) = (topk, epochs) {
+        let req = topk_cache::Request { meta: &teacher.meta, data: &ds, augment, seed, epochs, k };
+        let c = topk_cache::open_or_build(&teacher.cache_dir(), &teacher.model, &req, false)?;
+        let h = &c.header;
+        println!(
+            "{}: {} epochs × {} samples, top-{} of {} classes ({} bytes a record, seed {})",
+            c.path.display(),
+            h.epochs,
+            h.samples,
+            h.k,
+            h.classes,
+            h.row_bytes(),
+            h.seed
+        );
+        return Ok(());
+    }
     let c =
         crate::train::cache::open_or_build(&teacher.cache_dir(), &teacher.model, &teacher.meta, &ds, augment, false)?;
     println!(

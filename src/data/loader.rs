@@ -73,12 +73,30 @@ impl Loader {
     /// Starts producing the batches of `epoch`. With `spec.shuffle` the loader is in training
     /// mode (shuffled, and a one-sample remainder dropped).
     pub fn new(split: Arc<Split>, augment: Arc<Augment>, spec: LoaderSpec, epoch: u64) -> Loader {
+        Self::start(split, augment, spec, epoch, None)
+    }
+
+    /// As `new`, but sample i gets the view `views[i]` (recorded crops replayed, as from a top-k
+    /// teacher cache) instead of one drawn from the seed; the order is still the seed's.
+    pub fn replay(split: Arc<Split>, augment: Arc<Augment>, spec: LoaderSpec, epoch: u64, views: Vec<u32>) -> Loader {
+        assert_eq!(views.len(), split.len(), "one replayed view per sample");
+        Self::start(split, augment, spec, epoch, Some(views))
+    }
+
+    fn start(
+        split: Arc<Split>,
+        augment: Arc<Augment>,
+        spec: LoaderSpec,
+        epoch: u64,
+        replay: Option<Vec<u32>>,
+    ) -> Loader {
         let batches = batch_count(split.len(), &spec);
         let (tx, rx) = sync_channel::<Batch>(3);
         let handle = std::thread::Builder::new()
             .name("kdlab-loader".into())
             .spawn(move || {
-                let (order, views) = epoch_plan(split.len(), &spec, &augment, epoch);
+                let (order, drawn) = epoch_plan(split.len(), &spec, &augment, epoch);
+                let views = replay.unwrap_or(drawn);
                 let numel = split.shape.numel();
                 for b in 0..batches {
                     let lo = b * spec.batch_size;

@@ -65,6 +65,10 @@ impl Method for Dkd {
     fn name(&self) -> &'static str {
         "dkd"
     }
+    /// Needs k ≥ 2 from a top-k teacher cache: its NCKD term is the non-target distribution.
+    fn min_topk(&self) -> usize {
+        2
+    }
     fn terms(&mut self, x: &LossInput) -> Vec<(String, Tensor)> {
         let (s, t) = if self.standardize {
             (standardize(x.student), standardize(x.teacher))

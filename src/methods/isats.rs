@@ -443,6 +443,10 @@ impl Method for Isats {
     fn name(&self) -> &'static str {
         "isats"
     }
+    /// Needs k ≥ 2 from a top-k teacher cache: its τ2 rules read the spread of the non-target probabilities.
+    fn min_topk(&self) -> usize {
+        2
+    }
     fn terms(&mut self, x: &LossInput) -> Vec<(String, Tensor)> {
         let t = prepare(x.teacher, self.center_logits);
         let memo = &mut self.tau_star;

@@ -46,6 +46,14 @@ pub trait Method: Send {
     fn end_epoch(&mut self) -> Option<serde_json::Value> {
         None
     }
+    /// The fewest classes a top-k teacher cache must keep for the method to read the teacher as it
+    /// means to (see `train::topk_cache`: the other classes share one fill logit). Methods that
+    /// read only the softened target as a whole take any k; those whose signal is the shape of
+    /// the non-target distribution need k ≥ 2, since at k = 1 a right teacher's non-target
+    /// classes are all equal.
+    fn min_topk(&self) -> usize {
+        1
+    }
     /// The first epoch from which the loss no longer changes with the epoch (DKD: the end of its
     /// warm-up): `kdlab loss`'s default epoch.
     fn settled_epoch(&self) -> f64 {

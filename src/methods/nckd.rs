@@ -49,6 +49,10 @@ impl Method for Nckd {
     fn name(&self) -> &'static str {
         "nckd"
     }
+    /// Needs k ≥ 2 from a top-k teacher cache: its whole signal is the non-target distribution.
+    fn min_topk(&self) -> usize {
+        2
+    }
     fn terms(&mut self, x: &LossInput) -> Vec<(String, Tensor)> {
         let (s, t) = if self.standardize {
             (standardize(x.student), standardize(x.teacher))

@@ -37,6 +37,7 @@
 use crate::methods;
 use crate::train::checkpoint::RunRef;
 use crate::train::config::{self, TrainConfig};
+use crate::train::topk_cache::TeacherCache;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -66,8 +67,9 @@ pub struct StudentSet {
     pub train: TrainConfig,
     /// Per-student changes to `train` (`[students.overrides.mobilenetv2_x0_5] lr = 0.01`).
     pub overrides: BTreeMap<String, TrainConfig>,
-    /// Distil from each teacher's logit cache instead of running the teacher.
-    pub teacher_cache: bool,
+    /// Distil from a teacher cache instead of running the teacher (a `[[methods]]` block may
+    /// choose its own).
+    pub teacher_cache: TeacherCache,
 }
 
 /// One `[[methods]]` block: a method and a grid of its hyper-parameters.
@@ -92,6 +94,9 @@ pub struct MethodBlock {
     pub teacher_epoch: Option<usize>,
     pub assistant: Option<String>,
     pub label: Option<String>,
+    /// The teacher caches this block's runs distil from, each a run of its own (`teacher_cache =
+    /// ["topk:1", "topk:5", true]`); empty: the `[students]` setting.
+    pub teacher_cache: Vec<TeacherCache>,
 }
 
 /// A grid combination left out because the method declares its values incompatible.
@@ -121,7 +126,8 @@ const TOP_KEYS: [&str; 11] = [
 /// them): the data carving, so that the students' transfer set is the teachers' training set.
 const SHARED_TRAIN_KEYS: [&str; 3] = config::CARVING_KEYS;
 /// The keys of a `[[methods]]` block that are not the method's hyper-parameters.
-pub const BLOCK_KEYS: [&str; 6] = ["name", "teachers", "students", "teacher_epoch", "assistant", "label"];
+pub const BLOCK_KEYS: [&str; 7] =
+    ["name", "teachers", "students", "teacher_epoch", "assistant", "label", "teacher_cache"];
 
 fn unknown(origin: &str, key: &str, allowed: &[String]) -> anyhow::Error {
     let hint = crate::util::text::did_you_mean(key, allowed);
@@ -273,9 +279,8 @@ impl StudentSet {
             train: train_section(s, &format!("{origin} [students]"), &["models", "teacher_cache", "overrides"], data)?,
             overrides: Self::overrides(s, data, origin)?,
             teacher_cache: match s.get("teacher_cache") {
-                None => false,
-                Some(toml::Value::Boolean(b)) => *b,
-                Some(v) => bail!("{origin}: students.teacher_cache should be true or false, found {v}"),
+                None => TeacherCache::Off,
+                Some(v) => TeacherCache::from_toml(v, "students.teacher_cache", origin)?,
             },
         };
         if students.models.is_empty() {
@@ -431,8 +436,15 @@ impl MethodBlock {
         if let Some(a) = &assistant {
             crate::models::parse(a).with_context(|| origin.to_string())?;
         }
-        if name == "ce" && (assistant.is_some() || teacher_epoch.is_some()) {
-            bail!("{origin}: 'ce' uses no teacher, so teacher_epoch and assistant do not apply");
+        if name == "ce" && (assistant.is_some() || teacher_epoch.is_some() || b.contains_key("teacher_cache")) {
+            bail!("{origin}: 'ce' uses no teacher, so teacher_epoch, assistant and teacher_cache do not apply");
+        }
+        let teacher_cache = block_caches(b, origin)?;
+        for (params, cache) in grid.iter().flat_map(|p| teacher_cache.iter().map(move |c| (p, c))) {
+            if let TeacherCache::TopK(k) = cache {
+                crate::train::distill::check_topk(entry.build(params)?.as_ref(), *k)
+                    .with_context(|| origin.to_string())?;
+            }
         }
         Ok(MethodBlock {
             name,
@@ -444,7 +456,17 @@ impl MethodBlock {
             teacher_epoch,
             assistant,
             label: b.get("label").and_then(|v| v.as_str()).map(str::to_string),
+            teacher_cache,
         })
+    }
+
+    /// The teacher caches of this block's runs, given the `[students]` setting.
+    pub fn caches(&self, students: TeacherCache) -> Vec<TeacherCache> {
+        if self.teacher_cache.is_empty() {
+            vec![students]
+        } else {
+            self.teacher_cache.clone()
+        }
     }
 
     /// "methods[i] (ats): 9 of 30 combinations left out as incompatible: …", if any were.
@@ -473,6 +495,17 @@ impl MethodBlock {
             self.skipped.len() + self.grid.len(),
             reasons.join("; and ")
         ))
+    }
+}
+
+/// A block's `teacher_cache`: one mode or a list of them.
+fn block_caches(b: &toml::Table, origin: &str) -> Result<Vec<TeacherCache>> {
+    let key = "teacher_cache";
+    match b.get(key) {
+        None => Ok(vec![]),
+        Some(toml::Value::Array(a)) if a.is_empty() => bail!("{origin}: '{key}' is an empty list"),
+        Some(toml::Value::Array(a)) => a.iter().map(|v| TeacherCache::from_toml(v, key, origin)).collect(),
+        Some(v) => Ok(vec![TeacherCache::from_toml(v, key, origin)?]),
     }
 }
 

@@ -5,6 +5,7 @@ use super::config::{external_name, MethodBlock, StudyConfig};
 use crate::methods;
 use crate::train::checkpoint::{RunRef, Which};
 use crate::train::config::TrainConfig;
+use crate::train::topk_cache::TeacherCache;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -134,9 +135,10 @@ pub struct RunSpec {
     pub series: String,
     pub teacher: Option<TeacherRef>,
     pub depends_on: Vec<String>,
-    /// Distil from the teacher's logit cache instead of running the teacher.
+    /// Distil from a teacher cache instead of running the teacher (false/true in plans written
+    /// before top-k caches).
     #[serde(default)]
-    pub teacher_cache: bool,
+    pub teacher_cache: TeacherCache,
 }
 
 /// Reads `params`, dropping null values: plans stored before the methods had their own structs
@@ -248,13 +250,15 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
     }
     for block in &study.methods {
         for params in &block.grid {
-            let point = GridPoint::new(block, params)?;
-            for teacher in point.teachers(&teachers) {
-                for student in
-                    study.students.models.iter().filter(|s| block.students.as_ref().is_none_or(|f| f.contains(s)))
-                {
-                    for &seed in &study.seeds {
-                        point.add_runs(&mut plan, study, study_dir, teacher, student, seed)?;
+            for cache in block.caches(study.students.teacher_cache) {
+                let point = GridPoint::new(block, params, cache)?;
+                for teacher in point.teachers(&teachers) {
+                    for student in
+                        study.students.models.iter().filter(|s| block.students.as_ref().is_none_or(|f| f.contains(s)))
+                    {
+                        for &seed in &study.seeds {
+                            point.add_runs(&mut plan, study, study_dir, teacher, student, seed)?;
+                        }
                     }
                 }
             }
@@ -278,7 +282,7 @@ fn trained_teacher(study: &StudyConfig, model: &str) -> Result<(RunSpec, Teacher
         series: "teacher".into(),
         teacher: None,
         depends_on: vec![],
-        teacher_cache: false,
+        teacher_cache: TeacherCache::Off,
     };
     let teacher = TeacherRef {
         name: model.to_string(),
@@ -313,12 +317,18 @@ struct GridPoint<'a> {
     params: &'a methods::Table,
     hyper: serde_json::Value,
     series: String,
+    teacher_cache: TeacherCache,
 }
 
 impl<'a> GridPoint<'a> {
-    fn new(block: &'a MethodBlock, params: &'a methods::Table) -> Result<GridPoint<'a>> {
+    fn new(block: &'a MethodBlock, params: &'a methods::Table, teacher_cache: TeacherCache) -> Result<GridPoint<'a>> {
         let hyper = methods::build(&block.name, params)?.hyper();
-        Ok(GridPoint { block, params, hyper, series: series_label(block, params) })
+        let mut series = series_label(block, params);
+        // A block that chooses its caches compares them: each is a series of its own.
+        if !block.teacher_cache.is_empty() {
+            series += &format!(" cache={teacher_cache}");
+        }
+        Ok(GridPoint { block, params, hyper, series, teacher_cache })
     }
 
     /// The teachers the block distils from (none for `ce`, which has no teacher).
@@ -356,7 +366,7 @@ impl<'a> GridPoint<'a> {
             plan.add(run);
         }
         let train = TrainConfig { seed, ..study.students.train_for(student) };
-        let teacher_cache = study.students.teacher_cache && t.is_some();
+        let teacher_cache = if t.is_some() { self.teacher_cache } else { TeacherCache::Off };
         let identity = serde_json::json!({"kind": "student", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": teacher_cache,
             "teacher": t.as_ref().map(|t| teacher_identity(t, study_dir)).transpose()?});
         let from = t.as_ref().map(|t| format!(" ← {}", t.name)).unwrap_or_default();
@@ -388,7 +398,7 @@ impl<'a> GridPoint<'a> {
     ) -> Result<RunSpec> {
         let block = self.block;
         let train = TrainConfig { seed, ..study.students.train_for(assistant) };
-        let identity = serde_json::json!({"kind": "assistant", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": study.students.teacher_cache,
+        let identity = serde_json::json!({"kind": "assistant", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": self.teacher_cache,
             "teacher": teacher_identity(teacher, study_dir)?});
         Ok(RunSpec {
             id: hash_id(&identity),
@@ -401,7 +411,7 @@ impl<'a> GridPoint<'a> {
             series: format!("{} assistant", block.name),
             teacher: Some(teacher.clone()),
             depends_on,
-            teacher_cache: study.students.teacher_cache,
+            teacher_cache: self.teacher_cache,
         })
     }
 }
@@ -452,5 +462,27 @@ mod tests {
         assert!(series.contains("isats rule=order center_logits=false"), "{series:?}");
         assert!(series.contains("isats rule=bounded center_logits=true"), "{series:?}");
         assert_eq!(series.len(), 6, "{series:?}");
+    }
+
+    #[test]
+    fn a_block_compares_teacher_caches_each_a_series_and_the_old_ids_stay() {
+        let dir = Path::new("/tmp/unused");
+        let block = "[[methods]]\nname = 'kd'\nteacher_cache = ['topk:1', 'topk:5', true]\n";
+        let runs = expand(&study(block), dir).unwrap();
+        let students: Vec<&RunSpec> = runs.iter().filter(|r| r.kind == Kind::Student).collect();
+        assert_eq!(students.len(), 2 * 3 * 2, "2 teachers × 3 caches × 2 seeds");
+        let series: std::collections::BTreeSet<&str> = students.iter().map(|r| r.series.as_str()).collect();
+        assert_eq!(series.into_iter().collect::<Vec<_>>(), ["kd cache=logits", "kd cache=topk:1", "kd cache=topk:5"]);
+        assert!(students.iter().any(|r| r.teacher_cache == TeacherCache::TopK(5)));
+        // A block's `true` is the [students] `true` of studies written before top-k: the same runs.
+        let old = expand(&study("teacher_cache = true\n[[methods]]\nname = 'kd'\n"), dir).unwrap();
+        let logits: Vec<&String> =
+            students.iter().filter(|r| r.teacher_cache == TeacherCache::Logits).map(|r| &r.id).collect();
+        assert_eq!(old.iter().filter(|r| r.kind == Kind::Student).map(|r| &r.id).collect::<Vec<_>>(), logits);
+        // A method that cannot read a top-1 cache is refused when the study is read.
+        let text = "data = 'fashion-mnist-mini'\n[teachers]\nmodels = ['cnn_w1']\n[students]\nmodels = ['mlp_32x1']\n\
+                    [[methods]]\nname = 'dkd'\nteacher_cache = 'topk:1'\n";
+        let e = format!("{:#}", StudyConfig::from_table(text.parse().unwrap(), "s.toml", "s").unwrap_err());
+        assert!(e.contains("s.toml methods[0]") && e.contains("method 'dkd' cannot"), "{e}");
     }
 }

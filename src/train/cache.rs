@@ -104,7 +104,7 @@ fn expected_header(meta: &CheckpointMeta, data: &Dataset, augment: bool) -> Head
 }
 
 /// Free bytes on the file system holding `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -123,24 +123,7 @@ pub fn open_or_build(
 ) -> Result<LogitCache> {
     let path = cache_path(teacher_dir, meta, data, augment);
     let want = expected_header(meta, data, augment);
-    let dir = path.parent().expect("in logit-cache/");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // One builder at a time per teacher (sweep workers may share a teacher); the others wait.
-    let lock = std::fs::File::options().create(true).truncate(false).write(true).open(dir.join(".lock"))?;
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    }
-    // A build killed mid-write (kill -9, a power cut) leaves its temporary file, as large as the
-    // cache; the finished file was never replaced, so only the temporary needs removing.
-    let stale = atomic::remove_stale_temps(dir);
-    if stale > 0 {
-        eprintln!(
-            "note: removed {stale} unfinished teacher-logit cache file(s) left in {} by an interrupted build",
-            dir.display()
-        );
-    }
+    let lock = lock_cache_dir(path.parent().expect("in logit-cache/"))?;
     if path.exists() {
         match LogitCache::open(&path) {
             Ok(c) if c.header == want => return Ok(c),
@@ -157,8 +140,31 @@ pub fn open_or_build(
     LogitCache::open(&path)
 }
 
+/// Creates the cache directory `dir` and locks it: one builder at a time per teacher (sweep
+/// workers may share a teacher); the others wait until the returned file is dropped. Removes the
+/// temporary files of interrupted builds.
+pub(crate) fn lock_cache_dir(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lock = std::fs::File::options().create(true).truncate(false).write(true).open(dir.join(".lock"))?;
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    }
+    // A build killed mid-write (kill -9, a power cut) leaves its temporary file, as large as the
+    // cache; the finished file was never replaced, so only the temporary needs removing.
+    let stale = atomic::remove_stale_temps(dir);
+    if stale > 0 {
+        eprintln!(
+            "note: removed {stale} unfinished teacher-logit cache file(s) left in {} by an interrupted build",
+            dir.display()
+        );
+    }
+    Ok(lock)
+}
+
 /// The first header field that differs, for the message.
-fn header_difference(have: &Header, want: &Header) -> String {
+pub(crate) fn header_difference<H: Serialize>(have: &H, want: &H) -> String {
     let (a, b) = (serde_json::to_value(have).unwrap_or_default(), serde_json::to_value(want).unwrap_or_default());
     let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return String::new() };
     b.iter()
@@ -168,7 +174,7 @@ fn header_difference(have: &Header, want: &Header) -> String {
 }
 
 /// CRC-32s of consecutive `block`-byte blocks of a byte stream fed in pieces of any size.
-struct BlockSums {
+pub(crate) struct BlockSums {
     block: usize,
     filled: usize,
     hasher: crc32fast::Hasher,
@@ -176,11 +182,11 @@ struct BlockSums {
 }
 
 impl BlockSums {
-    fn new(block: usize) -> BlockSums {
+    pub(crate) fn new(block: usize) -> BlockSums {
         BlockSums { block, filled: 0, hasher: crc32fast::Hasher::new(), sums: vec![] }
     }
 
-    fn add(&mut self, mut bytes: &[u8]) {
+    pub(crate) fn add(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let take = (self.block - self.filled).min(bytes.len());
             self.hasher.update(&bytes[..take]);
@@ -193,7 +199,7 @@ impl BlockSums {
         }
     }
 
-    fn finish(mut self) -> Vec<u32> {
+    pub(crate) fn finish(mut self) -> Vec<u32> {
         if self.filled > 0 {
             self.sums.push(self.hasher.finalize());
         }
@@ -202,12 +208,12 @@ impl BlockSums {
 }
 
 /// Blocks of `block` bytes in `data` bytes of logits.
-fn block_count(data: usize, block: usize) -> usize {
+pub(crate) fn block_count(data: usize, block: usize) -> usize {
     data.div_ceil(block)
 }
 
 /// The CRC-32 over the file's head (magic … padding) and its block table.
-fn table_sum(head: &[u8], table: &[u8]) -> u32 {
+pub(crate) fn table_sum(head: &[u8], table: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(head);
     h.update(table);

@@ -11,12 +11,36 @@ use tch::Tensor;
 
 use super::teacher::InputNorm;
 pub use super::teacher::Teacher;
+use super::topk_cache::{self, TeacherCache, TopKCache};
+use crate::data::augment::Augment;
+use crate::data::Shape;
 
 pub struct Distill {
     pub teacher: Teacher,
     pub method: Box<dyn Method>,
-    /// The teacher's logits for every (sample, view), when cached: the teacher is not run.
-    pub cache: Option<super::cache::LogitCache>,
+    /// The teacher's outputs, when cached: the teacher is not run.
+    pub cache: Option<Cached>,
+}
+
+/// A teacher cache opened for a distillation.
+pub enum Cached {
+    /// The logits of every (sample, view).
+    Logits(super::cache::LogitCache),
+    /// Each epoch's sampled crops with the teacher's top-k logits (the loader replays the crops).
+    TopK(TopKCache),
+}
+
+/// Refuses a method that cannot read a top-k teacher cache with this k (`Method::min_topk`).
+pub fn check_topk(method: &dyn Method, k: usize) -> Result<()> {
+    let need = method.min_topk();
+    if k < need {
+        bail!(
+            "method '{}' cannot distil from teacher_cache = \"topk:{k}\": its loss reads the teacher's non-target classes, \
+             which a top-{k} cache gives all the same logit; use topk:{need} or more, or teacher_cache = true",
+            method.name()
+        );
+    }
+    Ok(())
 }
 
 impl Objective for Distill {
@@ -25,13 +49,22 @@ impl Objective for Distill {
     }
     fn terms(&mut self, logits: &Tensor, input: &StepInput) -> Result<Vec<(String, Tensor)>> {
         let t = match &self.cache {
-            Some(c) => {
+            Some(Cached::Logits(c)) => {
                 c.lookup(&input.batch.indices, &input.batch.views).to_device(logits.device()).to_kind(logits.kind())
+            }
+            Some(Cached::TopK(c)) => {
+                c.lookup(input.epoch, &input.batch.indices)?.to_device(logits.device()).to_kind(logits.kind())
             }
             None => self.teacher.model.infer(input.images),
         };
         let x = LossInput { student: logits, teacher: &t, labels: input.labels, epoch: (input.epoch + 1) as f64 };
         Ok(self.method.terms(&x))
+    }
+    fn replay_views(&self, epoch: usize, augment: &Augment, shape: Shape) -> Result<Option<Vec<u32>>> {
+        match &self.cache {
+            Some(Cached::TopK(c)) => Ok(Some(c.view_ids(epoch, augment, shape)?)),
+            _ => Ok(None),
+        }
     }
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({ "method": self.method.name(), "hyper": self.method.hyper() })
@@ -53,9 +86,10 @@ pub struct DistillConfig {
     pub method: String,
     /// The method's hyper-parameters as given (the method fills in its defaults).
     pub params: methods::Table,
-    /// Read the teacher's logits from its logit cache (built on first use) instead of running it.
+    /// Read the teacher's outputs from a cache (built on first use) instead of running it: every
+    /// view's logits (`true`), or the sampled crops with top-k logits (`"topk:K"`).
     #[serde(default)]
-    pub teacher_cache: bool,
+    pub teacher_cache: TeacherCache,
     /// A TorchScript teacher's input normalisation (`teacher_mean`, `teacher_std`), where it is
     /// not the data set's profile.
     #[serde(flatten)]
@@ -85,9 +119,8 @@ impl DistillConfig {
             table.insert("model".into(), s);
         }
         let teacher_cache = match table.remove("teacher_cache") {
-            None => false,
-            Some(toml::Value::Boolean(b)) => b,
-            Some(v) => bail!("{origin}: key 'teacher_cache' should be true or false, found {v}"),
+            None => TeacherCache::Off,
+            Some(v) => TeacherCache::from_toml(&v, "teacher_cache", origin)?,
         };
         let mut take_floats = |k: &str| -> Result<Option<Vec<f64>>> {
             let as_f64 = |v: &toml::Value| v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
@@ -125,7 +158,10 @@ impl DistillConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.train.validate()?;
-        methods::build(&self.method, &self.params)?;
+        let method = methods::build(&self.method, &self.params)?;
+        if let TeacherCache::TopK(k) = self.teacher_cache {
+            check_topk(method.as_ref(), k)?;
+        }
         if let Some(a) = &self.assistant {
             crate::models::parse(a)?;
         }
@@ -201,17 +237,42 @@ pub fn run(
         );
     }
     let method = methods::build(&cfg.method, &cfg.params)?;
-    let cache = if cfg.teacher_cache {
-        let dir = teacher.cache_dir();
-        Some(super::cache::open_or_build(&dir, &teacher.model, &teacher.meta, &data, cfg.train.augment, quiet)?)
-    } else {
-        None
+    let dir = teacher.cache_dir();
+    let cache = match cfg.teacher_cache {
+        TeacherCache::Off => None,
+        TeacherCache::Logits => Some(Cached::Logits(super::cache::open_or_build(
+            &dir,
+            &teacher.model,
+            &teacher.meta,
+            &data,
+            cfg.train.augment,
+            quiet,
+        )?)),
+        TeacherCache::TopK(k) => {
+            check_topk(method.as_ref(), k)?;
+            let req = topk_cache::Request {
+                meta: &teacher.meta,
+                data: &data,
+                augment: cfg.train.augment,
+                seed: cfg.train.seed,
+                epochs: cfg.train.epochs,
+                k,
+            };
+            Some(Cached::TopK(topk_cache::open_or_build(&dir, &teacher.model, &req, quiet)?))
+        }
     };
-    if let (Some(o), Some(c)) = (record.as_object_mut(), &cache) {
-        o.insert(
-            "teacher_cache".into(),
-            serde_json::json!({"file": c.path.display().to_string(), "views": c.header.views}),
-        );
+    let described = match &cache {
+        None => None,
+        Some(Cached::Logits(c)) => {
+            Some(serde_json::json!({"file": c.path.display().to_string(), "views": c.header.views}))
+        }
+        Some(Cached::TopK(c)) => {
+            Some(serde_json::json!({"file": c.path.display().to_string(), "mode": cfg.teacher_cache,
+            "k": c.header.k, "epochs": c.header.epochs, "seed": c.header.seed, "fill_tau": c.header.fill_tau}))
+        }
+    };
+    if let (Some(o), Some(d)) = (record.as_object_mut(), described) {
+        o.insert("teacher_cache".into(), d);
     }
     let mut objective = Distill { teacher, method, cache };
     let opts = RunOptions { extra: record, quiet, trace_steps, ..RunOptions::new(out, device, "distill") };

@@ -13,4 +13,5 @@ pub mod run;
 pub mod schedule;
 pub mod sgd;
 pub mod teacher;
+pub mod topk_cache;
 pub mod trainer;

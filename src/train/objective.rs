@@ -1,7 +1,9 @@
 //! What the trainer minimises. An objective turns the student's logits for a batch into named loss
 //! terms; the trainer sums them, logs each one, and backpropagates the sum. Plain training uses
 //! cross-entropy; the distillation methods implement the same trait.
+use crate::data::augment::Augment;
 use crate::data::loader::Batch;
+use crate::data::Shape;
 use anyhow::Result;
 use tch::Tensor;
 
@@ -27,6 +29,11 @@ pub trait Objective {
     /// Hyper-parameters and anything else that defines the objective, for run.json.
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({ "method": self.name() })
+    }
+    /// The view of every training sample in `epoch` when the objective prescribes them (a top-k
+    /// teacher cache replays the crops it recorded); None: the loader draws them from the seed.
+    fn replay_views(&self, _epoch: usize, _augment: &Augment, _shape: Shape) -> Result<Option<Vec<u32>>> {
+        Ok(None)
     }
     /// Per-epoch statistics worth keeping (e.g. ISATS's chosen temperatures); called once at the
     /// end of every epoch.

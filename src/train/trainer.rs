@@ -387,7 +387,10 @@ fn train_epochs(
     let mut trace: Vec<TracedStep> = vec![];
     for epoch in history.len()..end {
         let start = Instant::now();
-        let loader = Loader::new(train_split.clone(), augment.clone(), spec, epoch as u64);
+        let loader = match objective.replay_views(epoch, &augment, shape)? {
+            Some(views) => Loader::replay(train_split.clone(), augment.clone(), spec, epoch as u64, views),
+            None => Loader::new(train_split.clone(), augment.clone(), spec, epoch as u64),
+        };
         let steps = loader.batches();
         let bar = if opts.quiet {
             indicatif::ProgressBar::hidden()
