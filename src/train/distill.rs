@@ -201,6 +201,12 @@ pub fn run(
         );
     }
     let method = methods::build(&cfg.method, &cfg.params)?;
+    if cfg.teacher_cache && data.stream.is_some() {
+        bail!(
+            "--teacher-cache stores the teacher's logits for every discrete view, and {} (transform=imagenet) has continuous views (random-resized crops): leave --teacher-cache out to run the teacher on each batch",
+            data.name
+        );
+    }
     let cache = if cfg.teacher_cache {
         let dir = teacher.cache_dir();
         Some(super::cache::open_or_build(&dir, &teacher.model, &teacher.meta, &data, cfg.train.augment, quiet)?)
