@@ -138,14 +138,16 @@ fn fashion_mnist_as_png_and_jpeg_folders_train_like_the_idx_original() {
     let idx_dir = cwd.join("idx");
     std::fs::create_dir_all(&idx_dir).unwrap();
     for (prefix, split, per_class) in [("train", &src.train, train_per_class), ("t10k", &src.test, test_per_class)] {
-        let order: Vec<usize> = (0..10u16)
-            .flat_map(|c| (0..split.len()).filter(move |&i| split.labels[i] == c).take(per_class))
-            .collect();
+        let order: Vec<usize> =
+            (0..10u16).flat_map(|c| (0..split.len()).filter(move |&i| split.labels[i] == c).take(per_class)).collect();
         let part = split.select(&order);
         let labels: Vec<u8> = part.labels.iter().map(|&y| y as u8).collect();
         let encode = kdlab::data::idx::encode;
-        std::fs::write(idx_dir.join(format!("{prefix}-images-idx3-ubyte")), encode(&[part.len(), 28, 28], &part.images))
-            .unwrap();
+        std::fs::write(
+            idx_dir.join(format!("{prefix}-images-idx3-ubyte")),
+            encode(&[part.len(), 28, 28], &part.images),
+        )
+        .unwrap();
         std::fs::write(idx_dir.join(format!("{prefix}-labels-idx1-ubyte")), encode(&[part.len()], &labels)).unwrap();
     }
     let per_class = [train_per_class.to_string(), test_per_class.to_string()];
@@ -159,7 +161,12 @@ fn fashion_mnist_as_png_and_jpeg_folders_train_like_the_idx_original() {
         serde_json::from_slice(&o.stdout).unwrap()
     };
     let counts = |v: &serde_json::Value| -> Vec<(u64, u64)> {
-        v["per_class"].as_array().unwrap().iter().map(|c| (c["train"].as_u64().unwrap(), c["test"].as_u64().unwrap())).collect()
+        v["per_class"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["train"].as_u64().unwrap(), c["test"].as_u64().unwrap()))
+            .collect()
     };
     let (idx, png, jpeg) = (info("idx"), info("png"), info("jpeg"));
     assert_eq!(counts(&idx), vec![(30, 10); 10]);

@@ -90,7 +90,8 @@ fn write_folder(root: &Path, train: usize, val: usize) {
                 let (oy, ox) = (rng.below((h - 27) as u64) as usize, rng.below((w - 27) as u64) as usize);
                 let mut canvas = vec![60u8; h * w];
                 for y in 0..28 {
-                    canvas[(oy + y) * w + ox..(oy + y) * w + ox + 28].copy_from_slice(&split.image(i)[y * 28..(y + 1) * 28]);
+                    canvas[(oy + y) * w + ox..(oy + y) * w + ox + 28]
+                        .copy_from_slice(&split.image(i)[y * 28..(y + 1) * 28]);
                 }
                 let jpeg = k % 2 == 1;
                 let path = dir.join(format!("{i:05}.{}", if jpeg { "jpg" } else { "png" }));
@@ -163,7 +164,8 @@ fn a_streamed_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("imgs");
     write_folder(&root, 8, 3);
-    let data = kdlab::data::source::load(&format!("{}:transform=imagenet,size=24,store=stream", root.display())).unwrap();
+    let data =
+        kdlab::data::source::load(&format!("{}:transform=imagenet,size=24,store=stream", root.display())).unwrap();
     let cfg = TrainConfig { model: "cnn_w1".into(), epochs: 2, batch_size: 8, seed: 5, ..Default::default() };
     let quiet = |d: &Path| RunOptions { quiet: true, ..RunOptions::new(d, tch::Device::Cpu, "train") };
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
@@ -225,7 +227,11 @@ fn a_streamed_folder_trains_evaluates_distils_and_probes_through_the_cli() {
     let bad = cwd.join("imgs/train/bag/99999.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff\xe0 not really a JPEG").unwrap();
     let o = kdlab(&[&["train", "--data", data, "--model", "cnn_w1", "--out", "runs/bad"][..], &quick].concat(), cwd);
-    assert!(!o.status.success() && text(&o).contains("train/bag/99999.jpg") && text(&o).contains("bad=skip"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("train/bag/99999.jpg") && text(&o).contains("bad=skip"),
+        "{}",
+        text(&o)
+    );
     let skip = format!("{data},bad=skip");
     let out = ok(&[&["train", "--data", &skip, "--model", "cnn_w1", "--out", "runs/skip"][..], &quick].concat(), cwd);
     assert!(out.contains("warning: skipping") && out.contains("99999.jpg"), "{out}");

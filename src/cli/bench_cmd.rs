@@ -271,7 +271,9 @@ fn bench_loader(spec: &str, a: &BenchArgs) -> Result<()> {
         let images: usize = loader.by_ref().take(a.steps.min(available - 1)).map(|b| b.len()).sum();
         let secs = start.elapsed().as_secs_f64();
         loader.finish()?;
-        rows.push(serde_json::json!({"views": views, "images": images, "seconds": secs, "img_per_s": images as f64 / secs}));
+        rows.push(
+            serde_json::json!({"views": views, "images": images, "seconds": secs, "img_per_s": images as f64 / secs}),
+        );
     }
     let shape = ds.shape().to_string();
     let store = match &ds.stream {
@@ -280,7 +282,10 @@ fn bench_loader(spec: &str, a: &BenchArgs) -> Result<()> {
         None => "fixed (decoded in memory)",
     };
     if a.json {
-        println!("{}", serde_json::json!({"data": spec, "shape": shape, "store": store, "threads": threads, "batch": a.batch, "results": rows}));
+        println!(
+            "{}",
+            serde_json::json!({"data": spec, "shape": shape, "store": store, "threads": threads, "batch": a.batch, "results": rows})
+        );
         return Ok(());
     }
     for r in &rows {

@@ -527,7 +527,8 @@ fn load_streamed(dir: &Path, opts: &Options) -> Result<Dataset> {
     let (train_files, val_files, Placement { in_memory, note: store_note }) =
         choose_store(dir, train.files, val.files, opts, channels)?;
     let total = train_files.len() + val_files.len();
-    let bar = if in_memory { crate::util::progress::items_bar(total, "decoding") } else { indicatif::ProgressBar::hidden() };
+    let bar =
+        if in_memory { crate::util::progress::items_bar(total, "decoding") } else { indicatif::ProgressBar::hidden() };
     let split_images = |files: Vec<FileEntry>| -> Result<FolderImages> {
         let labels = files.iter().map(|f| f.class).collect();
         let paths = files.into_iter().map(|f| f.path).collect();
@@ -576,11 +577,8 @@ fn load_streamed(dir: &Path, opts: &Options) -> Result<Dataset> {
 /// ImageNet's per-channel mean and standard deviation (torchvision's models expect them); for
 /// grey images, the averages of the three.
 pub fn imagenet_profile(channels: usize, flip: bool) -> Profile {
-    let (mean, std) = if channels == 1 {
-        (vec![0.449], vec![0.226])
-    } else {
-        (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225])
-    };
+    let (mean, std) =
+        if channels == 1 { (vec![0.449], vec![0.226]) } else { (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]) };
     Profile { mean, std, pad: 0, flip }
 }
 
@@ -622,7 +620,8 @@ fn choose_store(
     let place = if bytes <= limit {
         placed(true, format!("in memory (store=auto: {:.2} GiB decoded, at most {:.2} GiB)", gib(bytes), gib(limit)))
     } else {
-        let note = format!("decoded per batch (store=auto: {:.2} GiB decoded would exceed {:.2} GiB)", gib(bytes), gib(limit));
+        let note =
+            format!("decoded per batch (store=auto: {:.2} GiB decoded would exceed {:.2} GiB)", gib(bytes), gib(limit));
         placed(false, note)
     };
     Ok((train, val, place))

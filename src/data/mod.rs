@@ -151,7 +151,10 @@ impl Dataset {
         use std::sync::Arc;
         let Some(s) = &self.stream else {
             let split = Arc::new(self.split(name)?.clone());
-            return Ok(loader::Feed::Memory { split, augment: Arc::new(augment::Augment::new(&self.profile, augment)) });
+            return Ok(loader::Feed::Memory {
+                split,
+                augment: Arc::new(augment::Augment::new(&self.profile, augment)),
+            });
         };
         let images = match name {
             "train" => s.train.clone(),

@@ -163,14 +163,16 @@ impl FileFeed {
         let mut crops = vec![CropBox { y: 0, x: 0, h: 0, w: 0, flip: false }; n];
         let mut errors: Vec<Option<anyhow::Error>> = (0..n).map(|_| None).collect();
         let work = images.chunks_mut(numel).zip(crops.iter_mut()).zip(errors.iter_mut()).enumerate();
-        par_each_on(self.threads, work, |k, ((out, crop), error)| match self.sample(idx[k] as usize, seed, epoch, out) {
-            Ok(c) => {
-                *crop = c;
-                true
-            }
-            Err(e) => {
-                *error = Some(e);
-                self.skip_bad
+        par_each_on(self.threads, work, |k, ((out, crop), error)| {
+            match self.sample(idx[k] as usize, seed, epoch, out) {
+                Ok(c) => {
+                    *crop = c;
+                    true
+                }
+                Err(e) => {
+                    *error = Some(e);
+                    self.skip_bad
+                }
             }
         });
         let bad: Vec<usize> = (0..n).filter(|&k| errors[k].is_some()).collect();

@@ -50,7 +50,12 @@ fn round_py(v: f64) -> i64 {
 /// `RandomResizedCrop.get_params` for an image of `height`×`width`: up to ten tries at a box of
 /// random area and log-uniform aspect ratio that fits, then the centre crop of the whole image
 /// clamped to the ratio range. Returns (y, x, h, w).
-pub fn random_resized_box(height: usize, width: usize, range: CropRange, rng: &mut Rng) -> (usize, usize, usize, usize) {
+pub fn random_resized_box(
+    height: usize,
+    width: usize,
+    range: CropRange,
+    rng: &mut Rng,
+) -> (usize, usize, usize, usize) {
     let area = (height * width) as f64;
     let (lr0, lr1) = (range.ratio.0.ln(), range.ratio.1.ln());
     for _ in 0..10 {
@@ -306,7 +311,7 @@ mod tests {
     fn the_fallback_is_torchvisions_centre_crop() {
         let r = CropRange::default();
         // Too wide (ratio 1000/32 > 4/3): full height, width round(32 · 4/3) = 43, centred.
-        assert_eq!(centre_fallback(32, 1000, r), ((0, (1000 - 43) / 2, 32, 43)));
+        assert_eq!(centre_fallback(32, 1000, r), (0, (1000 - 43) / 2, 32, 43));
         // Too tall: full width, height round(30 / 0.75) = 40.
         assert_eq!(centre_fallback(100, 30, r), (30, 0, 40, 30));
         // In range: the whole image.
