@@ -161,8 +161,7 @@ fn run_inputs(a: &ProbeArgs) -> Result<Inputs> {
                 ds.classes
             );
         }
-        let split = Arc::new(ds.split(&a.split)?.clone());
-        srcs.push(Box::new(RunSource::new(name, t.model, &ds, split, a.augment, a.seed)));
+        srcs.push(Box::new(RunSource::from_feed(name, t.model, ds.feed(&a.split, a.augment)?, a.seed)));
     }
     let ds = data.expect("at least one run");
     let labels = ds.split(&a.split)?.labels.iter().map(|&y| y as usize).collect();

@@ -13,7 +13,6 @@ use crate::util::fmt;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// Every key of the training configuration as a flag; a flag overrides the same key in --config.
 #[derive(Args, Clone, Debug, Default)]
@@ -207,8 +206,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let (model, meta, json) = checkpoint::load_model(&a.run, device)?;
     let ds = run_data(&json, a.data.as_deref())?;
     check_compatible(&meta, &ds)?;
-    let split = Arc::new(ds.split(&a.split)?.clone());
-    let r = eval::evaluate(&model, split, eval::plain_augment(&ds));
+    let r = eval::evaluate_feed(&model, ds.feed(&a.split, false)?)?;
     if a.json {
         let per_class: Vec<serde_json::Value> = ds
             .class_names
@@ -275,10 +273,10 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     let t = teacher::Teacher::open(&a.run, device, &ds, &a.norm.norm())?;
     let (model, meta) = (&t.model, &t.meta);
     check_compatible(meta, &ds)?;
-    let split = Arc::new(ds.split(&a.split)?.clone());
-    let n = split.len();
-    let labels: Vec<i64> = split.labels.iter().map(|&y| y as i64).collect();
-    let l = eval::logits(model, split, eval::plain_augment(&ds));
+    let feed = ds.feed(&a.split, false)?;
+    let n = feed.len();
+    let labels: Vec<i64> = feed.labels().iter().map(|&y| y as i64).collect();
+    let l = eval::logits_feed(model, feed)?;
     npy::write_f32(&a.out, &[n, meta.classes], &l)?;
     let labels_out = a.labels_out.unwrap_or_else(|| a.out.with_file_name("labels.npy"));
     npy::write_i64(&labels_out, &[n], &labels)?;

@@ -38,6 +38,7 @@ pub fn load() -> Result<Dataset> {
         classes: 10,
         class_names: full.class_names,
         profile: full.profile,
+        stream: None,
     })
 }
 

@@ -19,7 +19,9 @@
 //! - **Cache**: the decoded data set is kept in `$KDLAB_DATA/image-cache/` (a sha256-checked binary
 //!   file), reused while the folder's list of files, their sizes and modification times and the
 //!   options are unchanged, and rebuilt otherwise. A cache file that fails its check is rebuilt.
-use super::{catalog, Dataset, Shape, Split};
+use super::stream::{FolderImages, Store, Streamed};
+use super::transform::Recipe;
+use super::{catalog, Dataset, Profile, Shape, Split};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,15 +48,45 @@ pub struct Options {
     pub pad: Option<usize>,
     /// Read and write the decoded-image cache.
     pub cache: bool,
+    /// How images become network inputs: one fixed size with discrete views, or the ImageNet recipe.
+    pub transform: Transform,
+    /// The ImageNet recipe's evaluation resize (shorter side), default size · 256/224.
+    pub resize: Option<usize>,
+    /// The ImageNet recipe's pixel store (see [`super::stream`]).
+    pub store: Store,
+}
+
+/// `transform=`: how images become network inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transform {
+    /// Every image resized to `size` once, decoded into memory (and the cache); training views
+    /// are the profile's pad-and-crop offsets and flips.
+    Fixed,
+    /// torchvision's ImageNet recipe: random-resized crop and flip in training, resize and centre
+    /// crop in evaluation, from images of any size, decoded per batch or held in memory.
+    Imagenet,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { size: None, channels: None, skip_bad: false, flip: None, pad: None, cache: true }
+        Options {
+            size: None,
+            channels: None,
+            skip_bad: false,
+            flip: None,
+            pad: None,
+            cache: true,
+            transform: Transform::Fixed,
+            resize: None,
+            store: Store::Auto,
+        }
     }
 }
 
-const KEYS: [&str; 6] = ["size", "channels", "bad", "flip", "pad", "cache"];
+const KEYS: [&str; 9] = ["size", "channels", "bad", "flip", "pad", "cache", "transform", "resize", "store"];
+
+/// The ImageNet recipe's default output side.
+pub const IMAGENET_SIZE: usize = 224;
 
 impl Options {
     /// Parses `key=value,key=value` (the part of a data spec after the directory's colon).
@@ -92,6 +124,25 @@ impl Options {
                 "flip" => o.flip = Some(parse_bool(value).ok_or_else(|| bad("expected true or false"))?),
                 "cache" => o.cache = parse_bool(value).ok_or_else(|| bad("expected on or off"))?,
                 "pad" => o.pad = Some(value.parse().map_err(|_| bad("expected a number of pixels"))?),
+                "transform" => {
+                    o.transform = match value {
+                        "fixed" => Transform::Fixed,
+                        "imagenet" => Transform::Imagenet,
+                        _ => return Err(bad("expected fixed (one size, pad-and-crop views; the default) or imagenet (random-resized crops for training, resize and centre crop for evaluation)")),
+                    }
+                }
+                "resize" => match value.parse::<usize>() {
+                    Ok(r) if r > 0 => o.resize = Some(r),
+                    _ => return Err(bad("expected the evaluation resize's shorter side in pixels (256 for size=224)")),
+                },
+                "store" => {
+                    o.store = match value {
+                        "auto" => Store::Auto,
+                        "memory" => Store::Memory,
+                        "stream" => Store::Stream,
+                        _ => return Err(bad("expected auto (the default), memory (decode every image once and keep it) or stream (decode each batch from the files)")),
+                    }
+                }
                 other => {
                     let keys: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();
                     let hint = crate::util::text::did_you_mean(other, &keys);
@@ -99,7 +150,47 @@ impl Options {
                 }
             }
         }
+        o.check_transform()?;
         Ok(o)
+    }
+
+    /// Refuses keys that the chosen transform does not use, and settles the recipe's sizes.
+    fn check_transform(&mut self) -> Result<()> {
+        match self.transform {
+            Transform::Fixed => {
+                if self.resize.is_some() || self.store != Store::Auto {
+                    bail!("image-folder options resize= and store= are for transform=imagenet (the fixed transform decodes every image at size= into memory)");
+                }
+            }
+            Transform::Imagenet => {
+                if self.pad.is_some() {
+                    bail!("image-folder option pad= is the fixed transform's padding; transform=imagenet crops at random instead (drop pad=)");
+                }
+                let size = match self.size {
+                    None => IMAGENET_SIZE,
+                    Some((h, w)) if h == w => h,
+                    Some((h, w)) => bail!("image-folder option size={h}x{w}: transform=imagenet makes square inputs; give one side (size=224)"),
+                };
+                let resize = self.resize.unwrap_or_else(|| (size as f64 * 256.0 / 224.0).round() as usize);
+                if resize < size {
+                    bail!("image-folder option resize={resize} is smaller than size={size}: evaluation resizes the shorter side to resize= and then crops size x size from the centre");
+                }
+                self.size = Some((size, size));
+                self.resize = Some(resize);
+            }
+        }
+        Ok(())
+    }
+
+    /// The ImageNet recipe these options give (transform=imagenet).
+    pub fn recipe(&self) -> Recipe {
+        let size = self.size.map_or(IMAGENET_SIZE, |(h, _)| h);
+        Recipe {
+            size,
+            resize: self.resize.unwrap_or(size),
+            flip: self.flip.unwrap_or(true),
+            range: super::transform::CropRange::default(),
+        }
     }
 
     /// The options that change the decoded pixels, as they enter the cache key.
@@ -289,7 +380,7 @@ fn decode_into(path: &Path, shape: Shape, out: &mut [u8]) -> Result<()> {
 }
 
 /// Colour to grey as PIL's `convert("L")` (ITU-R 601-2 luma, in fixed point).
-fn luma601(rgb: &image::RgbImage) -> image::GrayImage {
+pub(crate) fn luma601(rgb: &image::RgbImage) -> image::GrayImage {
     let px = rgb
         .as_raw()
         .chunks_exact(3)
@@ -298,18 +389,29 @@ fn luma601(rgb: &image::RgbImage) -> image::GrayImage {
     image::GrayImage::from_raw(rgb.width(), rgb.height(), px).expect("sizes agree")
 }
 
-/// Number of decoding threads: every core, at most 16.
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(16)
+/// Number of decoding threads: `$KDLAB_LOADER_THREADS` when set, else every core, at most 16.
+/// The thread count never changes what is decoded, only how fast.
+pub fn threads() -> usize {
+    let env = std::env::var("KDLAB_LOADER_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok());
+    env.filter(|&n| n > 0).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(16))
 }
 
 /// Hands the items of `work` to a pool of threads, one at a time, calling `f(index, item)`; when
 /// `f` returns false no further items are handed out.
 fn par_each<S: Send, I: Iterator<Item = (usize, S)> + Send>(work: I, f: impl Fn(usize, S) -> bool + Sync) {
+    par_each_on(threads(), work, f)
+}
+
+/// As [`par_each`], on `threads` threads.
+pub(crate) fn par_each_on<S: Send, I: Iterator<Item = (usize, S)> + Send>(
+    threads: usize,
+    work: I,
+    f: impl Fn(usize, S) -> bool + Sync,
+) {
     let work = Mutex::new(work);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        for _ in 0..threads() {
+        for _ in 0..threads.max(1) {
             s.spawn(|| loop {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -324,7 +426,7 @@ fn par_each<S: Send, I: Iterator<Item = (usize, S)> + Send>(work: I, f: impl Fn(
     });
 }
 
-fn bad_file_error(path: &Path, e: &anyhow::Error) -> anyhow::Error {
+pub(crate) fn bad_file_error(path: &Path, e: &anyhow::Error) -> anyhow::Error {
     anyhow::anyhow!(
         "{}: cannot decode this image ({e:#}); fix or remove it, or add bad=skip to the data spec (DIR:bad=skip) to leave undecodable images out",
         path.display()
@@ -373,6 +475,9 @@ pub fn load(dir: &Path, opts: &Options) -> Result<Dataset> {
 
 /// Loads an image folder, with the cache in `cache_root`.
 pub fn load_with(dir: &Path, opts: &Options, cache_root: &Path) -> Result<(Dataset, CacheUse)> {
+    if opts.transform == Transform::Imagenet {
+        return Ok((load_streamed(dir, opts)?, CacheUse::Off));
+    }
     let (train, val) = index(dir)?;
     let (classes, eval_folder) = (train.classes.clone(), val.folder.clone());
     let cache_file = cache_path(dir, opts, cache_root);
@@ -405,8 +510,137 @@ pub fn load_with(dir: &Path, opts: &Options, cache_root: &Path) -> Result<(Datas
         classes: classes.len(),
         class_names: classes,
         profile,
+        stream: None,
     };
     Ok((ds, cache_use))
+}
+
+/// Loads an image folder under the ImageNet recipe: indexes the files (names, sizes and class
+/// folders only), settles the store, and decodes into memory only for `store=memory` (or `auto`
+/// on a small folder). The profile is ImageNet's normalisation.
+fn load_streamed(dir: &Path, opts: &Options) -> Result<Dataset> {
+    let (train, val) = index(dir)?;
+    let recipe = opts.recipe();
+    let channels = opts.channels.unwrap_or(3);
+    let fingerprint = stream_fingerprint(&train, &val, opts);
+    let (classes, eval_folder) = (train.classes.clone(), val.folder.clone());
+    let (train_files, val_files, Placement { in_memory, note: store_note }) =
+        choose_store(dir, train.files, val.files, opts, channels)?;
+    let total = train_files.len() + val_files.len();
+    let bar =
+        if in_memory { crate::util::progress::items_bar(total, "decoding") } else { indicatif::ProgressBar::hidden() };
+    let split_images = |files: Vec<FileEntry>| -> Result<FolderImages> {
+        let labels = files.iter().map(|f| f.class).collect();
+        let paths = files.into_iter().map(|f| f.path).collect();
+        if in_memory {
+            super::stream::decode_all(paths, labels, channels, opts.skip_bad, &bar)
+        } else {
+            Ok(FolderImages { files: paths, labels, decoded: None })
+        }
+    };
+    let train_images = split_images(train_files)?;
+    let test_images = split_images(val_files)?;
+    bar.finish_and_clear();
+    let shape = Shape { c: channels, h: recipe.size, w: recipe.size };
+    let labels_only = |f: &FolderImages| Split { images: vec![], labels: f.labels.clone(), shape };
+    eprintln!(
+        "image folder {}: {} classes, labelled in sorted folder-name order; {} train images (train/) and {} test images ({eval_folder}/), ImageNet recipe at {}: random-resized crops{} for training, resize to {} and centre crop for evaluation; {store_note}",
+        dir.display(),
+        classes.len(),
+        train_images.len(),
+        test_images.len(),
+        shape,
+        if recipe.flip { " and flips" } else { "" },
+        recipe.resize,
+    );
+    let streamed = Streamed {
+        train: std::sync::Arc::new(train_images),
+        test: std::sync::Arc::new(test_images),
+        recipe,
+        channels,
+        skip_bad: opts.skip_bad,
+        fingerprint,
+    };
+    Ok(Dataset {
+        name: dir_name(dir),
+        source: dir.display().to_string(),
+        train: labels_only(&streamed.train),
+        test: labels_only(&streamed.test),
+        val: None,
+        classes: classes.len(),
+        class_names: classes,
+        profile: imagenet_profile(channels, recipe.flip),
+        stream: Some(std::sync::Arc::new(streamed)),
+    })
+}
+
+/// ImageNet's per-channel mean and standard deviation (torchvision's models expect them); for
+/// grey images, the averages of the three.
+pub fn imagenet_profile(channels: usize, flip: bool) -> Profile {
+    let (mean, std) =
+        if channels == 1 { (vec![0.449], vec![0.226]) } else { (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]) };
+    Profile { mean, std, pad: 0, flip }
+}
+
+/// Where a streamed folder's pixels are kept, and why (for the load's summary line).
+struct Placement {
+    in_memory: bool,
+    note: String,
+}
+
+/// Settles `store=auto` (see [`super::stream`]) and returns the files to use (with bad=skip,
+/// those whose headers read) and where their pixels are kept.
+fn choose_store(
+    dir: &Path,
+    train: Vec<FileEntry>,
+    val: Vec<FileEntry>,
+    opts: &Options,
+    channels: usize,
+) -> Result<(Vec<FileEntry>, Vec<FileEntry>, Placement)> {
+    use super::stream::{MEMORY_MAX_BYTES, MEMORY_MAX_FILES};
+    let total = train.len() + val.len();
+    let placed = |in_memory: bool, note: String| Placement { in_memory, note };
+    match opts.store {
+        Store::Memory => return Ok((train, val, placed(true, "in memory (store=memory)".into()))),
+        Store::Stream => return Ok((train, val, placed(false, "decoded per batch (store=stream)".into()))),
+        Store::Auto if total > MEMORY_MAX_FILES => {
+            let note = format!("decoded per batch (store=auto: more than {MEMORY_MAX_FILES} images)");
+            return Ok((train, val, placed(false, note)));
+        }
+        Store::Auto => {}
+    }
+    let (train, train_headers) = headers(train, opts.skip_bad)?;
+    let (val, val_headers) = headers(val, opts.skip_bad)?;
+    if train.is_empty() || val.is_empty() {
+        bail!("{}: no decodable images left in train/ or val/", dir.display());
+    }
+    let bytes: u64 = train_headers.iter().chain(&val_headers).map(|h| (h.h * h.w * channels) as u64).sum();
+    let limit = available_memory().map_or(MEMORY_MAX_BYTES, |a| (a / 4).min(MEMORY_MAX_BYTES));
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let place = if bytes <= limit {
+        placed(true, format!("in memory (store=auto: {:.2} GiB decoded, at most {:.2} GiB)", gib(bytes), gib(limit)))
+    } else {
+        let note =
+            format!("decoded per batch (store=auto: {:.2} GiB decoded would exceed {:.2} GiB)", gib(bytes), gib(limit));
+        placed(false, note)
+    };
+    Ok((train, val, place))
+}
+
+/// Identifies a streamed folder: every file's path below the root, class and size, and the
+/// options that change the inputs (not the store or the thread count, which do not).
+fn stream_fingerprint(train: &Indexed, val: &Indexed, opts: &Options) -> String {
+    use sha2::{Digest, Sha256};
+    let r = opts.recipe();
+    let mut h = Sha256::new();
+    h.update(format!(
+        "stream v1;size={};resize={};flip={};channels={:?};skip_bad={}\n",
+        r.size, r.resize, r.flip, opts.channels, opts.skip_bad
+    ));
+    for f in train.files.iter().chain(&val.files) {
+        h.update(format!("{}\t{}\t{}\n", f.rel, f.class, f.len));
+    }
+    super::hex(&h.finalize())
 }
 
 /// Indexes `train/` and `val/` (or `test/`), with a spinner, and checks that their classes agree.
@@ -610,19 +844,23 @@ fn decode_split(files: Vec<FileEntry>, shape: Shape, skip: bool, bar: &indicatif
     Ok(Split { images, labels: files.iter().map(|f| f.class).collect(), shape })
 }
 
-/// Refuses a data set that would not fit in memory, before decoding it.
-fn check_memory(bytes: usize, dir: &Path) -> Result<()> {
-    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+/// The memory the kernel says is available (Linux), in bytes.
+fn available_memory() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find(|l| l.starts_with("MemAvailable:"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|kb| kb.parse::<u64>().ok())
             .map(|kb| kb * 1024)
-    });
-    if let Some(avail) = available {
+    })
+}
+
+/// Refuses a data set that would not fit in memory, before decoding it.
+fn check_memory(bytes: usize, dir: &Path) -> Result<()> {
+    if let Some(avail) = available_memory() {
         if bytes as u64 > avail / 10 * 8 {
             bail!(
-                "{}: the decoded images need {:.1} GiB but {:.1} GiB of memory is available; give a smaller size=HxW (kdlab holds image folders in memory; streaming ImageNet-size folders is not implemented yet)",
+                "{}: the decoded images need {:.1} GiB but {:.1} GiB of memory is available; give a smaller size=HxW, or stream the images from their files with the ImageNet recipe (DIR:transform=imagenet)",
                 dir.display(),
                 bytes as f64 / (1u64 << 30) as f64,
                 avail as f64 / (1u64 << 30) as f64
@@ -757,6 +995,9 @@ pub fn export(
     test_per_class: usize,
     format: ImageFormat,
 ) -> Result<usize> {
+    if ds.stream.is_some() {
+        bail!("{}: a folder under transform=imagenet holds no decoded images to export; export it with transform=fixed and size=", ds.source);
+    }
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
         bail!("{}: exists and is not empty (give a new folder)", out.display());
     }
@@ -1034,7 +1275,8 @@ mod tests {
                 skip_bad: true,
                 flip: Some(true),
                 pad: Some(4),
-                cache: false
+                cache: false,
+                ..Options::default()
             }
         );
         assert_eq!(Options::parse("size=24x40").unwrap().size, Some((24, 40)));

@@ -2,12 +2,60 @@
 //! loop never waits on data. Every random choice comes from the run's seed and the epoch number,
 //! so the batches of an epoch are the same however often it is run (this is what makes a resumed
 //! run identical to an uninterrupted one).
+//!
+//! A loader draws from a [`Feed`]: a decoded split with the discrete views of [`Augment`], or an
+//! image folder's files under the ImageNet recipe ([`FileFeed`]), decoded and transformed per
+//! batch on a pool of threads.
 use super::augment::Augment;
-use super::Split;
+use super::stream::FileFeed;
+use super::transform::CropBox;
+use super::{Shape, Split};
 use crate::util::rng::{stream, Rng};
-use std::sync::mpsc::{sync_channel, Receiver};
+use anyhow::Result;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+/// Where a loader's samples come from.
+#[derive(Clone, Debug)]
+pub enum Feed {
+    /// Decoded images in memory, each sample one of the augmentation's discrete views.
+    Memory { split: Arc<Split>, augment: Arc<Augment> },
+    /// Image files of any size, each sample a continuous view (random-resized crop, or resize and
+    /// centre crop).
+    Files(Arc<FileFeed>),
+}
+
+impl Feed {
+    pub fn len(&self) -> usize {
+        match self {
+            Feed::Memory { split, .. } => split.len(),
+            Feed::Files(f) => f.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The shape of one network input.
+    pub fn shape(&self) -> Shape {
+        match self {
+            Feed::Memory { split, .. } => split.shape,
+            Feed::Files(f) => f.shape(),
+        }
+    }
+    /// The label of every sample, in split order.
+    pub fn labels(&self) -> Vec<u16> {
+        match self {
+            Feed::Memory { split, .. } => split.labels.clone(),
+            Feed::Files(f) => f.images.labels.clone(),
+        }
+    }
+}
+
+/// Batches a file-fed loader keeps ready: `$KDLAB_LOADER_PREFETCH`, default 2.
+fn prefetch() -> usize {
+    std::env::var("KDLAB_LOADER_PREFETCH").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2usize).max(1)
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct LoaderSpec {
@@ -27,8 +75,11 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// Index of each sample in its split.
     pub indices: Vec<u32>,
-    /// The augmentation view of each sample (see `Augment::view`).
+    /// The augmentation view of each sample (see `Augment::view`); 0 for continuous views.
     pub views: Vec<u32>,
+    /// The crop box of each sample in its source image, for continuous views (file feeds);
+    /// empty for the discrete views.
+    pub crops: Vec<CropBox>,
 }
 
 impl Batch {
@@ -42,10 +93,7 @@ impl Batch {
 
 /// The order of samples in an epoch and the view each one gets.
 pub fn epoch_plan(n: usize, spec: &LoaderSpec, augment: &Augment, epoch: u64) -> (Vec<u32>, Vec<u32>) {
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    if spec.shuffle {
-        Rng::for_stream(spec.seed, stream::SHUFFLE, epoch).shuffle(&mut order);
-    }
+    let order = epoch_order(n, spec, epoch);
     let views = if augment.view_count() > 1 {
         let mut rng = Rng::for_stream(spec.seed, stream::AUGMENT, epoch);
         (0..n).map(|_| rng.below(augment.view_count() as u64) as u32).collect()
@@ -53,6 +101,15 @@ pub fn epoch_plan(n: usize, spec: &LoaderSpec, augment: &Augment, epoch: u64) ->
         vec![augment.view_id(augment.identity()) as u32; n]
     };
     (order, views)
+}
+
+/// The order of samples in an epoch.
+pub fn epoch_order(n: usize, spec: &LoaderSpec, epoch: u64) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    if spec.shuffle {
+        Rng::for_stream(spec.seed, stream::SHUFFLE, epoch).shuffle(&mut order);
+    }
+    order
 }
 
 /// Number of batches an epoch yields.
@@ -64,66 +121,109 @@ pub fn batch_count(n: usize, spec: &LoaderSpec) -> usize {
 
 /// An epoch of batches, produced by a background thread.
 pub struct Loader {
-    rx: Receiver<Batch>,
+    rx: Receiver<Result<Batch>>,
     handle: Option<JoinHandle<()>>,
     remaining: usize,
+    /// Why the producer stopped early (an image that cannot be decoded): see [`Loader::finish`].
+    error: Option<anyhow::Error>,
 }
 
 impl Loader {
     /// Starts producing the batches of `epoch`. With `spec.shuffle` the loader is in training
     /// mode (shuffled, and a one-sample remainder dropped).
     pub fn new(split: Arc<Split>, augment: Arc<Augment>, spec: LoaderSpec, epoch: u64) -> Loader {
-        Self::start(split, augment, spec, epoch, None)
+        Loader::from_feed(Feed::Memory { split, augment }, spec, epoch)
     }
 
     /// As `new`, but sample i gets the view `views[i]` (recorded crops replayed, as from a top-k
     /// teacher cache) instead of one drawn from the seed; the order is still the seed's.
     pub fn replay(split: Arc<Split>, augment: Arc<Augment>, spec: LoaderSpec, epoch: u64, views: Vec<u32>) -> Loader {
         assert_eq!(views.len(), split.len(), "one replayed view per sample");
-        Self::start(split, augment, spec, epoch, Some(views))
-    }
-
-    fn start(
-        split: Arc<Split>,
-        augment: Arc<Augment>,
-        spec: LoaderSpec,
-        epoch: u64,
-        replay: Option<Vec<u32>>,
-    ) -> Loader {
         let batches = batch_count(split.len(), &spec);
-        let (tx, rx) = sync_channel::<Batch>(3);
+        let (tx, rx) = sync_channel::<Result<Batch>>(3);
         let handle = std::thread::Builder::new()
             .name("kdlab-loader".into())
-            .spawn(move || {
-                let (order, drawn) = epoch_plan(split.len(), &spec, &augment, epoch);
-                let views = replay.unwrap_or(drawn);
-                let numel = split.shape.numel();
-                for b in 0..batches {
-                    let lo = b * spec.batch_size;
-                    let hi = (lo + spec.batch_size).min(order.len());
-                    let idx = &order[lo..hi];
-                    let mut images = vec![0f32; idx.len() * numel];
-                    for (k, &i) in idx.iter().enumerate() {
-                        let v = augment.view(views[i as usize] as usize);
-                        augment.apply(split.image(i as usize), split.shape, v, &mut images[k * numel..(k + 1) * numel]);
-                    }
-                    let batch = Batch {
-                        images,
-                        labels: idx.iter().map(|&i| split.labels[i as usize] as i64).collect(),
-                        indices: idx.to_vec(),
-                        views: idx.iter().map(|&i| views[i as usize]).collect(),
-                    };
-                    if tx.send(batch).is_err() {
-                        return; // the consumer stopped early
-                    }
-                }
+            .spawn(move || memory_batches(&split, &augment, spec, epoch, batches, &tx, Some(views)))
+            .expect("spawning the loader thread");
+        Loader { rx, handle: Some(handle), remaining: batches, error: None }
+    }
+
+    /// As [`Loader::new`], from either kind of feed.
+    pub fn from_feed(feed: Feed, spec: LoaderSpec, epoch: u64) -> Loader {
+        let batches = batch_count(feed.len(), &spec);
+        let capacity = if matches!(feed, Feed::Memory { .. }) { 3 } else { prefetch() };
+        let (tx, rx) = sync_channel::<Result<Batch>>(capacity);
+        let handle = std::thread::Builder::new()
+            .name("kdlab-loader".into())
+            .spawn(move || match feed {
+                Feed::Memory { split, augment } => memory_batches(&split, &augment, spec, epoch, batches, &tx, None),
+                Feed::Files(files) => file_batches(&files, spec, epoch, batches, &tx),
             })
             .expect("spawning the loader thread");
-        Loader { rx, handle: Some(handle), remaining: batches }
+        Loader { rx, handle: Some(handle), remaining: batches, error: None }
     }
 
     pub fn batches(&self) -> usize {
         self.remaining
+    }
+
+    /// After the last batch: the error that ended the epoch early, if any (the iterator then
+    /// stopped before `batches()`).
+    pub fn finish(&mut self) -> Result<()> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The producer of a decoded split: each sample's discrete view (drawn from the seed, or
+/// `replay`ed), normalised.
+fn memory_batches(
+    split: &Split,
+    augment: &Augment,
+    spec: LoaderSpec,
+    epoch: u64,
+    batches: usize,
+    tx: &SyncSender<Result<Batch>>,
+    replay: Option<Vec<u32>>,
+) {
+    let (order, drawn) = epoch_plan(split.len(), &spec, augment, epoch);
+    let views = replay.unwrap_or(drawn);
+    let numel = split.shape.numel();
+    for b in 0..batches {
+        let lo = b * spec.batch_size;
+        let hi = (lo + spec.batch_size).min(order.len());
+        let idx = &order[lo..hi];
+        let mut images = vec![0f32; idx.len() * numel];
+        for (k, &i) in idx.iter().enumerate() {
+            let v = augment.view(views[i as usize] as usize);
+            augment.apply(split.image(i as usize), split.shape, v, &mut images[k * numel..(k + 1) * numel]);
+        }
+        let batch = Batch {
+            images,
+            labels: idx.iter().map(|&i| split.labels[i as usize] as i64).collect(),
+            indices: idx.to_vec(),
+            views: idx.iter().map(|&i| views[i as usize]).collect(),
+            crops: vec![],
+        };
+        if tx.send(Ok(batch)).is_err() {
+            return; // the consumer stopped early
+        }
+    }
+}
+
+/// The producer of a file feed: each batch decoded and transformed on the feed's pool.
+fn file_batches(feed: &FileFeed, spec: LoaderSpec, epoch: u64, batches: usize, tx: &SyncSender<Result<Batch>>) {
+    let order = epoch_order(feed.len(), &spec, epoch);
+    for b in 0..batches {
+        let lo = b * spec.batch_size;
+        let hi = (lo + spec.batch_size).min(order.len());
+        let batch = feed.batch(&order[lo..hi], spec.seed, epoch);
+        let failed = batch.is_err();
+        if tx.send(batch).is_err() || failed {
+            return;
+        }
     }
 }
 
@@ -134,9 +234,14 @@ impl Iterator for Loader {
             return None;
         }
         match self.rx.recv() {
-            Ok(b) => {
+            Ok(Ok(b)) => {
                 self.remaining -= 1;
                 Some(b)
+            }
+            Ok(Err(e)) => {
+                self.error = Some(e);
+                self.remaining = 0;
+                None
             }
             Err(_) => {
                 // The producer ended without sending everything: it panicked. Surface that.

@@ -11,6 +11,8 @@ pub mod imagefolder;
 pub mod loader;
 pub mod npy;
 pub mod source;
+pub mod stream;
+pub mod transform;
 
 use serde::{Deserialize, Serialize};
 
@@ -135,9 +137,37 @@ pub struct Dataset {
     pub classes: usize,
     pub class_names: Vec<String>,
     pub profile: Profile,
+    /// For an image folder under the ImageNet recipe (`DIR:transform=imagenet`): the files, the
+    /// recipe and where the pixels are kept. Then `train` and `test` hold the labels and the
+    /// shape of a network input, but no pixels: batches come from [`Dataset::feed`].
+    pub stream: Option<std::sync::Arc<stream::Streamed>>,
 }
 
 impl Dataset {
+    /// What a loader draws the split `name` ("train", "test", "val") from: its decoded images
+    /// with the profile's views (the augmented ones when `augment`), or for a streamed image
+    /// folder its files under the recipe (training views when `augment`).
+    pub fn feed(&self, name: &str, augment: bool) -> anyhow::Result<loader::Feed> {
+        use std::sync::Arc;
+        let Some(s) = &self.stream else {
+            let split = Arc::new(self.split(name)?.clone());
+            return Ok(loader::Feed::Memory {
+                split,
+                augment: Arc::new(augment::Augment::new(&self.profile, augment)),
+            });
+        };
+        let images = match name {
+            "train" => s.train.clone(),
+            "test" => s.test.clone(),
+            "val" => anyhow::bail!(
+                "{}: a validation split cannot be carved from a streamed image folder (transform=imagenet); evaluate on val/",
+                self.name
+            ),
+            other => anyhow::bail!("unknown split '{other}': expected 'train', 'test' or 'val'"),
+        };
+        Ok(loader::Feed::Files(Arc::new(stream::FileFeed::new(images, s, &self.profile, augment))))
+    }
+
     pub fn shape(&self) -> Shape {
         self.train.shape
     }
@@ -146,6 +176,9 @@ impl Dataset {
     /// was made from, independent of file names and compression.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
+        if let Some(s) = &self.stream {
+            return s.fingerprint.clone(); // no pixels in memory: the files and options
+        }
         let mut h = Sha256::new();
         for split in [Some(&self.train), Some(&self.test), self.val.as_ref()].into_iter().flatten() {
             h.update((split.len() as u64).to_le_bytes());
@@ -188,6 +221,12 @@ impl Dataset {
     pub fn carve(&self, train_per_class: usize, val_per_class: usize, seed: u64) -> anyhow::Result<Dataset> {
         if train_per_class == 0 && val_per_class == 0 {
             return Ok(self.clone());
+        }
+        if self.stream.is_some() {
+            anyhow::bail!(
+                "{}: train_subset and val_per_class are not supported for image folders under transform=imagenet (their images are not held as one split); make a smaller folder instead",
+                self.name
+            );
         }
         let mut by_class: Vec<Vec<usize>> = vec![vec![]; self.classes];
         for (i, &y) in self.train.labels.iter().enumerate() {

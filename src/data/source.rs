@@ -94,6 +94,7 @@ pub fn load_entry(entry: &catalog::Entry, dir: &Path) -> Result<Dataset> {
         classes,
         class_names: entry.class_names.clone(),
         profile: entry.profile.clone(),
+        stream: None,
     };
     check(&ds, dir)?;
     Ok(ds)
@@ -132,6 +133,7 @@ pub fn load_dir(dir: &Path) -> Result<Dataset> {
             classes,
             class_names: (0..classes).map(|c| c.to_string()).collect(),
             profile,
+            stream: None,
         });
     }
     for (variant, name) in [(cifar::Variant::Cifar10, "cifar10"), (cifar::Variant::Cifar100Fine, "cifar100")] {

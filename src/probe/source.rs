@@ -1,7 +1,7 @@
 //! Where logits come from: .npy files (read a block of rows at a time), or a teacher (a trained
 //! run or a TorchScript file) evaluated batch by batch on a split (optionally on augmented views).
 use crate::data::augment::Augment;
-use crate::data::loader::{Loader, LoaderSpec};
+use crate::data::loader::{Feed, Loader, LoaderSpec};
 use crate::data::npy::RowReader;
 use crate::data::{Dataset, Split};
 use crate::train::teacher::TeacherModel;
@@ -69,9 +69,14 @@ impl RunSource {
         seed: u64,
     ) -> Self {
         let aug = Arc::new(Augment::new(&data.profile, augment));
-        let samples = split.len();
+        RunSource::from_feed(name, model, Feed::Memory { split, augment: aug }, seed)
+    }
+
+    /// As [`RunSource::new`], from a data set's feed (`Dataset::feed`), which may stream files.
+    pub fn from_feed(name: String, model: impl Into<TeacherModel>, feed: Feed, seed: u64) -> Self {
+        let samples = feed.len();
         let spec = LoaderSpec { batch_size: crate::train::eval::EVAL_BATCH, shuffle: false, seed, drop_last: false };
-        RunSource { name, model: model.into(), loader: Loader::new(split, aug, spec, 0), pending: vec![], samples }
+        RunSource { name, model: model.into(), loader: Loader::from_feed(feed, spec, 0), pending: vec![], samples }
     }
 }
 
@@ -91,7 +96,10 @@ impl LogitSource for RunSource {
     fn next_rows(&mut self, n: usize) -> Result<Vec<f64>> {
         let c = self.model.classes();
         while self.pending.len() < n * c {
-            let Some(batch) = self.loader.next() else { break };
+            let Some(batch) = self.loader.next() else {
+                self.loader.finish()?;
+                break;
+            };
             let (x, _) = crate::train::eval::to_tensors(&batch, self.model.input(), self.model.device());
             let logits = self.model.infer(&x).to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous();
             self.pending.extend(Vec::<f64>::try_from(logits.view(-1))?);

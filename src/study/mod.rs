@@ -115,7 +115,8 @@ fn probe_set(
     let mut sources: Vec<Box<dyn LogitSource>> = vec![];
     for (name, spec) in teachers {
         let (model, _, _) = crate::train::checkpoint::load_model(spec, tch::Device::Cpu)?;
-        sources.push(Box::new(probe::source::RunSource::new(name.clone(), model, data, split.clone(), set.augment, 0)));
+        let feed = data.feed(set.split, set.augment)?;
+        sources.push(Box::new(probe::source::RunSource::from_feed(name.clone(), model, feed, 0)));
     }
     let labels: Vec<usize> = split.labels.iter().map(|&y| y as usize).collect();
     println!(

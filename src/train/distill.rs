@@ -237,6 +237,12 @@ pub fn run(
         );
     }
     let method = methods::build(&cfg.method, &cfg.params)?;
+    if cfg.teacher_cache != TeacherCache::Off && data.stream.is_some() {
+        bail!(
+            "--teacher-cache stores the teacher's logits for discrete views, and {} (transform=imagenet) has continuous views (random-resized crops): leave --teacher-cache out to run the teacher on each batch",
+            data.name
+        );
+    }
     let dir = teacher.cache_dir();
     let cache = match cfg.teacher_cache {
         TeacherCache::Off => None,

@@ -1,8 +1,9 @@
 //! Inference over a whole split: accuracy (overall and per class), mean loss, and logits.
 use super::model::{Infer, Model};
 use crate::data::augment::Augment;
-use crate::data::loader::{Loader, LoaderSpec};
+use crate::data::loader::{Feed, Loader, LoaderSpec};
 use crate::data::{Dataset, Split};
+use anyhow::Result;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -51,24 +52,37 @@ pub fn for_each_batch(
     model: &impl Infer,
     split: Arc<Split>,
     augment: Arc<Augment>,
-    mut visit: impl FnMut(&Tensor, &[i64]),
+    visit: impl FnMut(&Tensor, &[i64]),
 ) {
+    for_each_feed_batch(model, Feed::Memory { split, augment }, visit).expect("a decoded split has no files to fail")
+}
+
+/// As [`for_each_batch`], from either kind of feed; an image folder's file that cannot be
+/// decoded is an error naming it.
+pub fn for_each_feed_batch(model: &impl Infer, feed: Feed, mut visit: impl FnMut(&Tensor, &[i64])) -> Result<()> {
     let spec = LoaderSpec { batch_size: EVAL_BATCH, shuffle: false, seed: 0, drop_last: false };
-    let shape = split.shape;
-    for batch in Loader::new(split, augment, spec, 0) {
+    let shape = feed.shape();
+    let mut loader = Loader::from_feed(feed, spec, 0);
+    for batch in loader.by_ref() {
         let (x, _) = to_tensors(&batch, shape, model.device());
         let logits = model.infer(&x).to_device(tch::Device::Cpu).to_kind(Kind::Float);
         visit(&logits, &batch.labels);
     }
+    loader.finish()
 }
 
 /// Accuracy, per-class accuracy and mean cross-entropy of `model` on `split`.
 pub fn evaluate(model: &Model, split: Arc<Split>, augment: Arc<Augment>) -> EvalResult {
+    evaluate_feed(model, Feed::Memory { split, augment }).expect("a decoded split has no files to fail")
+}
+
+/// As [`evaluate`], from either kind of feed.
+pub fn evaluate_feed(model: &Model, feed: Feed) -> Result<EvalResult> {
     let classes = model.classes;
     let mut r =
         EvalResult { loss: 0.0, acc: 0.0, correct_per_class: vec![0; classes], total_per_class: vec![0; classes] };
-    let n = split.len();
-    for_each_batch(model, split, augment, |logits, labels| {
+    let n = feed.len();
+    for_each_feed_batch(model, feed, |logits, labels| {
         let y = Tensor::from_slice(labels);
         r.loss += super::objective::cross_entropy(logits, &y).double_value(&[]) * labels.len() as f64;
         let pred: Vec<i64> = Vec::try_from(logits.argmax(-1, false)).expect("argmax to vec");
@@ -78,18 +92,25 @@ pub fn evaluate(model: &Model, split: Arc<Split>, augment: Arc<Augment>) -> Eval
                 r.correct_per_class[t as usize] += 1;
             }
         }
-    });
+    })?;
+    // Samples left out of their batches (bad=skip) count neither as right nor as wrong.
+    let n = r.total_per_class.iter().sum::<usize>().min(n);
     let correct: usize = r.correct_per_class.iter().sum();
     r.loss /= n.max(1) as f64;
     r.acc = correct as f64 / n.max(1) as f64;
-    r
+    Ok(r)
 }
 
 /// The (N × classes) float32 logits of `split`, row-major in split order.
 pub fn logits(model: &impl Infer, split: Arc<Split>, augment: Arc<Augment>) -> Vec<f32> {
+    logits_feed(model, Feed::Memory { split, augment }).expect("a decoded split has no files to fail")
+}
+
+/// As [`logits`], from either kind of feed.
+pub fn logits_feed(model: &impl Infer, feed: Feed) -> Result<Vec<f32>> {
     let mut out = vec![];
-    for_each_batch(model, split, augment, |l, _| {
+    for_each_feed_batch(model, feed, |l, _| {
         out.extend(Vec::<f32>::try_from(l.contiguous().view(-1)).expect("logits to vec"));
-    });
-    out
+    })?;
+    Ok(out)
 }

@@ -9,15 +9,13 @@ use super::model::Model;
 use super::objective::{Objective, StepInput};
 use super::run::{self, DataRecord, EpochMetrics, RunRecord, RunStatus};
 use super::sgd::Sgd;
-use crate::data::augment::Augment;
-use crate::data::loader::{Loader, LoaderSpec};
+use crate::data::loader::{Feed, Loader, LoaderSpec};
 use crate::data::Dataset;
 use crate::util::fmt;
 use crate::util::progress;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -375,11 +373,9 @@ fn train_epochs(
 ) -> Result<()> {
     let dir = &opts.out;
     let schedule = cfg.lr_schedule();
-    let train_split = Arc::new(data.train.clone());
-    let test_split = Arc::new(data.test.clone());
-    let val_split = data.val.clone().map(Arc::new);
-    let augment = Arc::new(Augment::new(&data.profile, cfg.augment));
-    let plain = eval::plain_augment(data);
+    let train_feed = data.feed("train", cfg.augment)?;
+    let test_feed = data.feed("test", false)?;
+    let val_feed = if data.val.is_some() { Some(data.feed("val", false)?) } else { None };
     let spec = LoaderSpec { batch_size: cfg.batch_size, shuffle: true, seed: cfg.seed, drop_last: false };
     let shape = data.shape();
     let end = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
@@ -387,10 +383,15 @@ fn train_epochs(
     let mut trace: Vec<TracedStep> = vec![];
     for epoch in history.len()..end {
         let start = Instant::now();
-        let loader = match objective.replay_views(epoch, &augment, shape)? {
-            Some(views) => Loader::replay(train_split.clone(), augment.clone(), spec, epoch as u64, views),
-            None => Loader::new(train_split.clone(), augment.clone(), spec, epoch as u64),
+        // A top-k teacher cache replays the crops it recorded (decoded splits only: the distiller
+        // refuses a cache for streamed data).
+        let replayed = match &train_feed {
+            Feed::Memory { split, augment } => objective
+                .replay_views(epoch, augment, shape)?
+                .map(|views| Loader::replay(split.clone(), augment.clone(), spec, epoch as u64, views)),
+            Feed::Files(_) => None,
         };
+        let mut loader = replayed.unwrap_or_else(|| Loader::from_feed(train_feed.clone(), spec, epoch as u64));
         let steps = loader.batches();
         let bar = if opts.quiet {
             indicatif::ProgressBar::hidden()
@@ -401,7 +402,7 @@ fn train_epochs(
         let mut pending: Vec<PendingStep> = vec![];
         let mut lr = cfg.lr;
         let mut busy = 0.0f64;
-        for (step, batch) in loader.enumerate() {
+        for (step, batch) in loader.by_ref().enumerate() {
             let t0 = Instant::now();
             let (x, y) = to_tensors(&batch, shape, model.device());
             lr = schedule.lr(epoch, step, steps);
@@ -445,14 +446,15 @@ fn train_epochs(
                 ));
             }
         }
+        loader.finish()?; // an image file that cannot be decoded ends the epoch: the run stays resumable
         if !trace.is_empty() && epoch * steps < opts.trace_steps {
             write_trace(dir, &trace)?;
         }
         bar.finish_and_clear();
         let train_time = start.elapsed().as_secs_f64();
         let evals = Evaluations {
-            test: eval::evaluate(model, test_split.clone(), plain.clone()),
-            val: val_split.as_ref().map(|v| eval::evaluate(model, v.clone(), plain.clone())),
+            test: eval::evaluate_feed(model, test_feed.clone())?,
+            val: val_feed.as_ref().map(|v| eval::evaluate_feed(model, v.clone())).transpose()?,
         };
         let metrics =
             epoch_metrics(epoch, lr, sums, evals, train_time, start.elapsed().as_secs_f64(), objective.end_epoch());

@@ -29,6 +29,8 @@ pub mod stream {
     pub const INIT: u64 = 3;
     /// Drawing class-balanced training subsets and validation splits.
     pub const SUBSET: u64 = 4;
+    /// Random-resized crops and flips of the ImageNet recipe (per epoch and sample).
+    pub const CROP: u64 = 5;
 }
 
 impl Rng {
