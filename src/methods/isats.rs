@@ -296,7 +296,7 @@ impl TauStarMemo {
             row.iter().for_each(|v| v.to_bits().hash(&mut h));
             h.finish() as u128
         };
-        (half(0x6b64_6c61_62) << 64) | half(0x7461_7573_7461_72)
+        (half(0x006b_646c_6162) << 64) | half(0x0074_6175_7374_6172)
     }
 
     /// `ts_temperature(t, y)`, computing only the rows not seen before.
