@@ -143,7 +143,11 @@ impl TrainConfig {
 pub const CARVING_KEYS: [&str; 3] = ["train_subset", "val_per_class", "subset_seed"];
 
 /// Keys added to `TrainConfig` after runs had been recorded without them; 0 is their "off" value.
-pub const ADDED_KEYS: [&str; 4] = ["train_subset", "val_per_class", "subset_seed", "clip_grad_norm"];
+/// (The carving keys, and the training keys added after them.)
+pub const ADDED_KEYS: [&str; 4] = {
+    let [a, b, c] = CARVING_KEYS;
+    [a, b, c, "clip_grad_norm"]
+};
 
 /// See [`TrainConfig::identity`]; also applied to configurations read back from run records.
 pub fn identity_of(mut v: serde_json::Value) -> serde_json::Value {
