@@ -8,8 +8,7 @@
 //! must not share LibTorch's thread pool with another run.
 mod common;
 
-use common::{text, venv_python};
-use kdlab::data::imagefolder::write_image;
+use common::{text, venv_python, write_folder};
 use kdlab::data::loader::{Batch, Feed, Loader, LoaderSpec};
 use kdlab::data::transform::{resample, Decoded, Resample};
 use kdlab::data::Shape;
@@ -71,33 +70,6 @@ fn resampling_matches_pytorchs_antialiased_bilinear_interpolate() {
         eprintln!("case {i}: max abs difference {worst}");
         // Both compute in floating point: the difference is rounding (pixel values are 0..255).
         assert!(worst < 2e-3, "case {i} {r:?}: max |kdlab − PyTorch| = {worst}");
-    }
-}
-
-/// Writes an image folder of `train`/`val` images per class of three Fashion-MNIST classes, each
-/// placed at a random spot of a grey canvas of its own size (28–40 × 28–40 pixels), as PNG and JPEG
-/// in turn.
-fn write_folder(root: &Path, train: usize, val: usize) {
-    let ds = kdlab::data::embedded::load().unwrap();
-    let mut rng = kdlab::util::rng::Rng::new(11);
-    for (split, folder, per_class) in [(&ds.train, "train", train), (&ds.test, "val", val)] {
-        for (name, label) in [("bag", 8u16), ("sandal", 5), ("trouser", 1)] {
-            let dir = root.join(folder).join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            let idx = (0..split.len()).filter(|&i| split.labels[i] == label).take(per_class);
-            for (k, i) in idx.enumerate() {
-                let (h, w) = (28 + rng.below(13) as usize, 28 + rng.below(13) as usize);
-                let (oy, ox) = (rng.below((h - 27) as u64) as usize, rng.below((w - 27) as u64) as usize);
-                let mut canvas = vec![60u8; h * w];
-                for y in 0..28 {
-                    canvas[(oy + y) * w + ox..(oy + y) * w + ox + 28]
-                        .copy_from_slice(&split.image(i)[y * 28..(y + 1) * 28]);
-                }
-                let jpeg = k % 2 == 1;
-                let path = dir.join(format!("{i:05}.{}", if jpeg { "jpg" } else { "png" }));
-                write_image(&path, &canvas, Shape { c: 1, h, w }, jpeg).unwrap();
-            }
-        }
     }
 }
 

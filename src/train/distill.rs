@@ -53,6 +53,9 @@ impl Objective for Distill {
                 c.lookup(&input.batch.indices, &input.batch.views).to_device(logits.device()).to_kind(logits.kind())
             }
             Some(Cached::TopK(c)) => {
+                // Streamed data: the loader draws the crops from the seed, and they must be the
+                // recorded ones (decoded data replays the recorded views and has no crop boxes).
+                c.check_crops(input.epoch, &input.batch.indices, &input.batch.crops)?;
                 c.lookup(input.epoch, &input.batch.indices)?.to_device(logits.device()).to_kind(logits.kind())
             }
             None => self.teacher.model.infer(input.images),
@@ -237,9 +240,9 @@ pub fn run(
         );
     }
     let method = methods::build(&cfg.method, &cfg.params)?;
-    if cfg.teacher_cache != TeacherCache::Off && data.stream.is_some() {
+    if cfg.teacher_cache == TeacherCache::Logits && data.stream.is_some() {
         bail!(
-            "--teacher-cache stores the teacher's logits for discrete views, and {} (transform=imagenet) has continuous views (random-resized crops): leave --teacher-cache out to run the teacher on each batch",
+            "--teacher-cache stores the teacher's logits for discrete views, and {} (transform=imagenet) has continuous views (random-resized crops): use --teacher-cache topk:K, which records each epoch's crops, or leave --teacher-cache out to run the teacher on each batch",
             data.name
         );
     }

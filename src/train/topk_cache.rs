@@ -17,9 +17,12 @@
 //! cache's f16 logits. Every method then consumes the rebuilt logits as it would the teacher's.
 //!
 //! **Crop records** are boxes in the source image's pixels (y, x, h, w; y and x negative where the
-//! window reaches into the zero padding) and a flip. Today's loader draws discrete pad-and-crop
-//! views (`Augment`), whose boxes are (dy − pad, dx − pad, H, W); a box that is not such a view is
-//! refused when replayed.
+//! window reaches into the zero padding) and a flip. For decoded data the loader draws discrete
+//! pad-and-crop views (`Augment`), whose boxes are (dy − pad, dx − pad, H, W); a box that is not
+//! such a view is refused when replayed. For streamed image folders (`transform=imagenet`) the
+//! records are the random-resized-crop boxes ([`CropBox`]) the file feed draws from the seed, the
+//! epoch and the sample; the student's loader draws the same ones, and the distiller checks every
+//! batch's crops against the records, refusing a cache that does not match.
 //!
 //! File layout: `KDLTOPK1`, a little-endian u32 header length, a JSON header (teacher and data
 //! checksums, seed, epochs, k, the fill rule), zero padding to a 64-byte boundary, then E × N rows,
@@ -31,7 +34,8 @@ use super::cache::{block_count, free_bytes, header_difference, lock_cache_dir, t
 use super::checkpoint::CheckpointMeta;
 use super::model::Infer;
 use crate::data::augment::{Augment, View};
-use crate::data::loader::{epoch_plan, LoaderSpec};
+use crate::data::loader::{epoch_plan, Loader, LoaderSpec};
+use crate::data::transform::CropBox;
 use crate::data::{Dataset, Shape};
 use crate::util::atomic;
 use anyhow::{bail, Context, Result};
@@ -47,6 +51,8 @@ pub const FORMAT: &str = "kdlab-topk-cache/1";
 pub const FILL_TAU: f64 = 4.0;
 /// Bytes of a row before its k entries: the crop record (9) and the fill logit (2).
 pub const RECORD_BYTES: usize = 11;
+/// Images per teacher batch when building from a streamed folder (ImageNet-size inputs).
+const STREAM_BATCH: usize = 128;
 
 /// A crop as the loader sampled it: a box in the source image's pixels and a horizontal flip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +86,21 @@ impl CropRecord {
             flip: self.flip,
         })
     }
+
+    /// The record of a streamed sample's crop box; None if the box does not fit a record's
+    /// fields (an image side beyond 32,767 pixels).
+    pub fn of_box(b: CropBox) -> Option<CropRecord> {
+        Some(CropRecord {
+            y: i16::try_from(b.y).ok()?,
+            x: i16::try_from(b.x).ok()?,
+            h: u16::try_from(b.h).ok()?,
+            w: u16::try_from(b.w).ok()?,
+            flip: b.flip,
+        })
+    }
+
+    /// The record of a sample the file feed skipped (bad=skip): no box, never matched.
+    const SKIPPED: CropRecord = CropRecord { y: 0, x: 0, h: 0, w: 0, flip: false };
 
     fn encode(self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.y.to_le_bytes());
@@ -220,7 +241,8 @@ pub struct Header {
     pub split: String,
     pub samples: usize,
     pub classes: usize,
-    /// The source images' size, which crop boxes refer to.
+    /// The source images' size, which crop boxes refer to (decoded data; for a streamed folder,
+    /// whose images differ in size, the network input's).
     pub height: usize,
     pub width: usize,
     pub k: usize,
@@ -284,7 +306,13 @@ impl Request<'_> {
             augment: self.augment,
             pad: aug.pad,
             flip: aug.flip,
-            crop_draw: "kdlab's training loader (loader::epoch_plan) with this seed, per epoch".into(),
+            crop_draw: match &self.data.stream {
+                None => "kdlab's training loader (loader::epoch_plan) with this seed, per epoch".into(),
+                Some(s) => format!(
+                    "the file feed's crops (transform::sample_rng) with this seed, per epoch and sample; recipe {:?}",
+                    s.recipe
+                ),
+            },
             fill_tau: FILL_TAU,
             layout: "epoch-major rows e*samples + i: y i16, x i16, h u16, w u16, flip u8, fill f16, k x class u16, k x logit f16".into(),
             block_bytes: BLOCK_BYTES,
@@ -398,8 +426,6 @@ fn build(path: &Path, model: &impl Infer, data: &Dataset, header: &Header, quiet
             );
         }
     }
-    let aug = Augment::new(&data.profile, header.augment);
-    let spec = LoaderSpec { batch_size: 1, shuffle: true, seed: header.seed, drop_last: false };
     let started = std::time::Instant::now();
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
@@ -418,24 +444,13 @@ fn build(path: &Path, model: &impl Infer, data: &Dataset, header: &Header, quiet
         head.extend_from_slice(&head_json);
         w.write_all(&head).map_err(io)?;
         let mut sums = BlockSums::new(header.block_bytes);
-        // Without augmentation every epoch sees the identity view: the teacher runs once.
-        let mut single_view: Option<Vec<TopK>> = None;
-        for epoch in 0..epochs {
-            let (_, views) = epoch_plan(n, &spec, &aug, epoch as u64);
-            let tops = match &single_view {
-                Some(t) => t.clone(),
-                None => epoch_top_k(model, data, &aug, &views, header.k)?,
-            };
-            if aug.view_count() == 1 {
-                single_view = Some(tops.clone());
-            }
-            let crops: Vec<CropRecord> =
-                views.iter().map(|&v| CropRecord::of_view(aug.view(v as usize), aug.pad, data.train.shape)).collect();
-            let mut out = Vec::with_capacity(n * header.row_bytes());
-            encode_rows(&crops, &tops, &mut out);
-            sums.add(&out);
-            w.write_all(&out).map_err(io)?;
-            bar.inc(n as u64);
+        let mut emit = |rows: &[u8]| -> Result<()> {
+            sums.add(rows);
+            w.write_all(rows).map_err(io)
+        };
+        match data.stream {
+            None => memory_epochs(model, data, header, &mut emit, &bar)?,
+            Some(_) => streamed_epochs(model, data, header, &mut emit, &bar)?,
         }
         let table: Vec<u8> = sums.finish().iter().flat_map(|s| s.to_le_bytes()).collect();
         w.write_all(&table).map_err(io)?;
@@ -453,6 +468,87 @@ fn build(path: &Path, model: &impl Infer, data: &Dataset, header: &Header, quiet
             bytes as f64 / (1 << 20) as f64,
             crate::util::fmt::duration(started.elapsed().as_secs_f64())
         );
+    }
+    Ok(())
+}
+
+/// Every epoch's rows of a decoded split, each sample seen through the view the seed draws.
+fn memory_epochs(
+    model: &impl Infer,
+    data: &Dataset,
+    header: &Header,
+    emit: &mut dyn FnMut(&[u8]) -> Result<()>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let n = header.samples;
+    let aug = Augment::new(&data.profile, header.augment);
+    let spec = LoaderSpec { batch_size: 1, shuffle: true, seed: header.seed, drop_last: false };
+    // Without augmentation every epoch sees the identity view: the teacher runs once.
+    let mut single_view: Option<Vec<TopK>> = None;
+    for epoch in 0..header.epochs {
+        let (_, views) = epoch_plan(n, &spec, &aug, epoch as u64);
+        let tops = match &single_view {
+            Some(t) => t.clone(),
+            None => epoch_top_k(model, data, &aug, &views, header.k)?,
+        };
+        if aug.view_count() == 1 {
+            single_view = Some(tops.clone());
+        }
+        let crops: Vec<CropRecord> =
+            views.iter().map(|&v| CropRecord::of_view(aug.view(v as usize), aug.pad, data.train.shape)).collect();
+        let mut out = Vec::with_capacity(n * header.row_bytes());
+        encode_rows(&crops, &tops, &mut out);
+        emit(&out)?;
+        bar.inc(n as u64);
+    }
+    Ok(())
+}
+
+/// Every epoch's rows of a streamed folder, written batch by batch: the file feed's batches for
+/// the seed, in sample order (a sample's crop depends on the seed, the epoch and its index only,
+/// not on the order, so these are the crops the student's shuffled loader draws), the teacher run
+/// on each.
+fn streamed_epochs(
+    model: &impl Infer,
+    data: &Dataset,
+    header: &Header,
+    emit: &mut dyn FnMut(&[u8]) -> Result<()>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let (n, k) = (header.samples, header.k);
+    let feed = data.feed("train", header.augment)?;
+    let shape = data.shape();
+    let spec = LoaderSpec { batch_size: STREAM_BATCH, shuffle: false, seed: header.seed, drop_last: false };
+    let skipped = TopK { classes: vec![0; k], logits: vec![0.0; k], fill: 0.0 };
+    let mut out = Vec::with_capacity(STREAM_BATCH * header.row_bytes());
+    for epoch in 0..header.epochs {
+        let mut loader = Loader::from_feed(feed.clone(), spec, epoch as u64);
+        let mut next = 0usize;
+        for batch in loader.by_ref() {
+            let (x, _) = super::eval::to_tensors(&batch, shape, model.device());
+            let logits = Vec::<f32>::try_from(model.infer(&x).to_device(Device::Cpu).to_kind(Kind::Float).view(-1))?;
+            out.clear();
+            for ((&i, &crop), row) in batch.indices.iter().zip(&batch.crops).zip(logits.chunks_exact(header.classes)) {
+                // A sample left out as undecodable (bad=skip) keeps an empty record: the student's
+                // loader leaves it out too.
+                for _ in next..i as usize {
+                    encode_rows(&[CropRecord::SKIPPED], std::slice::from_ref(&skipped), &mut out);
+                }
+                let record = CropRecord::of_box(crop).with_context(|| {
+                    format!("{}: sample {i}'s crop {crop:?} is too large for a top-k cache record", data.name)
+                })?;
+                encode_rows(&[record], &[top_k(row, k)], &mut out);
+                next = i as usize + 1;
+            }
+            emit(&out)?;
+            bar.inc(batch.len() as u64);
+        }
+        loader.finish()?;
+        out.clear();
+        for _ in next..n {
+            encode_rows(&[CropRecord::SKIPPED], std::slice::from_ref(&skipped), &mut out);
+        }
+        emit(&out)?;
     }
     Ok(())
 }
@@ -565,6 +661,24 @@ impl TopKCache {
         Ok(Tensor::from_slice(&out).view([indices.len() as i64, c as i64]))
     }
 
+    /// Checks that a streamed batch's crops (samples `indices` in `epoch`) are the recorded ones:
+    /// the stored logits are the teacher's on those crops and on no others.
+    pub fn check_crops(&self, epoch: usize, indices: &[u32], crops: &[CropBox]) -> Result<()> {
+        self.check_epoch(epoch)?;
+        for (&i, &drawn) in indices.iter().zip(crops) {
+            let recorded = self.record(epoch, i as usize).0;
+            if CropRecord::of_box(drawn) != Some(recorded) {
+                bail!(
+                    "the top-k teacher cache {} recorded the crop {recorded:?} for sample {i} in epoch {}, but this run's loader drew {drawn:?}: \
+                     the cache holds the teacher's logits on other crops (built for another seed or recipe, or altered); delete it to rebuild it",
+                    self.path.display(),
+                    epoch + 1
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The recorded crop of every sample in `epoch` as a view of `aug` (what the loader replays).
     pub fn view_ids(&self, epoch: usize, aug: &Augment, shape: Shape) -> Result<Vec<u32>> {
         self.check_epoch(epoch)?;
@@ -640,6 +754,10 @@ mod tests {
         let off = CropRecord { y: 3, x: 0, h: 28, w: 28, flip: false };
         assert_eq!(off.to_view(2, shape), None, "an offset beyond the padding is no view");
         assert_eq!(CropRecord { h: 20, ..off }.to_view(4, shape), None, "a smaller box is no view");
+        let b = CropBox { y: 30_000, x: 7, h: 65_535, w: 3, flip: true };
+        assert_eq!(CropRecord::of_box(b), Some(CropRecord { y: 30_000, x: 7, h: 65_535, w: 3, flip: true }));
+        assert_eq!(CropRecord::of_box(CropBox { y: 40_000, ..b }), None, "beyond i16: no record");
+        assert_eq!(CropRecord::of_box(CropBox { w: 70_000, ..b }), None, "beyond u16: no record");
     }
 
     /// Logits from a fixed generator with a wide spread and a few exact ties.

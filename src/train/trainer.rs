@@ -383,8 +383,8 @@ fn train_epochs(
     let mut trace: Vec<TracedStep> = vec![];
     for epoch in history.len()..end {
         let start = Instant::now();
-        // A top-k teacher cache replays the crops it recorded (decoded splits only: the distiller
-        // refuses a cache for streamed data).
+        // A top-k teacher cache replays the views it recorded on decoded splits; a streamed
+        // folder's loader draws the recorded crops from the seed itself (the distiller checks them).
         let replayed = match &train_feed {
             Feed::Memory { split, augment } => objective
                 .replay_views(epoch, augment, shape)?

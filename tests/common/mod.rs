@@ -60,3 +60,30 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
+
+/// Writes an image folder of `train`/`val` images per class of three Fashion-MNIST classes, each
+/// placed at a random spot of a grey canvas of its own size (28–40 × 28–40 pixels), as PNG and JPEG
+/// in turn.
+pub fn write_folder(root: &Path, train: usize, val: usize) {
+    let ds = kdlab::data::embedded::load().unwrap();
+    let mut rng = kdlab::util::rng::Rng::new(11);
+    for (split, folder, per_class) in [(&ds.train, "train", train), (&ds.test, "val", val)] {
+        for (name, label) in [("bag", 8u16), ("sandal", 5), ("trouser", 1)] {
+            let dir = root.join(folder).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let idx = (0..split.len()).filter(|&i| split.labels[i] == label).take(per_class);
+            for (k, i) in idx.enumerate() {
+                let (h, w) = (28 + rng.below(13) as usize, 28 + rng.below(13) as usize);
+                let (oy, ox) = (rng.below((h - 27) as u64) as usize, rng.below((w - 27) as u64) as usize);
+                let mut canvas = vec![60u8; h * w];
+                for y in 0..28 {
+                    canvas[(oy + y) * w + ox..(oy + y) * w + ox + 28]
+                        .copy_from_slice(&split.image(i)[y * 28..(y + 1) * 28]);
+                }
+                let jpeg = k % 2 == 1;
+                let path = dir.join(format!("{i:05}.{}", if jpeg { "jpg" } else { "png" }));
+                kdlab::data::imagefolder::write_image(&path, &canvas, kdlab::data::Shape { c: 1, h, w }, jpeg).unwrap();
+            }
+        }
+    }
+}
