@@ -220,6 +220,71 @@ pub(crate) fn table_sum(head: &[u8], table: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// A cache file mapped into memory, its magic checked and its JSON header read and of `format`:
+/// the map, the header and the offset of the data after it. `what` names the kind of cache in
+/// errors ("teacher-logit cache").
+pub(crate) fn map_with_header(
+    path: &Path,
+    magic: &[u8; 8],
+    format: &str,
+    what: &str,
+) -> Result<(memmap2::Mmap, serde_json::Value, usize)> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: the file is only ever replaced by rename, never modified in place.
+    let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
+    if map.len() < 12 || &map[..8] != magic {
+        bail!("{}: not a kdlab {what}", path.display());
+    }
+    let hlen = u32::from_le_bytes(map[8..12].try_into().unwrap()) as usize;
+    let damaged = || format!("the {what} {} has a damaged header", path.display());
+    let raw = map.get(12..12 + hlen).with_context(damaged)?;
+    let value: serde_json::Value = serde_json::from_slice(raw).with_context(damaged)?;
+    let found = value.get("format").and_then(|f| f.as_str()).unwrap_or("?");
+    if found != format {
+        bail!("the {what} {} is in format '{found}', this kdlab reads '{format}'", path.display());
+    }
+    Ok((map, value, 12 + hlen))
+}
+
+/// Verifies a mapped cache's layout — `data` bytes after the head at `offset`, then a CRC-32 per
+/// `block` bytes and one over the head and that table — and every checksum. `rows(lo, hi)` says
+/// what a damaged block's bytes hold (views, epochs) for the error.
+pub(crate) fn verify_blocks(
+    map: &[u8],
+    offset: usize,
+    data: usize,
+    block: usize,
+    (path, what): (&Path, &str),
+    rows: impl Fn(usize, usize) -> String,
+) -> Result<()> {
+    let blocks = block_count(data, block);
+    let expected = offset + data + 4 * blocks + 4;
+    if map.len() != expected {
+        bail!(
+            "the {what} {} has {} bytes, its header says {expected}: the file is truncated or damaged",
+            path.display(),
+            map.len()
+        );
+    }
+    let table = &map[offset + data..offset + data + 4 * blocks];
+    let stored = u32::from_le_bytes(map[map.len() - 4..].try_into().unwrap());
+    if table_sum(&map[..offset], table) != stored {
+        bail!("the {what} {} fails its checksum: its header or checksum table is damaged", path.display());
+    }
+    for (k, want) in table.chunks_exact(4).enumerate() {
+        let (lo, hi) = (k * block, ((k + 1) * block).min(data));
+        if crc32fast::hash(&map[offset + lo..offset + hi]) != u32::from_le_bytes(want.try_into().unwrap()) {
+            bail!(
+                "the {what} {} fails its checksum in block {} of {blocks} (bytes {lo}..{hi}, {}): the file is damaged",
+                path.display(),
+                k + 1,
+                rows(lo, hi)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn build(path: &Path, model: &impl Infer, data: &Dataset, header: &Header, augment: bool, quiet: bool) -> Result<()> {
     let (n, c, v) = (header.samples, header.classes, header.views);
     let bytes = (n * c * v * 2) as u64;
@@ -295,63 +360,16 @@ fn build(path: &Path, model: &impl Infer, data: &Dataset, header: &Header, augme
 
 impl LogitCache {
     pub fn open(path: &Path) -> Result<LogitCache> {
-        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: the file is only ever replaced by rename, never modified in place.
-        let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
-        if map.len() < 12 || &map[..8] != MAGIC {
-            bail!("{}: not a kdlab logit cache", path.display());
-        }
-        let hlen = u32::from_le_bytes(map[8..12].try_into().unwrap()) as usize;
-        let raw = map.get(12..12 + hlen).with_context(|| format!("{}: truncated header", path.display()))?;
-        let value: serde_json::Value = serde_json::from_slice(raw)
-            .with_context(|| format!("the teacher-logit cache {} has a damaged header", path.display()))?;
-        let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("?");
-        if format != FORMAT {
-            bail!(
-                "the teacher-logit cache {} is in format '{format}' (without per-block checksums), this kdlab uses '{FORMAT}'",
-                path.display()
-            );
-        }
+        let what = "teacher-logit cache";
+        let (map, value, offset) = map_with_header(path, MAGIC, FORMAT, what)?;
         let header: Header = serde_json::from_value(value)
-            .with_context(|| format!("the teacher-logit cache {} has a damaged header", path.display()))?;
-        let offset = 12 + hlen;
+            .with_context(|| format!("the {what} {} has a damaged header", path.display()))?;
         let data = header.samples * header.views * header.classes * 2;
-        let block = header.block_bytes.max(1);
-        let blocks = block_count(data, block);
-        if map.len() != offset + data + 4 * blocks + 4 {
-            bail!(
-                "the teacher-logit cache {} has {} bytes, its header says {}: the file is truncated or damaged",
-                path.display(),
-                map.len(),
-                offset + data + 4 * blocks + 4
-            );
-        }
-        let table = &map[offset + data..offset + data + 4 * blocks];
-        let stored = u32::from_le_bytes(map[map.len() - 4..].try_into().unwrap());
-        if table_sum(&map[..offset], table) != stored {
-            bail!(
-                "the teacher-logit cache {} fails its checksum: its header or checksum table is damaged",
-                path.display()
-            );
-        }
-        let row_bytes = header.classes * 2;
-        for (k, want) in table.chunks_exact(4).enumerate() {
-            let lo = k * block;
-            let hi = (lo + block).min(data);
-            if crc32fast::hash(&map[offset + lo..offset + hi]) != u32::from_le_bytes(want.try_into().unwrap()) {
-                let rows = (lo / row_bytes, hi.div_ceil(row_bytes));
-                bail!(
-                    "the teacher-logit cache {} fails its checksum in block {} of {blocks} (logit bytes {lo}..{hi}, \
-                     rows {}..{} = views {}..={}): the file is damaged",
-                    path.display(),
-                    k + 1,
-                    rows.0,
-                    rows.1,
-                    rows.0 / header.samples.max(1),
-                    (rows.1.max(1) - 1) / header.samples.max(1)
-                );
-            }
-        }
+        let (row_bytes, samples) = (header.classes * 2, header.samples.max(1));
+        verify_blocks(&map, offset, data, header.block_bytes.max(1), (path, what), |lo, hi| {
+            let rows = (lo / row_bytes, hi.div_ceil(row_bytes));
+            format!("rows {}..{} = views {}..={}", rows.0, rows.1, rows.0 / samples, (rows.1.max(1) - 1) / samples)
+        })?;
         Ok(LogitCache { header, path: path.to_path_buf(), map, offset })
     }
 

@@ -30,7 +30,9 @@
 //! y i16, x i16, h u16, w u16, flip u8, fill f16, k × class u16 (largest logit first), k × logit
 //! f16; then the checksum table as in the logit cache (`super::cache`): a CRC-32 per block of
 //! rows and one over the head and the table, all verified on open.
-use super::cache::{block_count, free_bytes, header_difference, lock_cache_dir, table_sum, BlockSums, BLOCK_BYTES};
+use super::cache::{
+    free_bytes, header_difference, lock_cache_dir, map_with_header, table_sum, verify_blocks, BlockSums, BLOCK_BYTES,
+};
 use super::checkpoint::CheckpointMeta;
 use super::model::Infer;
 use crate::data::augment::{Augment, View};
@@ -556,65 +558,15 @@ fn streamed_epochs(
 impl TopKCache {
     /// Opens and verifies a cache file: format, size, and every checksum.
     pub fn open(path: &Path) -> Result<TopKCache> {
-        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: the file is only ever replaced by rename, never modified in place.
-        let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
-        if map.len() < 12 || &map[..8] != MAGIC {
-            bail!("{}: not a kdlab top-k teacher cache", path.display());
-        }
-        let hlen = u32::from_le_bytes(map[8..12].try_into().unwrap()) as usize;
-        let damaged = || format!("the top-k teacher cache {} has a damaged header", path.display());
-        let raw = map.get(12..12 + hlen).with_context(damaged)?;
-        let value: serde_json::Value = serde_json::from_slice(raw).with_context(damaged)?;
-        let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("?");
-        if format != FORMAT {
-            bail!("the top-k teacher cache {} is in format '{format}', this kdlab reads '{FORMAT}'", path.display());
-        }
-        let header: Header = serde_json::from_value(value).with_context(damaged)?;
-        let offset = 12 + hlen;
-        let data = header.data_bytes();
-        let blocks = block_count(data, header.block_bytes.max(1));
-        let expected = offset + data + 4 * blocks + 4;
-        if map.len() != expected {
-            bail!(
-                "the top-k teacher cache {} has {} bytes, its header says {expected}: the file is truncated or damaged",
-                path.display(),
-                map.len()
-            );
-        }
-        let cache = TopKCache { header, path: path.to_path_buf(), map, offset };
-        cache.verify(&map_table(&cache, data, blocks))?;
-        Ok(cache)
-    }
-
-    /// Checks the head's and every block's CRC-32, naming the first damaged block's epochs.
-    fn verify(&self, table: &[u8]) -> Result<()> {
-        let data = self.header.data_bytes();
-        let stored = u32::from_le_bytes(self.map[self.map.len() - 4..].try_into().unwrap());
-        if table_sum(&self.map[..self.offset], table) != stored {
-            bail!(
-                "the top-k teacher cache {} fails its checksum: its header or checksum table is damaged",
-                self.path.display()
-            );
-        }
-        let block = self.header.block_bytes.max(1);
-        let epoch_bytes = (self.header.samples * self.header.row_bytes()).max(1);
-        for (b, want) in table.chunks_exact(4).enumerate() {
-            let (lo, hi) = (b * block, ((b + 1) * block).min(data));
-            if crc32fast::hash(&self.map[self.offset + lo..self.offset + hi])
-                != u32::from_le_bytes(want.try_into().unwrap())
-            {
-                bail!(
-                    "the top-k teacher cache {} fails its checksum in block {} of {} (bytes {lo}..{hi}, epochs {}..={}): the file is damaged",
-                    self.path.display(),
-                    b + 1,
-                    table.len() / 4,
-                    lo / epoch_bytes,
-                    (hi.max(1) - 1) / epoch_bytes
-                );
-            }
-        }
-        Ok(())
+        let what = "top-k teacher cache";
+        let (map, value, offset) = map_with_header(path, MAGIC, FORMAT, what)?;
+        let header: Header = serde_json::from_value(value)
+            .with_context(|| format!("the {what} {} has a damaged header", path.display()))?;
+        let epoch_bytes = (header.samples * header.row_bytes()).max(1);
+        verify_blocks(&map, offset, header.data_bytes(), header.block_bytes.max(1), (path, what), |lo, hi| {
+            format!("epochs {}..={}", lo / epoch_bytes, (hi.max(1) - 1) / epoch_bytes)
+        })?;
+        Ok(TopKCache { header, path: path.to_path_buf(), map, offset })
     }
 
     fn row(&self, epoch: usize, i: usize) -> &[u8] {
@@ -708,11 +660,6 @@ impl TopKCache {
             })
             .collect()
     }
-}
-
-/// The checksum table of an opened cache.
-fn map_table(c: &TopKCache, data: usize, blocks: usize) -> Vec<u8> {
-    c.map[c.offset + data..c.offset + data + 4 * blocks].to_vec()
 }
 
 #[cfg(test)]
