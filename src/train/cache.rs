@@ -220,6 +220,40 @@ pub(crate) fn table_sum(head: &[u8], table: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// Writes a cache file atomically: `magic`, the header's length and JSON (padded so that the data
+/// starts on a 64-byte boundary), the data `body` emits, then a CRC-32 per `block_bytes` of data
+/// and one over the head and that table (the layout `verify_blocks` checks).
+pub(crate) fn write_cache_file<H: Serialize>(
+    path: &Path,
+    magic: &[u8; 8],
+    header: &H,
+    block_bytes: usize,
+    body: impl FnOnce(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
+) -> Result<()> {
+    let mut head_json = serde_json::to_vec(header)?;
+    let unpadded = magic.len() + 4 + head_json.len();
+    head_json.extend(std::iter::repeat_n(b' ', (64 - unpadded % 64) % 64));
+    atomic::write_via_path(path, |tmp| {
+        let f = std::fs::File::create(tmp).map_err(|e| anyhow::anyhow!(atomic::describe_io(&e, "creating", tmp)))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        let io = |e: std::io::Error| anyhow::anyhow!(atomic::describe_io(&e, "writing", path));
+        let mut head = magic.to_vec();
+        head.extend_from_slice(&(head_json.len() as u32).to_le_bytes());
+        head.extend_from_slice(&head_json);
+        w.write_all(&head).map_err(io)?;
+        let mut sums = BlockSums::new(block_bytes);
+        body(&mut |bytes: &[u8]| {
+            sums.add(bytes);
+            w.write_all(bytes).map_err(io)
+        })?;
+        let table: Vec<u8> = sums.finish().iter().flat_map(|s| s.to_le_bytes()).collect();
+        w.write_all(&table).map_err(io)?;
+        w.write_all(&table_sum(&head, &table).to_le_bytes()).map_err(io)?;
+        w.flush().map_err(io)?;
+        Ok(())
+    })
+}
+
 /// A cache file mapped into memory, its magic checked and its JSON header read and of `format`:
 /// the map, the header and the offset of the data after it. `what` names the kind of cache in
 /// errors ("teacher-logit cache").
@@ -305,18 +339,7 @@ fn build(path: &Path, model: &impl Infer, data: &Dataset, header: &Header, augme
     let started = std::time::Instant::now();
     let bar =
         if quiet { indicatif::ProgressBar::hidden() } else { crate::util::progress::items_bar(n * v, "teacher cache") };
-    let mut head_json = serde_json::to_vec(header)?;
-    let unpadded = MAGIC.len() + 4 + head_json.len();
-    head_json.extend(std::iter::repeat_n(b' ', (64 - unpadded % 64) % 64));
-    atomic::write_via_path(path, |tmp| {
-        let f = std::fs::File::create(tmp).map_err(|e| anyhow::anyhow!(atomic::describe_io(&e, "creating", tmp)))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
-        let io = |e: std::io::Error| anyhow::anyhow!(atomic::describe_io(&e, "writing", path));
-        let mut head = MAGIC.to_vec();
-        head.extend_from_slice(&(head_json.len() as u32).to_le_bytes());
-        head.extend_from_slice(&head_json);
-        w.write_all(&head).map_err(io)?;
-        let mut sums = BlockSums::new(header.block_bytes);
+    write_cache_file(path, MAGIC, header, header.block_bytes, |emit| {
         let numel = split.shape.numel();
         let batch = super::eval::EVAL_BATCH;
         let mut buf = vec![0f32; batch * numel];
@@ -335,15 +358,10 @@ fn build(path: &Path, model: &impl Infer, data: &Dataset, header: &Header, augme
                 for x in vals {
                     out.extend_from_slice(&f16::from_f32(x).to_le_bytes());
                 }
-                sums.add(&out);
-                w.write_all(&out).map_err(io)?;
+                emit(&out)?;
                 bar.inc((hi - lo) as u64);
             }
         }
-        let table: Vec<u8> = sums.finish().iter().flat_map(|s| s.to_le_bytes()).collect();
-        w.write_all(&table).map_err(io)?;
-        w.write_all(&table_sum(&head, &table).to_le_bytes()).map_err(io)?;
-        w.flush().map_err(io)?;
         Ok(())
     })?;
     bar.finish_and_clear();

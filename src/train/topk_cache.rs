@@ -31,7 +31,7 @@
 //! f16; then the checksum table as in the logit cache (`super::cache`): a CRC-32 per block of
 //! rows and one over the head and the table, all verified on open.
 use super::cache::{
-    free_bytes, header_difference, lock_cache_dir, map_with_header, table_sum, verify_blocks, BlockSums, BLOCK_BYTES,
+    free_bytes, header_difference, lock_cache_dir, map_with_header, verify_blocks, write_cache_file, BLOCK_BYTES,
 };
 use super::checkpoint::CheckpointMeta;
 use super::model::Infer;
@@ -39,11 +39,9 @@ use crate::data::augment::{Augment, View};
 use crate::data::loader::{epoch_plan, Loader, LoaderSpec};
 use crate::data::transform::CropBox;
 use crate::data::{Dataset, Shape};
-use crate::util::atomic;
 use anyhow::{bail, Context, Result};
 use half::f16;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -434,31 +432,9 @@ fn build(path: &Path, model: &impl Infer, data: &Dataset, header: &Header, quiet
     } else {
         crate::util::progress::items_bar(n * epochs, "top-k teacher cache")
     };
-    let mut head_json = serde_json::to_vec(header)?;
-    let unpadded = MAGIC.len() + 4 + head_json.len();
-    head_json.extend(std::iter::repeat_n(b' ', (64 - unpadded % 64) % 64));
-    atomic::write_via_path(path, |tmp| {
-        let f = std::fs::File::create(tmp).map_err(|e| anyhow::anyhow!(atomic::describe_io(&e, "creating", tmp)))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
-        let io = |e: std::io::Error| anyhow::anyhow!(atomic::describe_io(&e, "writing", path));
-        let mut head = MAGIC.to_vec();
-        head.extend_from_slice(&(head_json.len() as u32).to_le_bytes());
-        head.extend_from_slice(&head_json);
-        w.write_all(&head).map_err(io)?;
-        let mut sums = BlockSums::new(header.block_bytes);
-        let mut emit = |rows: &[u8]| -> Result<()> {
-            sums.add(rows);
-            w.write_all(rows).map_err(io)
-        };
-        match data.stream {
-            None => memory_epochs(model, data, header, &mut emit, &bar)?,
-            Some(_) => streamed_epochs(model, data, header, &mut emit, &bar)?,
-        }
-        let table: Vec<u8> = sums.finish().iter().flat_map(|s| s.to_le_bytes()).collect();
-        w.write_all(&table).map_err(io)?;
-        w.write_all(&table_sum(&head, &table).to_le_bytes()).map_err(io)?;
-        w.flush().map_err(io)?;
-        Ok(())
+    write_cache_file(path, MAGIC, header, header.block_bytes, |emit| match data.stream {
+        None => memory_epochs(model, data, header, emit, &bar),
+        Some(_) => streamed_epochs(model, data, header, emit, &bar),
     })?;
     bar.finish_and_clear();
     if !quiet {
