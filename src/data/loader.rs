@@ -139,24 +139,23 @@ impl Loader {
     /// teacher cache) instead of one drawn from the seed; the order is still the seed's.
     pub fn replay(split: Arc<Split>, augment: Arc<Augment>, spec: LoaderSpec, epoch: u64, views: Vec<u32>) -> Loader {
         assert_eq!(views.len(), split.len(), "one replayed view per sample");
-        let batches = batch_count(split.len(), &spec);
-        let (tx, rx) = sync_channel::<Result<Batch>>(3);
-        let handle = std::thread::Builder::new()
-            .name("kdlab-loader".into())
-            .spawn(move || memory_batches(&split, &augment, spec, epoch, batches, &tx, Some(views)))
-            .expect("spawning the loader thread");
-        Loader { rx, handle: Some(handle), remaining: batches, error: None }
+        Loader::start(Feed::Memory { split, augment }, spec, epoch, Some(views))
     }
 
     /// As [`Loader::new`], from either kind of feed.
     pub fn from_feed(feed: Feed, spec: LoaderSpec, epoch: u64) -> Loader {
+        Loader::start(feed, spec, epoch, None)
+    }
+
+    /// The producer thread of an epoch; `replay` (decoded feeds only) overrides the drawn views.
+    fn start(feed: Feed, spec: LoaderSpec, epoch: u64, replay: Option<Vec<u32>>) -> Loader {
         let batches = batch_count(feed.len(), &spec);
         let capacity = if matches!(feed, Feed::Memory { .. }) { 3 } else { prefetch() };
         let (tx, rx) = sync_channel::<Result<Batch>>(capacity);
         let handle = std::thread::Builder::new()
             .name("kdlab-loader".into())
             .spawn(move || match feed {
-                Feed::Memory { split, augment } => memory_batches(&split, &augment, spec, epoch, batches, &tx, None),
+                Feed::Memory { split, augment } => memory_batches(&split, &augment, spec, epoch, batches, &tx, replay),
                 Feed::Files(files) => file_batches(&files, spec, epoch, batches, &tx),
             })
             .expect("spawning the loader thread");
