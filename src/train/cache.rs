@@ -20,7 +20,7 @@
 //! damage that happens to the file while a run reads it is not caught.
 use super::checkpoint::CheckpointMeta;
 use super::model::Infer;
-use crate::data::augment::Augment;
+use crate::data::augment::{Augment, View};
 use crate::data::{Dataset, Split};
 use crate::util::atomic;
 use anyhow::{bail, Context, Result};
@@ -220,6 +220,31 @@ pub(crate) fn table_sum(head: &[u8], table: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// The teacher's logits on every sample of `split`, sample i seen through `view_of(i)`, in
+/// batches of `EVAL_BATCH`: `each(lo, hi, logits)` gets samples lo..hi's (hi − lo) × C logits.
+pub(crate) fn teacher_logits(
+    model: &impl Infer,
+    split: &Split,
+    aug: &Augment,
+    view_of: impl Fn(usize) -> View,
+    mut each: impl FnMut(usize, usize, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let (n, numel) = (split.len(), split.shape.numel());
+    let batch = super::eval::EVAL_BATCH;
+    let mut buf = vec![0f32; batch * numel];
+    for lo in (0..n).step_by(batch) {
+        let hi = (lo + batch).min(n);
+        for i in lo..hi {
+            aug.apply(split.image(i), split.shape, view_of(i), &mut buf[(i - lo) * numel..(i - lo + 1) * numel]);
+        }
+        let dims = [(hi - lo) as i64, split.shape.c as i64, split.shape.h as i64, split.shape.w as i64];
+        let x = Tensor::from_slice(&buf[..(hi - lo) * numel]).view(dims).to_device(model.device());
+        let logits = model.infer(&x).to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+        each(lo, hi, &Vec::<f32>::try_from(logits.view(-1))?)?;
+    }
+    Ok(())
+}
+
 /// Writes a cache file atomically: `magic`, the header's length and JSON (padded so that the data
 /// starts on a 64-byte boundary), the data `body` emits, then a CRC-32 per `block_bytes` of data
 /// and one over the head and that table (the layout `verify_blocks` checks).
@@ -340,27 +365,23 @@ fn build(path: &Path, model: &impl Infer, data: &Dataset, header: &Header, augme
     let bar =
         if quiet { indicatif::ProgressBar::hidden() } else { crate::util::progress::items_bar(n * v, "teacher cache") };
     write_cache_file(path, MAGIC, header, header.block_bytes, |emit| {
-        let numel = split.shape.numel();
-        let batch = super::eval::EVAL_BATCH;
-        let mut buf = vec![0f32; batch * numel];
         for view in 0..v {
             let vw = aug.view(view);
-            for lo in (0..n).step_by(batch) {
-                let hi = (lo + batch).min(n);
-                for i in lo..hi {
-                    aug.apply(split.image(i), split.shape, vw, &mut buf[(i - lo) * numel..(i - lo + 1) * numel]);
-                }
-                let dims = [(hi - lo) as i64, split.shape.c as i64, split.shape.h as i64, split.shape.w as i64];
-                let x = Tensor::from_slice(&buf[..(hi - lo) * numel]).view(dims).to_device(model.device());
-                let logits = model.infer(&x).to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-                let vals = Vec::<f32>::try_from(logits.view(-1))?;
-                let mut out = Vec::with_capacity(vals.len() * 2);
-                for x in vals {
-                    out.extend_from_slice(&f16::from_f32(x).to_le_bytes());
-                }
-                emit(&out)?;
-                bar.inc((hi - lo) as u64);
-            }
+            teacher_logits(
+                model,
+                split,
+                &aug,
+                |_| vw,
+                |lo, hi, vals| {
+                    let mut out = Vec::with_capacity(vals.len() * 2);
+                    for &x in vals {
+                        out.extend_from_slice(&f16::from_f32(x).to_le_bytes());
+                    }
+                    emit(&out)?;
+                    bar.inc((hi - lo) as u64);
+                    Ok(())
+                },
+            )?;
         }
         Ok(())
     })?;

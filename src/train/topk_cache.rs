@@ -31,7 +31,8 @@
 //! f16; then the checksum table as in the logit cache (`super::cache`): a CRC-32 per block of
 //! rows and one over the head and the table, all verified on open.
 use super::cache::{
-    free_bytes, header_difference, lock_cache_dir, map_with_header, verify_blocks, write_cache_file, BLOCK_BYTES,
+    free_bytes, header_difference, lock_cache_dir, map_with_header, teacher_logits, verify_blocks, write_cache_file,
+    BLOCK_BYTES,
 };
 use super::checkpoint::CheckpointMeta;
 use super::model::Infer;
@@ -391,22 +392,17 @@ fn encode_rows(crops: &[CropRecord], tops: &[TopK], out: &mut Vec<u8>) {
 
 /// The teacher's top-k on every sample of an epoch, each seen through its view `views[i]`.
 fn epoch_top_k(model: &impl Infer, data: &Dataset, aug: &Augment, views: &[u32], k: usize) -> Result<Vec<TopK>> {
-    let split = &data.train;
-    let (n, numel) = (split.len(), split.shape.numel());
-    let batch = super::eval::EVAL_BATCH;
-    let mut buf = vec![0f32; batch * numel];
-    let mut tops = Vec::with_capacity(n);
-    for lo in (0..n).step_by(batch) {
-        let hi = (lo + batch).min(n);
-        for i in lo..hi {
-            let out = &mut buf[(i - lo) * numel..(i - lo + 1) * numel];
-            aug.apply(split.image(i), split.shape, aug.view(views[i] as usize), out);
-        }
-        let dims = [(hi - lo) as i64, split.shape.c as i64, split.shape.h as i64, split.shape.w as i64];
-        let x = Tensor::from_slice(&buf[..(hi - lo) * numel]).view(dims).to_device(model.device());
-        let logits = Vec::<f32>::try_from(model.infer(&x).to_device(Device::Cpu).to_kind(Kind::Float).view(-1))?;
-        tops.extend(logits.chunks_exact(logits.len() / (hi - lo)).map(|row| top_k(row, k)));
-    }
+    let mut tops = Vec::with_capacity(data.train.len());
+    teacher_logits(
+        model,
+        &data.train,
+        aug,
+        |i| aug.view(views[i] as usize),
+        |lo, hi, logits| {
+            tops.extend(logits.chunks_exact(logits.len() / (hi - lo)).map(|row| top_k(row, k)));
+            Ok(())
+        },
+    )?;
     Ok(tops)
 }
 
