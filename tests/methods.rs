@@ -23,10 +23,7 @@ fn t(v: &[f64]) -> Tensor {
 fn kdlab_terms(method: &str, params: &methods::Table, s: &[f64], te: &[f64], epoch: f64) -> Vec<(String, f64)> {
     let mut m = methods::build(method, params).unwrap();
     let y = Tensor::from_slice(&Y);
-    m.terms(&LossInput { student: &t(s), teacher: &t(te), labels: &y, epoch })
-        .into_iter()
-        .map(|(k, v)| (k, v.double_value(&[])))
-        .collect()
+    m.terms(&LossInput::logits(&t(s), &t(te), &y, epoch)).into_iter().map(|(k, v)| (k, v.double_value(&[]))).collect()
 }
 
 mod plain {
@@ -227,12 +224,7 @@ fn kd_kl_decomposes_into_tckd_and_weighted_nckd() {
             let one = |v: &[f64]| Tensor::from_slice(&v[i * C..(i + 1) * C]).view([1, C as i64]);
             let y = Tensor::from_slice(&[Y[i]]);
             let terms = |m: &str, prm: methods::Table| {
-                methods::build(m, &prm).unwrap().terms(&LossInput {
-                    student: &one(&s),
-                    teacher: &one(&te),
-                    labels: &y,
-                    epoch: 100.0,
-                })
+                methods::build(m, &prm).unwrap().terms(&LossInput::logits(&one(&s), &one(&te), &y, 100.0))
             };
             let kd = terms(
                 "kd",
@@ -274,11 +266,7 @@ fn gradients_match_finite_differences() {
     for (name, prm) in cases {
         let mut m = methods::build(name, &prm).unwrap();
         let total = |sv: &Tensor, m: &mut Box<dyn methods::Method>| -> Tensor {
-            m.terms(&LossInput { student: sv, teacher: &t(&te), labels: &y, epoch: 10.0 })
-                .into_iter()
-                .map(|(_, v)| v)
-                .reduce(|a, b| a + b)
-                .unwrap()
+            m.terms(&LossInput::logits(sv, &t(&te), &y, 10.0)).into_iter().map(|(_, v)| v).reduce(|a, b| a + b).unwrap()
         };
         let sv = t(&s).set_requires_grad(true);
         total(&sv, &mut m).backward();
@@ -368,14 +356,9 @@ fn losses_are_computed_in_the_input_dtype() {
     let (s, te) = (data(1, 3.0), data(2, 5.0));
     let y = Tensor::from_slice(&Y);
     let mut m = methods::build("dkd", &methods::Table::new()).unwrap();
-    let f32_terms = m.terms(&LossInput {
-        student: &t(&s).to_kind(Kind::Float),
-        teacher: &t(&te).to_kind(Kind::Float),
-        labels: &y,
-        epoch: 20.0,
-    });
+    let f32_terms = m.terms(&LossInput::logits(&t(&s).to_kind(Kind::Float), &t(&te).to_kind(Kind::Float), &y, 20.0));
     assert!(f32_terms.iter().all(|(_, v)| v.kind() == Kind::Float));
-    let f64_terms = m.terms(&LossInput { student: &t(&s), teacher: &t(&te), labels: &y, epoch: 20.0 });
+    let f64_terms = m.terms(&LossInput::logits(&t(&s), &t(&te), &y, 20.0));
     for ((_, a), (_, b)) in f32_terms.iter().zip(&f64_terms) {
         let (a, b) = (a.double_value(&[]), b.double_value(&[]));
         assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{a} vs {b}");
@@ -691,12 +674,8 @@ fn isats_and_ats_gradients_reach_only_the_student() {
         let sv = t(&s).set_requires_grad(true);
         // A teacher tensor that would collect a gradient if any reached it.
         let tv = t(&te).set_requires_grad(true);
-        let total = m
-            .terms(&LossInput { student: &sv, teacher: &tv, labels: &y, epoch: 1.0 })
-            .into_iter()
-            .map(|(_, v)| v)
-            .reduce(|a, b| a + b)
-            .unwrap();
+        let total =
+            m.terms(&LossInput::logits(&sv, &tv, &y, 1.0)).into_iter().map(|(_, v)| v).reduce(|a, b| a + b).unwrap();
         total.backward();
         assert!(!tv.grad().defined(), "{name} {prm:?}: a gradient reached the teacher");
         let g: Vec<f64> = Vec::try_from(sv.grad().view(-1)).unwrap();
@@ -727,8 +706,8 @@ fn the_ats_flip_counter_by_hand() {
     .unwrap();
     // Two batches in one epoch (the first three rows, then the last two), then a fresh epoch.
     let (a, b) = (te.narrow(0, 0, 3), te.narrow(0, 3, 2));
-    m.terms(&LossInput { student: &s.narrow(0, 0, 3), teacher: &a, labels: &y.narrow(0, 0, 3), epoch: 1.0 });
-    m.terms(&LossInput { student: &s.narrow(0, 3, 2), teacher: &b, labels: &y.narrow(0, 3, 2), epoch: 1.0 });
+    m.terms(&LossInput::logits(&s.narrow(0, 0, 3), &a, &y.narrow(0, 0, 3), 1.0));
+    m.terms(&LossInput::logits(&s.narrow(0, 3, 2), &b, &y.narrow(0, 3, 2), 1.0));
     let e = m.end_epoch().unwrap();
     let f = &e["ats_target"];
     assert_eq!(f["samples"], 5, "{e}");
@@ -737,12 +716,7 @@ fn the_ats_flip_counter_by_hand() {
     assert_eq!(share("flipped_where_teacher_right"), 1.0 / 5.0, "{e}");
     assert_eq!(share("fixed_where_teacher_wrong"), 1.0 / 5.0, "{e}");
     assert_eq!(share("target_not_true_class"), 3.0 / 5.0, "{e}");
-    m.terms(&LossInput {
-        student: &s.narrow(0, 1, 1),
-        teacher: &te.narrow(0, 1, 1),
-        labels: &y.narrow(0, 1, 1),
-        epoch: 2.0,
-    });
+    m.terms(&LossInput::logits(&s.narrow(0, 1, 1), &te.narrow(0, 1, 1), &y.narrow(0, 1, 1), 2.0));
     let e = m.end_epoch().unwrap();
     assert_eq!(e["ats_target"]["samples"], 1, "{e}");
     assert_eq!(e["ats_target"]["target_not_true_class"].as_f64(), Some(0.0), "{e}");
@@ -756,7 +730,7 @@ fn the_ats_flip_counter_by_hand() {
             }),
         )
         .unwrap();
-        m.terms(&LossInput { student: &s, teacher: &te, labels: &y, epoch: 1.0 });
+        m.terms(&LossInput::logits(&s, &te, &y, 1.0));
         let e = m.end_epoch().unwrap();
         assert_eq!(e["ats_target"]["flipped_where_teacher_right"].as_f64(), Some(flipped), "{rule}: {e}");
         assert_eq!(e["ats_target"]["teacher_wrong"].as_f64(), Some(3.0 / 5.0), "{rule}: {e}");
@@ -841,7 +815,7 @@ fn isats_order_on_realistic_logits() {
                 }),
             )
             .unwrap();
-            m.terms(&LossInput { student: &s, teacher: &te, labels: &labels, epoch: 1.0 });
+            m.terms(&LossInput::logits(&s, &te, &labels, 1.0));
             let rule = format!("{rule}{}", margin.map(|m| format!(" margin {m}")).unwrap_or_default());
             let e = m.end_epoch().unwrap();
             let (t, a) = (&e["isats_tau2"], &e["ats_target"]);

@@ -337,9 +337,46 @@ pub struct LossArgs {
     pub per_sample: bool,
     #[arg(long)]
     pub json: bool,
+    /// A student tap a feature method reads, NAME=FILE.npy (float, batch first: FitNet's
+    /// `--student-tap stage2=s2.npy`); `kdlab models --taps MODEL` lists the names.
+    #[arg(long = "student-tap", value_name = "NAME=FILE")]
+    pub student_taps: Vec<String>,
+    /// A teacher tap a feature method reads, NAME=FILE.npy.
+    #[arg(long = "teacher-tap", value_name = "NAME=FILE")]
+    pub teacher_taps: Vec<String>,
+    /// The seed a feature method's modules (FitNet's regressor) are initialised from, as a run
+    /// with this seed initialises them.
+    #[arg(long = "modules-seed", default_value_t = 0)]
+    pub modules_seed: u64,
     /// Last: its per-key flags leave out names the command's other flags already have.
     #[command(flatten)]
     pub method: MethodFlags,
+}
+
+/// Taps given as NAME=FILE.npy, each with `n` rows, in the dtype of the logits (f64).
+fn read_taps(given: &[String], n: usize, flag: &str) -> Result<(crate::models::Taps, Vec<(String, Vec<i64>)>)> {
+    let mut names = vec![];
+    let mut tensors = vec![];
+    for g in given {
+        let Some((name, file)) = g.split_once('=') else { bail!("{flag} {g}: write NAME=FILE.npy") };
+        let a = npy::read(Path::new(file))?;
+        let v = a.to_f64(Path::new(file))?;
+        if a.shape.first() != Some(&n) {
+            bail!("{file}: tap {name} has shape {:?}; its first dimension must be the {n} samples", a.shape);
+        }
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            bail!("{file}: element {i} is not finite ({})", v[i]);
+        }
+        let shape: Vec<i64> = a.shape.iter().map(|&d| d as i64).collect();
+        names.push(name.to_string());
+        tensors.push((name.to_string(), Tensor::from_slice(&v).view(shape.as_slice())));
+    }
+    let mut taps = crate::models::Taps::only(&names);
+    let shapes = tensors.iter().map(|(n, t)| (n.clone(), t.size()[1..].to_vec())).collect();
+    for (name, t) in &tensors {
+        taps.put(name, t);
+    }
+    Ok((taps, shapes))
 }
 
 fn logits_tensor(p: &Path) -> Result<(usize, usize, Tensor)> {
@@ -368,7 +405,28 @@ pub fn loss(a: LossArgs) -> Result<()> {
     }
     let labels = Tensor::from_slice(&y);
     let epoch = a.epoch.unwrap_or_else(|| method.settled_epoch());
-    let terms = method.terms(&LossInput { student: &s, teacher: &t, labels: &labels, epoch });
+    // A feature method reads taps and may own modules: built here as a run builds them (in f64,
+    // the dtype of the inputs), from the seed a run would use.
+    let (student_taps, s_shapes) = read_taps(&a.student_taps, ns, "--student-tap")?;
+    let (teacher_taps, t_shapes) = read_taps(&a.teacher_taps, ns, "--teacher-tap")?;
+    let needs = method.taps();
+    distill::check_taps(&name, "--student-tap", &s_shapes, &needs.student)?;
+    distill::check_taps(&name, "--teacher-tap", &t_shapes, &needs.teacher)?;
+    let mut vars = tch::nn::VarStore::new(tch::Device::Cpu);
+    crate::train::model::seeded(a.modules_seed, crate::util::rng::stream::METHOD_INIT, || {
+        method.setup(&methods::Setup {
+            vars: vars.root(),
+            student: &s_shapes,
+            teacher: &t_shapes,
+            classes: cs,
+            samples: ns,
+        })
+    })?;
+    vars.double();
+    let mut input = LossInput::logits(&s, &t, &labels, epoch);
+    input.student_taps = Some(&student_taps);
+    input.teacher_taps = Some(&teacher_taps);
+    let terms = method.terms(&input);
     let values: Vec<(String, f64)> =
         terms.iter().map(|(k, v)| (k.clone(), v.to_kind(Kind::Double).double_value(&[]))).collect();
     let total: f64 = values.iter().map(|(_, v)| v).sum();

@@ -14,9 +14,15 @@ pub struct ModelsArgs {
     pub classes: usize,
     /// Count these models instead of the listed examples.
     pub names: Vec<String>,
+    /// List the taps (named intermediate outputs, for feature methods) of MODEL with their shapes.
+    #[arg(long, value_name = "MODEL")]
+    pub taps: Option<String>,
 }
 
 pub fn run(a: ModelsArgs) -> Result<()> {
+    if let Some(name) = &a.taps {
+        return list_taps(name, a.input, a.classes);
+    }
     let mut rows = vec![];
     let names: Vec<(String, String)> = if a.names.is_empty() {
         FAMILIES.iter().flat_map(|f| f.examples.iter().map(move |n| (n.to_string(), f.name.to_string()))).collect()
@@ -33,6 +39,19 @@ pub fn run(a: ModelsArgs) -> Result<()> {
     for f in FAMILIES {
         println!("  {:<15} {:<52} {}", f.name, f.pattern, f.about);
     }
+    Ok(())
+}
+
+/// `kdlab models --taps MODEL`: each tap's name and shape for one input (batch left out).
+fn list_taps(name: &str, input: Shape, classes: usize) -> Result<()> {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let net = models::build(&vs.root(), name, input, classes)?;
+    let rows: Vec<Vec<String>> = models::taps::shapes(net.as_ref(), input, tch::Device::Cpu)
+        .into_iter()
+        .map(|(n, s)| vec![n, s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")])
+        .collect();
+    println!("taps of {name} for {input} inputs, {classes} classes");
+    print!("{}", fmt::table(&["tap", "shape"], &rows));
     Ok(())
 }
 

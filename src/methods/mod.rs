@@ -9,15 +9,17 @@ pub mod ce;
 pub mod common;
 pub mod dist;
 pub mod dkd;
+pub mod fitnet;
 pub mod isats;
 pub mod kd;
 pub mod kd_curriculum;
 pub mod nckd;
 
+use crate::models::Taps;
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tch::Tensor;
+use tch::{nn, Tensor};
 
 /// One batch as a method sees it. The tensors share one dtype (f32 in training, f64 in
 /// `kdlab loss` checks).
@@ -30,10 +32,92 @@ pub struct LossInput<'a> {
     pub labels: &'a Tensor,
     /// 1-based epoch (fractional within an epoch is not used): DKD's warm-up reads it.
     pub epoch: f64,
+    /// The student's taps that `Method::taps` asked for (with gradient); None for logit methods.
+    pub student_taps: Option<&'a Taps>,
+    /// The teacher's taps that `Method::taps` asked for (without gradient).
+    pub teacher_taps: Option<&'a Taps>,
 }
 
+impl<'a> LossInput<'a> {
+    /// A batch of logits and labels, without taps (what every logit method reads).
+    pub fn logits(student: &'a Tensor, teacher: &'a Tensor, labels: &'a Tensor, epoch: f64) -> LossInput<'a> {
+        LossInput { student, teacher, labels, epoch, student_taps: None, teacher_taps: None }
+    }
+
+    /// The student's tap `name`. The trainer checks every tap a method asks for against both
+    /// models before the first step, so a missing one here is a bug in kdlab, not in the input.
+    pub fn student_tap(&self, name: &str) -> &Tensor {
+        tap(self.student_taps, name, "student")
+    }
+
+    /// The teacher's tap `name` (see `student_tap`).
+    pub fn teacher_tap(&self, name: &str) -> &Tensor {
+        tap(self.teacher_taps, name, "teacher")
+    }
+}
+
+fn tap<'a>(taps: Option<&'a Taps>, name: &str, whose: &str) -> &'a Tensor {
+    taps.and_then(|t| t.get(name))
+        .unwrap_or_else(|| panic!("the {whose}'s tap '{name}' was not served, though the method asked for it"))
+}
+
+/// The taps a method reads (`models::taps` names: `stage2`, `prepool`, `embedding`, …).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TapNeeds {
+    pub student: Vec<String>,
+    pub teacher: Vec<String>,
+}
+
+impl TapNeeds {
+    pub fn is_empty(&self) -> bool {
+        self.student.is_empty() && self.teacher.is_empty()
+    }
+}
+
+/// What a method learns before its first step: where its modules go and the shapes of the taps
+/// it asked for (batch dimension left out).
+pub struct Setup<'a> {
+    /// Where the method creates its trainable modules (`nn::linear(&vars / "regressor", …)`) and
+    /// its state (`vars.zeros_no_train(…)`): both are checkpointed with the student and restored
+    /// on resume; the trainable ones are optimised with the student's parameters.
+    pub vars: nn::Path<'a>,
+    pub student: &'a [(String, Vec<i64>)],
+    pub teacher: &'a [(String, Vec<i64>)],
+    pub classes: usize,
+    /// Training samples (a memory bank's size).
+    pub samples: usize,
+}
+
+impl Setup<'_> {
+    /// The shape of the student's tap `name` (which `Method::taps` asked for).
+    pub fn student_shape(&self, name: &str) -> &[i64] {
+        shape_of(self.student, name)
+    }
+    /// The shape of the teacher's tap `name` (which `Method::taps` asked for).
+    pub fn teacher_shape(&self, name: &str) -> &[i64] {
+        shape_of(self.teacher, name)
+    }
+}
+
+fn shape_of<'a>(shapes: &'a [(String, Vec<i64>)], name: &str) -> &'a [i64] {
+    // The trainer checks every asked-for tap against the model before `setup` runs.
+    shapes.iter().find(|(n, _)| n == name).map(|(_, s)| s.as_slice()).unwrap_or(&[])
+}
+
+/// A distillation method: logits (and, for feature methods, taps) in, named loss terms out.
+/// A method may own trainable modules and state across steps, created in `setup` under the path
+/// it is given; the trainer optimises and checkpoints them with the student.
 pub trait Method: Send {
     fn name(&self) -> &'static str;
+    /// The taps it reads; none for a logit method.
+    fn taps(&self) -> TapNeeds {
+        TapNeeds::default()
+    }
+    /// Creates its modules and state, once per run, before the first step (and before a resumed
+    /// run's checkpoint is restored into them).
+    fn setup(&mut self, _setup: &Setup) -> Result<()> {
+        Ok(())
+    }
     /// Named loss terms, each a scalar (a mean over the batch).
     fn terms(&mut self, x: &LossInput) -> Vec<(String, Tensor)>;
     /// Every hyper-parameter in effect (defaults filled in), for run records.
@@ -123,6 +207,7 @@ pub const REGISTRY: &[Entry] = &[
     entry::<dkd::Params>("dkd", "decoupled KD (Zhao et al. 2022): CE + α·TCKD + β·NCKD with warm-up"),
     entry::<dist::Params>("dist", "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation"),
     entry::<kd_curriculum::Params>("kd_curriculum", "KD whose temperature follows a fixed schedule over the first epochs (after CTKD's curriculum)"),
+    entry::<fitnet::Params>("fitnet", "FitNets (Romero et al., ICLR 2015): CE + β·MSE(regressor(student hint), teacher hint); taps: the hint (stage2)"),
 ];
 
 impl Entry {

@@ -2,7 +2,8 @@
 //! then a linear classifier on the flattened features. Cheap enough to build whole capacity ladders
 //! (cnn_w1 … cnn_w16) on a CPU.
 use super::layers::{bn2d, conv2d, linear};
-use tch::nn::{self, ModuleT};
+use super::taps::{head, Network, Taps};
+use tch::nn;
 use tch::Tensor;
 
 #[derive(Debug)]
@@ -27,17 +28,14 @@ impl PlainCnn {
     }
 }
 
-impl ModuleT for PlainCnn {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .max_pool2d_default(2)
-            .apply(&self.conv2)
-            .apply_t(&self.bn2, train)
-            .relu()
-            .max_pool2d_default(2)
-            .flatten(1, -1)
-            .apply(&self.fc)
+impl Network for PlainCnn {
+    fn forward_taps(&self, x: &Tensor, train: bool, taps: &mut Taps) -> Tensor {
+        let h = x.apply(&self.conv1).apply_t(&self.bn1, train).relu().max_pool2d_default(2);
+        taps.put("stage1", &h);
+        let h = h.apply(&self.conv2).apply_t(&self.bn2, train).relu().max_pool2d_default(2);
+        taps.put("stage2", &h);
+        // No global pooling: the classifier reads the flattened map.
+        taps.put("prepool", &h);
+        head(h.flatten(1, -1), &self.fc, taps)
     }
 }

@@ -6,6 +6,7 @@
 //! `fc`), so a torchvision state dict loads with no renaming.
 use super::layers::{bn2d, conv2d, linear};
 use super::resnet::{projection, BasicBlock};
+use super::taps::{pool_head, run_stages, Network, Taps};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -70,6 +71,8 @@ pub struct ImageNetResNet {
     conv1: nn::Conv2D,
     bn1: nn::BatchNorm,
     blocks: Vec<Box<dyn ModuleT>>,
+    /// Each stage's end in `blocks` (exclusive).
+    stage_ends: Vec<usize>,
     fc: nn::Linear,
 }
 
@@ -79,6 +82,7 @@ impl ImageNetResNet {
         let (counts, bottleneck) = config(depth).expect("a torchvision ResNet depth");
         let mut blocks: Vec<Box<dyn ModuleT>> = vec![];
         let mut c = 64;
+        let mut stage_ends = vec![];
         for (stage, (&n, width)) in counts.iter().zip([64, 128, 256, 512]).enumerate() {
             for j in 0..n {
                 let stride = if stage > 0 && j == 0 { 2 } else { 1 };
@@ -91,23 +95,24 @@ impl ImageNetResNet {
                     c = width;
                 }
             }
+            stage_ends.push(blocks.len());
         }
         ImageNetResNet {
             conv1: conv2d(p / "conv1", cin, 64, 7, 2, 3, false),
             bn1: bn2d(p / "bn1", 64),
             blocks,
+            stage_ends,
             fc: linear(p / "fc", c, classes),
         }
     }
 }
 
-impl ModuleT for ImageNetResNet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+impl Network for ImageNetResNet {
+    fn forward_taps(&self, x: &Tensor, train: bool, taps: &mut Taps) -> Tensor {
         let stem = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        let mut h = stem.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        for b in &self.blocks {
-            h = b.forward_t(&h, train);
-        }
-        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+        taps.put("stem", &stem);
+        let h = stem.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let h = run_stages(h, self.blocks.iter().map(|b| b.as_ref()), &self.stage_ends, train, taps);
+        pool_head(h, &self.fc, taps)
     }
 }

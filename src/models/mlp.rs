@@ -1,7 +1,8 @@
 //! A multi-layer perceptron on the flattened image: `depth` hidden layers of `width` units with
 //! ReLU, then a linear classifier (mlp_512x2 has two hidden layers of 512).
 use super::layers::linear;
-use tch::nn::{self, ModuleT};
+use super::taps::{head, Network, Taps};
+use tch::nn;
 use tch::Tensor;
 
 #[derive(Debug)]
@@ -24,12 +25,13 @@ impl Mlp {
     }
 }
 
-impl ModuleT for Mlp {
-    fn forward_t(&self, x: &Tensor, _train: bool) -> Tensor {
+impl Network for Mlp {
+    fn forward_taps(&self, x: &Tensor, _train: bool, taps: &mut Taps) -> Tensor {
         let mut h = x.flatten(1, -1);
-        for l in &self.hidden {
+        for (i, l) in self.hidden.iter().enumerate() {
             h = h.apply(l).relu();
+            taps.put_nth("hidden", i + 1, &h);
         }
-        h.apply(&self.out)
+        head(h, &self.out, taps)
     }
 }

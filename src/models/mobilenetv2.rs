@@ -7,6 +7,7 @@
 //! KD student, RepDistiller's `mobile_half`). Parameter names are RepDistiller's (`conv1.0`,
 //! `blocks.S.J.conv.K`, `conv2.0`, `classifier.0`), so its checkpoints load with no renaming.
 use super::layers::{bn2d, conv2d, conv2d_grouped, linear};
+use super::taps::{pool_head, run_stages, Network, Taps};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -59,6 +60,8 @@ impl ModuleT for InvertedResidual {
 pub struct MobileNetV2 {
     stem: (nn::Conv2D, nn::BatchNorm),
     blocks: Vec<InvertedResidual>,
+    /// Each stage's (bottleneck group's) end in `blocks` (exclusive).
+    stage_ends: Vec<usize>,
     head: (nn::Conv2D, nn::BatchNorm),
     fc: nn::Linear,
 }
@@ -68,6 +71,7 @@ impl MobileNetV2 {
         let stem_c = scaled(32, width);
         let last = if width > 1.0 { scaled(1280, width) } else { 1280 };
         let mut blocks = vec![];
+        let mut stage_ends = vec![];
         let mut c = stem_c;
         for (s, &(t, out, n, stride)) in STAGES.iter().enumerate() {
             let out = scaled(out, width);
@@ -76,25 +80,25 @@ impl MobileNetV2 {
                 blocks.push(InvertedResidual::new(p / "blocks" / s / j, c, out, block_stride, t));
                 c = out;
             }
+            stage_ends.push(blocks.len());
         }
         MobileNetV2 {
             stem: (conv2d(p / "conv1" / 0, cin, stem_c, 3, 2, 1, false), bn2d(p / "conv1" / 1, stem_c)),
             blocks,
+            stage_ends,
             head: (conv2d(p / "conv2" / 0, c, last, 1, 1, 0, false), bn2d(p / "conv2" / 1, last)),
             fc: linear(p / "classifier" / 0, last, classes),
         }
     }
 }
 
-impl ModuleT for MobileNetV2 {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x.apply(&self.stem.0).apply_t(&self.stem.1, train).relu();
-        for b in &self.blocks {
-            h = b.forward_t(&h, train);
-        }
-        h = h.apply(&self.head.0).apply_t(&self.head.1, train).relu();
+impl Network for MobileNetV2 {
+    fn forward_taps(&self, x: &Tensor, train: bool, taps: &mut Taps) -> Tensor {
+        let h = x.apply(&self.stem.0).apply_t(&self.stem.1, train).relu();
+        taps.put("stem", &h);
+        let h = run_stages(h, &self.blocks, &self.stage_ends, train, taps);
         // RepDistiller's AvgPool2d(input/16, ceil_mode) is this global pooling for inputs whose
         // side is a multiple of 32 (the only ones it accepts).
-        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+        pool_head(h.apply(&self.head.0).apply_t(&self.head.1, train).relu(), &self.fc, taps)
     }
 }

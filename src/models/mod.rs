@@ -6,15 +6,18 @@ pub mod layers;
 pub mod mlp;
 pub mod mobilenetv2;
 pub mod resnet;
+pub mod taps;
 pub mod vgg;
 pub mod wrn;
 
 use crate::data::Shape;
 use anyhow::{bail, Result};
-use tch::nn::{self, ModuleT};
+pub use taps::{Network, Taps};
+use tch::nn;
 
-/// A network: `forward_t(x, train)` maps (N, C, H, W) inputs to (N, classes) logits.
-pub type Net = Box<dyn ModuleT>;
+/// A network: `forward_t(x, train)` maps (N, C, H, W) inputs to (N, classes) logits, and
+/// `forward_taps` records its intermediate outputs too (see `taps`).
+pub type Net = Box<dyn Network>;
 
 /// A family of architectures and how its names are spelled.
 pub struct Family {

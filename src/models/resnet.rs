@@ -3,6 +3,7 @@
 //! mdistiller zoo — global average pooling and a linear classifier. Shortcuts that change shape are
 //! 1×1 convolutions with BatchNorm ("option B").
 use super::layers::{bn2d, conv2d, linear};
+use super::taps::{pool_head, Network, Taps};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -35,15 +36,22 @@ pub(super) fn projection(p: nn::Path, cin: i64, cout: i64, stride: i64) -> (nn::
     (conv2d(&p / 0, cin, cout, 1, stride, 0, false), bn2d(&p / 1, cout))
 }
 
-impl ModuleT for BasicBlock {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+impl BasicBlock {
+    /// The block's output before its last ReLU (the `stageK_preact` tap).
+    fn forward_preact(&self, x: &Tensor, train: bool) -> Tensor {
         let out = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
         let out = out.apply(&self.conv2).apply_t(&self.bn2, train);
         let skip = match &self.shortcut {
             Some((conv, bn)) => x.apply(conv).apply_t(bn, train),
             None => x.shallow_clone(),
         };
-        (out + skip).relu()
+        out + skip
+    }
+}
+
+impl ModuleT for BasicBlock {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_preact(x, train).relu()
     }
 }
 
@@ -52,6 +60,8 @@ pub struct CifarResNet {
     stem: nn::Conv2D,
     stem_bn: nn::BatchNorm,
     blocks: Vec<BasicBlock>,
+    /// Each stage's end in `blocks` (exclusive).
+    stage_ends: Vec<usize>,
     fc: nn::Linear,
 }
 
@@ -72,19 +82,27 @@ impl CifarResNet {
         CifarResNet {
             stem: conv2d(p / "conv1", cin, widths[0], 3, 1, 1, false),
             stem_bn: bn2d(p / "bn1", widths[0]),
+            stage_ends: (1..widths.len()).map(|s| s * n).collect(),
             blocks,
             fc: linear(p / "fc", c, classes),
         }
     }
 }
 
-impl ModuleT for CifarResNet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+impl Network for CifarResNet {
+    fn forward_taps(&self, x: &Tensor, train: bool, taps: &mut Taps) -> Tensor {
         let mut h = x.apply(&self.stem).apply_t(&self.stem_bn, train).relu();
-        for b in &self.blocks {
-            h = b.forward_t(&h, train);
+        taps.put("stem", &h);
+        for (i, b) in self.blocks.iter().enumerate() {
+            let pre = b.forward_preact(&h, train);
+            h = pre.relu();
+            if let Some(k) = self.stage_ends.iter().position(|&e| e == i + 1) {
+                if taps.active() {
+                    taps.put(&format!("stage{}_preact", k + 1), &pre);
+                }
+                taps.put_nth("stage", k + 1, &h);
+            }
         }
-        // (N, C, H, W) → (N, C)
-        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+        pool_head(h, &self.fc, taps)
     }
 }

@@ -2,7 +2,8 @@
 //! stages of 3×3 conv–BN–ReLU, 2×2 max-pooling after the first three stages, global average
 //! pooling and a linear classifier.
 use super::layers::{bn2d, conv2d, linear};
-use tch::nn::{self, ModuleT};
+use super::taps::{pool_head, Network, Taps};
+use tch::nn;
 use tch::Tensor;
 
 /// Channels of each conv layer, stage by stage.
@@ -39,17 +40,19 @@ impl Vgg {
     }
 }
 
-impl ModuleT for Vgg {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+impl Network for Vgg {
+    fn forward_taps(&self, x: &Tensor, train: bool, taps: &mut Taps) -> Tensor {
         let mut h = x.shallow_clone();
         for (s, layers) in self.stages.iter().enumerate() {
             for (conv, bn) in layers {
                 h = h.apply(conv).apply_t(bn, train).relu();
             }
+            // A stage's tap is its conv output, before the pooling that starts the next stage.
+            taps.put_nth("stage", s + 1, &h);
             if s < 3 {
                 h = h.max_pool2d_default(2);
             }
         }
-        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+        pool_head(h, &self.fc, taps)
     }
 }

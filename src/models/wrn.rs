@@ -1,6 +1,7 @@
 //! Wide ResNets (Zagoruyko & Komodakis 2016), wrn_D_W: depth D = 6n+4, widths
 //! (16, 16W, 32W, 64W), pre-activation basic blocks (BN → ReLU → conv), no dropout.
 use super::layers::{bn2d, conv2d, linear};
+use super::taps::{pool_head, run_stages, Network, Taps};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -42,6 +43,8 @@ impl ModuleT for PreActBlock {
 pub struct WideResNet {
     stem: nn::Conv2D,
     blocks: Vec<PreActBlock>,
+    /// Each stage's end in `blocks` (exclusive).
+    stage_ends: Vec<usize>,
     bn: nn::BatchNorm,
     fc: nn::Linear,
 }
@@ -61,6 +64,7 @@ impl WideResNet {
         }
         WideResNet {
             stem: conv2d(p / "conv1", cin, 16, 3, 1, 1, false),
+            stage_ends: vec![n, 2 * n, 3 * n],
             blocks,
             bn: bn2d(p / "bn", c),
             fc: linear(p / "fc", c, classes),
@@ -68,12 +72,12 @@ impl WideResNet {
     }
 }
 
-impl ModuleT for WideResNet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x.apply(&self.stem);
-        for b in &self.blocks {
-            h = b.forward_t(&h, train);
-        }
-        h.apply_t(&self.bn, train).relu().adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+impl Network for WideResNet {
+    fn forward_taps(&self, x: &Tensor, train: bool, taps: &mut Taps) -> Tensor {
+        let h = x.apply(&self.stem);
+        taps.put("stem", &h);
+        // Pre-activation blocks: a stage's output is its last block's raw sum.
+        let h = run_stages(h, &self.blocks, &self.stage_ends, train, taps);
+        pool_head(h.apply_t(&self.bn, train).relu(), &self.fc, taps)
     }
 }

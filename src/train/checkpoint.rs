@@ -11,10 +11,13 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 pub const FORMAT: &str = "kdlab-checkpoint/1";
 const MODEL_PREFIX: &str = "model.";
+/// The prefix of a method's modules and state (`Method::setup`) in a checkpoint.
+pub const METHOD_PREFIX: &str = "method.";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OptimizerMeta {
@@ -47,10 +50,25 @@ pub struct CheckpointMeta {
 }
 
 /// Saves weights and optimiser state as `<stem>.safetensors` and the sidecar as `<stem>.json`.
-pub fn save(dir: &Path, stem: &str, model: &Model, opt: Option<&Sgd>, mut meta: CheckpointMeta) -> Result<PathBuf> {
+pub fn save(dir: &Path, stem: &str, model: &Model, opt: Option<&Sgd>, meta: CheckpointMeta) -> Result<PathBuf> {
+    save_with(dir, stem, model, opt, None, meta)
+}
+
+/// `save`, with a method's modules and state (`method`, stored under `method.`).
+pub fn save_with(
+    dir: &Path,
+    stem: &str,
+    model: &Model,
+    opt: Option<&Sgd>,
+    method: Option<&VarStore>,
+    mut meta: CheckpointMeta,
+) -> Result<PathBuf> {
     let weights = dir.join(format!("{stem}.safetensors"));
     let mut named: Vec<(String, Tensor)> =
         model.named_variables().into_iter().map(|(n, t)| (format!("{MODEL_PREFIX}{n}"), t)).collect();
+    if let Some(vs) = method {
+        named.extend(vs.variables().into_iter().map(|(n, t)| (format!("{METHOD_PREFIX}{n}"), t)));
+    }
     if let Some(opt) = opt {
         named.extend(opt.state());
     }
@@ -122,11 +140,22 @@ pub fn load_weights(model: &Model, tensors: &BTreeMap<String, Tensor>, origin: &
     Ok(())
 }
 
-/// Restores model and optimiser from a checkpoint sidecar.
-pub fn restore(json: &Path, model: &Model, opt: &mut Sgd) -> Result<CheckpointMeta> {
+/// Restores model, a method's modules and state, and optimiser from a checkpoint sidecar.
+pub fn restore(json: &Path, model: &Model, method: &VarStore, opt: &mut Sgd) -> Result<CheckpointMeta> {
     let meta = read_meta(json)?;
     let tensors = read_tensors(json, &meta)?;
     load_weights(model, &tensors, json)?;
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in method.variables() {
+        let key = format!("{METHOD_PREFIX}{name}");
+        let Some(src) = tensors.get(&key) else {
+            bail!("{}: no tensor {key} for the method's modules (saved by another method?)", json.display())
+        };
+        if src.size() != var.size() {
+            bail!("{}: {key} has shape {:?}, the method expects {:?}", json.display(), src.size(), var.size());
+        }
+        var.copy_(src);
+    }
     let optim: BTreeMap<String, Tensor> = tensors.into_iter().filter(|(k, _)| k.starts_with(BUFFER_PREFIX)).collect();
     opt.load_state(&optim, &json.display().to_string())?;
     Ok(meta)

@@ -20,6 +20,33 @@ pub struct Distill {
     pub method: Box<dyn Method>,
     /// The teacher's outputs, when cached: the teacher is not run.
     pub cache: Option<Cached>,
+    /// The taps the method reads (`Method::taps`).
+    pub taps: methods::TapNeeds,
+}
+
+impl Distill {
+    pub fn new(teacher: Teacher, method: Box<dyn Method>, cache: Option<Cached>) -> Distill {
+        let taps = method.taps();
+        Distill { teacher, method, cache, taps }
+    }
+}
+
+/// Checks that a model has every tap a method needs, naming the method, the model and the taps it
+/// has (a TorchScript teacher has none; an MLP has no stages).
+pub fn check_taps(method: &str, model: &str, have: &[(String, Vec<i64>)], need: &[String]) -> Result<()> {
+    for name in need {
+        if !have.iter().any(|(n, _)| n == name) {
+            let names: Vec<&str> = have.iter().map(|(n, _)| n.as_str()).collect();
+            if names.is_empty() {
+                bail!(
+                    "method '{method}' needs tap '{name}' of {model}, which exposes no taps (a TorchScript file is run as \
+                     a program; import its state dict with `kdlab import` to distil from its features)"
+                );
+            }
+            bail!("method '{method}' needs tap '{name}' of {model}, which has: {}", names.join(", "));
+        }
+    }
+    Ok(())
 }
 
 /// A teacher cache opened for a distillation.
@@ -47,7 +74,40 @@ impl Objective for Distill {
     fn name(&self) -> String {
         self.method.name().to_string()
     }
+    fn setup(&mut self, student: &super::model::Model, vars: tch::nn::Path, samples: usize) -> Result<()> {
+        if self.taps.is_empty() {
+            return self.method.setup(&methods::Setup {
+                vars,
+                student: &[],
+                teacher: &[],
+                classes: student.classes,
+                samples,
+            });
+        }
+        let name = self.method.name();
+        let (s, t) = (student.tap_shapes(), self.teacher.model.tap_shapes());
+        check_taps(name, &format!("student {}", student.arch), &s, &self.taps.student)?;
+        check_taps(name, &format!("teacher {}", self.teacher.describe()), &t, &self.taps.teacher)?;
+        self.method.setup(&methods::Setup { vars, student: &s, teacher: &t, classes: student.classes, samples })
+    }
+    fn student_taps(&self) -> Vec<String> {
+        self.taps.student.clone()
+    }
     fn terms(&mut self, logits: &Tensor, input: &StepInput) -> Result<Vec<(String, Tensor)>> {
+        if !self.taps.teacher.is_empty() {
+            // Feature methods run the teacher on every batch: its taps are served live.
+            let mut taps = crate::models::Taps::only(&self.taps.teacher);
+            let t = self.teacher.model.infer_taps(input.images, &mut taps).to_kind(logits.kind());
+            let x = LossInput {
+                student: logits,
+                teacher: &t,
+                labels: input.labels,
+                epoch: (input.epoch + 1) as f64,
+                student_taps: Some(input.taps),
+                teacher_taps: Some(&taps),
+            };
+            return Ok(self.method.terms(&x));
+        }
         let t = match &self.cache {
             Some(Cached::Logits(c)) => {
                 c.lookup(&input.batch.indices, &input.batch.views).to_device(logits.device()).to_kind(logits.kind())
@@ -60,7 +120,8 @@ impl Objective for Distill {
             }
             None => self.teacher.model.infer(input.images),
         };
-        let x = LossInput { student: logits, teacher: &t, labels: input.labels, epoch: (input.epoch + 1) as f64 };
+        let mut x = LossInput::logits(logits, &t, input.labels, (input.epoch + 1) as f64);
+        x.student_taps = Some(input.taps);
         Ok(self.method.terms(&x))
     }
     fn replay_views(&self, epoch: usize, augment: &Augment, shape: Shape) -> Result<Option<Vec<u32>>> {
@@ -247,7 +308,8 @@ pub fn run(
         );
     }
     let dir = teacher.cache_dir();
-    let cache = match cfg.teacher_cache {
+    let teacher_cache = if method.taps().teacher.is_empty() { cfg.teacher_cache } else { TeacherCache::Off };
+    let cache = match teacher_cache {
         TeacherCache::Off => None,
         TeacherCache::Logits => Some(Cached::Logits(super::cache::open_or_build(
             &dir,
@@ -283,7 +345,13 @@ pub fn run(
     if let (Some(o), Some(d)) = (record.as_object_mut(), described) {
         o.insert("teacher_cache".into(), d);
     }
-    let mut objective = Distill { teacher, method, cache };
+    if teacher_cache != cfg.teacher_cache {
+        // The cache holds logits only: a method that reads the teacher's features runs it live.
+        if let Some(o) = record.as_object_mut() {
+            o.insert("teacher_cache".into(), "unused: the method reads the teacher's taps, served live".into());
+        }
+    }
+    let mut objective = Distill::new(teacher, method, cache);
     let opts = RunOptions { extra: record, quiet, trace_steps, ..RunOptions::new(out, device, "distill") };
     trainer::train(&cfg.train, &data, &mut objective, &opts)
 }

@@ -18,13 +18,8 @@ pub struct Model {
 impl Model {
     /// A freshly initialised network; the initialisation is a function of `seed` alone.
     pub fn new(arch: &str, input: Shape, classes: usize, device: Device, seed: u64) -> Result<Model> {
-        // LibTorch's generator is global: hold a lock from seeding to the last initialiser so that
-        // two models built at once in one process cannot interleave their random draws.
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _lock = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(crate::util::rng::mix(&[seed, crate::util::rng::stream::INIT]) as i64 & i64::MAX);
         let vs = nn::VarStore::new(device);
-        let net = models::build(&vs.root(), arch, input, classes)?;
+        let net = seeded(seed, crate::util::rng::stream::INIT, || models::build(&vs.root(), arch, input, classes))?;
         let mut model = Model { vs, net, arch: arch.to_string(), input, classes, channels_last: false };
         if crate::util::device::channels_last_for(device) && model.has_convolutions() {
             model.to_channels_last();
@@ -70,6 +65,21 @@ impl Model {
         self.net.forward_t(&self.prepare(x), true)
     }
 
+    /// Logits in training mode, recording the taps `taps` asks for (`models::taps`).
+    pub fn forward_train_taps(&self, x: &Tensor, taps: &mut models::Taps) -> Tensor {
+        self.net.forward_taps(&self.prepare(x), true, taps)
+    }
+
+    /// Logits in inference mode, recording the taps `taps` asks for.
+    pub fn infer_taps(&self, x: &Tensor, taps: &mut models::Taps) -> Tensor {
+        tch::no_grad(|| self.net.forward_taps(&self.prepare(x), false, taps))
+    }
+
+    /// Every tap's shape (batch dimension left out), as `kdlab models --taps` lists them.
+    pub fn tap_shapes(&self) -> Vec<(String, Vec<i64>)> {
+        models::taps::shapes(self.net.as_ref(), self.input, self.device())
+    }
+
     /// The input in the model's memory order.
     fn prepare(&self, x: &Tensor) -> Tensor {
         if self.channels_last && x.dim() == 4 {
@@ -95,6 +105,16 @@ impl Model {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
+}
+
+/// Runs `init` with LibTorch's generator seeded from (`seed`, `stream`). The generator is global:
+/// a lock is held from seeding to the last draw so that two initialisations at once in one
+/// process (tests run in threads) cannot interleave their draws.
+pub fn seeded<T>(seed: u64, stream: u64, init: impl FnOnce() -> T) -> T {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _lock = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(crate::util::rng::mix(&[seed, stream]) as i64 & i64::MAX);
+    init()
 }
 
 /// Inference with any network that gives logits: a kdlab model, or a teacher of either kind.

@@ -4,8 +4,9 @@
 use crate::data::augment::Augment;
 use crate::data::loader::Batch;
 use crate::data::Shape;
+use crate::models::Taps;
 use anyhow::Result;
-use tch::Tensor;
+use tch::{nn, Tensor};
 
 /// Everything an objective may need besides the student's logits.
 pub struct StepInput<'a> {
@@ -19,11 +20,22 @@ pub struct StepInput<'a> {
     pub epoch: usize,
     pub step: usize,
     pub steps: usize,
+    /// The student's taps that `Objective::student_taps` named (with gradient).
+    pub taps: &'a Taps,
 }
 
 pub trait Objective {
     /// The method's name as recorded in run.json.
     fn name(&self) -> String;
+    /// Prepares the objective for `student` before the first step: a method creates its
+    /// trainable modules and state under `vars` (optimised and checkpointed with the student).
+    fn setup(&mut self, _student: &super::model::Model, _vars: nn::Path, _samples: usize) -> Result<()> {
+        Ok(())
+    }
+    /// The student taps the objective reads (the trainer records them in the forward pass).
+    fn student_taps(&self) -> Vec<String> {
+        vec![]
+    }
     /// Named loss terms (each a scalar tensor); their sum is minimised.
     fn terms(&mut self, logits: &Tensor, input: &StepInput) -> Result<Vec<(String, Tensor)>>;
     /// Hyper-parameters and anything else that defines the objective, for run.json.

@@ -26,6 +26,19 @@ impl Sgd {
         Sgd { params, buffers, momentum, nesterov, weight_decay }
     }
 
+    /// Adds the trainable variables of `vs` (a method's modules) under `prefix`, which also names
+    /// their momentum buffers in a checkpoint.
+    pub fn with_vars(mut self, vs: &VarStore, prefix: &str) -> Self {
+        for (n, t) in vs.variables() {
+            if t.requires_grad() {
+                self.params.push((format!("{prefix}{n}"), t));
+                self.buffers.push(None);
+            }
+        }
+        self.params.sort_by(|a, b| a.0.cmp(&b.0));
+        self
+    }
+
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             p.zero_grad();

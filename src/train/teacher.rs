@@ -261,6 +261,23 @@ impl TeacherModel {
             TeacherModel::Script(m) => m.device,
         }
     }
+
+    /// Every tap's shape; a TorchScript teacher exposes none (its graph is a program kdlab runs,
+    /// not a network whose blocks it knows).
+    pub fn tap_shapes(&self) -> Vec<(String, Vec<i64>)> {
+        match self {
+            TeacherModel::Run(m) => m.tap_shapes(),
+            TeacherModel::Script(_) => vec![],
+        }
+    }
+
+    /// Logits in inference mode, recording the taps `taps` asks for (none for TorchScript).
+    pub fn infer_taps(&self, x: &Tensor, taps: &mut crate::models::Taps) -> Tensor {
+        match self {
+            TeacherModel::Run(m) => m.infer_taps(x, taps),
+            TeacherModel::Script(m) => m.infer(x),
+        }
+    }
 }
 
 impl Infer for TeacherModel {

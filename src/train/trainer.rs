@@ -11,13 +11,14 @@ use super::run::{self, DataRecord, EpochMetrics, RunRecord, RunStatus};
 use super::sgd::Sgd;
 use crate::data::loader::{Feed, Loader, LoaderSpec};
 use crate::data::Dataset;
+use crate::models::Taps;
 use crate::util::fmt;
 use crate::util::progress;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 /// Where and how to run, beyond the configuration itself.
 pub struct RunOptions {
@@ -106,11 +107,18 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
 
     let model = Model::new(&cfg.model, data.shape(), data.classes, opts.device, cfg.seed)?;
     record.params = model.params();
-    let mut opt = Sgd::new(&model.vs, cfg.momentum, cfg.nesterov, cfg.weight_decay);
+    // A method's modules and state live beside the student, initialised from the seed (their own
+    // stream), optimised with it and checkpointed with it.
+    let method_vars = nn::VarStore::new(opts.device);
+    super::model::seeded(cfg.seed, crate::util::rng::stream::METHOD_INIT, || {
+        objective.setup(&model, method_vars.root(), data.train.len())
+    })?;
+    let mut opt = Sgd::new(&model.vs, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+        .with_vars(&method_vars, checkpoint::METHOD_PREFIX);
     let last = dir.join("last.json");
     let mut history = vec![];
     if last.exists() {
-        let meta = checkpoint::restore(&last, &model, &mut opt)
+        let meta = checkpoint::restore(&last, &model, &method_vars, &mut opt)
             .with_context(|| format!("resuming {} from {}", dir.display(), last.display()))?;
         history = meta.history;
         history.truncate(meta.epoch);
@@ -127,7 +135,8 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
     }
     run::write_record(dir, &record)?;
 
-    let result = train_epochs(cfg, data, objective, opts, &model, &mut opt, &mut history, &mut record);
+    let trainee = Trainee { model: &model, method_vars: &method_vars };
+    let result = train_epochs(cfg, data, objective, opts, &trainee, &mut opt, &mut history, &mut record);
     if let Err(e) = result {
         record.status = RunStatus::Failed;
         record.error = Some(format!("{e:#}"));
@@ -366,12 +375,14 @@ fn train_epochs(
     data: &Dataset,
     objective: &mut dyn Objective,
     opts: &RunOptions,
-    model: &Model,
+    trainee: &Trainee,
     opt: &mut Sgd,
     history: &mut Vec<EpochMetrics>,
     record: &mut RunRecord,
 ) -> Result<()> {
+    let model = trainee.model;
     let dir = &opts.out;
+    let tap_names = objective.student_taps();
     let schedule = cfg.lr_schedule();
     let train_feed = data.feed("train", cfg.augment)?;
     let test_feed = data.feed("test", false)?;
@@ -406,8 +417,9 @@ fn train_epochs(
             let t0 = Instant::now();
             let (x, y) = to_tensors(&batch, shape, model.device());
             lr = schedule.lr(epoch, step, steps);
-            let logits = model.forward_train(&x);
-            let input = StepInput { images: &x, labels: &y, batch: &batch, epoch, step, steps };
+            let mut taps = if tap_names.is_empty() { Taps::none() } else { Taps::only(&tap_names) };
+            let logits = model.forward_train_taps(&x, &mut taps);
+            let input = StepInput { images: &x, labels: &y, batch: &batch, epoch, step, steps, taps: &taps };
             let terms = objective.terms(&logits, &input)?;
             let loss = terms
                 .iter()
@@ -460,7 +472,7 @@ fn train_epochs(
             epoch_metrics(epoch, lr, sums, evals, train_time, start.elapsed().as_secs_f64(), objective.end_epoch());
         history.push(metrics.clone());
         record.wall_time_s += metrics.time_s;
-        save_epoch(cfg, dir, model, opt, history)?;
+        save_epoch(cfg, dir, trainee, opt, history)?;
         record.epochs_done = history.len();
         run::write_record(dir, record)?;
         if !opts.quiet {
@@ -526,7 +538,15 @@ fn print_epoch(cfg: &TrainConfig, history: &[EpochMetrics], metrics: &EpochMetri
 
 /// Writes the epoch's metrics and checkpoints. `last` is written last: it is what a resumed run
 /// reads, so everything it implies must already be on disk.
-fn save_epoch(cfg: &TrainConfig, dir: &Path, model: &Model, opt: &Sgd, history: &[EpochMetrics]) -> Result<()> {
+/// What a run trains: the student, and a method's modules and state.
+struct Trainee<'a> {
+    model: &'a Model,
+    method_vars: &'a nn::VarStore,
+}
+
+fn save_epoch(cfg: &TrainConfig, dir: &Path, trainee: &Trainee, opt: &Sgd, history: &[EpochMetrics]) -> Result<()> {
+    let model = trainee.model;
+    let method = Some(trainee.method_vars).filter(|v| !v.variables().is_empty());
     let m = history.last().expect("an epoch was just recorded");
     let best = best_epoch(history);
     let meta = CheckpointMeta {
@@ -553,11 +573,12 @@ fn save_epoch(cfg: &TrainConfig, dir: &Path, model: &Model, opt: &Sgd, history: 
     };
     run::write_metrics_csv(dir, history)?;
     if cfg.save_every > 0 && m.epoch % cfg.save_every == 0 {
-        checkpoint::save(&dir.join("checkpoints"), &checkpoint::epoch_stem(m.epoch), model, Some(opt), meta.clone())?;
+        let stem = checkpoint::epoch_stem(m.epoch);
+        checkpoint::save_with(&dir.join("checkpoints"), &stem, model, Some(opt), method, meta.clone())?;
     }
     if best.epoch == m.epoch {
-        checkpoint::save(dir, "best", model, Some(opt), meta.clone())?;
+        checkpoint::save_with(dir, "best", model, Some(opt), method, meta.clone())?;
     }
-    checkpoint::save(dir, "last", model, Some(opt), meta)?;
+    checkpoint::save_with(dir, "last", model, Some(opt), method, meta)?;
     Ok(())
 }

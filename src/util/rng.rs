@@ -31,6 +31,8 @@ pub mod stream {
     pub const SUBSET: u64 = 4;
     /// Random-resized crops and flips of the ImageNet recipe (per epoch and sample).
     pub const CROP: u64 = 5;
+    /// Initialising a method's trainable modules (FitNet's regressor, …).
+    pub const METHOD_INIT: u64 = 6;
 }
 
 impl Rng {
