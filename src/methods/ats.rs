@@ -43,6 +43,14 @@ impl Default for Params {
 }
 
 impl MethodParams for Params {
+    const GRID: Option<super::GridKeys> = Some(super::GridKeys {
+        rows: "tau1",
+        cols: "tau2",
+        row_symbol: "τ1",
+        col_symbol: "τ2",
+        variant: Some("center_logits"),
+        empty: "τ1 < τ2 is not ATS",
+    });
     fn build(self) -> Result<Box<dyn Method>> {
         let student_tau = positive("student_tau", self.student_tau)?;
         let tau1 = positive("tau1", self.tau1)?;

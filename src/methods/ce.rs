@@ -11,10 +11,14 @@ use serde::{Deserialize, Serialize};
 pub struct Params {}
 
 impl MethodParams for Params {
+    const NEEDS_TEACHER: bool = false;
     fn build(self) -> Result<Box<dyn Method>> {
         Ok(Box::new(Ce))
     }
 }
+
+/// The student alone: also the objective teachers are trained with.
+pub const NAME: &str = "ce";
 
 pub struct Ce;
 

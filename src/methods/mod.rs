@@ -154,6 +154,11 @@ pub type Table = toml::Table;
 /// are accepted for float keys (`tau = 4` is 4.0), as serde reads them. A study grid varies the
 /// keys in the order the struct declares them (the first one outermost).
 pub trait MethodParams: Default + Serialize + DeserializeOwned {
+    /// Whether the method distils from a teacher (`ce`, the student alone, does not).
+    const NEEDS_TEACHER: bool = true;
+    /// Two keys whose grid the report draws as a heat-map (ATS's τ1 × τ2).
+    const GRID: Option<GridKeys> = None;
+
     /// Checks the values and builds the method. A value no run can use is an error that names its
     /// key (see `positive`, `weight`); values that are fine alone but not together return
     /// `Incompatible`, which a study grid skips instead of failing.
@@ -183,11 +188,29 @@ pub fn incompatible<T>(needs: impl Into<String>, got: impl Into<String>) -> Resu
     Err(Incompatible { needs: needs.into(), got: got.into() }.into())
 }
 
+/// Two hyper-parameters that form a grid worth a heat-map: rows × columns, labelled by their
+/// symbols. Runs with `variant` set to true are another series (ATS with centred logits) and stay
+/// out of the grid.
+#[derive(Clone, Copy, Debug)]
+pub struct GridKeys {
+    pub rows: &'static str,
+    pub cols: &'static str,
+    pub row_symbol: &'static str,
+    pub col_symbol: &'static str,
+    pub variant: Option<&'static str>,
+    /// What an empty cell means.
+    pub empty: &'static str,
+}
+
 /// A method's entry in the registry: its name, a line about it, and its `MethodParams` type, from
-/// which the keys it takes, their defaults and the constructor all follow.
+/// which the keys it takes, their defaults, the constructor and its properties all follow.
 pub struct Entry {
     pub name: &'static str,
     pub about: &'static str,
+    /// Whether it distils from a teacher (`MethodParams::NEEDS_TEACHER`).
+    pub needs_teacher: bool,
+    /// The grid the report draws (`MethodParams::GRID`).
+    pub grid: Option<GridKeys>,
     build: fn(&Table) -> Result<Box<dyn Method>>,
     keys: fn() -> &'static [&'static str],
     defaults: fn() -> serde_json::Value,
@@ -195,7 +218,15 @@ pub struct Entry {
 
 /// The registry entry of a method whose hyper-parameters are `P`.
 const fn entry<P: MethodParams>(name: &'static str, about: &'static str) -> Entry {
-    Entry { name, about, build: build_from::<P>, keys: field_names::<P>, defaults: defaults_of::<P> }
+    Entry {
+        name,
+        about,
+        needs_teacher: P::NEEDS_TEACHER,
+        grid: P::GRID,
+        build: build_from::<P>,
+        keys: field_names::<P>,
+        defaults: defaults_of::<P>,
+    }
 }
 
 pub const REGISTRY: &[Entry] = &[
@@ -289,6 +320,11 @@ pub fn entry_of(name: &str) -> Result<&'static Entry> {
         let names: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
         format!("unknown method '{name}': choose one of {}", names.join(", "))
     })
+}
+
+/// Whether method `name` distils from a teacher (an unknown name is reported where it is built).
+pub fn needs_teacher(name: &str) -> bool {
+    entry_of(name).map_or(true, |e| e.needs_teacher)
 }
 
 /// Builds method `name` from its hyper-parameters.

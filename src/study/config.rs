@@ -388,7 +388,7 @@ impl StudyConfig {
                     );
                 }
             }
-            if m.name != "ce" && teachers.is_empty() {
+            if methods::needs_teacher(&m.name) && teachers.is_empty() {
                 bail!("{origin}: method '{}' needs teachers, and [teachers] lists none", m.name);
             }
         }
@@ -436,8 +436,8 @@ impl MethodBlock {
         if let Some(a) = &assistant {
             crate::models::parse(a).with_context(|| origin.to_string())?;
         }
-        if name == "ce" && (assistant.is_some() || teacher_epoch.is_some() || b.contains_key("teacher_cache")) {
-            bail!("{origin}: 'ce' uses no teacher, so teacher_epoch, assistant and teacher_cache do not apply");
+        if !entry.needs_teacher && (assistant.is_some() || teacher_epoch.is_some() || b.contains_key("teacher_cache")) {
+            bail!("{origin}: '{name}' uses no teacher, so teacher_epoch, assistant and teacher_cache do not apply");
         }
         let teacher_cache = block_caches(b, origin)?;
         for (params, cache) in grid.iter().flat_map(|p| teacher_cache.iter().map(move |c| (p, c))) {

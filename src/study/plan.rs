@@ -276,9 +276,9 @@ fn trained_teacher(study: &StudyConfig, model: &str) -> Result<(RunSpec, Teacher
         kind: Kind::Teacher,
         name: format!("teacher {model} s{}", train.seed),
         train,
-        method: "ce".into(),
+        method: methods::ce::NAME.into(),
         params: methods::Table::new(),
-        hyper: methods::build("ce", &methods::Table::new())?.hyper(),
+        hyper: methods::build(methods::ce::NAME, &methods::Table::new())?.hyper(),
         series: "teacher".into(),
         teacher: None,
         depends_on: vec![],
@@ -331,9 +331,9 @@ impl<'a> GridPoint<'a> {
         Ok(GridPoint { block, params, hyper, series, teacher_cache })
     }
 
-    /// The teachers the block distils from (none for `ce`, which has no teacher).
+    /// The teachers the block distils from (none for a method without one, as `ce`).
     fn teachers<'t>(&self, all: &'t [TeacherRef]) -> Vec<Option<&'t TeacherRef>> {
-        if self.block.name == "ce" {
+        if !methods::needs_teacher(&self.block.name) {
             return vec![None];
         }
         all.iter().filter(|t| self.block.teachers.as_ref().is_none_or(|f| f.contains(&t.name))).map(Some).collect()
