@@ -1,17 +1,14 @@
-//! Training: configuration, learning-rate schedules, the SGD optimiser with saveable state,
-//! checkpoints, evaluation, and the training loop shared by `train` and `distill`.
-pub mod cache;
-pub mod checkpoint;
-pub mod config;
+//! Training, by concern: the engine (the loop, objectives, SGD, schedules, evaluation), run
+//! directories (configs, records, checkpoints), teachers (sources, import, caches), and the
+//! distillation glue that joins a teacher and a method into an objective.
+//!
+//! The modules are re-exported flat (`train::checkpoint`, `train::trainer`, …): the layers above
+//! name what they use, not where it is filed.
 pub mod distill;
-pub mod eval;
-pub mod import;
-pub mod model;
-pub mod objective;
-pub mod pth;
-pub mod run;
-pub mod schedule;
-pub mod sgd;
-pub mod teacher;
-pub mod topk_cache;
-pub mod trainer;
+pub mod engine;
+pub mod runs;
+pub mod teachers;
+
+pub use engine::{eval, model, objective, schedule, sgd, trainer};
+pub use runs::{checkpoint, config, run};
+pub use teachers::{cache, import, pth, teacher, topk_cache};

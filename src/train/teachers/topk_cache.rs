@@ -28,18 +28,18 @@
 //! checksums, seed, epochs, k, the fill rule), zero padding to a 64-byte boundary, then E × N rows,
 //! epoch-major (row e·N + i holds sample i in epoch e), each `RECORD_BYTES` + 4k bytes:
 //! y i16, x i16, h u16, w u16, flip u8, fill f16, k × class u16 (largest logit first), k × logit
-//! f16; then the checksum table as in the logit cache (`super::cache`): a CRC-32 per block of
+//! f16; then the checksum table as in the logit cache (`crate::train::cache`): a CRC-32 per block of
 //! rows and one over the head and the table, all verified on open.
-use super::cache::{
-    free_bytes, header_difference, lock_cache_dir, map_with_header, teacher_logits, verify_blocks, write_cache_file,
-    BLOCK_BYTES,
-};
-use super::checkpoint::CheckpointMeta;
-use super::model::Infer;
 use crate::data::augment::{Augment, View};
 use crate::data::loader::{epoch_plan, Loader, LoaderSpec};
 use crate::data::transform::CropBox;
 use crate::data::{Dataset, Shape};
+use crate::train::cache::{
+    free_bytes, header_difference, lock_cache_dir, map_with_header, teacher_logits, verify_blocks, write_cache_file,
+    BLOCK_BYTES,
+};
+use crate::train::checkpoint::CheckpointMeta;
+use crate::train::model::Infer;
 use anyhow::{bail, Context, Result};
 use half::f16;
 use serde::{Deserialize, Serialize};
@@ -499,7 +499,7 @@ fn streamed_epochs(
         let mut loader = Loader::from_feed(feed.clone(), spec, epoch as u64);
         let mut next = 0usize;
         for batch in loader.by_ref() {
-            let (x, _) = super::eval::to_tensors(&batch, shape, model.device());
+            let (x, _) = crate::train::eval::to_tensors(&batch, shape, model.device());
             let logits = Vec::<f32>::try_from(model.infer(&x).to_device(Device::Cpu).to_kind(Kind::Float).view(-1))?;
             out.clear();
             for ((&i, &crop), row) in batch.indices.iter().zip(&batch.crops).zip(logits.chunks_exact(header.classes)) {

@@ -1,7 +1,7 @@
 //! Run configuration: a TOML file and command-line flags merged into one validated struct. Unknown
 //! keys are an error that names them (and suggests the nearest valid key), wrong types name the key
 //! and the file, and out-of-range values say what range is allowed.
-use super::schedule::Schedule;
+use crate::train::schedule::Schedule;
 pub use crate::util::text::nearest;
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
@@ -121,14 +121,14 @@ impl TrainConfig {
     /// The milestones in effect (the defaults when none are given).
     pub fn effective_milestones(&self) -> Vec<usize> {
         if self.milestones.is_empty() {
-            super::schedule::LrSchedule::default_milestones(self.epochs)
+            crate::train::schedule::LrSchedule::default_milestones(self.epochs)
         } else {
             self.milestones.clone()
         }
     }
 
-    pub fn lr_schedule(&self) -> super::schedule::LrSchedule {
-        super::schedule::LrSchedule {
+    pub fn lr_schedule(&self) -> crate::train::schedule::LrSchedule {
+        crate::train::schedule::LrSchedule {
             base: self.lr,
             kind: self.schedule,
             milestones: self.effective_milestones(),

@@ -1,8 +1,8 @@
 //! Inference over a whole split: accuracy (overall and per class), mean loss, and logits.
-use super::model::{Infer, Model};
 use crate::data::augment::Augment;
 use crate::data::loader::{Feed, Loader, LoaderSpec};
 use crate::data::{Dataset, Split};
+use crate::train::model::{Infer, Model};
 use anyhow::Result;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
@@ -84,7 +84,7 @@ pub fn evaluate_feed(model: &Model, feed: Feed) -> Result<EvalResult> {
     let n = feed.len();
     for_each_feed_batch(model, feed, |logits, labels| {
         let y = Tensor::from_slice(labels);
-        r.loss += super::objective::cross_entropy(logits, &y).double_value(&[]) * labels.len() as f64;
+        r.loss += crate::train::objective::cross_entropy(logits, &y).double_value(&[]) * labels.len() as f64;
         let pred: Vec<i64> = Vec::try_from(logits.argmax(-1, false)).expect("argmax to vec");
         for (&p, &t) in pred.iter().zip(labels) {
             r.total_per_class[t as usize] += 1;

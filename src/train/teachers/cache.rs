@@ -18,10 +18,10 @@
 //! in the page cache). `open_or_build` rebuilds a cache that fails the check — or that an older
 //! kdlab wrote in another format — and says so on stderr. The map is not re-verified afterwards:
 //! damage that happens to the file while a run reads it is not caught.
-use super::checkpoint::CheckpointMeta;
-use super::model::Infer;
 use crate::data::augment::{Augment, View};
 use crate::data::{Dataset, Split};
+use crate::train::checkpoint::CheckpointMeta;
+use crate::train::model::Infer;
 use crate::util::atomic;
 use anyhow::{bail, Context, Result};
 use half::f16;
@@ -230,7 +230,7 @@ pub(crate) fn teacher_logits(
     mut each: impl FnMut(usize, usize, &[f32]) -> Result<()>,
 ) -> Result<()> {
     let (n, numel) = (split.len(), split.shape.numel());
-    let batch = super::eval::EVAL_BATCH;
+    let batch = crate::train::eval::EVAL_BATCH;
     let mut buf = vec![0f32; batch * numel];
     for lo in (0..n).step_by(batch) {
         let hi = (lo + batch).min(n);

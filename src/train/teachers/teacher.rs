@@ -9,9 +9,9 @@
 //! rounding). The profile is the default because it is what kdlab's own teachers see, and the
 //! profiles are the standard recipes' (CIFAR-100's mean and std are RepDistiller's and
 //! mdistiller's), so a teacher trained on the same data set the usual way needs no flag.
-use super::checkpoint::{self, CheckpointMeta, OptimizerMeta};
-use super::model::{Infer, Model};
 use crate::data::{Dataset, Shape};
+use crate::train::checkpoint::{self, CheckpointMeta, OptimizerMeta};
+use crate::train::model::{Infer, Model};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -383,5 +383,5 @@ pub fn teacher_data(spec: &str, data: Option<&str>) -> Result<Dataset> {
         };
         return crate::data::source::load(d);
     }
-    super::run::run_data(&checkpoint::resolve(spec)?, data)
+    crate::train::run::run_data(&checkpoint::resolve(spec)?, data)
 }

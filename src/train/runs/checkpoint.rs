@@ -2,10 +2,10 @@
 //! are — architecture, input shape, classes, epoch, optimiser settings, the metrics so far, and the
 //! weights' sha256. The sidecar is written after the weights and names their checksum, so a crash
 //! between the two writes is detected rather than mixing an old sidecar with new weights.
-use super::model::Model;
-use super::run::EpochMetrics;
-use super::sgd::{Sgd, BUFFER_PREFIX};
 use crate::data::{sha256_hex, Shape};
+use crate::train::model::Model;
+use crate::train::run::EpochMetrics;
+use crate::train::sgd::{Sgd, BUFFER_PREFIX};
 use crate::util::{atomic, sealed};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

@@ -4,11 +4,11 @@
 //! The zoo's models compute what RepDistiller's and mdistiller's CIFAR models (and torchvision's
 //! ImageNet ResNets) of the same names compute, with the same tensors; [`zoo_name`] maps their
 //! parameter names where kdlab's differ. BatchNorm's `num_batches_tracked` counters are not kept.
-use super::checkpoint::{self, CheckpointMeta};
-use super::model::Model;
-use super::pth::{self, PthTensor};
 use crate::data::Shape;
 use crate::models::Arch;
+use crate::train::checkpoint::{self, CheckpointMeta};
+use crate::train::model::Model;
+use crate::train::pth::{self, PthTensor};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -181,7 +181,7 @@ pub fn import(
         ),
         Some(d) => {
             let split = std::sync::Arc::new(d.test.clone());
-            Some(super::eval::evaluate(&model, split, super::eval::plain_augment(d)).acc)
+            Some(crate::train::eval::evaluate(&model, split, crate::train::eval::plain_augment(d)).acc)
         }
         None => None,
     };
@@ -198,7 +198,7 @@ pub fn import(
         test_acc: test_acc.unwrap_or(0.0),
         best_test_acc: test_acc.unwrap_or(0.0),
         best_epoch: 0,
-        optimizer: super::teacher::no_optimizer("imported"),
+        optimizer: crate::train::teacher::no_optimizer("imported"),
         history: vec![],
     };
     checkpoint::save(out, "best", &model, None, meta.clone())?;

@@ -2,16 +2,16 @@
 //! batches; the objective's loss terms summed and minimised with SGD; test accuracy after every
 //! epoch; checkpoints (`last`, `best`, every N epochs) and metrics written atomically; and resume
 //! from `last` when the same run is started again.
-use super::checkpoint::{self, CheckpointMeta, OptimizerMeta};
-use super::config::{self, TrainConfig};
-use super::eval::{self, to_tensors};
-use super::model::Model;
-use super::objective::{Objective, StepInput};
-use super::run::{self, DataRecord, EpochMetrics, RunRecord, RunStatus};
-use super::sgd::Sgd;
 use crate::data::loader::{Feed, Loader, LoaderSpec};
 use crate::data::Dataset;
 use crate::models::Taps;
+use crate::train::checkpoint::{self, CheckpointMeta, OptimizerMeta};
+use crate::train::config::{self, TrainConfig};
+use crate::train::eval::{self, to_tensors};
+use crate::train::model::Model;
+use crate::train::objective::{Objective, StepInput};
+use crate::train::run::{self, DataRecord, EpochMetrics, RunRecord, RunStatus};
+use crate::train::sgd::Sgd;
 use crate::util::fmt;
 use crate::util::progress;
 use anyhow::{bail, Context, Result};
@@ -110,7 +110,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
     // A method's modules and state live beside the student, initialised from the seed (their own
     // stream), optimised with it and checkpointed with it.
     let method_vars = nn::VarStore::new(opts.device);
-    super::model::seeded(cfg.seed, crate::util::rng::stream::METHOD_INIT, || {
+    crate::train::model::seeded(cfg.seed, crate::util::rng::stream::METHOD_INIT, || {
         objective.setup(&model, method_vars.root(), data.train.len())
     })?;
     let mut opt = Sgd::new(&model.vs, cfg.momentum, cfg.nesterov, cfg.weight_decay)

@@ -29,7 +29,7 @@ pub trait Objective {
     fn name(&self) -> String;
     /// Prepares the objective for `student` before the first step: a method creates its
     /// trainable modules and state under `vars` (optimised and checkpointed with the student).
-    fn setup(&mut self, _student: &super::model::Model, _vars: nn::Path, _samples: usize) -> Result<()> {
+    fn setup(&mut self, _student: &crate::train::model::Model, _vars: nn::Path, _samples: usize) -> Result<()> {
         Ok(())
     }
     /// The student taps the objective reads (the trainer records them in the forward pass).

@@ -107,7 +107,7 @@ pub struct RunRecord {
 
 /// The data a run was trained on, loaded again (or `data` if given), checked against the record.
 pub fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<Dataset> {
-    let run_dir = super::checkpoint::run_dir_of(checkpoint_json);
+    let run_dir = crate::train::checkpoint::run_dir_of(checkpoint_json);
     let record = read_record(&run_dir)?;
     let spec = match (data, &record) {
         (Some(d), _) => d.to_string(),
@@ -119,7 +119,7 @@ pub fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<Dataset> {
         }
     };
     // A run trained on a carved subset is evaluated on the same carving (its transfer set).
-    let carving: super::config::TrainConfig = match &record {
+    let carving: crate::train::config::TrainConfig = match &record {
         Some(r) => serde_json::from_value(r.config.clone())
             .with_context(|| format!("{}: run.json's config is not a training configuration", run_dir.display()))?,
         None => Default::default(),
