@@ -43,11 +43,11 @@ fn distillation_records_the_method_and_teacher_and_is_deterministic() {
     let tdir = tmp.path().join("teacher");
     teacher(&tdir, &data);
     let run = |out: &Path, method: &str, spec: &str| {
-        let mut obj = Distill {
-            teacher: Teacher::load(spec, Device::Cpu).unwrap(),
-            method: methods::build(method, &methods::Table::new()).unwrap(),
-            cache: None,
-        };
+        let mut obj = Distill::new(
+            Teacher::load(spec, Device::Cpu).unwrap(),
+            methods::build(method, &methods::Table::new()).unwrap(),
+            None,
+        );
         let extra = serde_json::json!({"teacher": obj.teacher.record()});
         train(&cfg("cnn_w1", 2), &data, &mut obj, &RunOptions { extra, ..opts(out, "distill") }).unwrap()
     };
@@ -190,11 +190,11 @@ fn default_dkd_does_not_collapse_a_student_that_learns_alone() {
         ..cfg("mlp_32x1", 12)
     };
     let distil = |name: &str, c: TrainConfig| {
-        let mut obj = Distill {
-            teacher: Teacher::load(&tdir.display().to_string(), Device::Cpu).unwrap(),
-            method: methods::build("dkd", &methods::Table::new()).unwrap(),
-            cache: None,
-        };
+        let mut obj = Distill::new(
+            Teacher::load(&tdir.display().to_string(), Device::Cpu).unwrap(),
+            methods::build("dkd", &methods::Table::new()).unwrap(),
+            None,
+        );
         train(&c, &data, &mut obj, &opts(&tmp.path().join(name), "distill")).unwrap()
     };
     let default_clip = TrainConfig::default().clip_grad_norm;

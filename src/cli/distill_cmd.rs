@@ -1,6 +1,6 @@
 //! `kdlab distill` (KD, ATS, ISATS, NCKD, DKD, DIST, LS; ESKD via an earlier teacher checkpoint;
 //! TAKD via --assistant) and `kdlab loss` (one method's loss terms on saved logits).
-use super::train_cmd::ConfigFlags;
+use super::train_cmd::{ConfigFlags, TeacherNormFlags};
 use super::Runtime;
 use crate::data::npy;
 use crate::methods::{self, LossInput};
@@ -163,25 +163,6 @@ pub struct CacheFlag {
     /// teacher's K largest logits (FKD; for data sets too large for the first).
     #[arg(long, num_args = 0..=1, default_missing_value = "logits", value_name = "MODE")]
     pub teacher_cache: Option<String>,
-}
-
-/// A TorchScript teacher's input normalisation, where it is not the data set's profile.
-#[derive(Args, Clone, Debug, Default)]
-pub struct TeacherNormFlags {
-    /// A TorchScript teacher's per-channel input mean, of pixels scaled to [0, 1] (one value, or
-    /// one per channel; with --teacher-std). Default: the data set's profile, which kdlab's own
-    /// teachers see (CIFAR-100's is RepDistiller's 0.5071,0.4865,0.4409).
-    #[arg(long, value_delimiter = ',', value_name = "MEAN,...")]
-    pub teacher_mean: Option<Vec<f64>>,
-    /// A TorchScript teacher's per-channel input standard deviation (with --teacher-mean).
-    #[arg(long, value_delimiter = ',', value_name = "STD,...")]
-    pub teacher_std: Option<Vec<f64>>,
-}
-
-impl TeacherNormFlags {
-    pub fn norm(&self) -> InputNorm {
-        InputNorm { mean: self.teacher_mean.clone(), std: self.teacher_std.clone() }
-    }
 }
 
 #[derive(Args)]
@@ -354,7 +335,7 @@ pub struct LossArgs {
 }
 
 /// Taps given as NAME=FILE.npy, each with `n` rows, in the dtype of the logits (f64).
-fn read_taps(given: &[String], n: usize, flag: &str) -> Result<(crate::models::Taps, Vec<(String, Vec<i64>)>)> {
+fn read_taps(given: &[String], n: usize, flag: &str) -> Result<(crate::models::Taps, crate::models::taps::TapShapes)> {
     let mut names = vec![];
     let mut tensors = vec![];
     for g in given {

@@ -39,7 +39,7 @@ pub struct ProbeArgs {
     pub data: Option<String>,
     /// The TorchScript teachers' input normalisation (kdlab runs use their data set's).
     #[command(flatten)]
-    pub norm: super::distill_cmd::TeacherNormFlags,
+    pub norm: super::train_cmd::TeacherNormFlags,
     /// Temperatures (default: 0.25 to 16 in steps of √2).
     #[arg(long, value_delimiter = ',')]
     pub tau: Option<Vec<f64>>,

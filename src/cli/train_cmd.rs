@@ -262,7 +262,7 @@ pub struct LogitsArgs {
     #[arg(long)]
     pub data: Option<String>,
     #[command(flatten)]
-    pub norm: super::distill_cmd::TeacherNormFlags,
+    pub norm: TeacherNormFlags,
     #[command(flatten)]
     pub rt: Runtime,
 }
@@ -282,4 +282,23 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     npy::write_i64(&labels_out, &[n], &labels)?;
     println!("wrote {} ({n} x {} float32) and {} ({n} int64)", a.out.display(), meta.classes, labels_out.display());
     Ok(())
+}
+
+/// A TorchScript teacher's input normalisation, where it is not the data set's profile.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TeacherNormFlags {
+    /// A TorchScript teacher's per-channel input mean, of pixels scaled to [0, 1] (one value, or
+    /// one per channel; with --teacher-std). Default: the data set's profile, which kdlab's own
+    /// teachers see (CIFAR-100's is RepDistiller's 0.5071,0.4865,0.4409).
+    #[arg(long, value_delimiter = ',', value_name = "MEAN,...")]
+    pub teacher_mean: Option<Vec<f64>>,
+    /// A TorchScript teacher's per-channel input standard deviation (with --teacher-mean).
+    #[arg(long, value_delimiter = ',', value_name = "STD,...")]
+    pub teacher_std: Option<Vec<f64>>,
+}
+
+impl TeacherNormFlags {
+    pub fn norm(&self) -> crate::train::teacher::InputNorm {
+        crate::train::teacher::InputNorm { mean: self.teacher_mean.clone(), std: self.teacher_std.clone() }
+    }
 }

@@ -256,16 +256,8 @@ impl Dataset {
     }
 }
 
-/// Lower-case hexadecimal of a byte string.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// sha256 of a byte string, as hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex(&Sha256::digest(bytes))
-}
+// Checksums live in util (the sealed files below data use them too); re-exported for data's readers.
+pub use crate::util::hash::{hex, sha256_hex};
 
 /// Checks that every label is below `classes`, naming the file and the first bad sample.
 pub fn check_labels(labels: &[u16], classes: usize, file: &std::path::Path) -> anyhow::Result<()> {

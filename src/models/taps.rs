@@ -17,6 +17,9 @@ use anyhow::{bail, Result};
 use tch::nn::ModuleT;
 use tch::Tensor;
 
+/// Each tap's name and shape (batch dimension left out).
+pub type TapShapes = Vec<(String, Vec<i64>)>;
+
 /// Which taps a forward pass keeps, and those it kept.
 #[derive(Default)]
 pub struct Taps {
@@ -140,7 +143,7 @@ pub fn run_stages<'a, B: ModuleT + ?Sized + 'a>(
 
 /// The shape of every tap of `net` (its variables on `device`) for one input of `shape`: a batch
 /// of 2 in eval mode, the batch dimension left out.
-pub fn shapes(net: &dyn Network, shape: crate::data::Shape, device: tch::Device) -> Vec<(String, Vec<i64>)> {
+pub fn shapes(net: &dyn Network, shape: crate::data::Shape, device: tch::Device) -> TapShapes {
     let _guard = tch::no_grad_guard();
     let x = Tensor::zeros([2, shape.c as i64, shape.h as i64, shape.w as i64], (tch::Kind::Float, device));
     let mut taps = Taps::all();

@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod device;
 pub mod fmt;
+pub mod hash;
 pub mod malloc;
 pub mod progress;
 pub mod rng;

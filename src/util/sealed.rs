@@ -30,7 +30,7 @@ pub fn seal<T: serde::Serialize>(value: &T) -> Result<String> {
     let Some(first) = text.find('\n').filter(|_| text.starts_with("{\n")) else {
         bail!("only a JSON object can carry a checksum line")
     };
-    let sum = crate::data::sha256_hex(text.as_bytes());
+    let sum = super::hash::sha256_hex(text.as_bytes());
     text.insert_str(first + 1, &format!("  \"{KEY}\": \"sha256:{sum}\",\n"));
     Ok(text)
 }
@@ -58,7 +58,7 @@ pub fn unseal(path: &Path, text: &str) -> Result<(String, Seal)> {
                 .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
                 .with_context(|| format!("{}: its checksum line is damaged ({second:?})", path.display()))?;
             let body = format!("{first}\n{rest}");
-            let actual = crate::data::sha256_hex(body.as_bytes());
+            let actual = super::hash::sha256_hex(body.as_bytes());
             if actual != sum {
                 bail!(
                     "{}: the contents do not match the checksum the file carries (sha256 {actual}, recorded {sum}): \
@@ -86,7 +86,7 @@ const TEXT_NOTE: &str = "(of the lines below: kdlab's copy of the study file; ed
 
 /// `text` with a first line that seals it (see [`read_text`]).
 pub fn seal_text(text: &str) -> String {
-    format!("{TEXT_SEAL}{} {TEXT_NOTE}\n{text}", crate::data::sha256_hex(text.as_bytes()))
+    format!("{TEXT_SEAL}{} {TEXT_NOTE}\n{text}", super::hash::sha256_hex(text.as_bytes()))
 }
 
 /// Reads a text file that may be sealed by [`seal_text`]: a sealed file is verified and returned
@@ -102,7 +102,7 @@ pub fn read_text(path: &Path) -> Result<String> {
         .and_then(|s| s.strip_suffix(&format!(" {TEXT_NOTE}")))
         .filter(|s| s.len() == 64)
         .with_context(|| format!("{}: its checksum line is damaged ({first:?})", path.display()))?;
-    let actual = crate::data::sha256_hex(rest.as_bytes());
+    let actual = super::hash::sha256_hex(rest.as_bytes());
     if actual != recorded {
         bail!(
             "{}: the contents do not match the checksum on its first line (sha256 {actual}, recorded {recorded}): the \
