@@ -259,9 +259,13 @@ fn kd_kl_decomposes_into_tckd_and_weighted_nckd() {
 fn gradients_match_finite_differences() {
     let (s, te) = (data(7, 2.0), data(8, 3.0));
     let y = Tensor::from_slice(&Y);
-    // Every registered method at its defaults (a new one is covered without a line here), and LS.
-    let mut cases: Vec<(&str, methods::Table)> =
-        methods::REGISTRY.iter().map(|e| (e.name, methods::Table::new())).collect();
+    // Every registered logit method at its defaults (a new one is covered without a line here), and
+    // LS. Feature methods read taps, not only logits: their gradients are checked in their files.
+    let mut cases: Vec<(&str, methods::Table)> = methods::REGISTRY
+        .iter()
+        .filter(|e| e.build(&methods::Table::new()).unwrap().taps().is_empty())
+        .map(|e| (e.name, methods::Table::new()))
+        .collect();
     cases.push(("kd", p(|m| m.standardize = Some(true))));
     for (name, prm) in cases {
         let mut m = methods::build(name, &prm).unwrap();
@@ -332,7 +336,7 @@ fn bad_hyper_parameters_are_refused_by_name() {
     assert!(e("kd", p(|m| m.tau = Some(0.0))).contains("tau must be a positive"));
     assert!(e("kd", p(|m| m.tau1 = Some(3.0))).contains("does not take tau1"));
     assert!(e("ats", p(|m| m.standardize = Some(true))).contains("does not take standardize"));
-    assert!(e("fitnet", p(|_| {})).contains("unknown method"));
+    assert!(e("hintnet", p(|_| {})).contains("unknown method"));
     let bad_rule = e("isats", p(|m| m.rule = Some("oder".into())));
     assert!(
         bad_rule.contains("unknown ISATS rule 'oder'") && bad_rule.contains("order, ts, ts_order, bounded"),
