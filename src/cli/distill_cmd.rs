@@ -187,7 +187,9 @@ impl TeacherNormFlags {
 #[derive(Args)]
 pub struct DistillArgs {
     /// The teacher: a run (optionally @epochN for an early-stopped teacher, ESKD), or a
-    /// TorchScript file (torch.jit.trace/script, then .save()).
+    /// TorchScript file (torch.jit.trace/script, then .save()). A TorchScript file is a program:
+    /// loading it runs its code inside kdlab, with your permissions. Use only files you trust;
+    /// for a downloaded model, `kdlab import` its state dict instead, which executes nothing.
     #[arg(long)]
     pub teacher: Option<String>,
     /// Student architecture (same as --model).
