@@ -293,28 +293,7 @@ fn mutated_image_caches_give_errors_not_panics() {
 }
 
 fn topk_header() -> topk_cache::Header {
-    topk_cache::Header {
-        format: topk_cache::FORMAT.into(),
-        teacher_model: "t".into(),
-        teacher_weights_sha256: "0".into(),
-        data_name: "d".into(),
-        data_fingerprint: "f".into(),
-        split: "train".into(),
-        samples: 5,
-        classes: 10,
-        height: 8,
-        width: 8,
-        k: 3,
-        epochs: 2,
-        seed: 1,
-        augment: true,
-        pad: 2,
-        flip: true,
-        crop_draw: "x".into(),
-        fill_tau: topk_cache::FILL_TAU,
-        layout: "x".into(),
-        block_bytes: 64,
-    }
+    TopKCache::synthetic_header(5, 10, 3, 2, 64)
 }
 
 /// Top-k caches that pass their checksums but hold anything: a header with extreme numbers, rows

@@ -621,6 +621,34 @@ impl TopKCache {
         Ok(())
     }
 
+    /// A header of this format for `epochs` × `samples` records of the top `k` of `classes`, with
+    /// placeholder identities (teacher, data, seed): for tests and the fuzzers, with
+    /// [`TopKCache::write_raw`].
+    pub fn synthetic_header(samples: usize, classes: usize, k: usize, epochs: usize, block_bytes: usize) -> Header {
+        Header {
+            format: FORMAT.into(),
+            teacher_model: "synthetic".into(),
+            teacher_weights_sha256: "0".into(),
+            data_name: "synthetic".into(),
+            data_fingerprint: "0".into(),
+            split: "train".into(),
+            samples,
+            classes,
+            height: 8,
+            width: 8,
+            k,
+            epochs,
+            seed: 1,
+            augment: true,
+            pad: 2,
+            flip: true,
+            crop_draw: "synthetic".into(),
+            fill_tau: FILL_TAU,
+            layout: "synthetic".into(),
+            block_bytes,
+        }
+    }
+
     /// Writes a cache file of `header` whose rows are `rows` as they are (the layout's bytes,
     /// unchecked), with valid checksums: for tests and the fuzzers, which hand [`TopKCache::open`]
     /// files that pass their checksums but hold anything.
