@@ -340,6 +340,7 @@ fn fuzz_topk(count: usize) -> (usize, usize) {
         let refused = match TopKCache::open(&path) {
             Ok(c) => {
                 let h = &c.header;
+                assert!(h.samples > 0 && h.epochs > 0, "a cache without records opened");
                 for e in 0..h.epochs {
                     let all: Vec<u32> = (0..h.samples as u32).collect();
                     let t = c.lookup(e, &all).unwrap();

@@ -217,7 +217,7 @@ fn hostile_images_and_folders_are_refused_by_name() {
     load_refused(&root, "size=16", &cut, "a truncated JPEG");
     std::fs::remove_file(&cut).unwrap();
 
-    // A symbolic-link loop: train/a/loop → train/a's parent's child, i.e. train/a itself.
+    // A symbolic-link loop: train/a/sub/loop → ../.. (train/), which holds train/a again.
     let link = root.join("train/a/sub/loop");
     std::fs::create_dir_all(link.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("../..", &link).unwrap();

@@ -406,7 +406,8 @@ pub enum CacheCommand {
     /// teacher's K largest logits on it (what `--teacher-cache topk:K` reads).
     Build {
         /// The teacher run (optionally @best, @last or @epochN), or a TorchScript file (the cache
-        /// then lives in the file's directory, under logit-cache/).
+        /// then lives in the file's directory, under logit-cache/). A TorchScript file is a
+        /// program that runs inside kdlab: use only files you trust (see `kdlab import`).
         #[arg(long, alias = "teacher")]
         run: String,
         /// The data set (default: the run's own; required for a TorchScript file).

@@ -619,7 +619,7 @@ fn unpickle(bytes: &[u8], load: &mut dyn FnMut(&str) -> Result<Rc<Vec<u8>>>, lim
 
 /// A `torch.save` checkpoint of float32 tensors (name, shape, row-major values) as PyTorch ≥ 1.6
 /// writes it — an `OrderedDict` of `_rebuild_tensor_v2` calls over `archive/data/<i>` storages,
-/// stored uncompressed — which `torch.load(…, weights_only=True)` reads. For tests, and as the
+/// stored uncompressed, with its `byteorder` and `version` records. For tests, and as the
 /// fuzzers' seed.
 pub fn encode_state_dict(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
     use std::io::Write;

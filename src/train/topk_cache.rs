@@ -279,6 +279,11 @@ impl Header {
         if self.block_bytes == 0 {
             return Err("a block size of 0".into());
         }
+        // kdlab never builds a cache without records; one that claims none would let a reader
+        // loop over any number of empty epochs.
+        if self.samples == 0 || self.epochs == 0 {
+            return Err(format!("{} epochs of {} samples", self.epochs, self.samples));
+        }
         self.k
             .checked_mul(4)
             .and_then(|b| b.checked_add(RECORD_BYTES))
