@@ -6,20 +6,8 @@
 //! `--threads` (LibTorch's, not the decoders').
 mod common;
 
-use common::write_folder;
+use common::{feed_with_threads, write_folder};
 use kdlab::data::loader::{Batch, Feed, Loader, LoaderSpec};
-use std::sync::Arc;
-
-fn feed_with_threads(data: &kdlab::data::Dataset, threads: usize) -> Feed {
-    match data.feed("train", true).unwrap() {
-        Feed::Files(f) => {
-            let mut f = Arc::try_unwrap(f).unwrap();
-            f.threads = threads;
-            Feed::Files(Arc::new(f))
-        }
-        Feed::Memory { .. } => panic!("transform=imagenet feeds from files"),
-    }
-}
 
 fn epoch(feed: Feed, epoch: u64) -> Vec<Batch> {
     let spec = LoaderSpec { batch_size: 7, shuffle: true, seed: 5, drop_last: false };
@@ -44,10 +32,11 @@ fn decoding_threads_change_no_batch_and_no_pixel() {
     let spec = |store: &str| format!("{}:transform=imagenet,size=20,channels=3,bad=skip,store={store}", root.display());
     let streamed = kdlab::data::source::load(&spec("stream")).unwrap();
     for e in [0, 1] {
-        let one: Vec<_> = epoch(feed_with_threads(&streamed, 1), e).iter().map(key).collect();
+        let one: Vec<_> = epoch(feed_with_threads(&streamed, "train", true, 1), e).iter().map(key).collect();
         assert_eq!(one.iter().map(|k| k.0.len()).sum::<usize>(), 27, "the broken file is skipped");
         for threads in [2, 4] {
-            let other: Vec<_> = epoch(feed_with_threads(&streamed, threads), e).iter().map(key).collect();
+            let other: Vec<_> =
+                epoch(feed_with_threads(&streamed, "train", true, threads), e).iter().map(key).collect();
             assert!(one == other, "epoch {e}: {threads} decoding threads gave other batches than 1");
         }
     }
@@ -59,13 +48,13 @@ fn decoding_threads_change_no_batch_and_no_pixel() {
     };
     let base = load_with("1", &fixed);
     let held = load_with("1", &spec("memory"));
-    let held_batches: Vec<_> = epoch(feed_with_threads(&held, 1), 0).iter().map(key).collect();
+    let held_batches: Vec<_> = epoch(feed_with_threads(&held, "train", true, 1), 0).iter().map(key).collect();
     for threads in ["2", "4"] {
         let d = load_with(threads, &fixed);
         assert!(d.train.images == base.train.images && d.test.images == base.test.images, "{threads} threads");
         assert_eq!(d.train.labels, base.train.labels);
         let h = load_with(threads, &spec("memory"));
-        let b: Vec<_> = epoch(feed_with_threads(&h, 1), 0).iter().map(key).collect();
+        let b: Vec<_> = epoch(feed_with_threads(&h, "train", true, 1), 0).iter().map(key).collect();
         assert!(b == held_batches, "store=memory decoded with {threads} threads gave other batches");
     }
 }

@@ -149,7 +149,7 @@ fn a_killed_import_then_the_same_command_gives_identical_files() {
     let reset = || {
         let _ = std::fs::remove_dir_all(&out);
     };
-    trials("import", 1, &cmd, &reset, &|| files(&out, &[]), &[out.clone()], &any_temp(out.clone()));
+    trials("import", 1, &cmd, &reset, &|| files(&out, &[]), std::slice::from_ref(&out), &any_temp(out.clone()));
 }
 
 #[test]
@@ -171,7 +171,15 @@ fn a_killed_image_cache_build_then_the_same_command_gives_identical_files() {
         let _ = std::fs::remove_dir_all(&cache);
         let _ = std::fs::remove_dir_all(d.join("run"));
     };
-    trials("image cache", 2, &cmd, &reset, &|| files(&cache, &[]), &[cache.clone()], &any_temp(cache.clone()));
+    trials(
+        "image cache",
+        2,
+        &cmd,
+        &reset,
+        &|| files(&cache, &[]),
+        std::slice::from_ref(&cache),
+        &any_temp(cache.clone()),
+    );
 }
 
 #[test]
@@ -201,7 +209,7 @@ fn a_killed_topk_cache_build_on_a_streamed_folder_then_the_same_command_gives_id
         }
     };
     let outputs = || files(&caches, &[".lock"]);
-    trials("top-k cache", 3, &cmd, &reset, &outputs, &[caches.clone()], &any_temp(caches.clone()));
+    trials("top-k cache", 3, &cmd, &reset, &outputs, std::slice::from_ref(&caches), &any_temp(caches.clone()));
 }
 
 #[test]
