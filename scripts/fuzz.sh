@@ -12,6 +12,6 @@ export LIBTORCH_USE_PYTORCH=1 VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" RUSTC_B
 # The fuzz binaries link LibTorch (through the kdlab crate) without kdlab's rpath.
 torch_lib=$("$venv/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-for target in idx cifar npy; do
+for target in idx cifar npy pth pickle image image_cache topk_cache; do
   cargo fuzz run "$target" -- -max_total_time="$secs" -rss_limit_mb=4096
 done

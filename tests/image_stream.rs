@@ -8,12 +8,11 @@
 //! must not share LibTorch's thread pool with another run.
 mod common;
 
-use common::{text, venv_python, write_folder};
+use common::{feed_with_threads, text, venv_python, write_folder};
 use kdlab::data::loader::{Batch, Feed, Loader, LoaderSpec};
 use kdlab::data::transform::{resample, Decoded, Resample};
 use kdlab::data::Shape;
 use std::path::Path;
-use std::sync::Arc;
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -70,18 +69,6 @@ fn resampling_matches_pytorchs_antialiased_bilinear_interpolate() {
         eprintln!("case {i}: max abs difference {worst}");
         // Both compute in floating point: the difference is rounding (pixel values are 0..255).
         assert!(worst < 2e-3, "case {i} {r:?}: max |kdlab − PyTorch| = {worst}");
-    }
-}
-
-/// The feed of a split with `threads` decoding threads.
-fn feed_with_threads(data: &kdlab::data::Dataset, split: &str, augment: bool, threads: usize) -> Feed {
-    match data.feed(split, augment).unwrap() {
-        Feed::Files(f) => {
-            let mut f = Arc::try_unwrap(f).unwrap();
-            f.threads = threads;
-            Feed::Files(Arc::new(f))
-        }
-        Feed::Memory { .. } => panic!("transform=imagenet feeds from files"),
     }
 }
 

@@ -168,7 +168,9 @@ pub struct CacheFlag {
 #[derive(Args)]
 pub struct DistillArgs {
     /// The teacher: a run (optionally @epochN for an early-stopped teacher, ESKD), or a
-    /// TorchScript file (torch.jit.trace/script, then .save()).
+    /// TorchScript file (torch.jit.trace/script, then .save()). A TorchScript file is a program:
+    /// loading it runs its code inside kdlab, with your permissions. Use only files you trust;
+    /// for a downloaded model, `kdlab import` its state dict instead, which executes nothing.
     #[arg(long)]
     pub teacher: Option<String>,
     /// Student architecture (same as --model).
@@ -443,7 +445,8 @@ pub enum CacheCommand {
     /// teacher's K largest logits on it (what `--teacher-cache topk:K` reads).
     Build {
         /// The teacher run (optionally @best, @last or @epochN), or a TorchScript file (the cache
-        /// then lives in the file's directory, under logit-cache/).
+        /// then lives in the file's directory, under logit-cache/). A TorchScript file is a
+        /// program that runs inside kdlab: use only files you trust (see `kdlab import`).
         #[arg(long, alias = "teacher")]
         run: String,
         /// The data set (default: the run's own; required for a TorchScript file).

@@ -76,7 +76,8 @@ enum Command {
     /// Get data sets and look at them.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
-    /// A PyTorch checkpoint (state dict) into a run directory, usable as a teacher.
+    /// A PyTorch checkpoint (state dict) into a run directory, usable as a teacher. The safe way
+    /// to use a downloaded model: nothing in the file is executed (unlike a TorchScript file).
     Import(import_cmd::ImportArgs),
     /// List the model zoo with parameter counts.
     Models(models_cmd::ModelsArgs),

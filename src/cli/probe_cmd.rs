@@ -16,7 +16,8 @@ use std::sync::Arc;
 #[derive(Args)]
 pub struct ProbeArgs {
     /// A trained run (optionally @best, @last or @epochN), or a TorchScript teacher file (with
-    /// --data); repeat for several teachers.
+    /// --data; a program that runs inside kdlab: use only files you trust); repeat for several
+    /// teachers.
     #[arg(long = "run", alias = "teacher")]
     pub runs: Vec<String>,
     /// An (N, C) float32/float64 .npy of logits; repeat for several teachers.

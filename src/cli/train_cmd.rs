@@ -247,7 +247,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 #[derive(Args)]
 pub struct LogitsArgs {
     /// Run directory, optionally @best, @last or @epochN (default: last); or a TorchScript
-    /// teacher file (with --data).
+    /// teacher file (with --data; a program that runs inside kdlab: use only files you trust).
     #[arg(long, alias = "teacher")]
     pub run: String,
     #[arg(long, default_value = "test")]

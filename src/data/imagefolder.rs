@@ -54,6 +54,9 @@ pub struct Options {
     pub resize: Option<usize>,
     /// The ImageNet recipe's pixel store (see [`super::stream`]).
     pub store: Store,
+    /// The most pixels (width × height) an image may declare (`max_pixels=`, default
+    /// [`MAX_PIXELS`]); a larger one is refused, as undecodable, before its pixels are allocated.
+    pub max_pixels: u64,
 }
 
 /// `transform=`: how images become network inputs.
@@ -79,11 +82,19 @@ impl Default for Options {
             transform: Transform::Fixed,
             resize: None,
             store: Store::Auto,
+            max_pixels: MAX_PIXELS,
         }
     }
 }
 
-const KEYS: [&str; 9] = ["size", "channels", "bad", "flip", "pad", "cache", "transform", "resize", "store"];
+const KEYS: [&str; 10] =
+    ["size", "channels", "bad", "flip", "pad", "cache", "transform", "resize", "store", "max_pixels"];
+
+/// The most pixels an image may declare by default: 8192 × 8192 (ImageNet's largest images are
+/// far smaller). A header is a claim, not a promise: a 1 KB PNG can declare 100,000 × 100,000
+/// pixels (30 GB decoded), so the claim is checked before anything is allocated. Decoding one
+/// such image takes up to 8 bytes per pixel (16-bit RGBA) on each decoding thread.
+pub const MAX_PIXELS: u64 = 1 << 26;
 
 /// The ImageNet recipe's default output side.
 pub const IMAGENET_SIZE: usize = 224;
@@ -142,6 +153,15 @@ impl Options {
                         "stream" => Store::Stream,
                         _ => return Err(bad("expected auto (the default), memory (decode every image once and keep it) or stream (decode each batch from the files)")),
                     }
+                }
+                "max_pixels" => {
+                    let n = match value.split_once('x') {
+                        Some((w, h)) => w.parse::<u64>().ok().zip(h.parse::<u64>().ok()).and_then(|(w, h)| w.checked_mul(h)),
+                        None => value.parse::<u64>().ok(),
+                    };
+                    o.max_pixels = n.filter(|&n| n > 0).ok_or_else(|| {
+                        bad("expected a number of pixels (67108864) or WxH (8192x8192): the largest image to decode")
+                    })?;
                 }
                 other => {
                     let keys: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();
@@ -269,12 +289,31 @@ fn sorted_entries(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
 /// All image files below `dir`, in torchvision's order: directories by their path, the files of
 /// each directory by name. Returns the files and the number of other files passed over.
 fn walk_class(dir: &Path, root: &Path, class: u16, out: &mut Vec<FileEntry>) -> Result<usize> {
-    let mut dirs = vec![dir.to_path_buf()];
+    use std::os::unix::fs::MetadataExt;
+    // Links to folders are followed (data sets are often assembled from links), so a link back to
+    // a folder above it would list the same images forever: each folder carries the identities
+    // (device, inode) of the folders above it, and meeting one of them again is an error.
+    let id = |p: &Path| -> Result<(u64, u64)> {
+        let m = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
+        Ok((m.dev(), m.ino()))
+    };
+    let mut dirs = vec![(dir.to_path_buf(), vec![(id(dir)?, dir.to_path_buf())])];
     let mut all_dirs = vec![];
-    while let Some(d) = dirs.pop() {
+    while let Some((d, above)) = dirs.pop() {
         for e in sorted_entries(&d)? {
             if !hidden(&e.file_name()) && e.path().is_dir() {
-                dirs.push(e.path());
+                let p = e.path();
+                let me = id(&p)?;
+                if let Some((_, again)) = above.iter().find(|(i, _)| *i == me) {
+                    bail!(
+                        "{}: a symbolic-link loop: this folder is {} again, so its images would be listed forever; remove the link",
+                        p.display(),
+                        again.display()
+                    );
+                }
+                let mut chain = above.clone();
+                chain.push((me, p.clone()));
+                dirs.push((p, chain));
             }
         }
         all_dirs.push(d);
@@ -348,18 +387,88 @@ struct Header {
     colour: bool,
 }
 
-fn read_header(path: &Path) -> Result<Header> {
-    let reader = image::ImageReader::open(path)?.with_guessed_format()?;
-    let dec = reader.into_decoder()?;
+fn read_header(path: &Path, max_pixels: u64) -> Result<Header> {
+    let mut reader = image::ImageReader::open(path)?.with_guessed_format()?;
+    // The size is checked by kdlab, for an error that says what the limit is and how to raise it;
+    // the decoder's own allocation limit is set once the size has passed.
+    reader.no_limits();
+    let mut dec = reader.into_decoder()?;
     let (w, h) = image::ImageDecoder::dimensions(&dec);
+    check_pixels(w, h, max_pixels)?;
+    image::ImageDecoder::set_limits(&mut dec, decoder_limits(max_pixels))?;
     let colour = image::ImageDecoder::color_type(&dec).has_color();
     Ok(Header { h: h as usize, w: w as usize, colour })
 }
 
+/// What the decoder may allocate: the pixels of the largest image allowed at 8 bytes each, and
+/// never less than the image crate's own default (512 MiB).
+fn decoder_limits(max_pixels: u64) -> image::Limits {
+    let mut l = image::Limits::default();
+    l.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));
+    l
+}
+
+fn check_pixels(w: u32, h: u32, max_pixels: u64) -> Result<()> {
+    if w as u64 * h as u64 > max_pixels {
+        bail!(
+            "the image declares {w}x{h} pixels, more than the {max_pixels} kdlab decodes (max_pixels={max_pixels}); \
+             if the image is real, raise the limit with DIR:max_pixels=WxH"
+        );
+    }
+    Ok(())
+}
+
+/// A JPEG whose last end-of-image marker (FF D9) does not follow its last start-of-scan (FF DA)
+/// was cut short. The decoder would fill the missing rows with grey and say nothing, so a
+/// truncated download would train as a different image; it is refused instead. (Entropy-coded
+/// data never holds FF D9 or FF DA, and an embedded thumbnail ends before the main image's scans
+/// start, so the test is exact; bytes after the marker are allowed, as decoders allow them.)
+fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
+    let last = |m: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == m);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) if eoi > sos => Ok(()),
+        (None, _) => bail!("a JPEG without image data (no start-of-scan marker)"),
+        _ => bail!("a truncated JPEG: its image data has no end-of-image marker (the file was cut short)"),
+    }
+}
+
+/// Decodes an image file, within `max_pixels`. The file is read whole (a JPEG's completeness is
+/// checked on its bytes); a file larger than any image within the limit could need is refused
+/// unread.
+pub(crate) fn decode_image(path: &Path, max_pixels: u64) -> Result<image::DynamicImage> {
+    let len = std::fs::metadata(path)?.len();
+    let most = max_pixels.saturating_mul(8).saturating_add(1 << 20);
+    if len > most {
+        bail!("the file has {len} bytes, more than an image of at most {max_pixels} pixels takes (max_pixels={max_pixels})");
+    }
+    decode_bytes(&std::fs::read(path)?, max_pixels)
+}
+
+/// Decodes a PNG or JPEG held in memory, within `max_pixels`: the header's size is checked before
+/// the pixels are allocated, and a JPEG must be complete. The image-folder loader's decoder (the
+/// fuzz targets call it on mutated files).
+pub fn decode_bytes(bytes: &[u8], max_pixels: u64) -> Result<image::DynamicImage> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        check_jpeg_complete(bytes)?;
+    }
+    reader.no_limits();
+    let mut dec = reader.into_decoder()?;
+    let (w, h) = image::ImageDecoder::dimensions(&dec);
+    check_pixels(w, h, max_pixels)?;
+    image::ImageDecoder::set_limits(&mut dec, decoder_limits(max_pixels))?;
+    Ok(image::DynamicImage::from_decoder(dec)?)
+}
+
 /// Decodes `path`, converts it to `shape.c` channels, resizes it to `shape.h`×`shape.w`, and
 /// writes it channel-planar into `out`.
-fn decode_into(path: &Path, shape: Shape, out: &mut [u8]) -> Result<()> {
-    let img = image::ImageReader::open(path)?.with_guessed_format()?.decode()?;
+fn decode_into(path: &Path, shape: Shape, max_pixels: u64, out: &mut [u8]) -> Result<()> {
+    convert_into(decode_image(path, max_pixels)?, shape, out);
+    Ok(())
+}
+
+/// `img` converted to `shape.c` channels, resized to `shape.h`×`shape.w`, channel-planar in `out`.
+pub fn convert_into(img: image::DynamicImage, shape: Shape, out: &mut [u8]) {
     let (w, h) = (shape.w as u32, shape.h as u32);
     let filter = image::imageops::FilterType::Triangle;
     if shape.c == 1 {
@@ -376,7 +485,6 @@ fn decode_into(path: &Path, shape: Shape, out: &mut [u8]) -> Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 /// Colour to grey as PIL's `convert("L")` (ITU-R 601-2 luma, in fixed point).
@@ -533,7 +641,7 @@ fn load_streamed(dir: &Path, opts: &Options) -> Result<Dataset> {
         let labels = files.iter().map(|f| f.class).collect();
         let paths = files.into_iter().map(|f| f.path).collect();
         if in_memory {
-            super::stream::decode_all(paths, labels, channels, opts.skip_bad, &bar)
+            super::stream::decode_all(paths, labels, channels, opts.skip_bad, opts.max_pixels, &bar)
         } else {
             Ok(FolderImages { files: paths, labels, decoded: None })
         }
@@ -559,6 +667,7 @@ fn load_streamed(dir: &Path, opts: &Options) -> Result<Dataset> {
         recipe,
         channels,
         skip_bad: opts.skip_bad,
+        max_pixels: opts.max_pixels,
         fingerprint,
     };
     Ok(Dataset {
@@ -609,8 +718,8 @@ fn choose_store(
         }
         Store::Auto => {}
     }
-    let (train, train_headers) = headers(train, opts.skip_bad)?;
-    let (val, val_headers) = headers(val, opts.skip_bad)?;
+    let (train, train_headers) = headers(train, opts.skip_bad, opts.max_pixels)?;
+    let (val, val_headers) = headers(val, opts.skip_bad, opts.max_pixels)?;
     if train.is_empty() || val.is_empty() {
         bail!("{}: no decodable images left in train/ or val/", dir.display());
     }
@@ -679,13 +788,24 @@ fn cached_or_decoded(
     }
     let key = cache_key(&train, &val, opts);
     if cache_file.exists() {
-        match read_cache(cache_file, &key) {
+        match read_cache(cache_file, &key, train.classes.len()) {
             Ok(Some((a, b, note))) => return Ok((a, b, note, CacheUse::Hit)),
             Ok(None) => {} // made from other files or options: rebuilt below
             Err(e) => eprintln!("warning: {e:#}; decoding the images again"),
         }
     }
     let (a, b, note) = decode_splits(dir, train, val, opts)?;
+    // A build killed part-way leaves its temporary file (named by its pid) beside the cache;
+    // remove those of writers that are gone, so that caches do not leak disk.
+    if let Some(dir) = cache_file.parent() {
+        let removed = crate::util::atomic::remove_stale_temps(dir);
+        if removed > 0 {
+            eprintln!(
+                "note: removed {removed} unfinished image-cache file(s) left in {} by an interrupted build",
+                dir.display()
+            );
+        }
+    }
     if let Err(e) = write_cache(cache_file, &key, &a, &b, &note) {
         eprintln!("warning: could not write the image cache ({e:#}); the images will be decoded again next time");
     }
@@ -743,8 +863,8 @@ fn cache_key(train: &Indexed, val: &Indexed, opts: &Options) -> String {
 /// Reads every header, settles the shape, and decodes both splits.
 fn decode_splits(dir: &Path, train: Indexed, val: Indexed, opts: &Options) -> Result<(Split, Split, String)> {
     let found = train.files.len() + val.files.len();
-    let (train_files, train_headers) = headers(train.files, opts.skip_bad)?;
-    let (val_files, val_headers) = headers(val.files, opts.skip_bad)?;
+    let (train_files, train_headers) = headers(train.files, opts.skip_bad, opts.max_pixels)?;
+    let (val_files, val_headers) = headers(val.files, opts.skip_bad, opts.max_pixels)?;
     if train_files.is_empty() || val_files.is_empty() {
         bail!("{}: no decodable images left in train/ or {}/", dir.display(), val.folder);
     }
@@ -782,8 +902,8 @@ fn decode_splits(dir: &Path, train: Indexed, val: Indexed, opts: &Options) -> Re
     let shape = Shape { c, h, w };
     check_memory(total * shape.numel(), dir)?;
     let bar = crate::util::progress::items_bar(total, "decoding");
-    let train = decode_split(train_files, shape, opts.skip_bad, &bar)?;
-    let test = decode_split(val_files, shape, opts.skip_bad, &bar)?;
+    let train = decode_split(train_files, shape, opts.skip_bad, opts.max_pixels, &bar)?;
+    let test = decode_split(val_files, shape, opts.skip_bad, opts.max_pixels, &bar)?;
     bar.finish_and_clear();
     let skipped = found - train.len() - test.len();
     let skipped_note =
@@ -791,11 +911,11 @@ fn decode_splits(dir: &Path, train: Indexed, val: Indexed, opts: &Options) -> Re
     Ok((train, test, format!("{shape} (C x H x W): {size_note}, {channel_note}{skipped_note}")))
 }
 
-fn headers(files: Vec<FileEntry>, skip: bool) -> Result<(Vec<FileEntry>, Vec<Header>)> {
+fn headers(files: Vec<FileEntry>, skip: bool, max_pixels: u64) -> Result<(Vec<FileEntry>, Vec<Header>)> {
     let mut slots: Vec<Option<Result<Header>>> = (0..files.len()).map(|_| None).collect();
     let bar = crate::util::progress::items_bar(files.len(), "indexing");
     par_each(slots.iter_mut().enumerate(), |i, slot| {
-        let r = read_header(&files[i].path);
+        let r = read_header(&files[i].path, max_pixels);
         let ok = r.is_ok() || skip;
         *slot = Some(r);
         bar.inc(1);
@@ -815,12 +935,18 @@ fn headers(files: Vec<FileEntry>, skip: bool) -> Result<(Vec<FileEntry>, Vec<Hea
     Ok((files, good))
 }
 
-fn decode_split(files: Vec<FileEntry>, shape: Shape, skip: bool, bar: &indicatif::ProgressBar) -> Result<Split> {
+fn decode_split(
+    files: Vec<FileEntry>,
+    shape: Shape,
+    skip: bool,
+    max_pixels: u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<Split> {
     let numel = shape.numel();
     let mut images = vec![0u8; files.len() * numel];
     let bad = Mutex::new(vec![]);
     par_each(images.chunks_mut(numel).enumerate(), |i, out| {
-        let r = decode_into(&files[i].path, shape, out);
+        let r = decode_into(&files[i].path, shape, max_pixels, out);
         bar.inc(1);
         match r {
             Ok(()) => true,
@@ -881,7 +1007,8 @@ struct CacheHeader {
     note: String,
 }
 
-fn write_cache(path: &Path, key: &str, train: &Split, test: &Split, note: &str) -> Result<()> {
+/// Writes the decoded splits to the cache file `path` for `key` (atomically).
+pub fn write_cache(path: &Path, key: &str, train: &Split, test: &Split, note: &str) -> Result<()> {
     use sha2::{Digest, Sha256};
     let header = serde_json::to_vec(&CacheHeader {
         key: key.to_string(),
@@ -910,8 +1037,10 @@ fn write_cache(path: &Path, key: &str, train: &Split, test: &Split, note: &str) 
 }
 
 /// The cached splits when the file is valid and made for `key`; None when made for another key;
-/// an error naming the file when it is damaged.
-fn read_cache(path: &Path, key: &str) -> Result<Option<(Split, Split, String)>> {
+/// an error naming the file when it is damaged. The checksum is not a signature: a file that
+/// passes it is still checked to be consistent (sizes that fit the file, a shape kdlab makes,
+/// labels below `classes`) before any of it is used.
+pub fn read_cache(path: &Path, key: &str, classes: usize) -> Result<Option<(Split, Split, String)>> {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).with_context(|| format!("reading the image cache {}", path.display()))?;
     let damaged = |what: &str| anyhow::anyhow!("the image cache {} is damaged ({what})", path.display());
@@ -925,23 +1054,36 @@ fn read_cache(path: &Path, key: &str) -> Result<Option<(Split, Split, String)>> 
     if u32::from_le_bytes(body[8..12].try_into().unwrap()) != CACHE_VERSION {
         return Ok(None);
     }
-    let hlen = u64::from_le_bytes(body[12..20].try_into().unwrap()) as usize;
-    let header: CacheHeader =
-        serde_json::from_slice(body.get(20..20 + hlen).ok_or_else(|| damaged("truncated header"))?)
-            .map_err(|e| damaged(&e.to_string()))?;
+    let hlen = usize::try_from(u64::from_le_bytes(body[12..20].try_into().unwrap())).unwrap_or(usize::MAX);
+    let header: CacheHeader = serde_json::from_slice(
+        20usize.checked_add(hlen).and_then(|end| body.get(20..end)).ok_or_else(|| damaged("truncated header"))?,
+    )
+    .map_err(|e| damaged(&e.to_string()))?;
     if header.key != key {
         return Ok(None);
     }
+    let shape = header.shape;
+    if ![1, 3].contains(&shape.c) || shape.h == 0 || shape.w == 0 {
+        return Err(damaged(&format!("its header gives the shape {shape}")));
+    }
     let mut at = 20 + hlen;
-    let mut take = |n: usize, shape: Shape| -> Result<Split> {
-        let need = n * 2 + n * shape.numel();
-        let chunk = body.get(at..at + need).ok_or_else(|| damaged("truncated"))?;
-        at += need;
-        let labels = chunk[..2 * n].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    let mut take = |n: usize| -> Result<Split> {
+        let need = shape
+            .c
+            .checked_mul(shape.h)
+            .and_then(|p| p.checked_mul(shape.w))
+            .and_then(|p| p.checked_add(2))
+            .and_then(|p| p.checked_mul(n));
+        let chunk = need.and_then(|need| body.get(at..at.checked_add(need)?)).ok_or_else(|| damaged("truncated"))?;
+        at += chunk.len();
+        let labels: Vec<u16> = chunk[..2 * n].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        if let Some(y) = labels.iter().find(|&&y| y as usize >= classes) {
+            return Err(damaged(&format!("label {y} for {classes} classes")));
+        }
         Ok(Split { images: chunk[2 * n..].to_vec(), labels, shape })
     };
-    let train = take(header.train, header.shape)?;
-    let test = take(header.test, header.shape)?;
+    let train = take(header.train)?;
+    let test = take(header.test)?;
     if at != body.len() {
         return Err(damaged("trailing bytes"));
     }
@@ -1197,7 +1339,7 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         std::fs::write(&file, &bytes).unwrap();
-        assert!(format!("{:#}", read_cache(&file, "any").unwrap_err()).contains("checksum"));
+        assert!(format!("{:#}", read_cache(&file, "any", 3).unwrap_err()).contains("checksum"));
         let (e, used) = load_at(&root, "", &cache).unwrap();
         assert_eq!(used, CacheUse::Built);
         assert_eq!(e.fingerprint(), d.fingerprint());

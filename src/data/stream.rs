@@ -60,6 +60,8 @@ pub struct Streamed {
     pub recipe: Recipe,
     pub channels: usize,
     pub skip_bad: bool,
+    /// The most pixels an image may declare (`max_pixels=`).
+    pub max_pixels: u64,
     /// Identifies the files and options (see `imagefolder`): a run on this data records it.
     pub fingerprint: String,
 }
@@ -74,8 +76,8 @@ impl Streamed {
 /// Decodes an image file to `channels` (1 or 3) interleaved 8-bit channels at its own size:
 /// colour to grey as PIL's luma, grey to colour by repetition, alpha dropped (torchvision's
 /// loader converts every image to RGB the same way).
-pub fn decode_file(path: &Path, channels: usize) -> Result<Decoded> {
-    let img = image::ImageReader::open(path)?.with_guessed_format()?.decode()?;
+pub fn decode_file(path: &Path, channels: usize, max_pixels: u64) -> Result<Decoded> {
+    let img = super::imagefolder::decode_image(path, max_pixels)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let pixels = if channels == 1 {
         if img.color().has_color() {
@@ -98,6 +100,7 @@ pub struct FileFeed {
     pub random: bool,
     pub channels: usize,
     pub skip_bad: bool,
+    pub max_pixels: u64,
     /// Decoding threads ([`super::imagefolder::threads`]).
     pub threads: usize,
     /// Per channel, a pixel value v (0..=255) becomes v · gain + bias: (v/255 − mean) / std.
@@ -115,6 +118,7 @@ impl FileFeed {
             random,
             channels: data.channels,
             skip_bad: data.skip_bad,
+            max_pixels: data.max_pixels,
             threads: super::imagefolder::threads(),
             gain,
             bias,
@@ -138,7 +142,7 @@ impl FileFeed {
         let img = match &self.images.decoded {
             Some(d) => &d[i],
             None => {
-                owned = decode_file(&self.images.files[i], self.channels)?;
+                owned = decode_file(&self.images.files[i], self.channels, self.max_pixels)?;
                 &owned
             }
         };
@@ -209,11 +213,12 @@ pub fn decode_all(
     labels: Vec<u16>,
     channels: usize,
     skip: bool,
+    max_pixels: u64,
     bar: &indicatif::ProgressBar,
 ) -> Result<FolderImages> {
     let mut slots: Vec<Option<Result<Decoded>>> = (0..files.len()).map(|_| None).collect();
     par_each_on(super::imagefolder::threads(), slots.iter_mut().enumerate(), |i, slot| {
-        let r = decode_file(&files[i], channels);
+        let r = decode_file(&files[i], channels, max_pixels);
         let ok = r.is_ok() || skip;
         *slot = Some(r);
         bar.inc(1);

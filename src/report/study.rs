@@ -25,6 +25,11 @@ pub fn write(dir: &Path, out: &Path) -> Result<Report> {
 /// Writes the report of loaded results into `out`.
 pub fn write_results(r: &StudyResults, out: &Path) -> Result<Report> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // A report killed while writing leaves its temporary files (named by the dead writer's pid).
+    let stale = atomic::remove_stale_temps(out);
+    if stale > 0 {
+        eprintln!("note: removed {stale} unfinished report file(s) left in {} by an interrupted report", out.display());
+    }
     let mut o = Output::new(out);
     sections::write_all(r, sections::SECTIONS, &mut o)?;
     let Output { blocks, mut files, .. } = o;

@@ -87,3 +87,21 @@ pub fn write_folder(root: &Path, train: usize, val: usize) {
         }
     }
 }
+
+/// The feed of a streamed image folder's split with `threads` decoding threads.
+pub fn feed_with_threads(
+    data: &kdlab::data::Dataset,
+    split: &str,
+    augment: bool,
+    threads: usize,
+) -> kdlab::data::loader::Feed {
+    use kdlab::data::loader::Feed;
+    match data.feed(split, augment).unwrap() {
+        Feed::Files(f) => {
+            let mut f = std::sync::Arc::try_unwrap(f).unwrap();
+            f.threads = threads;
+            Feed::Files(std::sync::Arc::new(f))
+        }
+        Feed::Memory { .. } => panic!("transform=imagenet feeds from files"),
+    }
+}

@@ -317,7 +317,13 @@ pub(crate) fn verify_blocks(
     rows: impl Fn(usize, usize) -> String,
 ) -> Result<()> {
     let blocks = block_count(data, block);
-    let expected = offset + data + 4 * blocks + 4;
+    // Sizes come from the file's header: an overflow is a damaged (or hostile) header.
+    let expected = blocks
+        .checked_mul(4)
+        .and_then(|t| t.checked_add(4))
+        .and_then(|t| t.checked_add(data))
+        .and_then(|t| t.checked_add(offset))
+        .with_context(|| format!("the {what} {} has a damaged header (its sizes overflow)", path.display()))?;
     if map.len() != expected {
         bail!(
             "the {what} {} has {} bytes, its header says {expected}: the file is truncated or damaged",
@@ -403,7 +409,12 @@ impl LogitCache {
         let (map, value, offset) = map_with_header(path, MAGIC, FORMAT, what)?;
         let header: Header = serde_json::from_value(value)
             .with_context(|| format!("the {what} {} has a damaged header", path.display()))?;
-        let data = header.samples * header.views * header.classes * 2;
+        let data = header
+            .samples
+            .checked_mul(header.views)
+            .and_then(|d| d.checked_mul(header.classes))
+            .and_then(|d| d.checked_mul(2))
+            .with_context(|| format!("the {what} {} has a damaged header (its sizes overflow)", path.display()))?;
         let (row_bytes, samples) = (header.classes * 2, header.samples.max(1));
         verify_blocks(&map, offset, data, header.block_bytes.max(1), (path, what), |lo, hi| {
             let rows = (lo / row_bytes, hi.div_ceil(row_bytes));

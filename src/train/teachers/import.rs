@@ -168,7 +168,21 @@ pub fn import(
     out: &Path,
     data: Option<&crate::data::Dataset>,
 ) -> Result<(PathBuf, Option<f64>)> {
-    let tensors = pth::read_state_dict(checkpoint)?;
+    import_with(checkpoint, arch, classes, input, out, data, &pth::Limits::default())
+}
+
+/// As [`import`], reading the checkpoint within `limits`. Nothing is written until the whole
+/// checkpoint has been read and fits the model.
+pub fn import_with(
+    checkpoint: &Path,
+    arch: &str,
+    classes: usize,
+    input: Shape,
+    out: &Path,
+    data: Option<&crate::data::Dataset>,
+    limits: &pth::Limits,
+) -> Result<(PathBuf, Option<f64>)> {
+    let tensors = pth::read_state_dict_with(checkpoint, limits)?;
     let mut model = Model::new(arch, input, classes, Device::Cpu, 0)?;
     model.to_contiguous();
     load_into(&model, &tensors, checkpoint)?;

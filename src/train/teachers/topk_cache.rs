@@ -269,6 +269,34 @@ impl Header {
         self.epochs * self.samples * self.row_bytes()
     }
 
+    /// [`Header::data_bytes`] when the header's numbers make sense — k in 1..=classes, classes
+    /// that a u16 can name, sizes whose product fits — else what is wrong. A header read from a
+    /// file is checked with it before any size is computed from it.
+    fn checked_data_bytes(&self) -> std::result::Result<usize, String> {
+        if self.k == 0 || self.k > self.classes || self.classes > u16::MAX as usize + 1 {
+            return Err(format!("k = {} of {} classes", self.k, self.classes));
+        }
+        if self.block_bytes == 0 {
+            return Err("a block size of 0".into());
+        }
+        // kdlab never builds a cache without records; one that claims none would let a reader
+        // loop over any number of empty epochs.
+        if self.samples == 0 || self.epochs == 0 {
+            return Err(format!("{} epochs of {} samples", self.epochs, self.samples));
+        }
+        self.k
+            .checked_mul(4)
+            .and_then(|b| b.checked_add(RECORD_BYTES))
+            .and_then(|r| r.checked_mul(self.samples))
+            .and_then(|r| r.checked_mul(self.epochs))
+            .ok_or_else(|| {
+                format!(
+                    "{} epochs × {} samples × top-{}: more bytes than can be addressed",
+                    self.epochs, self.samples, self.k
+                )
+            })
+    }
+
     /// Whether a cache with this header serves a run that wants `want`: the same in everything,
     /// and at least as many epochs.
     fn serves(&self, want: &Header) -> bool {
@@ -534,11 +562,39 @@ impl TopKCache {
         let (map, value, offset) = map_with_header(path, MAGIC, FORMAT, what)?;
         let header: Header = serde_json::from_value(value)
             .with_context(|| format!("the {what} {} has a damaged header", path.display()))?;
+        let data = header
+            .checked_data_bytes()
+            .map_err(|e| anyhow::anyhow!("the {what} {} has a damaged header ({e})", path.display()))?;
         let epoch_bytes = (header.samples * header.row_bytes()).max(1);
-        verify_blocks(&map, offset, header.data_bytes(), header.block_bytes.max(1), (path, what), |lo, hi| {
+        verify_blocks(&map, offset, data, header.block_bytes, (path, what), |lo, hi| {
             format!("epochs {}..={}", lo / epoch_bytes, (hi.max(1) - 1) / epoch_bytes)
         })?;
-        Ok(TopKCache { header, path: path.to_path_buf(), map, offset })
+        let cache = TopKCache { header, path: path.to_path_buf(), map, offset };
+        cache.check_classes()?;
+        Ok(cache)
+    }
+
+    /// Every record's classes name one of the header's classes (the checksums only say that the
+    /// file is as it was written, not that what wrote it was kdlab): a class beyond them would
+    /// index past a row of rebuilt logits.
+    fn check_classes(&self) -> Result<()> {
+        let (k, c, rb) = (self.header.k, self.header.classes, self.header.row_bytes());
+        let rows = self.header.epochs * self.header.samples;
+        let data = &self.map[self.offset..self.offset + rows * rb];
+        for (r, row) in data.chunks_exact(rb).enumerate() {
+            let classes = &row[RECORD_BYTES..RECORD_BYTES + 2 * k];
+            if let Some(bad) =
+                classes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).find(|&x| x as usize >= c)
+            {
+                bail!(
+                    "the top-k teacher cache {} is damaged: sample {} of epoch {} records class {bad} of {c}",
+                    self.path.display(),
+                    r % self.header.samples.max(1),
+                    r / self.header.samples.max(1) + 1
+                );
+            }
+        }
+        Ok(())
     }
 
     fn row(&self, epoch: usize, i: usize) -> &[u8] {
@@ -559,6 +615,52 @@ impl TopKCache {
         Ok(())
     }
 
+    fn check_samples(&self, indices: &[u32]) -> Result<()> {
+        if let Some(i) = indices.iter().find(|&&i| i as usize >= self.header.samples) {
+            bail!(
+                "the top-k teacher cache {} records {} samples; sample {i} is not in it",
+                self.path.display(),
+                self.header.samples
+            );
+        }
+        Ok(())
+    }
+
+    /// A header of this format for `epochs` × `samples` records of the top `k` of `classes`, with
+    /// placeholder identities (teacher, data, seed): for tests and the fuzzers, with
+    /// [`TopKCache::write_raw`].
+    pub fn synthetic_header(samples: usize, classes: usize, k: usize, epochs: usize, block_bytes: usize) -> Header {
+        Header {
+            format: FORMAT.into(),
+            teacher_model: "synthetic".into(),
+            teacher_weights_sha256: "0".into(),
+            data_name: "synthetic".into(),
+            data_fingerprint: "0".into(),
+            split: "train".into(),
+            samples,
+            classes,
+            height: 8,
+            width: 8,
+            k,
+            epochs,
+            seed: 1,
+            augment: true,
+            pad: 2,
+            flip: true,
+            crop_draw: "synthetic".into(),
+            fill_tau: FILL_TAU,
+            layout: "synthetic".into(),
+            block_bytes,
+        }
+    }
+
+    /// Writes a cache file of `header` whose rows are `rows` as they are (the layout's bytes,
+    /// unchecked), with valid checksums: for tests and the fuzzers, which hand [`TopKCache::open`]
+    /// files that pass their checksums but hold anything.
+    pub fn write_raw(path: &Path, header: &Header, rows: &[u8]) -> Result<()> {
+        write_cache_file(path, MAGIC, header, header.block_bytes.max(1), |emit| emit(rows))
+    }
+
     /// The crop and top-k of sample `i` in `epoch` (0-based).
     pub fn record(&self, epoch: usize, i: usize) -> (CropRecord, TopK) {
         let (row, k) = (self.row(epoch, i), self.header.k);
@@ -577,6 +679,7 @@ impl TopKCache {
     /// The rebuilt teacher logits of samples `indices` in `epoch`, as (N, C) f32.
     pub fn lookup(&self, epoch: usize, indices: &[u32]) -> Result<Tensor> {
         self.check_epoch(epoch)?;
+        self.check_samples(indices)?;
         let c = self.header.classes;
         let mut out = vec![0f32; indices.len() * c];
         for (row, &i) in out.chunks_exact_mut(c).zip(indices) {
@@ -589,6 +692,7 @@ impl TopKCache {
     /// the stored logits are the teacher's on those crops and on no others.
     pub fn check_crops(&self, epoch: usize, indices: &[u32], crops: &[CropBox]) -> Result<()> {
         self.check_epoch(epoch)?;
+        self.check_samples(indices)?;
         for (&i, &drawn) in indices.iter().zip(crops) {
             let recorded = self.record(epoch, i as usize).0;
             if CropRecord::of_box(drawn) != Some(recorded) {
