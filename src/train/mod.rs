@@ -1,5 +1,6 @@
 //! Training: configuration, learning-rate schedules, the SGD optimiser with saveable state,
 //! checkpoints, evaluation, and the training loop shared by `train` and `distill`.
+pub mod amp;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;

@@ -109,7 +109,12 @@ pub fn available_cores() -> usize {
 pub fn describe(device: Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
-        Device::Cuda(i) => format!("cuda:{i}"),
+        // A sweep pins each worker to one GPU with CUDA_VISIBLE_DEVICES, where every GPU is
+        // cuda:0: the record names the physical one too.
+        Device::Cuda(i) => match std::env::var("CUDA_VISIBLE_DEVICES") {
+            Ok(v) if !v.is_empty() => format!("cuda:{i} (CUDA_VISIBLE_DEVICES={v})"),
+            _ => format!("cuda:{i}"),
+        },
         other => format!("{other:?}"),
     }
 }
