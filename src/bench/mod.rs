@@ -1,6 +1,7 @@
 //! Throughput benchmarks with the same flags and JSON keys as `shared/bench/pytorch_ref.py`, so
 //! kdlab and PyTorch can be run alternately on the same machine and compared as a ratio.
 use crate::data::Shape;
+use crate::train::amp::{self, Amp, LossScaler};
 use crate::train::model::Model;
 use crate::train::objective::cross_entropy;
 use crate::train::sgd::Sgd;
@@ -34,6 +35,8 @@ pub struct BenchSpec {
     pub warmup: usize,
     pub threads: usize,
     pub seed: u64,
+    /// Mixed precision of the forward pass (pytorch_ref.py's `--amp`).
+    pub amp: Amp,
 }
 
 /// One benchmark's result, with the keys pytorch_ref.py prints.
@@ -54,6 +57,13 @@ pub struct BenchResult {
     pub max_step_s: f64,
     pub peak_rss_mb: f64,
     pub losses: Vec<f64>,
+    /// "off", "bf16" or "fp16" (results written before the key existed ran in float32).
+    #[serde(default = "float32")]
+    pub amp: String,
+}
+
+fn float32() -> String {
+    "off".into()
 }
 
 /// Peak resident memory of this process so far, in MiB.
@@ -90,16 +100,18 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
     let y = Tensor::randint(spec.classes as i64, [spec.batch as i64], (Kind::Int64, device));
     let mut opt = Sgd::new(&model.vs, 0.9, false, 5e-4);
     let (mut times, mut losses) = (vec![], vec![]);
+    // As the trainer (and pytorch_ref.py's GradScaler): fp16 steps scale the loss.
+    let mut scaler = (spec.amp == Amp::Fp16).then(LossScaler::default);
     for i in 0..spec.warmup + spec.steps {
         let t0 = Instant::now();
         match spec.mode {
             Mode::Infer => {
-                let out = model.infer(&x);
+                let out = amp::forward(spec.amp, device, || model.infer(&x))?;
                 let _ = out.sum(Kind::Float).double_value(&[]);
             }
             Mode::Train | Mode::Kd => {
                 opt.zero_grad();
-                let out = model.forward_train(&x);
+                let out = amp::forward(spec.amp, device, || model.forward_train(&x))?;
                 let mut loss = cross_entropy(&out, &y);
                 if let Some(t) = &teacher {
                     let t_out = t.infer(&x);
@@ -111,8 +123,19 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
                     ) / spec.batch as f64;
                     loss = 0.1 * loss + 0.9 * tau * tau * kl;
                 }
-                loss.backward();
-                opt.step(0.05);
+                let update = match scaler.as_mut() {
+                    None => {
+                        loss.backward();
+                        true
+                    }
+                    Some(s) => {
+                        (&loss * s.scale).backward();
+                        s.unscale(&opt.grads())
+                    }
+                };
+                if update {
+                    opt.step(0.05);
+                }
                 losses.push((loss.double_value(&[]) * 1e4).round() / 1e4);
             }
         }
@@ -137,6 +160,7 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
         max_step_s: times.iter().copied().fold(0.0, f64::max),
         peak_rss_mb: peak_rss_mb(),
         losses,
+        amp: spec.amp.as_str().into(),
     })
 }
 
@@ -169,6 +193,9 @@ pub fn flags(spec: &BenchSpec) -> Vec<String> {
     ];
     if let Some(t) = &spec.teacher {
         v.extend(["--teacher".into(), t.clone()]);
+    }
+    if spec.amp != Amp::Off {
+        v.extend(["--amp".into(), spec.amp.as_str().into()]);
     }
     v
 }
