@@ -331,3 +331,41 @@ fn cuda_amp_trains_within_noise_of_float32() {
     }
     assert!(acc.iter().all(|&a| a > 0.6 && (a - acc[0]).abs() < 0.04), "{acc:?}");
 }
+
+/// `scripts/gpu_check.sh --dry-run`: every step of the GPU check on the CPU (this test binary
+/// lists the CUDA tests), ending in a results file with a kdlab/PyTorch ratio per model and
+/// precision and the demo study planned. Skipped without the Makefile's PyTorch environment.
+#[test]
+fn the_gpu_check_script_passes_its_dry_run() {
+    let Some(py) = common::venv_python() else {
+        eprintln!("skipped: no PyTorch environment (make torch)");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let reference = root.join("../shared/bench/pytorch_ref.py");
+    if !reference.exists() {
+        eprintln!("skipped: no ../shared/bench/pytorch_ref.py");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("results.md");
+    let o = std::process::Command::new(root.join("scripts/gpu_check.sh"))
+        .arg("--dry-run")
+        .args(["--kdlab", env!("CARGO_BIN_EXE_kdlab")])
+        .args(["--test-bin", std::env::current_exe().unwrap().to_str().unwrap()])
+        .args(["--python", py.to_str().unwrap(), "--reference", reference.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let t = common::text(&o);
+    assert!(o.status.success(), "{t}");
+    let r = std::fs::read_to_string(&out).unwrap();
+    assert!(r.contains("DRY RUN") && r.contains("2 CUDA tests listed"), "{r}");
+    for amp in ["off", "bf16"] {
+        let row = r.lines().find(|l| l.starts_with(&format!("| resnet20 | {amp} |"))).unwrap_or_else(|| panic!("{r}"));
+        let ratio: f64 = row.split('|').nth(6).unwrap().trim().parse().unwrap_or_else(|e| panic!("{row}: {e}"));
+        assert!(ratio > 0.0 && ratio.is_finite(), "{row}");
+    }
+    assert!(r.contains("\"planned\": 29"), "the demo study is planned: {r}");
+}

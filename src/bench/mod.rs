@@ -60,6 +60,11 @@ pub struct BenchResult {
     /// "off", "bf16" or "fp16" (results written before the key existed ran in float32).
     #[serde(default = "float32")]
     pub amp: String,
+    /// Median seconds of each part of a training step (forward and loss, backward, optimiser;
+    /// gradient zeroing counts with the optimiser), as `scripts/step_phases.py` measures PyTorch's.
+    /// On a GPU the parts are queued, not run, so only their sum means anything there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 fn float32() -> String {
@@ -100,6 +105,7 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
     let y = Tensor::randint(spec.classes as i64, [spec.batch as i64], (Kind::Int64, device));
     let mut opt = Sgd::new(&model.vs, 0.9, false, 5e-4);
     let (mut times, mut losses) = (vec![], vec![]);
+    let (mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![]);
     // As the trainer (and pytorch_ref.py's GradScaler): fp16 steps scale the loss.
     let mut scaler = (spec.amp == Amp::Fp16).then(LossScaler::default);
     for i in 0..spec.warmup + spec.steps {
@@ -111,6 +117,7 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
             }
             Mode::Train | Mode::Kd => {
                 opt.zero_grad();
+                let t_zero = t0.elapsed().as_secs_f64();
                 let out = amp::forward(spec.amp, device, || model.forward_train(&x))?;
                 let mut loss = cross_entropy(&out, &y);
                 if let Some(t) = &teacher {
@@ -123,6 +130,7 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
                     ) / spec.batch as f64;
                     loss = 0.1 * loss + 0.9 * tau * tau * kl;
                 }
+                let t_fwd = t0.elapsed().as_secs_f64();
                 let update = match scaler.as_mut() {
                     None => {
                         loss.backward();
@@ -133,8 +141,15 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
                         s.unscale(&opt.grads())
                     }
                 };
+                let t_bwd = t0.elapsed().as_secs_f64();
                 if update {
                     opt.step(0.05);
+                }
+                if i >= spec.warmup {
+                    let t_end = t0.elapsed().as_secs_f64();
+                    fwd.push(t_fwd - t_zero);
+                    bwd.push(t_bwd - t_fwd);
+                    upd.push(t_end - t_bwd + t_zero);
                 }
                 losses.push((loss.double_value(&[]) * 1e4).round() / 1e4);
             }
@@ -161,6 +176,12 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
         peak_rss_mb: peak_rss_mb(),
         losses,
         amp: spec.amp.as_str().into(),
+        phases: (!fwd.is_empty()).then(|| {
+            [("forward", &mut fwd), ("backward", &mut bwd), ("optimizer", &mut upd)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), median(v)))
+                .collect()
+        }),
     })
 }
 
