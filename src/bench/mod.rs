@@ -131,16 +131,7 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
                     loss = 0.1 * loss + 0.9 * tau * tau * kl;
                 }
                 let t_fwd = t0.elapsed().as_secs_f64();
-                let update = match scaler.as_mut() {
-                    None => {
-                        loss.backward();
-                        true
-                    }
-                    Some(s) => {
-                        (&loss * s.scale).backward();
-                        s.unscale(&opt.grads())
-                    }
-                };
+                let update = amp::backward(&loss, scaler.as_mut(), || opt.grads());
                 let t_bwd = t0.elapsed().as_secs_f64();
                 if update {
                     opt.step(0.05);

@@ -5,6 +5,8 @@
 //! data = "fashion-mnist"
 //! seeds = [0, 1, 2]
 //! probe_tau = 4.0                     # τ at which the report shows the probe's nongt_std
+//! device = "cuda"                    # optional: where `kdlab sweep` runs it (default cpu)
+//! gres = "gpu:a100:1"                 # optional: what its Slurm jobs ask for (default gpu:1)
 //!
 //! [teachers]                          # a capacity ladder trained by the study (once each) ...
 //! models = ["cnn_w1", "cnn_w2", "cnn_w4", "cnn_w8"]

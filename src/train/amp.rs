@@ -200,6 +200,22 @@ pub fn forward(amp: Amp, device: Device, f: impl FnOnce() -> Tensor) -> Result<T
     Ok(if out.kind() == Kind::Float { out } else { out.to_kind(Kind::Float) })
 }
 
+/// A step's backward pass: of the loss itself, or (fp16, with a scaler) of the scaled loss, the
+/// gradients (`grads`) unscaled after it. Returns whether the update may be taken (false: fp16
+/// gradients overflowed and the step is skipped).
+pub fn backward(loss: &Tensor, scaler: Option<&mut LossScaler>, grads: impl FnOnce() -> Vec<Tensor>) -> bool {
+    match scaler {
+        None => {
+            loss.backward();
+            true
+        }
+        Some(s) => {
+            (loss * s.scale).backward();
+            s.unscale(&grads())
+        }
+    }
+}
+
 /// Dynamic loss scaling for fp16 (as torch.amp.GradScaler): the loss is multiplied by `scale`
 /// before the backward pass so that small gradients do not flush to zero in fp16; the gradients
 /// are divided by it again before clipping and the update. A step whose gradients overflowed

@@ -419,16 +419,7 @@ fn train_epochs(
                 .reduce(|a, b| a + b)
                 .context("the objective returned no loss terms")?;
             opt.zero_grad();
-            let update = match scaler.as_mut() {
-                None => {
-                    loss.backward();
-                    true
-                }
-                Some(s) => {
-                    (&loss * s.scale).backward();
-                    s.unscale(&opt.grads())
-                }
-            };
+            let update = amp::backward(&loss, scaler.as_mut(), || opt.grads());
             let grad_norm = if !update {
                 // fp16 overflowed: the step is skipped, and its gradients are no measure of anything.
                 Tensor::from(0.0f64)
