@@ -27,7 +27,7 @@ else
 TORCH_STAMP :=
 endif
 
-.PHONY: all build demo test soak torch fmt lint clean-runs bench-ref
+.PHONY: all build demo test soak torch fmt lint clean-runs bench-ref gpu-check-dry
 
 all: build
 
@@ -62,3 +62,8 @@ fmt:
 
 clean-runs:
 	rm -rf runs demo-runs
+
+# scripts/gpu_check.sh on the CPU: every step of the GPU check but the CUDA calls (tests/gpu.rs
+# runs the same). On a GPU machine: scripts/gpu_check.sh --carried DIR (see the script).
+gpu-check-dry: build
+	scripts/gpu_check.sh --dry-run --kdlab $(BIN) --out gpu-check-results.md

@@ -1,6 +1,6 @@
 """How well a top-k teacher target, rebuilt with one fill logit for the C−k missing classes,
 matches the full softened target: mean KL(p_τ(full) ‖ p_τ(rebuilt)) over a set of teacher logits,
-for each fill rule, k and τ. Chooses the fill rule of kdlab's top-k cache (src/train/topk_cache.rs).
+for each fill rule, k and τ. Chooses the fill rule of kdlab's top-k cache (src/train/teachers/topk_cache.rs).
 
     kdlab logits --run RUN --split train --out t.npy
     python scripts/topk_fidelity.py t.npy [more.npy ...]

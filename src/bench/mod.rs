@@ -1,6 +1,7 @@
 //! Throughput benchmarks with the same flags and JSON keys as `shared/bench/pytorch_ref.py`, so
 //! kdlab and PyTorch can be run alternately on the same machine and compared as a ratio.
 use crate::data::Shape;
+use crate::train::amp::{self, Amp, LossScaler};
 use crate::train::model::Model;
 use crate::train::objective::cross_entropy;
 use crate::train::sgd::Sgd;
@@ -34,6 +35,8 @@ pub struct BenchSpec {
     pub warmup: usize,
     pub threads: usize,
     pub seed: u64,
+    /// Mixed precision of the forward pass (pytorch_ref.py's `--amp`).
+    pub amp: Amp,
 }
 
 /// One benchmark's result, with the keys pytorch_ref.py prints.
@@ -54,6 +57,18 @@ pub struct BenchResult {
     pub max_step_s: f64,
     pub peak_rss_mb: f64,
     pub losses: Vec<f64>,
+    /// "off", "bf16" or "fp16" (results written before the key existed ran in float32).
+    #[serde(default = "float32")]
+    pub amp: String,
+    /// Median seconds of each part of a training step (forward and loss, backward, optimiser;
+    /// gradient zeroing counts with the optimiser), as `scripts/step_phases.py` measures PyTorch's.
+    /// On a GPU the parts are queued, not run, so only their sum means anything there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+fn float32() -> String {
+    "off".into()
 }
 
 /// Peak resident memory of this process so far, in MiB.
@@ -90,16 +105,20 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
     let y = Tensor::randint(spec.classes as i64, [spec.batch as i64], (Kind::Int64, device));
     let mut opt = Sgd::new(&model.vs, 0.9, false, 5e-4);
     let (mut times, mut losses) = (vec![], vec![]);
+    let (mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![]);
+    // As the trainer (and pytorch_ref.py's GradScaler): fp16 steps scale the loss.
+    let mut scaler = (spec.amp == Amp::Fp16).then(LossScaler::default);
     for i in 0..spec.warmup + spec.steps {
         let t0 = Instant::now();
         match spec.mode {
             Mode::Infer => {
-                let out = model.infer(&x);
+                let out = amp::forward(spec.amp, device, || model.infer(&x))?;
                 let _ = out.sum(Kind::Float).double_value(&[]);
             }
             Mode::Train | Mode::Kd => {
                 opt.zero_grad();
-                let out = model.forward_train(&x);
+                let t_zero = t0.elapsed().as_secs_f64();
+                let out = amp::forward(spec.amp, device, || model.forward_train(&x))?;
                 let mut loss = cross_entropy(&out, &y);
                 if let Some(t) = &teacher {
                     let t_out = t.infer(&x);
@@ -111,8 +130,18 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
                     ) / spec.batch as f64;
                     loss = 0.1 * loss + 0.9 * tau * tau * kl;
                 }
-                loss.backward();
-                opt.step(0.05);
+                let t_fwd = t0.elapsed().as_secs_f64();
+                let update = amp::backward(&loss, scaler.as_mut(), || opt.grads());
+                let t_bwd = t0.elapsed().as_secs_f64();
+                if update {
+                    opt.step(0.05);
+                }
+                if i >= spec.warmup {
+                    let t_end = t0.elapsed().as_secs_f64();
+                    fwd.push(t_fwd - t_zero);
+                    bwd.push(t_bwd - t_fwd);
+                    upd.push(t_end - t_bwd + t_zero);
+                }
                 losses.push((loss.double_value(&[]) * 1e4).round() / 1e4);
             }
         }
@@ -137,6 +166,13 @@ pub fn run(spec: &BenchSpec, device: Device) -> Result<BenchResult> {
         max_step_s: times.iter().copied().fold(0.0, f64::max),
         peak_rss_mb: peak_rss_mb(),
         losses,
+        amp: spec.amp.as_str().into(),
+        phases: (!fwd.is_empty()).then(|| {
+            [("forward", &mut fwd), ("backward", &mut bwd), ("optimizer", &mut upd)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), median(v)))
+                .collect()
+        }),
     })
 }
 
@@ -169,6 +205,9 @@ pub fn flags(spec: &BenchSpec) -> Vec<String> {
     ];
     if let Some(t) = &spec.teacher {
         v.extend(["--teacher".into(), t.clone()]);
+    }
+    if spec.amp != Amp::Off {
+        v.extend(["--amp".into(), spec.amp.as_str().into()]);
     }
     v
 }

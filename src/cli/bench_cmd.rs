@@ -54,6 +54,9 @@ pub struct BenchArgs {
     /// kdlab's memory layout for convolutions (auto: channels-last on the CPU).
     #[arg(long, value_enum, default_value = "auto")]
     pub memory_format: crate::util::device::MemoryFormat,
+    /// Mixed precision of the forward pass (off, bf16, fp16), on both sides of a comparison.
+    #[arg(long, value_enum, default_value = "off")]
+    pub amp: crate::train::amp::Amp,
     /// With --suite: also write the results as a Markdown table to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
@@ -103,6 +106,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         warmup: a.warmup,
         threads,
         seed: a.seed,
+        amp: a.amp,
     };
     let Some(python) = a.pytorch.clone() else {
         let r = bench::run(&spec, device)?;
@@ -198,6 +202,7 @@ fn suite(a: &BenchArgs) -> Result<()> {
             warmup: a.warmup,
             threads,
             seed: a.seed,
+            amp: a.amp,
         };
         let (ours, theirs) = compare(&spec, a, a.pytorch.as_deref())?;
         let (k, krss) = (ours.img_per_s, ours.peak_mb);

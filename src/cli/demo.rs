@@ -26,7 +26,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let study = a.out.join("demo.toml");
     crate::util::atomic::write_bytes(&study, DEMO_STUDY.as_bytes())?;
     println!("kdlab demo: studies/demo.toml on the embedded Fashion-MNIST subset (200 training images per class of its 10,000, 2,000 test images)");
-    let opts = SweepOptions { workers: a.workers, threads: None, retry_failed: false, dry_run: false, quiet: true };
+    let opts = SweepOptions {
+        devices: crate::study::devices::DevicePlan::cpu(a.workers),
+        threads: None,
+        retry_failed: false,
+        dry_run: false,
+        quiet: true,
+    };
     let dir = runner::sweep(&study, Some(&a.out), &opts)?;
     let report = crate::report::study::write(&dir, &dir.join("report"))?;
     let tables: Vec<Block> = report

@@ -1,8 +1,9 @@
 //! `kdlab sweep`, `kdlab status`, `kdlab report`, and the hidden `kdlab sweep-run` a sweep's
 //! workers (and Slurm jobs) execute.
 use super::Runtime;
+use crate::study::devices::{DevicePlan, SweepDevice};
 use crate::study::{self, runner};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -13,9 +14,19 @@ pub struct SweepArgs {
     /// Study directory (default: a directory named after the study).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Runs trained at once, each in its own process.
+    /// Runs trained at once, each in its own process (on the CPU).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Where the runs train: cpu, cuda (every GPU LibTorch sees), cuda:N, or auto (default: the
+    /// study file's `device`, else cpu). Every run of a study trains on the same kind of device.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// GPUs to place workers on, by index: `0,1,3` or `cuda:0,cuda:1` (implies --device cuda).
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// Workers at once on each GPU (default 1).
+    #[arg(long)]
+    pub workers_per_device: Option<usize>,
     /// Threads per worker (default: the cores shared among the workers).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -33,10 +44,27 @@ pub struct SweepArgs {
     pub quiet: bool,
 }
 
+/// The sweep's devices from its flags and the study file's `device`.
+fn device_plan(a: &SweepArgs, cfg: &study::config::StudyConfig) -> Result<DevicePlan> {
+    let flag = a.device.as_deref().map(|d| d.parse::<SweepDevice>().context("--device")).transpose()?;
+    DevicePlan::resolve(flag.or(cfg.device), a.devices.as_deref(), a.workers_per_device, a.workers, || {
+        if crate::util::device::cuda_available() {
+            tch::Cuda::device_count().max(0) as usize
+        } else {
+            0
+        }
+    })
+}
+
 pub fn sweep(a: SweepArgs) -> Result<()> {
     if let Some(dir) = &a.emit_slurm {
-        let (_, sdir, specs, store) = runner::open(&a.study, a.out.as_deref(), a.retry_failed)?;
-        let files = study::emit_slurm(&sdir, &specs, &store, dir)?;
+        let (cfg, sdir, specs, store) = runner::open(&a.study, a.out.as_deref(), a.retry_failed)?;
+        // A Slurm job gets its GPU from Slurm, not from a list here: only the kind counts, and
+        // `cuda` is taken at its word (the submitting host usually has no GPU).
+        let flag = a.device.as_deref().map(|d| d.parse::<SweepDevice>().context("--device")).transpose()?;
+        let gpu = a.devices.is_some() || matches!(flag.or(cfg.device), Some(SweepDevice::Cuda(_)));
+        let gres = gpu.then(|| cfg.gres.clone().unwrap_or_else(|| "gpu:1".into()));
+        let files = study::emit_slurm(&sdir, &specs, &store, dir, gres.as_deref())?;
         for f in files {
             println!("wrote {}", f.display());
         }
@@ -47,8 +75,9 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let cfg = study::config::StudyConfig::load(&a.study)?;
     let opts = runner::SweepOptions {
-        workers: a.workers,
+        devices: device_plan(&a, &cfg)?,
         threads: a.threads,
         retry_failed: a.retry_failed,
         dry_run: a.dry_run,

@@ -54,6 +54,10 @@ pub struct ConfigFlags {
     /// Scale each step's gradient down to this global L2 norm when larger (0: never).
     #[arg(long)]
     pub clip_grad_norm: Option<f64>,
+    /// Mixed precision of the forward pass: off, bf16 or fp16 (fp16 with loss scaling); weights,
+    /// losses and evaluation stay float32.
+    #[arg(long, value_enum)]
+    pub amp: Option<crate::train::amp::Amp>,
     /// Random crops and flips (true/false).
     #[arg(long)]
     pub augment: Option<bool>,
@@ -100,6 +104,7 @@ impl ConfigFlags {
         put("gamma", self.gamma.map(toml::Value::Float));
         put("warmup_epochs", self.warmup_epochs.map(|v| toml::Value::Integer(v as i64)));
         put("clip_grad_norm", self.clip_grad_norm.map(toml::Value::Float));
+        put("amp", self.amp.map(|a| toml::Value::String(a.as_str().into())));
         put("augment", self.augment.map(toml::Value::Boolean));
         put("seed", self.seed.map(|v| toml::Value::Integer(v as i64)));
         put("save_every", self.save_every.map(|v| toml::Value::Integer(v as i64)));

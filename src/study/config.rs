@@ -5,6 +5,8 @@
 //! data = "fashion-mnist"
 //! seeds = [0, 1, 2]
 //! probe_tau = 4.0                     # τ at which the report shows the probe's nongt_std
+//! device = "cuda"                    # optional: where `kdlab sweep` runs it (default cpu)
+//! gres = "gpu:a100:1"                 # optional: what its Slurm jobs ask for (default gpu:1)
 //!
 //! [teachers]                          # a capacity ladder trained by the study (once each) ...
 //! models = ["cnn_w1", "cnn_w2", "cnn_w4", "cnn_w8"]
@@ -51,6 +53,10 @@ pub struct StudyConfig {
     pub teachers: TeacherSet,
     pub students: StudentSet,
     pub methods: Vec<MethodBlock>,
+    /// Where `kdlab sweep` runs the study when no `--device` is given (`device = "cuda"`).
+    pub device: Option<super::devices::SweepDevice>,
+    /// What the Slurm jobs of a study on GPUs ask for (`gres = "gpu:a100:1"`; default `gpu:1`).
+    pub gres: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -109,7 +115,7 @@ pub struct SkippedCombination {
     pub got: String,
 }
 
-const TOP_KEYS: [&str; 11] = [
+const TOP_KEYS: [&str; 13] = [
     "name",
     "data",
     "seeds",
@@ -121,6 +127,8 @@ const TOP_KEYS: [&str; 11] = [
     "train_subset",
     "val_per_class",
     "subset_seed",
+    "device",
+    "gres",
 ];
 /// Top-level keys that set the same value in [teachers] and [students] (a section may override
 /// them): the data carving, so that the students' transfer set is the teachers' training set.
@@ -175,6 +183,16 @@ fn optional_str(table: &toml::Table, k: &str, origin: &str) -> Result<Option<Str
         Some(toml::Value::String(s)) => Ok(Some(s.clone())),
         Some(v) => bail!("{origin}: '{k}' should be a string, found {v}"),
     }
+}
+
+/// A Slurm generic resource such as `gpu:1` or `gpu:a100:2`; it is written into job scripts, so
+/// nothing but the characters such names use gets through.
+fn gres(g: &str, origin: &str) -> Result<String> {
+    let ok = !g.is_empty() && g.chars().all(|c| c.is_ascii_alphanumeric() || ":_,.-".contains(c));
+    if !ok {
+        bail!("{origin}: 'gres' = {g:?} is not a Slurm resource (e.g. \"gpu:1\" or \"gpu:a100:1\")");
+    }
+    Ok(g.to_string())
 }
 
 fn seeds(v: Option<&toml::Value>, origin: &str) -> Result<Vec<u64>> {
@@ -339,6 +357,10 @@ impl StudyConfig {
             students: StudentSet::parse(&section(&table, "students", origin)?, &data, origin)?,
             methods: method_blocks(table.get("methods"), origin)?,
             data,
+            device: optional_str(&table, "device", origin)?
+                .map(|d| d.parse().with_context(|| format!("{origin}: 'device'")))
+                .transpose()?,
+            gres: optional_str(&table, "gres", origin)?.map(|g| gres(&g, origin)).transpose()?,
         };
         cfg.check_references(origin)?;
         Ok(cfg)

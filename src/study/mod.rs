@@ -1,6 +1,7 @@
 //! Studies: a capacity-mismatch grid declared in one TOML file (`config`), expanded into runs with
 //! stable ids (`plan`), indexed in SQLite (`store`) and run resumably (`runner`).
 pub mod config;
+pub mod devices;
 mod failpoint;
 pub mod plan;
 pub mod runner;
@@ -193,8 +194,15 @@ pub fn status(dir: &Path) -> Result<String> {
 /// then assistants, then students), chained with `afterok`. Each job runs `kdlab sweep-run` on
 /// its run's spec and writes only into its own run directory; `kdlab sweep` or `kdlab report`
 /// then imports the finished runs into the study's database (one writer, so SQLite never has to
-/// lock across a network file system).
-pub fn emit_slurm(dir: &Path, specs: &[RunSpec], store: &Store, out: &Path) -> Result<Vec<std::path::PathBuf>> {
+/// lock across a network file system). `gres`: the study runs on GPUs, and each job asks Slurm for
+/// this resource (`gpu:1`) and runs with `--device cuda`; None: on the CPU, `--device cpu`.
+pub fn emit_slurm(
+    dir: &Path,
+    specs: &[RunSpec],
+    store: &Store,
+    out: &Path,
+    gres: Option<&str>,
+) -> Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(out)?;
     let exe = std::env::current_exe()?.display().to_string();
     let mut written = vec![];
@@ -219,10 +227,16 @@ pub fn emit_slurm(dir: &Path, specs: &[RunSpec], store: &Store, out: &Path) -> R
         }
         let name = kind.as_str();
         atomic::write_bytes(&out.join(format!("{name}s.txt")), list.as_bytes())?;
+        // Every job gets the study's kind of device explicitly: `auto` would put a CPU study's
+        // runs on a GPU wherever a node happens to have one.
+        let (gres_line, device) = match gres {
+            Some(g) => (format!("#SBATCH --gres={g}\n"), "cuda"),
+            None => (String::new(), "cpu"),
+        };
         let script = format!(
-            "#!/bin/bash\n#SBATCH --job-name=kdlab-{name}\n#SBATCH --array=1-{}\n#SBATCH --cpus-per-task=4\n#SBATCH --output={}/{name}-%a.out\n\
-             # One run of the study per array task; add --gres=gpu:1 and --device cuda for GPUs.\nset -euo pipefail\n\
-             spec=$(sed -n \"${{SLURM_ARRAY_TASK_ID}}p\" {}/{name}s.txt)\n{exe} sweep-run \"$spec\" --threads \"${{SLURM_CPUS_PER_TASK:-4}}\"\n",
+            "#!/bin/bash\n#SBATCH --job-name=kdlab-{name}\n#SBATCH --array=1-{}\n#SBATCH --cpus-per-task=4\n{gres_line}#SBATCH --output={}/{name}-%a.out\n\
+             # One run of the study per array task.\nset -euo pipefail\n\
+             spec=$(sed -n \"${{SLURM_ARRAY_TASK_ID}}p\" {}/{name}s.txt)\n{exe} sweep-run \"$spec\" --threads \"${{SLURM_CPUS_PER_TASK:-4}}\" --device {device}\n",
             todo.len(),
             std::fs::canonicalize(out)?.display(),
             std::fs::canonicalize(out)?.display()

@@ -4,6 +4,7 @@
 //! started again, the same command skips finished runs and resumes interrupted ones from their
 //! last checkpoint.
 use super::config::StudyConfig;
+use super::devices::{DeviceKind, DevicePlan, Scheduler, Slot};
 use super::plan::{self, Kind, RunSpec};
 use super::store::{Status, Store};
 use crate::train::run;
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
 pub struct SweepOptions {
-    pub workers: usize,
+    /// The devices the workers run on and how many on each (`--workers` on the CPU; `--device`,
+    /// `--devices`, `--workers-per-device` on GPUs).
+    pub devices: DevicePlan,
     /// Threads per worker (default: the cores divided among the workers).
     pub threads: Option<usize>,
     pub retry_failed: bool,
@@ -169,7 +172,13 @@ struct Running {
     id: String,
     child: Child,
     started: Instant,
+    /// The device slot the worker holds.
+    slot: Slot,
 }
+
+/// Times a run is given back to the queue after its GPU worker was killed, before the next death
+/// counts as the run's failure.
+const MAX_REQUEUES: usize = 3;
 
 /// Starts each attempt's section of a run's log.
 const ATTEMPT_MARK: &str = "--- kdlab sweep: attempt started ";
@@ -204,20 +213,74 @@ impl WorkerExe {
     }
 }
 
-fn spawn(dir: &Path, spec: &RunSpec, threads: usize, exe: &WorkerExe) -> Result<Child> {
+/// Where one worker runs: the CPU, or one GPU by its `CUDA_VISIBLE_DEVICES` index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Cpu,
+    Gpu(usize),
+}
+
+impl Placement {
+    fn describe(self) -> String {
+        match self {
+            Placement::Cpu => "cpu".into(),
+            Placement::Gpu(g) => format!("cuda:{g}"),
+        }
+    }
+}
+
+/// The device a slot of `plan` stands for.
+fn placement(plan: &DevicePlan, slot: Slot) -> Placement {
+    match plan.kind {
+        DeviceKind::Cpu => Placement::Cpu,
+        DeviceKind::Cuda => Placement::Gpu(plan.gpus[slot]),
+    }
+}
+
+/// Refuses to continue a run on another kind of device than the one it started on: its resumed
+/// epochs would not be the numbers an uninterrupted run gives. A run with no finished epoch, or
+/// whose record names no device, may go anywhere.
+pub fn check_device_kind(rdir: &Path, kind: DeviceKind) -> Result<()> {
+    let Some(rec) = run::read_record(rdir)? else { return Ok(()) };
+    match DeviceKind::of_record(&rec.device) {
+        Some(was) if was != kind && rec.epochs_done > 0 => bail!(
+            "{} trained {} epoch(s) on {} ({}); continuing it on {} would mix devices in one run. \
+             Resume it with --device {}, or delete the run directory to train it again on {}",
+            rdir.display(),
+            rec.epochs_done,
+            was.as_str(),
+            rec.device,
+            kind.as_str(),
+            was.as_str(),
+            kind.as_str()
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn spawn(dir: &Path, spec: &RunSpec, threads: usize, exe: &WorkerExe, on: Placement) -> Result<Child> {
     let rdir = plan::run_dir(dir, &spec.id);
     std::fs::create_dir_all(&rdir)?;
     let spec_path = rdir.join("spec.json");
     sealed::write_json(&spec_path, spec)?;
     let mut log = File::options().create(true).append(true).open(rdir.join("log.txt"))?;
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    writeln!(log, "{ATTEMPT_MARK}(unix time {unix})")?;
+    writeln!(log, "{ATTEMPT_MARK}(unix time {unix}) on {}", on.describe())?;
     let mut cmd = Command::new(&exe.path);
+    let device = match on {
+        Placement::Cpu => "cpu",
+        Placement::Gpu(_) => "cuda",
+    };
     cmd.arg0(&exe.shown)
-        .args(["sweep-run", &spec_path.display().to_string(), "--threads", &threads.to_string(), "--device", "cpu"])
+        .args(["sweep-run", &spec_path.display().to_string(), "--threads", &threads.to_string(), "--device", device])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    // The worker sees its one GPU only (as cuda:0): it cannot allocate on a card another worker
+    // was given, and its run record names the physical GPU through this variable.
+    if let Placement::Gpu(g) = on {
+        cmd.env("CUDA_VISIBLE_DEVICES", g.to_string());
+    }
     // LibTorch's OpenMP threads spin while they wait for work. When the machine has more busy
     // threads than cores (two workers, a compiler, another job), spinning threads steal the cores
     // the working ones need: a 2-thread ISATS student took 82–90 s instead of 7–11 s under load
@@ -271,18 +334,27 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
     }
     let todo: Vec<&RunSpec> =
         specs.iter().filter(|s| store.get(&s.id).ok().flatten().map(|r| r.status) == Some(Status::Queued)).collect();
+    let mixed: Vec<String> = todo
+        .iter()
+        .filter_map(|s| check_device_kind(&plan::run_dir(&dir, &s.id), opts.devices.kind).err())
+        .map(|e| format!("{e:#}"))
+        .collect();
+    if !mixed.is_empty() {
+        bail!("{} run(s) started on another kind of device:\n  {}", mixed.len(), mixed.join("\n  "));
+    }
     if opts.dry_run {
         print_plan(&dir, &specs, &todo);
         return Ok(dir);
     }
-    let workers = opts.workers.max(1);
+    let workers = opts.devices.workers().max(1);
     let threads = opts.threads.unwrap_or_else(|| (crate::util::device::available_cores() / workers).max(1));
     println!(
-        "{} ({}): {} runs, {} to run with {workers} worker(s) × {threads} thread(s)",
+        "{} ({}): {} runs, {} to run with {workers} worker(s) × {threads} thread(s){}",
         cfg.name,
         dir.display(),
         specs.len(),
-        todo.len()
+        todo.len(),
+        if opts.devices.kind == DeviceKind::Cuda { format!(" on {}", opts.devices) } else { String::new() }
     );
     let started = Instant::now();
     let mut pool = Pool {
@@ -290,7 +362,9 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
         specs: &specs,
         by_id: specs.iter().map(|s| (s.id.as_str(), s)).collect(),
         exe: WorkerExe::resolve()?,
-        workers,
+        plan: opts.devices.clone(),
+        scheduler: Scheduler::new(&opts.devices),
+        attempts: HashMap::new(),
         threads,
         quiet: opts.quiet,
         running: vec![],
@@ -298,6 +372,17 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
     };
     pool.run(&cfg, &mut store)?;
     let (d, f) = planned_counts(&store, &pool.by_id)?;
+    if pool.scheduler.all_retired() {
+        bail!(
+            "the sweep stopped: the workers on every device ({}) kept dying; {d} of {} runs are done and the rest \
+             stay queued. Check the GPUs (nvidia-smi), then continue with `kdlab sweep {} --out {} {}`",
+            pool.plan,
+            specs.len(),
+            study_file.display(),
+            dir.display(),
+            device_flags(opts)
+        );
+    }
     println!(
         "{}: {d} of {} runs done, {f} failed, in {}. `kdlab report {}` writes the report.",
         cfg.name,
@@ -314,7 +399,7 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
             .iter()
             .filter(|r| pool.by_id.contains_key(r.id.as_str()) && r.status == Status::Queued)
             .count();
-        let mut again = format!("kdlab sweep {} --out {} --workers {workers}", study_file.display(), dir.display());
+        let mut again = format!("kdlab sweep {} --out {} {}", study_file.display(), dir.display(), device_flags(opts));
         if let Some(t) = opts.threads {
             again += &format!(" --threads {t}");
         }
@@ -324,6 +409,18 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
         );
     }
     Ok(dir)
+}
+
+/// The flags that give a sweep the same workers and devices again.
+fn device_flags(opts: &SweepOptions) -> String {
+    let p = &opts.devices;
+    match p.kind {
+        DeviceKind::Cpu => format!("--workers {}", p.per_device),
+        DeviceKind::Cuda => {
+            let ids: Vec<String> = p.gpus.iter().map(usize::to_string).collect();
+            format!("--devices {} --workers-per-device {}", ids.join(","), p.per_device)
+        }
+    }
 }
 
 /// `--dry-run`: what a sweep would run.
@@ -351,7 +448,10 @@ struct Pool<'a> {
     specs: &'a [RunSpec],
     by_id: HashMap<&'a str, &'a RunSpec>,
     exe: WorkerExe,
-    workers: usize,
+    plan: DevicePlan,
+    scheduler: Scheduler,
+    /// Times each run's worker was killed on a GPU and the run requeued.
+    attempts: HashMap<String, usize>,
     threads: usize,
     quiet: bool,
     running: Vec<Running>,
@@ -381,7 +481,8 @@ impl Pool<'_> {
                 .filter(|s| !self.running.iter().any(|r| r.id == s.id))
                 .filter(|s| s.depends_on.iter().all(|d| st.get(d) == Some(&Status::Done)))
                 .collect();
-            if (ready.is_empty() || self.spawn_error.is_some()) && self.running.is_empty() {
+            let stopped = self.spawn_error.is_some() || self.scheduler.all_retired();
+            if (ready.is_empty() || stopped) && self.running.is_empty() {
                 return Ok(());
             }
             self.start(&ready, store)?;
@@ -403,19 +504,28 @@ impl Pool<'_> {
         Ok(store.runs()?.into_iter().map(|r| (r.id, r.status)).collect())
     }
 
-    /// Starts ready runs in the free worker slots (none after a worker failed to start).
+    /// Starts ready runs in the free worker slots, each on the least busy device with room (none
+    /// after a worker failed to start).
     fn start(&mut self, ready: &[&RunSpec], store: &Store) -> Result<()> {
-        let free = if self.spawn_error.is_some() { 0 } else { self.workers.saturating_sub(self.running.len()) };
-        for s in ready.iter().take(free) {
+        if self.spawn_error.is_some() {
+            return Ok(());
+        }
+        for s in ready {
+            let Some(slot) = self.scheduler.acquire() else { break };
             store.set_status(&s.id, Status::Running, None)?;
-            match spawn(self.dir, s, self.threads, &self.exe) {
+            let on = placement(&self.plan, slot);
+            match spawn(self.dir, s, self.threads, &self.exe, on) {
                 Ok(child) => {
                     if !self.quiet {
-                        println!("  start {} {}", s.id, s.name);
+                        match on {
+                            Placement::Cpu => println!("  start {} {}", s.id, s.name),
+                            Placement::Gpu(_) => println!("  start {} {} on {}", s.id, s.name, on.describe()),
+                        }
                     }
-                    self.running.push(Running { id: s.id.clone(), child, started: Instant::now() });
+                    self.running.push(Running { id: s.id.clone(), child, started: Instant::now(), slot });
                 }
                 Err(e) => {
+                    self.scheduler.release(slot, false);
                     store.set_status(&s.id, Status::Queued, None)?;
                     eprintln!(
                         "error: could not start a worker for {} ({e:#}); starting no more runs{}",
@@ -445,6 +555,26 @@ impl Pool<'_> {
             };
             let spec = self.by_id[r.id.as_str()];
             let rdir = plan::run_dir(self.dir, &r.id);
+            // On a GPU a worker killed by a signal (the device fell off the bus, the OOM killer) is
+            // the device's failure, not the run's: the run goes back to the queue, resumes from
+            // its last checkpoint on whichever GPU is free, and the scheduler retires a GPU whose
+            // workers keep dying. On the CPU such a death stays the run's failure, as before.
+            let died = code.code().is_none() && self.plan.kind == DeviceKind::Cuda;
+            let on = placement(&self.plan, r.slot);
+            if self.scheduler.release(r.slot, died) {
+                eprintln!(
+                    "warning: {} workers on {} died in a row; no more runs go to it",
+                    super::devices::RETIRE_AFTER,
+                    on.describe()
+                );
+            }
+            let tries = self.attempts.entry(r.id.clone()).or_default();
+            if died && *tries < MAX_REQUEUES {
+                *tries += 1;
+                store.set_status(&r.id, Status::Queued, None)?;
+                println!("  requeued {}: its worker on {} was killed ({code})", spec.name, on.describe());
+                continue;
+            }
             let outcome = if code.success() { finished(&rdir, spec)? } else { None };
             let line = match outcome {
                 Some((rec, history)) => {
@@ -477,6 +607,7 @@ pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
     let rdir = spec_path.parent().context("a spec lives in its run directory")?.to_path_buf();
     let study = rdir.parent().and_then(Path::parent).context("a run directory lives in <study>/runs/")?.to_path_buf();
     let _lock = lock(&rdir.join(".lock"), &format!("run {} is already being trained by another process", spec.id))?;
+    check_device_kind(&rdir, if device == tch::Device::Cpu { DeviceKind::Cpu } else { DeviceKind::Cuda })?;
     // Only the id: a run's label may change in the study file without making it another run.
     let extra = serde_json::json!({"study_run": spec.id});
     match &spec.teacher {

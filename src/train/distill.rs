@@ -4,6 +4,7 @@ use super::config::{self, TrainConfig};
 use super::objective::{Objective, StepInput};
 use super::trainer::{self, Outcome, RunOptions};
 use crate::methods::{self, LossInput, Method};
+use crate::util::device::upload;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -110,13 +111,13 @@ impl Objective for Distill {
         }
         let t = match &self.cache {
             Some(Cached::Logits(c)) => {
-                c.lookup(&input.batch.indices, &input.batch.views).to_device(logits.device()).to_kind(logits.kind())
+                upload(&c.lookup(&input.batch.indices, &input.batch.views), logits.device()).to_kind(logits.kind())
             }
             Some(Cached::TopK(c)) => {
                 // Streamed data: the loader draws the crops from the seed, and they must be the
                 // recorded ones (decoded data replays the recorded views and has no crop boxes).
                 c.check_crops(input.epoch, &input.batch.indices, &input.batch.crops)?;
-                c.lookup(input.epoch, &input.batch.indices)?.to_device(logits.device()).to_kind(logits.kind())
+                upload(&c.lookup(input.epoch, &input.batch.indices)?, logits.device()).to_kind(logits.kind())
             }
             None => self.teacher.model.infer(input.images),
         };

@@ -1,6 +1,6 @@
-//! Training, by concern: the engine (the loop, objectives, SGD, schedules, evaluation), run
-//! directories (configs, records, checkpoints), teachers (sources, import, caches), and the
-//! distillation glue that joins a teacher and a method into an objective.
+//! Training, by concern: the engine (the loop, objectives, SGD, schedules, mixed precision,
+//! evaluation), run directories (configs, records, checkpoints), teachers (sources, import,
+//! caches), and the distillation glue that joins a teacher and a method into an objective.
 //!
 //! The modules are re-exported flat (`train::checkpoint`, `train::trainer`, …): the layers above
 //! name what they use, not where it is filed.
@@ -9,6 +9,6 @@ pub mod engine;
 pub mod runs;
 pub mod teachers;
 
-pub use engine::{eval, model, objective, schedule, sgd, trainer};
+pub use engine::{amp, eval, model, objective, schedule, sgd, trainer};
 pub use runs::{checkpoint, config, run};
 pub use teachers::{cache, import, pth, teacher, topk_cache};

@@ -105,11 +105,27 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// A host tensor on `device`. On the CPU it is the tensor itself (no copy). On a GPU it is staged
+/// in pinned (page-locked) host memory and copied without blocking: the host goes on queueing the
+/// step's kernels while the batch crosses the bus, and the copy is ordered before them on the
+/// stream. (LibTorch's caching host allocator keeps the pinned block until the copy is done.)
+pub fn upload(t: &tch::Tensor, device: Device) -> tch::Tensor {
+    match device {
+        Device::Cpu => t.shallow_clone(),
+        _ => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+    }
+}
+
 /// A short description of a device for logs and run records.
 pub fn describe(device: Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
-        Device::Cuda(i) => format!("cuda:{i}"),
+        // A sweep pins each worker to one GPU with CUDA_VISIBLE_DEVICES, where every GPU is
+        // cuda:0: the record names the physical one too.
+        Device::Cuda(i) => match std::env::var("CUDA_VISIBLE_DEVICES") {
+            Ok(v) if !v.is_empty() => format!("cuda:{i} (CUDA_VISIBLE_DEVICES={v})"),
+            _ => format!("cuda:{i}"),
+        },
         other => format!("{other:?}"),
     }
 }

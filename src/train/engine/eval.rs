@@ -3,6 +3,7 @@ use crate::data::augment::Augment;
 use crate::data::loader::{Feed, Loader, LoaderSpec};
 use crate::data::{Dataset, Split};
 use crate::train::model::{Infer, Model};
+use crate::util::device::upload;
 use anyhow::Result;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
@@ -40,10 +41,9 @@ pub fn to_tensors(
     device: tch::Device,
 ) -> (Tensor, Tensor) {
     let n = batch.len() as i64;
-    let x =
-        Tensor::from_slice(&batch.images).view([n, shape.c as i64, shape.h as i64, shape.w as i64]).to_device(device);
-    let y = Tensor::from_slice(&batch.labels).to_device(device);
-    (x, y)
+    let x = Tensor::from_slice(&batch.images).view([n, shape.c as i64, shape.h as i64, shape.w as i64]);
+    let y = Tensor::from_slice(&batch.labels);
+    (upload(&x, device), upload(&y, device))
 }
 
 /// Runs the model in inference mode over `split` in order, handing each batch's logits (on the

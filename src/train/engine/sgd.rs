@@ -45,6 +45,11 @@ impl Sgd {
         }
     }
 
+    /// The gradients currently stored (handles: scaling one in place scales the stored gradient).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(|(_, p)| p.grad()).filter(|g| g.defined()).collect()
+    }
+
     /// The global L2 norm of the gradients currently stored (weight decay not included), on the
     /// device: a scalar tensor, read back with the step's loss.
     pub fn grad_norm(&self) -> Tensor {

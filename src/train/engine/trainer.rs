@@ -5,6 +5,7 @@
 use crate::data::loader::{Feed, Loader, LoaderSpec};
 use crate::data::Dataset;
 use crate::models::Taps;
+use crate::train::amp::{self, Amp, LossScaler};
 use crate::train::checkpoint::{self, CheckpointMeta, OptimizerMeta};
 use crate::train::config::{self, TrainConfig};
 use crate::train::eval::{self, to_tensors};
@@ -392,6 +393,7 @@ fn train_epochs(
     let end = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
     let sync_every = opts.sync_every.unwrap_or(if model.device() == Device::Cpu { 1 } else { 50 }).max(1);
     let mut trace: Vec<TracedStep> = vec![];
+    let mut scaler = (cfg.amp == Amp::Fp16).then(LossScaler::default);
     for epoch in history.len()..end {
         let start = Instant::now();
         // A top-k teacher cache replays the views it recorded on decoded splits; a streamed
@@ -418,7 +420,9 @@ fn train_epochs(
             let (x, y) = to_tensors(&batch, shape, model.device());
             lr = schedule.lr(epoch, step, steps);
             let mut taps = if tap_names.is_empty() { Taps::none() } else { Taps::only(&tap_names) };
-            let logits = model.forward_train_taps(&x, &mut taps);
+            // Under `amp` the forward pass runs in bf16/fp16, and the logits come back as float32
+            // before any loss sees them (src/train/engine/amp.rs says why).
+            let logits = amp::forward(cfg.amp, model.device(), || model.forward_train_taps(&x, &mut taps))?;
             let input = StepInput { images: &x, labels: &y, batch: &batch, epoch, step, steps, taps: &taps };
             let terms = objective.terms(&logits, &input)?;
             let loss = terms
@@ -427,9 +431,15 @@ fn train_epochs(
                 .reduce(|a, b| a + b)
                 .context("the objective returned no loss terms")?;
             opt.zero_grad();
-            loss.backward();
-            let grad_norm =
-                if cfg.clip_grad_norm > 0.0 { opt.clip_grad_norm(cfg.clip_grad_norm) } else { opt.grad_norm() };
+            let update = amp::backward(&loss, scaler.as_mut(), || opt.grads());
+            let grad_norm = if !update {
+                // fp16 overflowed: the step is skipped, and its gradients are no measure of anything.
+                Tensor::from(0.0f64)
+            } else if cfg.clip_grad_norm > 0.0 {
+                opt.clip_grad_norm(cfg.clip_grad_norm)
+            } else {
+                opt.grad_norm()
+            };
             pending.push(PendingStep::new(step, lr, &loss, &terms, &logits, &y, grad_norm));
             if pending.len() >= sync_every || step + 1 == steps {
                 // A NaN is found here, up to sync_every − 1 updates late: the weights in memory
@@ -446,7 +456,9 @@ fn train_epochs(
                     );
                 }
             }
-            opt.step(lr);
+            if update {
+                opt.step(lr);
+            }
             busy += t0.elapsed().as_secs_f64();
             bar.inc(1);
             if sums.seen > 0 && (step % 5 == 0 || step + 1 == steps) {

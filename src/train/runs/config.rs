@@ -44,6 +44,9 @@ pub struct TrainConfig {
     /// Seed of the subset and validation draws (independent of `seed`, so every seed of a study
     /// trains on the same images).
     pub subset_seed: u64,
+    /// Mixed precision of the forward pass: off, bf16 or fp16 (`src/train/engine/amp.rs` says what
+    /// stays float32).
+    pub amp: crate::train::amp::Amp,
 }
 
 impl Default for TrainConfig {
@@ -68,6 +71,7 @@ impl Default for TrainConfig {
             train_subset: 0,
             val_per_class: 0,
             subset_seed: 0,
+            amp: crate::train::amp::Amp::Off,
         }
     }
 }
@@ -156,6 +160,10 @@ pub fn identity_of(mut v: serde_json::Value) -> serde_json::Value {
             if o.get(key).and_then(serde_json::Value::as_f64) == Some(0.0) {
                 o.remove(key);
             }
+        }
+        // `amp` came later still; "off" is the float32 every earlier run trained in.
+        if o.get("amp").and_then(serde_json::Value::as_str) == Some("off") {
+            o.remove("amp");
         }
     }
     v
