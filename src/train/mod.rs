@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod distill;
 pub mod eval;
+pub mod events;
 pub mod import;
 pub mod model;
 pub mod objective;

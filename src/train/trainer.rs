@@ -5,6 +5,7 @@
 use super::checkpoint::{self, CheckpointMeta, OptimizerMeta};
 use super::config::{self, TrainConfig};
 use super::eval::{self, to_tensors};
+use super::events::RunEvents;
 use super::model::Model;
 use super::objective::{Objective, StepInput};
 use super::run::{self, DataRecord, EpochMetrics, RunRecord, RunStatus};
@@ -126,9 +127,11 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
         println!("{}: resuming after epoch {resumed_at} of {}", dir.display(), cfg.epochs);
     }
     run::write_record(dir, &record)?;
+    let mut events = RunEvents::open(dir, &record, &history)?;
 
-    let result = train_epochs(cfg, data, objective, opts, &model, &mut opt, &mut history, &mut record);
+    let result = train_epochs(cfg, data, objective, opts, &model, &mut opt, &mut history, &mut record, &mut events);
     if let Err(e) = result {
+        events.fail();
         record.status = RunStatus::Failed;
         record.error = Some(format!("{e:#}"));
         record.epochs_done = history.len();
@@ -144,6 +147,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
         out.complete = false;
         return Ok(out);
     }
+    events.finish(&history)?;
     finish(dir, record, &history, model.params(), resumed_at, wall)
 }
 
@@ -239,8 +243,10 @@ struct TracedStep {
 
 impl StepSums {
     /// Reads the pending steps back (the first read waits for the device, the rest are small
-    /// copies) and adds them in order; the first non-finite loss is returned with its step. Steps
-    /// whose run-wide index is below `trace_until` are also appended to `trace`.
+    /// copies) and adds them in order, and to the event file; the first non-finite loss is
+    /// returned with its step. Steps whose run-wide index is below `trace_until` are also
+    /// appended to `trace`.
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         pending: &mut Vec<PendingStep>,
@@ -248,6 +254,7 @@ impl StepSums {
         first_step: usize,
         trace_until: usize,
         trace: &mut Vec<TracedStep>,
+        events: &mut RunEvents,
     ) -> std::result::Result<(), (usize, f64)> {
         let losses: Vec<f64> = pending.iter().map(|p| p.loss.double_value(&[])).collect();
         if let Some((p, v)) = pending.iter().zip(&losses).find(|(_, v)| !v.is_finite()) {
@@ -266,8 +273,9 @@ impl StepSums {
             self.steps += 1;
             self.grad_norm_sum += grad_norm;
             self.grad_norm_max = self.grad_norm_max.max(grad_norm);
+            let acc = correct as f64 / p.n.max(1) as f64;
+            events.step(first_step + p.step + 1, p.lr, v, &terms, acc, grad_norm);
             if first_step + p.step < trace_until {
-                let acc = correct as f64 / p.n.max(1) as f64;
                 trace.push(TracedStep { epoch, step: first_step + p.step, lr: p.lr, loss: v, terms, acc, grad_norm });
             }
         }
@@ -370,6 +378,7 @@ fn train_epochs(
     opt: &mut Sgd,
     history: &mut Vec<EpochMetrics>,
     record: &mut RunRecord,
+    events: &mut RunEvents,
 ) -> Result<()> {
     let dir = &opts.out;
     let schedule = cfg.lr_schedule();
@@ -409,6 +418,7 @@ fn train_epochs(
             let logits = model.forward_train(&x);
             let input = StepInput { images: &x, labels: &y, batch: &batch, epoch, step, steps };
             let terms = objective.terms(&logits, &input)?;
+            events.sample(&*objective);
             let loss = terms
                 .iter()
                 .map(|(_, t)| t.shallow_clone())
@@ -423,7 +433,7 @@ fn train_epochs(
                 // A NaN is found here, up to sync_every − 1 updates late: the weights in memory
                 // are lost either way, and the last checkpoint on disk is untouched.
                 if let Err((bad_step, v)) =
-                    sums.add(&mut pending, epoch + 1, epoch * steps, opts.trace_steps, &mut trace)
+                    sums.add(&mut pending, epoch + 1, epoch * steps, opts.trace_steps, &mut trace, events)
                 {
                     bail!(
                         "the loss became {v} at epoch {} step {} of {}; training stopped (lr {lr:.4}). The last good checkpoint is {}",
@@ -458,6 +468,7 @@ fn train_epochs(
         };
         let metrics =
             epoch_metrics(epoch, lr, sums, evals, train_time, start.elapsed().as_secs_f64(), objective.end_epoch());
+        events.epoch(&metrics)?; // before the checkpoint: see `events` on resuming
         history.push(metrics.clone());
         record.wall_time_s += metrics.time_s;
         save_epoch(cfg, dir, model, opt, history)?;
