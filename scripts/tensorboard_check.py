@@ -11,7 +11,8 @@
 - the HParams plugin: the session start holds the run's configuration (run.json), the session end
   says success, and `final/test_acc` is the last epoch's test accuracy.
 
-Usage: tensorboard_check.py RUN_DIR... ; prints one line per run and exits 1 on any mismatch.
+Usage: tensorboard_check.py [--logdir DIR] RUN_DIR... ; with --logdir, also that TensorBoard's
+HParams dashboard for DIR has one session per run. Prints a line per run; exits 1 on a mismatch.
 """
 import csv
 import json
@@ -136,7 +137,38 @@ def check_run(run):
     print(f"{name}: {len(rows)} epochs, {len(loss)} steps, {hists} histograms, {len(hp)} hparams checked")
 
 
-for run in sys.argv[1:]:
+def check_hparams_view(logdir, runs):
+    """The HParams dashboard's experiment for `tensorboard --logdir LOGDIR`, built as TensorBoard
+    builds it: one session per run, the runs' hyper-parameters as columns, final/test_acc a metric."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
+    m = pem.EventMultiplexer()
+    m.AddRunsFromDirectory(logdir)
+    m.Reload()
+    dp = data_provider.MultiplexerDataProvider(m, logdir)
+    bc = backend_context.Context(base_plugin.TBContext(logdir=logdir, multiplexer=m, data_provider=dp))
+    ctx = context.RequestContext()
+    sessions = bc.hparams_metadata(ctx, "")
+    names = sorted(os.path.relpath(r, logdir) for r in runs)
+    check(sorted(sessions) == names, f"HParams sessions {sorted(sessions)} != runs {names}")
+    exp = bc.experiment_from_metadata(ctx, "", True, sessions, bc.hparams_from_data_provider(ctx, "", 100))
+    hparams = {h.name for h in exp.hparam_infos}
+    metrics = {mi.name.tag for mi in exp.metric_infos}
+    for h in ["lr", "model", "epochs", "seed"]:
+        check(h in hparams, f"the HParams experiment has no hyper-parameter {h}: {sorted(hparams)}")
+    check("final/test_acc" in metrics, f"the HParams experiment has no metric final/test_acc: {sorted(metrics)}")
+    print(f"HParams view of {logdir}: {len(sessions)} sessions, {len(hparams)} hyper-parameters, {len(metrics)} metrics")
+
+
+args = sys.argv[1:]
+if args and args[0] == "--logdir":
+    check_hparams_view(args[1], args[2:])
+    args = args[2:]
+for run in args:
     check_run(run)
 if failures:
     print("\n".join(failures))

@@ -39,7 +39,7 @@ fn opts(dir: &Path, kind: &str) -> RunOptions {
     RunOptions { quiet: true, ..RunOptions::new(dir, Device::Cpu, kind) }
 }
 
-/// Runs the checker with TensorBoard's reader on `runs`; None when there is no Python environment
+/// Runs the checker with TensorBoard's reader on `runs` (its arguments); None when there is no Python environment
 /// (the reference checks are skipped without one, as elsewhere).
 fn tensorboard_check(runs: &[&Path]) -> Option<String> {
     let Some(py) = common::venv_python() else {
@@ -84,7 +84,9 @@ fn tensorboards_reader_sees_every_metric_histogram_and_hyper_parameter() {
     };
     let extra = serde_json::json!({"teacher": obj.teacher.record()});
     train(&cfg("mlp_16x1", 2), &data, &mut obj, &RunOptions { extra, ..opts(&sdir, "distill") }).unwrap();
-    let Some(out) = tensorboard_check(&[&tdir, &sdir]) else { return };
+    // Also the HParams dashboard of `tensorboard --logdir` on their parent: a session per run.
+    let Some(out) = tensorboard_check(&[Path::new("--logdir"), tmp.path(), &tdir, &sdir]) else { return };
+    assert!(out.contains("2 sessions"), "{out}");
     // The student's τ2 histograms were found and checked, one per epoch.
     assert!(out.contains("isats: 2 epochs, 20 steps, 2 histograms"), "{out}");
     assert!(out.contains("teacher: 2 epochs, 20 steps, 0 histograms"), "{out}");

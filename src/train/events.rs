@@ -74,9 +74,7 @@ impl RunEvents {
         let path = dir.join(FILE);
         let done = history.len();
         let existing = if done > 0 && path.exists() { Some(tensorboard::read_events(&path)?.0) } else { None };
-        let cut = existing.as_ref().and_then(|ev| {
-            last_block(ev, done).or_else(|| header_end(ev).map(|end| (0, end)))
-        });
+        let cut = existing.as_ref().and_then(|ev| last_block(ev, done).or_else(|| header_end(ev).map(|end| (0, end))));
         let (mut w, kept) = match cut {
             Some((k, end)) => {
                 let f = std::fs::OpenOptions::new()

@@ -297,13 +297,19 @@ impl EventWriter {
             })
             .collect();
         let start = SessionStartInfo { hparams, group_name: String::new(), start_time_secs: now() };
-        self.hparams(SESSION_START_TAG, HParamsPluginData { version: 0, session_start_info: Some(start), ..Default::default() })
+        self.hparams(
+            SESSION_START_TAG,
+            HParamsPluginData { version: 0, session_start_info: Some(start), ..Default::default() },
+        )
     }
 
     /// How the run ended, as the HParams plugin's session end.
     pub fn session_end(&mut self, status: SessionStatus) -> Result<()> {
         let end = SessionEndInfo { status: status as i32, end_time_secs: now() };
-        self.hparams(SESSION_END_TAG, HParamsPluginData { version: 0, session_end_info: Some(end), ..Default::default() })
+        self.hparams(
+            SESSION_END_TAG,
+            HParamsPluginData { version: 0, session_end_info: Some(end), ..Default::default() },
+        )
     }
 
     pub fn flush(&mut self) -> Result<()> {
