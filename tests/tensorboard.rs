@@ -156,18 +156,16 @@ fn a_run_killed_mid_epoch_resumes_its_curves_without_duplicates() {
     let steps = 47;
     let mut child = common::kdlab().args(args).spawn().unwrap();
     let started = Instant::now();
-    let mut killed_mid_epoch = false;
-    loop {
-        let written = run.join(events::FILE).exists().then(|| scalars(&run, "step/loss").len()).unwrap_or(0);
+    let killed_mid_epoch = loop {
+        let written = if run.join(events::FILE).exists() { scalars(&run, "step/loss").len() } else { 0 };
         if written > steps + 2 {
             child.kill().unwrap();
-            killed_mid_epoch = written < 2 * steps;
-            break;
+            break written < 2 * steps;
         }
         assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
         assert!(started.elapsed() < Duration::from_secs(300), "no step of epoch 2 after 5 minutes");
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     child.wait().unwrap();
     let done = kdlab::train::checkpoint::read_meta(&run.join("last.json")).unwrap().epoch;
     assert!((1..3).contains(&done), "killed with {done} epochs done");

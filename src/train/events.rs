@@ -99,15 +99,13 @@ impl RunEvents {
 
     /// One optimiser step's values; `step` is run-wide and 1-based.
     pub fn step(&mut self, step: usize, lr: f64, loss: f64, terms: &[(String, f64)], batch_acc: f64, grad_norm: f64) {
-        let s = step as i64;
+        let mut values = vec![("step/loss".to_string(), loss)];
+        values.extend(terms.iter().map(|(name, v)| (format!("step/term_{name}"), *v)));
+        values.push(("step/lr".into(), lr));
+        values.push(("step/grad_norm".into(), grad_norm));
+        values.push(("step/batch_acc".into(), batch_acc));
         let mut put = |w: &mut EventWriter| -> Result<()> {
-            w.scalar("step/loss", s, loss)?;
-            for (name, v) in terms {
-                w.scalar(&format!("step/term_{name}"), s, *v)?;
-            }
-            w.scalar("step/lr", s, lr)?;
-            w.scalar("step/grad_norm", s, grad_norm)?;
-            w.scalar("step/batch_acc", s, batch_acc)?;
+            w.scalars(step as i64, &values)?;
             if Instant::now() >= self.last_flush + FLUSH_EVERY {
                 w.flush()?;
                 self.last_flush = Instant::now();
@@ -185,10 +183,8 @@ fn write_epoch_scalars(w: &mut EventWriter, m: &EpochMetrics) -> Result<()> {
     ];
     values.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))));
     values.extend(m.terms.iter().map(|(k, v)| (format!("term_{k}"), *v)));
-    for (name, v) in values {
-        w.scalar(&epoch_tag(&name), e, v)?;
-    }
-    Ok(())
+    let values: Vec<(String, f64)> = values.into_iter().map(|(name, v)| (epoch_tag(&name), v)).collect();
+    w.scalars(e, &values)
 }
 
 /// The run's hyper-parameters for the HParams plugin: the run record's configuration, objective

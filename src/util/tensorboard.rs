@@ -258,7 +258,16 @@ impl EventWriter {
 
     /// A scalar (TensorBoard stores it as float32).
     pub fn scalar(&mut self, tag: &str, step: i64, value: f64) -> Result<()> {
-        self.summary(step, SummaryValue { tag: tag.into(), simple_value: Some(value as f32), ..Default::default() })
+        self.scalars(step, &[(tag.to_string(), value)])
+    }
+
+    /// Several scalars of one step, in one event (a tag and a few bytes each, not an event each).
+    pub fn scalars(&mut self, step: i64, values: &[(String, f64)]) -> Result<()> {
+        let value = values
+            .iter()
+            .map(|(tag, v)| SummaryValue { tag: tag.clone(), simple_value: Some(*v as f32), ..Default::default() })
+            .collect();
+        self.write(&Event { wall_time: now(), step, file_version: None, summary: Some(Summary { value }) })
     }
 
     /// A histogram of `values` in `buckets` equal-width buckets between their extremes (non-finite
