@@ -13,13 +13,15 @@
 SHELL := /bin/bash
 TORCH_VERSION := 2.11.0
 TORCHVISION_VERSION := 0.26.0
+# TensorBoard's own reader checks kdlab's event files (tests/tensorboard.rs).
+TENSORBOARD_VERSION := 2.20.0
 KDLAB_TORCH_VENV ?= $(HOME)/.cache/kdlab-torch-venv
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/kdlab-target
 PYTHON ?= python3
 BIN := $(CARGO_TARGET_DIR)/release/kdlab
 
 ifeq ($(strip $(LIBTORCH)),)
-TORCH_STAMP := $(KDLAB_TORCH_VENV)/.kdlab-torch-$(TORCH_VERSION)-torchvision-$(TORCHVISION_VERSION)
+TORCH_STAMP := $(KDLAB_TORCH_VENV)/.kdlab-torch-$(TORCH_VERSION)-torchvision-$(TORCHVISION_VERSION)-tensorboard-$(TENSORBOARD_VERSION)
 export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(KDLAB_TORCH_VENV)
 export PATH := $(KDLAB_TORCH_VENV)/bin:$(PATH)
@@ -31,14 +33,15 @@ endif
 
 all: build
 
-# The virtual environment with PyTorch (and numpy and torchvision, used by the reference checks).
-# The stamp names both versions, so an environment made before torchvision was added gets it.
+# The virtual environment with PyTorch (and numpy, torchvision and tensorboard, used by the
+# reference checks). The stamp names every version, so an environment made before a package was
+# added gets it (pip keeps what is already there).
 torch: $(TORCH_STAMP)
-$(KDLAB_TORCH_VENV)/.kdlab-torch-$(TORCH_VERSION)-torchvision-$(TORCHVISION_VERSION):
-	@echo "Installing PyTorch $(TORCH_VERSION) (LibTorch for tch) and torchvision $(TORCHVISION_VERSION) into $(KDLAB_TORCH_VENV) ..."
+$(KDLAB_TORCH_VENV)/.kdlab-torch-$(TORCH_VERSION)-torchvision-$(TORCHVISION_VERSION)-tensorboard-$(TENSORBOARD_VERSION):
+	@echo "Installing PyTorch $(TORCH_VERSION) (LibTorch for tch), torchvision $(TORCHVISION_VERSION) and tensorboard $(TENSORBOARD_VERSION) into $(KDLAB_TORCH_VENV) ..."
 	$(PYTHON) -m venv $(KDLAB_TORCH_VENV)
-	$(KDLAB_TORCH_VENV)/bin/pip install -q --disable-pip-version-check "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)" numpy
-	$(KDLAB_TORCH_VENV)/bin/python -c "import torch, torchvision; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
+	$(KDLAB_TORCH_VENV)/bin/pip install -q --disable-pip-version-check "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)" "tensorboard==$(TENSORBOARD_VERSION)" numpy
+	$(KDLAB_TORCH_VENV)/bin/python -c "import torch, torchvision, tensorboard; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__"
 	touch $@
 
 build: torch

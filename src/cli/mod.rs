@@ -8,6 +8,7 @@ mod models_cmd;
 mod probe_cmd;
 mod study_cmd;
 mod train_cmd;
+mod watch_cmd;
 
 use crate::util::device::{self, DeviceChoice};
 use anyhow::Result;
@@ -68,6 +69,8 @@ enum Command {
     Sweep(study_cmd::SweepArgs),
     /// Progress of a study: done, running, failed, queued, time left.
     Status(study_cmd::StatusArgs),
+    /// Live view of a running sweep: workers, counts, ETA, failures, loss curves (q quits).
+    Watch(watch_cmd::WatchArgs),
     /// Write a study's report (Markdown, HTML with inline SVG plots, CSV).
     Report(study_cmd::ReportArgs),
     /// Train one run of a study (what sweep workers and Slurm jobs execute).
@@ -122,6 +125,7 @@ pub fn main() -> Result<()> {
         Command::Probe(a) => probe_cmd::run(a),
         Command::Sweep(a) => study_cmd::sweep(a),
         Command::Status(a) => study_cmd::status(a),
+        Command::Watch(a) => watch_cmd::run(a),
         Command::Report(a) => study_cmd::report(a),
         Command::SweepRun(a) => study_cmd::sweep_run(a),
         Command::Data(c) => data_cmd::run(c),

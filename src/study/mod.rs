@@ -6,6 +6,7 @@ mod failpoint;
 pub mod plan;
 pub mod runner;
 pub mod store;
+pub mod watch;
 
 use crate::probe::{self, source::LogitSource};
 use crate::util::{atomic, fmt, sealed};

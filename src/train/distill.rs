@@ -134,6 +134,9 @@ impl Objective for Distill {
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({ "method": self.method.name(), "hyper": self.method.hyper() })
     }
+    fn per_sample(&self) -> Option<(String, Vec<f64>)> {
+        self.method.per_sample()
+    }
     fn end_epoch(&mut self) -> Option<serde_json::Value> {
         self.method.end_epoch()
     }

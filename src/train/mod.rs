@@ -10,5 +10,5 @@ pub mod runs;
 pub mod teachers;
 
 pub use engine::{amp, eval, model, objective, schedule, sgd, trainer};
-pub use runs::{checkpoint, config, run};
+pub use runs::{checkpoint, config, events, run};
 pub use teachers::{cache, import, pth, teacher, topk_cache};

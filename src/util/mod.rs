@@ -9,4 +9,5 @@ pub mod progress;
 pub mod rng;
 pub mod sealed;
 pub mod svg;
+pub mod tensorboard;
 pub mod text;

@@ -47,6 +47,11 @@ pub trait Objective {
     fn replay_views(&self, _epoch: usize, _augment: &Augment, _shape: Shape) -> Result<Option<Vec<u32>>> {
         Ok(None)
     }
+    /// Per-sample values of the step just computed (ISATS: each sample's τ2), named; the run's
+    /// event file keeps a histogram of them per epoch.
+    fn per_sample(&self) -> Option<(String, Vec<f64>)> {
+        None
+    }
     /// Per-epoch statistics worth keeping (e.g. ISATS's chosen temperatures); called once at the
     /// end of every epoch.
     fn end_epoch(&mut self) -> Option<serde_json::Value> {

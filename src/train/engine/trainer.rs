@@ -9,6 +9,7 @@ use crate::train::amp::{self, Amp, LossScaler};
 use crate::train::checkpoint::{self, CheckpointMeta, OptimizerMeta};
 use crate::train::config::{self, TrainConfig};
 use crate::train::eval::{self, to_tensors};
+use crate::train::events::RunEvents;
 use crate::train::model::Model;
 use crate::train::objective::{Objective, StepInput};
 use crate::train::run::{self, DataRecord, EpochMetrics, RunRecord, RunStatus};
@@ -135,10 +136,12 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
         println!("{}: resuming after epoch {resumed_at} of {}", dir.display(), cfg.epochs);
     }
     run::write_record(dir, &record)?;
+    let mut events = RunEvents::open(dir, &record, &history)?;
 
     let trainee = Trainee { model: &model, method_vars: &method_vars };
-    let result = train_epochs(cfg, data, objective, opts, &trainee, &mut opt, &mut history, &mut record);
+    let result = train_epochs(cfg, data, objective, opts, &trainee, &mut opt, &mut history, &mut record, &mut events);
     if let Err(e) = result {
+        events.fail();
         record.status = RunStatus::Failed;
         record.error = Some(format!("{e:#}"));
         record.epochs_done = history.len();
@@ -154,6 +157,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
         out.complete = false;
         return Ok(out);
     }
+    events.finish(&history)?;
     finish(dir, record, &history, model.params(), resumed_at, wall)
 }
 
@@ -249,8 +253,10 @@ struct TracedStep {
 
 impl StepSums {
     /// Reads the pending steps back (the first read waits for the device, the rest are small
-    /// copies) and adds them in order; the first non-finite loss is returned with its step. Steps
-    /// whose run-wide index is below `trace_until` are also appended to `trace`.
+    /// copies) and adds them in order, and to the event file; the first non-finite loss is
+    /// returned with its step. Steps whose run-wide index is below `trace_until` are also
+    /// appended to `trace`.
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         pending: &mut Vec<PendingStep>,
@@ -258,6 +264,7 @@ impl StepSums {
         first_step: usize,
         trace_until: usize,
         trace: &mut Vec<TracedStep>,
+        events: &mut RunEvents,
     ) -> std::result::Result<(), (usize, f64)> {
         let losses: Vec<f64> = pending.iter().map(|p| p.loss.double_value(&[])).collect();
         if let Some((p, v)) = pending.iter().zip(&losses).find(|(_, v)| !v.is_finite()) {
@@ -276,8 +283,9 @@ impl StepSums {
             self.steps += 1;
             self.grad_norm_sum += grad_norm;
             self.grad_norm_max = self.grad_norm_max.max(grad_norm);
+            let acc = correct as f64 / p.n.max(1) as f64;
+            events.step(first_step + p.step + 1, p.lr, v, &terms, acc, grad_norm);
             if first_step + p.step < trace_until {
-                let acc = correct as f64 / p.n.max(1) as f64;
                 trace.push(TracedStep { epoch, step: first_step + p.step, lr: p.lr, loss: v, terms, acc, grad_norm });
             }
         }
@@ -380,6 +388,7 @@ fn train_epochs(
     opt: &mut Sgd,
     history: &mut Vec<EpochMetrics>,
     record: &mut RunRecord,
+    events: &mut RunEvents,
 ) -> Result<()> {
     let model = trainee.model;
     let dir = &opts.out;
@@ -425,6 +434,7 @@ fn train_epochs(
             let logits = amp::forward(cfg.amp, model.device(), || model.forward_train_taps(&x, &mut taps))?;
             let input = StepInput { images: &x, labels: &y, batch: &batch, epoch, step, steps, taps: &taps };
             let terms = objective.terms(&logits, &input)?;
+            events.sample(&*objective);
             let loss = terms
                 .iter()
                 .map(|(_, t)| t.shallow_clone())
@@ -445,7 +455,7 @@ fn train_epochs(
                 // A NaN is found here, up to sync_every − 1 updates late: the weights in memory
                 // are lost either way, and the last checkpoint on disk is untouched.
                 if let Err((bad_step, v)) =
-                    sums.add(&mut pending, epoch + 1, epoch * steps, opts.trace_steps, &mut trace)
+                    sums.add(&mut pending, epoch + 1, epoch * steps, opts.trace_steps, &mut trace, events)
                 {
                     bail!(
                         "the loss became {v} at epoch {} step {} of {}; training stopped (lr {lr:.4}). The last good checkpoint is {}",
@@ -482,6 +492,7 @@ fn train_epochs(
         };
         let metrics =
             epoch_metrics(epoch, lr, sums, evals, train_time, start.elapsed().as_secs_f64(), objective.end_epoch());
+        events.epoch(&metrics)?; // before the checkpoint: see `events` on resuming
         history.push(metrics.clone());
         record.wall_time_s += metrics.time_s;
         save_epoch(cfg, dir, trainee, opt, history)?;

@@ -2,4 +2,5 @@
 //! and its checkpoints.
 pub mod checkpoint;
 pub mod config;
+pub mod events;
 pub mod run;
