@@ -3,6 +3,7 @@
 //! `center_logits`), whatever series they are in, grouped by (τ1, τ2); a heat-map where there are
 //! at least two values of each.
 use super::{Output, StudentView, ACCURACIES};
+use crate::report::doc::Block;
 use crate::report::results::{Stat, Student, StudyResults, Teacher};
 use crate::util::svg::Heatmap;
 use anyhow::Result;
@@ -60,7 +61,11 @@ pub fn ats_grids<'a>(v: &StudentView<'a>) -> Vec<AtsGrid<'a>> {
 
 pub fn write(_: &StudyResults, v: &StudentView, out: &mut Output) -> Result<()> {
     let sm = &v.model;
-    for g in ats_grids(v) {
+    let grids = ats_grids(v);
+    if !grids.is_empty() {
+        out.push(Block::Heading(3, "ATS τ1 × τ2 grids".into()));
+    }
+    for g in grids {
         let t = &g.teacher.name;
         for (label, pick) in ACCURACIES {
             let values = g
