@@ -2,10 +2,11 @@
 //! committed reports in `docs/` keep their report, not their study): `results.csv` (every run's
 //! accuracies), `timing.csv` (every planned run's state), the probes' JSON files, and from
 //! `report.md` the study file, the kdlab version and the ATS-family target statistics (which no
-//! CSV holds). `kdlab report --from-report DIR` renders such results with the current code.
+//! CSV holds); without the probes' JSON files, the probe numbers `teachers.csv` summarises. `kdlab report --from-report DIR` renders such results with the current code.
 //!
 //! Every file here may be hostile: a malformed line is an error naming the file and line.
 use super::results::{RunState, Student, StudyResults, Teacher, PROBES};
+use crate::probe::{ProbeReport, TauReport, TeacherReport};
 use crate::study::store::Status;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -34,6 +35,11 @@ fn fields(line: &str) -> Vec<String> {
 /// and the header must hold `needed`.
 fn read_csv(path: &Path, needed: &[&str]) -> Result<Vec<BTreeMap<String, String>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_csv(&text, path, needed)
+}
+
+/// [`read_csv`] of a file's text.
+fn parse_csv(text: &str, path: &Path, needed: &[&str]) -> Result<Vec<BTreeMap<String, String>>> {
     let mut lines = text.lines();
     let header = fields(lines.next().with_context(|| format!("{} is empty", path.display()))?);
     if let Some(k) = needed.iter().find(|k| !header.iter().any(|h| h == *k)) {
@@ -87,20 +93,38 @@ fn reproduce(md: &str, path: &Path) -> Result<(String, String)> {
 fn ats_targets(md: &str, path: &Path) -> Result<BTreeMap<(String, String), serde_json::Value>> {
     let mut out = BTreeMap::new();
     let Some(at) = md.find("| series | teacher | teacher wrong % |") else { return Ok(out) };
-    let columns = [
-        ("ats_target", "teacher_wrong", 100.0),
-        ("ats_target", "flipped_where_teacher_right", 100.0),
-        ("isats_tau2", "p50", 1.0),
-        ("isats_tau2", "at_tau2_min", 100.0),
-        ("isats_tau2", "at_floor", 100.0),
-        ("isats_tau2", "at_tau1", 100.0),
-        ("isats_tau2", "fallback", 100.0),
-        ("isats_tau2", "interior", 100.0),
+    // By the header's names: older reports have fewer columns.
+    let names = [
+        ("teacher wrong %", "ats_target", "teacher_wrong", 100.0),
+        ("flipped %", "ats_target", "flipped_where_teacher_right", 100.0),
+        ("τ2 median", "isats_tau2", "p50", 1.0),
+        ("at τ2_min %", "isats_tau2", "at_tau2_min", 100.0),
+        ("at floor %", "isats_tau2", "at_floor", 100.0),
+        ("at τ1 %", "isats_tau2", "at_tau1", 100.0),
+        ("fallback %", "isats_tau2", "fallback", 100.0),
+        ("interior %", "isats_tau2", "interior", 100.0),
     ];
-    for line in md[at..].lines().skip(2).take_while(|l| l.starts_with('|')) {
+    let mut lines = md[at..].lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().trim_matches('|').split(" | ").map(str::trim).collect();
+    let columns: Vec<(&str, &str, f64)> = header[2..]
+        .iter()
+        .map(|h| {
+            names
+                .iter()
+                .find(|n| n.0 == *h)
+                .map(|n| (n.1, n.2, n.3))
+                .with_context(|| format!("{}: unknown ATS-target column '{h}'", path.display()))
+        })
+        .collect::<Result<_>>()?;
+    for line in lines.skip(1).take_while(|l| l.starts_with('|')) {
         let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
-        if cells.len() != 2 + columns.len() {
-            bail!("{}: an ATS-target row with {} cells: {line}", path.display(), cells.len());
+        if cells.len() != header.len() {
+            bail!(
+                "{}: an ATS-target row with {} cells, the header has {}: {line}",
+                path.display(),
+                cells.len(),
+                header.len()
+            );
         }
         let mut extra = serde_json::json!({"ats_target": {}, "isats_tau2": {}});
         for ((group, key, scale), cell) in columns.iter().zip(&cells[2..]) {
@@ -115,6 +139,83 @@ fn ats_targets(md: &str, path: &Path) -> Result<BTreeMap<(String, String), serde
             extra["isats_tau2"] = serde_json::Value::Null;
         }
         out.insert((cells[0].to_string(), cells[1].to_string()), extra);
+    }
+    Ok(out)
+}
+
+/// The probes as `teachers.csv` summarises them, for a report directory without the probes'
+/// JSON files: per probed set, each teacher's accuracy, its cross-entropy at τ = 1 and its
+/// numbers at the report's τ, all the report shows (what the file does not hold is NaN).
+fn probes_from_csv(dir: &Path) -> Result<Vec<(&'static str, ProbeReport)>> {
+    let path = dir.join("teachers.csv");
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    // Older reports wrote the probed set's name unquoted, commas and all.
+    let mut text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    for (_, label) in PROBES.iter().filter(|(_, l)| l.contains(',')) {
+        text = text.replace(&format!(",{label},"), &format!(",\"{label}\","));
+    }
+    let rows = parse_csv(
+        &text,
+        &path,
+        &[
+            "teacher",
+            "params",
+            "probed_on",
+            "samples",
+            "accuracy",
+            "nll_at_tau1",
+            "tau",
+            "p_true",
+            "nongt_mean",
+            "nongt_std",
+            "nongt_entropy",
+        ],
+    )?;
+    let mut out: Vec<(&'static str, ProbeReport)> = vec![];
+    for (i, r) in rows.iter().enumerate() {
+        let line = i + 2;
+        let label = PROBES
+            .iter()
+            .map(|(_, l)| *l)
+            .find(|l| *l == r["probed_on"])
+            .with_context(|| format!("{} line {line}: unknown probed set {:?}", path.display(), r["probed_on"]))?;
+        let tau: f64 = get(r, "tau", &path, line)?;
+        let blank = TauReport {
+            tau: 1.0,
+            p_true: f64::NAN,
+            nongt_mean: f64::NAN,
+            nongt_std: f64::NAN,
+            nongt_var: f64::NAN,
+            nongt_entropy: f64::NAN,
+            nll: get(r, "nll_at_tau1", &path, line)?,
+            ece: f64::NAN,
+        };
+        let at = TauReport {
+            tau,
+            p_true: get(r, "p_true", &path, line)?,
+            nongt_mean: get(r, "nongt_mean", &path, line)?,
+            nongt_std: get(r, "nongt_std", &path, line)?,
+            nongt_entropy: get(r, "nongt_entropy", &path, line)?,
+            nll: if tau == 1.0 { blank.nll } else { f64::NAN },
+            ..blank.clone()
+        };
+        let teacher = TeacherReport {
+            name: r["teacher"].clone(),
+            classes: 0,
+            samples: get(r, "samples", &path, line)?,
+            params: Some(get(r, "params", &path, line)?),
+            accuracy: get(r, "accuracy", &path, line)?,
+            logit_gap: f64::NAN,
+            logit_nongt_std: f64::NAN,
+            best_tau_nll: f64::NAN,
+            per_tau: if tau == 1.0 { vec![at] } else { vec![blank, at] },
+        };
+        match out.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, p)) => p.teachers.push(teacher),
+            None => out.push((label, ProbeReport { teachers: vec![teacher], pairs: vec![] })),
+        }
     }
     Ok(out)
 }
@@ -200,9 +301,17 @@ impl StudyResults {
                 k => bail!("{} line {line}: unknown kind '{k}'", path.display()),
             }
         }
-        let probes: Vec<(&'static str, crate::probe::ProbeReport)> = PROBES
+        let from_csv = probes_from_csv(dir)?;
+        let probes: Vec<(&'static str, ProbeReport)> = PROBES
             .iter()
-            .map(|(stem, label)| Ok(super::results::read_probe(dir, stem)?.map(|p| (*label, p))))
+            .map(|(stem, label)| {
+                // The oldest reports kept the test-set probe in probe/probe.json.
+                let old = (*stem == PROBES[0].0 && !dir.join("probe.json").exists()).then(|| dir.join("probe"));
+                Ok(match super::results::read_probe(old.as_deref().unwrap_or(dir), stem)? {
+                    Some(p) => Some((*label, p)),
+                    None => from_csv.iter().find(|(l, _)| l == label).cloned(),
+                })
+            })
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .flatten()

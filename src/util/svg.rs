@@ -385,7 +385,10 @@ impl PanelPlot {
         let pw = ((700.0 - gap * (cols - 1) as f64) / cols as f64).min(460.0);
         // Below each row of panels: two lines of tick labels (slanted ones take more).
         let (ph, top, row_gap) = (260.0, 52.0, 86.0);
-        let w = l + pw * cols as f64 + gap * (cols - 1) as f64 + legend_w;
+        // Wide enough for the title (about 7.5 px a character at 15 px).
+        let w = (l + pw * cols as f64 + gap * (cols - 1) as f64 + legend_w)
+            .max(7.5 * self.title.chars().count() as f64 + 40.0)
+            .round();
         let legend_h = 18.0 * (names.len() + self.band.is_some() as usize) as f64 + top + 10.0;
         let h = (top + rows as f64 * (ph + row_gap) - row_gap + 70.0).max(legend_h);
         let (y0, y1) = self.y_range();
@@ -398,7 +401,7 @@ impl PanelPlot {
         let _ = write!(
             s,
             r#"<text x="{:.1}" y="20" text-anchor="middle" font-size="15">{}</text>"#,
-            (l + w - legend_w) / 2.0,
+            w / 2.0,
             esc(&self.title)
         );
         let plot_h = rows as f64 * (ph + row_gap) - row_gap;
@@ -411,7 +414,7 @@ impl PanelPlot {
         let _ = write!(
             s,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            (l + w - legend_w) / 2.0,
+            l + (pw * cols as f64 + gap * (cols - 1) as f64) / 2.0,
             h - 8.0,
             esc(&self.x_label)
         );
@@ -429,7 +432,7 @@ impl PanelPlot {
             self.draw_panel(&mut s, &f, panel, &names, col == 0);
         }
         // The legend: the band, then every series with its line, dash and marker.
-        let lx = w - legend_w + 14.0;
+        let lx = l + pw * cols as f64 + gap * (cols - 1) as f64 + 14.0;
         let mut ly = top + 8.0;
         if let Some(b) = &self.band {
             let _ = write!(
@@ -735,6 +738,63 @@ mod tests {
     fn thirty_series_do_not_share_a_style() {
         let styles: std::collections::HashSet<_> = (0..30).map(style).collect();
         assert_eq!(styles.len(), 30);
+    }
+
+    /// The (x, y) of the marker whose hover text is `title`.
+    fn marker_at(svg: &str, title: &str) -> (f64, f64) {
+        let at = svg.find(&format!("<title>{title}</title>")).unwrap_or_else(|| panic!("no marker '{title}'"));
+        let tag = &svg[svg[..at].rfind('<').unwrap()..at];
+        let num = |k: &str| -> f64 {
+            let i = tag.find(&format!(" {k}=\"")).unwrap() + k.len() + 3;
+            tag[i..i + tag[i..].find('"').unwrap()].parse().unwrap()
+        };
+        if tag.starts_with("<circle") {
+            (num("cx"), num("cy"))
+        } else {
+            (num("x") + 3.3, num("y") + 3.3)
+        }
+    }
+
+    #[test]
+    fn panels_share_the_y_axis_and_coinciding_series_stay_apart() {
+        let se = |name: &str, ys: &[f64]| Series {
+            name: name.into(),
+            points: ys.iter().enumerate().map(|(i, y)| (i as f64, *y)).collect(),
+            errors: Some(vec![0.5; ys.len()]),
+        };
+        let p = PanelPlot {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            panels: vec![
+                Panel {
+                    title: "cnn".into(),
+                    ticks: vec!["a\n1K".into(), "b\n2K".into()],
+                    series: vec![se("kd", &[80.0, 81.0]), se("ats", &[80.0, 81.0])],
+                },
+                Panel {
+                    title: "resnet".into(),
+                    ticks: vec!["c".into(), "d".into(), "e".into()],
+                    series: vec![se("kd", &[70.0, 80.0, 90.0])],
+                },
+            ],
+            band: Some(Band { name: "alone".into(), mean: 75.0, std: 1.0 }),
+        };
+        let svg = p.to_svg();
+        // One legend entry per series (and the band), whatever the panels repeat.
+        assert_eq!(svg.matches(">kd</text>").count(), 1);
+        assert_eq!(svg.matches(">ats</text>").count(), 1);
+        assert!(
+            svg.contains(">alone (± std)</text>") && svg.matches("fill-opacity=\"0.3\"").count() == 3,
+            "a band per panel"
+        );
+        // Two series on the same points: the same height, apart sideways, different markers.
+        let (kd, ats) = (marker_at(&svg, "kd, a 1K: 80 ± 0.5"), marker_at(&svg, "ats, a 1K: 80 ± 0.5"));
+        assert!((kd.1 - ats.1).abs() < 0.2 && (kd.0 - ats.0).abs() >= 3.0, "{kd:?} {ats:?}");
+        // The same value is drawn at the same height in both panels: the y axis is shared.
+        let other = marker_at(&svg, "kd, d: 80 ± 0.5");
+        assert!((other.1 - kd.1).abs() < 0.2 && other.0 > kd.0 + 100.0, "{other:?} {kd:?}");
+        assert!(marker_at(&svg, "kd, e: 90 ± 0.5").1 < other.1, "higher is up");
     }
 
     #[test]

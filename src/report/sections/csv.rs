@@ -114,6 +114,8 @@ fn teachers_csv(r: &StudyResults) -> String {
                 probe_at(p, &t.name, r.probe_tau),
                 p.teachers.iter().find(|x| x.name == t.name),
             ) {
+                // A set's name may hold a comma ("transfer set, augmented views").
+                let label = if label.contains(',') { format!("\"{label}\"") } else { label.to_string() };
                 teachers += &format!(
                     "{},{},{label},{},{acc},{},{},{},{},{},{}\n",
                     t.name,
