@@ -628,7 +628,7 @@ mod tests {
         let s = with("families = { cnn_w1 = 'small cnn' }", "[report]\nfeatured = ['kd']").unwrap();
         assert_eq!(s.teachers.families.get("cnn_w1").map(String::as_str), Some("small cnn"));
         assert_eq!(s.featured, ["kd"]);
-        assert!(s.teachers.families.get("cnn_w2").is_none(), "only the teachers named");
+        assert!(!s.teachers.families.contains_key("cnn_w2"), "only the teachers named");
         for (families, report, needle) in [
             ("families = { resnet8 = 'resnet' }", "", "'resnet8' is not a teacher of the study"),
             ("families = { cnn_w1 = '' }", "", "teachers.families.cnn_w1 should be a family's name"),
