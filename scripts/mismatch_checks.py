@@ -10,11 +10,17 @@ The checks are those of the study's question (docs/fashion-mnist-mismatch/):
 
 1. KD, with its temperature chosen per teacher on the validation split, beats the student trained
    alone by more than twice the larger of the two standard deviations, for at least one teacher;
-2. the KD student's accuracy against teacher size is not monotone increasing: some larger teacher
-   teaches worse than a smaller one by more than twice the larger standard deviation;
+2. the KD student's accuracy against teacher size is not monotone increasing *within a family*:
+   some larger teacher of the same family (ResNet depth, CNN width) teaches worse than a smaller
+   one by more than twice the larger standard deviation;
 3. the teachers' nongt_std (σ(q)) on the transfer set against size, and its correlation with the
-   KD students' accuracy across teachers;
+   KD students' accuracy, within each family and across all teachers;
 4. per method, the drop from the best-teaching teacher to the largest one of each family.
+
+Capacity is compared within a family: across families architecture changes with size, so a
+cross-family comparison (labelled "all, across families") does not isolate capacity. A teacher's
+family is the `teacher_family` column of results.csv (kdlab writes it from the zoo and the study
+file's `[teachers] families`); older files without it fall back to the architecture's name.
 
 Standard library only, so that it runs anywhere.
 """
@@ -59,11 +65,27 @@ def spearman(a, b):
     return pearson(ranks(a), ranks(b))
 
 
-def family(arch):
-    for f in ("resnet", "cnn", "wrn", "vgg", "mlp", "mobilenetv2"):
-        if arch.startswith(f):
-            return f
-    return "other"
+def family_by_name(arch):
+    """The zoo's family of an architecture name (src/models, `Arch::family`), for results.csv
+    files written before the `teacher_family` column."""
+    if arch.startswith("resnet"):
+        if arch.endswith("x4"):
+            return "resnet x4"
+        return "imagenet resnet" if arch in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152") else "resnet"
+    for prefix, fam in (("cnn_w", "cnn"), ("wrn_", "wrn"), ("vgg", "vgg"), ("mlp_", "mlp"), ("mobilenetv2", "mobilenetv2")):
+        if arch.startswith(prefix):
+            return fam
+    return "imported"
+
+
+def groups(ts, family):
+    """Per family with three teachers or more, then all of them across families (if several)."""
+    fams = sorted({family(t) for t in ts})
+    out = [(f, [t for t in ts if family(t) == f]) for f in fams]
+    out = [(f, g) for f, g in out if len(g) >= 3]
+    if len(fams) > 1:
+        out.append(("all, across families", list(ts)))
+    return out
 
 
 def main():
@@ -74,6 +96,8 @@ def main():
     a = ap.parse_args()
     rows = list(csv.DictReader(open(os.path.join(a.report, "results.csv"))))
     teachers = {r["teacher"]: int(r["teacher_params"]) for r in rows if r["kind"] == "teacher"}
+    fams = {r["teacher"]: r["teacher_family"] for r in rows if r["kind"] == "teacher" and r.get("teacher_family")}
+    family = lambda t: fams.get(t) or family_by_name(t)
     students = [r for r in rows if r["kind"] == "student"]
     if not students:
         sys.exit("no student runs in results.csv")
@@ -119,26 +143,27 @@ def main():
         print(f"| {t} | {teachers[t]} | {tuned[t]} | {100 * m:.2f} ± {100 * s:.2f} ({n}) | {100 * margin:+.2f} | {'yes' if ok else 'no'} |")
     print(f"\nCheck 1 ({'holds' if wins else 'fails'}): KD beats the student alone by > 2 std for {wins} teacher(s).\n")
 
-    # Non-monotone curve: the largest drop from a smaller to a larger teacher.
-    print("## 2. Is KD's curve monotone in teacher size?\n")
-    print("| series | smaller teacher | acc | larger teacher | acc | drop | > 2 std |")
-    print("|---|---|---|---|---|---|---|")
+    # Non-monotone curve: the largest drop from a smaller to a larger teacher of the same family.
+    print("## 2. Is KD's curve monotone in teacher size, within each family?\n")
+    print("| series | family | smaller teacher | acc | larger teacher | acc | drop | > 2 std |")
+    print("|---|---|---|---|---|---|---|---|")
     curves = {s: {t: acc[(s, t)] for t in order if acc.get((s, t))} for s in kd_series}
     curves["kd (tuned on val)"] = {t: acc[(tuned[t], t)] for t in tuned}
     found = False
     for s, c in curves.items():
-        best = None
-        ts = [t for t in order if t in c]
-        for i, small in enumerate(ts):
-            for large in ts[i + 1:]:
-                (m1, s1, _), (m2, s2, _) = stat(c[small]), stat(c[large])
-                if best is None or m1 - m2 > best[0]:
-                    best = (m1 - m2, small, m1, large, m2, 2 * max(s1, s2))
-        if best:
-            sig = best[0] > best[5]
-            found |= sig and s == "kd (tuned on val)"
-            print(f"| {s} | {best[1]} | {100 * best[2]:.2f} | {best[3]} | {100 * best[4]:.2f} | {100 * best[0]:+.2f} | {'yes' if sig else 'no'} |")
-    print(f"\nCheck 2 ({'holds' if found else 'fails'} for KD tuned on validation): a larger teacher teaches measurably worse than a smaller one.\n")
+        for fam in sorted({family(t) for t in c}):
+            best = None
+            ts = [t for t in order if t in c and family(t) == fam]
+            for i, small in enumerate(ts):
+                for large in ts[i + 1:]:
+                    (m1, s1, _), (m2, s2, _) = stat(c[small]), stat(c[large])
+                    if best is None or m1 - m2 > best[0]:
+                        best = (m1 - m2, small, m1, large, m2, 2 * max(s1, s2))
+            if best:
+                sig = best[0] > best[5]
+                found |= sig and s == "kd (tuned on val)"
+                print(f"| {s} | {fam} | {best[1]} | {100 * best[2]:.2f} | {best[3]} | {100 * best[4]:.2f} | {100 * best[0]:+.2f} | {'yes' if sig else 'no'} |")
+    print(f"\nCheck 2 ({'holds' if found else 'fails'} for KD tuned on validation): a larger teacher teaches measurably worse than a smaller one of its own family.\n")
 
     probe = defaultdict(dict)
     teacher_acc = defaultdict(dict)
@@ -151,12 +176,12 @@ def main():
     # against the teachers' own accuracy, on the test set and on the transfer set.
     print("## 2b. Student accuracy against the teacher's own accuracy\n")
     def against_kd(values, what):
-        """Correlates a per-teacher number with the KD (tuned) student's mean accuracy."""
-        ts = [t for t in order if t in values and t in tuned]
-        if len(ts) >= 3:
+        """Correlates a per-teacher number with the KD (tuned) student's mean accuracy, within
+        each family and across all teachers."""
+        for fam, ts in groups([t for t in order if t in values and t in tuned], family):
             x = [values[t] for t in ts]
             y = [statistics.fmean(acc[(tuned[t], t)]) for t in ts]
-            print(f"- {what} vs KD (tuned) student accuracy, {len(ts)} teachers: Pearson {pearson(x, y):+.3f}, Spearman {spearman(x, y):+.3f}")
+            print(f"- {what} vs KD (tuned) student accuracy, {fam} ({len(ts)} teachers): Pearson {pearson(x, y):+.3f}, Spearman {spearman(x, y):+.3f}")
 
     for where, ta in teacher_acc.items():
         against_kd(ta, f"teacher accuracy on the {where}")
@@ -165,12 +190,9 @@ def main():
     # σ(q) against size and against the students' accuracy.
     print("## 3. σ(q) (nongt_std) against teacher size and student accuracy\n")
     for where, sd in probe.items():
-        for fam in sorted({family(t) for t in sd}) + ["all"]:
-            ts = [t for t in order if t in sd and (fam == "all" or family(t) == fam)]
-            if len(ts) < 3:
-                continue
+        for fam, ts in groups([t for t in order if t in sd], family):
             rho = spearman([teachers[t] for t in ts], [sd[t] for t in ts])
-            print(f"- {where}, {fam} teachers ({len(ts)}): Spearman(size, σ(q)) = {rho:+.3f}" + ("  (falls with size)" if rho < 0 else ""))
+            print(f"- {where}, {fam} ({len(ts)} teachers): Spearman(size, σ(q)) = {rho:+.3f}" + ("  (falls with size)" if rho < 0 else ""))
         against_kd(sd, f"σ(q) on the {where}")
     print()
 

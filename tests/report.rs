@@ -60,6 +60,7 @@ fn results(grid_label: Option<&str>) -> StudyResults {
         }
     }
     StudyResults {
+        featured: vec![],
         name: "grid".into(),
         probe_tau: 4.0,
         version: "test".into(),

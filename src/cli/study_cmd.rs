@@ -105,9 +105,20 @@ pub struct ReportArgs {
     /// Where the report goes (default: <study>/report).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// DIR is a report directory, not a study: render its results (results.csv, timing.csv, the
+    /// probes, report.md's study file) again with this kdlab, for a study whose runs are gone.
+    #[arg(long, requires = "out")]
+    pub from_report: bool,
 }
 
 pub fn report(a: ReportArgs) -> Result<()> {
+    if a.from_report {
+        let out = a.out.expect("clap requires --out");
+        let results = crate::report::results::StudyResults::from_report(&a.dir)?;
+        let report = crate::report::study::write_results(&results, &out)?;
+        println!("wrote {} files in {}: {}", report.files.len(), out.display(), out.join("report.md").display());
+        return Ok(());
+    }
     // Import runs finished outside a sweep (e.g. by Slurm jobs) first.
     let study_file = a.dir.join("study.toml");
     if study_file.exists() {

@@ -97,6 +97,33 @@ pub enum Arch {
     Mlp { width: i64, depth: usize },
 }
 
+impl Arch {
+    /// The ladder this architecture is a rung of: the report compares teachers' capacity within a
+    /// family (ResNet depth, WRN width, CNN width), where size is the only thing that changes.
+    /// ResNets with 4× channels are their own family: depth and width both differ from the plain ones.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Arch::ResNet { wide4: false, .. } => "resnet",
+            Arch::ResNet { wide4: true, .. } => "resnet x4",
+            Arch::ImageNetResNet { .. } => "imagenet resnet",
+            Arch::Wrn { .. } => "wrn",
+            Arch::Vgg { .. } => "vgg",
+            Arch::MobileNetV2 { .. } => "mobilenetv2",
+            Arch::Cnn { .. } => "cnn",
+            Arch::Mlp { .. } => "mlp",
+        }
+    }
+}
+
+/// The family of a teacher known by name: its architecture's, or [`IMPORTED`] for a name the zoo
+/// does not know (an imported or TorchScript teacher, or an existing run known by its directory).
+pub fn family(name: &str) -> &'static str {
+    parse(name).map_or(IMPORTED, |a| a.family())
+}
+
+/// The family of teachers that are not the zoo's architectures.
+pub const IMPORTED: &str = "imported";
+
 fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -214,6 +241,32 @@ mod tests {
     fn close(name: &str, classes: usize, expected: f64, tol: f64) {
         let n = param_count(name, CIFAR, classes).unwrap() as f64;
         assert!((n - expected).abs() <= tol * expected, "{name}: {n} parameters, expected about {expected}");
+    }
+
+    #[test]
+    fn a_ladder_is_one_family_and_families_differ() {
+        // Depth, width and cardinality ladders each stay in one family; a zoo name never falls
+        // through to "imported", and an unknown name always does.
+        for (ladder, fam) in [
+            (&["resnet8", "resnet56", "resnet110"][..], "resnet"),
+            (&["resnet8x4", "resnet32x4"], "resnet x4"),
+            (&["resnet18", "resnet50"], "imagenet resnet"),
+            (&["wrn_28_1", "wrn_28_8", "wrn_40_2"], "wrn"),
+            (&["cnn_w1", "cnn_w8"], "cnn"),
+            (&["mlp_32x1", "mlp_512x2"], "mlp"),
+            (&["vgg8", "vgg13"], "vgg"),
+            (&["mobilenetv2_x0_5", "mobilenetv2"], "mobilenetv2"),
+        ] {
+            for m in ladder {
+                assert_eq!(family(m), fam, "{m}");
+            }
+        }
+        for f in FAMILIES {
+            for e in f.examples {
+                assert_ne!(family(e), IMPORTED, "{e}");
+            }
+        }
+        assert_eq!(family("my_torchscript_teacher"), IMPORTED);
     }
 
     #[test]

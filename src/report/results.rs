@@ -5,6 +5,7 @@ use crate::probe::ProbeReport;
 use crate::study::plan::Kind;
 use crate::study::store::{Status, Store, StoredRun};
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Mean, sample standard deviation (n − 1) and count of a group of runs.
@@ -39,6 +40,9 @@ pub struct Teacher {
     pub final_acc: f64,
     /// NaN where unknown (existing runs).
     pub best_acc: f64,
+    /// The ladder it belongs to (the zoo's family of its architecture, `imported` for a teacher
+    /// the zoo does not know, or the study file's `[teachers] families`): the report compares
+    /// teachers' capacity within a family.
     pub family: String,
 }
 
@@ -98,10 +102,13 @@ pub struct StudyResults {
     pub probes: Vec<(&'static str, ProbeReport)>,
     /// The planned runs, in the store's order.
     pub runs: Vec<RunState>,
+    /// The series the mismatch curves feature, as the study file names them (`[report]
+    /// featured`); empty: the report's default choice.
+    pub featured: Vec<String>,
 }
 
 /// Reads a probe result the study wrote; a missing file is None, an unreadable one an error.
-fn read_probe(dir: &Path, stem: &str) -> Result<Option<ProbeReport>> {
+pub(super) fn read_probe(dir: &Path, stem: &str) -> Result<Option<ProbeReport>> {
     let p = dir.join(format!("{stem}.json"));
     if !p.exists() {
         return Ok(None);
@@ -115,26 +122,20 @@ fn read_probe(dir: &Path, stem: &str) -> Result<Option<ProbeReport>> {
     Ok(Some(report))
 }
 
-/// A teacher's family, for grouping teachers by architecture.
-pub fn family(arch: &str) -> String {
-    use crate::models::Arch;
-    match crate::models::parse(arch) {
-        Ok(Arch::ResNet { wide4: false, .. }) => "resnet",
-        Ok(Arch::ResNet { wide4: true, .. }) => "resnet x4",
-        Ok(Arch::ImageNetResNet { .. }) => "imagenet resnet",
-        Ok(Arch::Wrn { .. }) => "wrn",
-        Ok(Arch::Vgg { .. }) => "vgg",
-        Ok(Arch::MobileNetV2 { .. }) => "mobilenetv2",
-        Ok(Arch::Cnn { .. }) => "cnn",
-        Ok(Arch::Mlp { .. }) => "mlp",
-        Err(_) => "other",
-    }
-    .to_string()
+/// What the report takes from the study file.
+#[derive(Debug)]
+pub(super) struct Settings {
+    pub name: String,
+    pub probe_tau: f64,
+    /// `[teachers] families`.
+    pub families: BTreeMap<String, String>,
+    /// `[report] featured`.
+    pub featured: Vec<String>,
 }
 
-/// The study file's name and probe τ; a study file that does not parse, or a value of the wrong
-/// type, is an error.
-fn study_settings(study_toml: &str, dir: &Path) -> Result<(String, f64)> {
+/// The study file's name, probe τ, teacher families and featured series; a study file that does
+/// not parse, or a value of the wrong type, is an error.
+pub(super) fn study_settings(study_toml: &str, dir: &Path) -> Result<Settings> {
     let t: toml::Table =
         toml::from_str(study_toml).context("the study file stored in study.sqlite is not valid TOML")?;
     let name = match t.get("name") {
@@ -148,7 +149,13 @@ fn study_settings(study_toml: &str, dir: &Path) -> Result<(String, f64)> {
             .or_else(|| v.as_integer().map(|i| i as f64))
             .context("the study file's `probe_tau` is not a number")?,
     };
-    Ok((name, probe_tau))
+    let origin = "the study file stored in study.sqlite";
+    let families = match t.get("teachers").and_then(|v| v.as_table()) {
+        Some(teachers) => crate::study::config::teacher_families(teachers, origin)?,
+        None => BTreeMap::new(),
+    };
+    let featured = crate::study::config::featured(&t, origin)?;
+    Ok(Settings { name, probe_tau, families, featured })
 }
 
 impl StudyResults {
@@ -162,7 +169,10 @@ impl StudyResults {
         let runs: Vec<StoredRun> = store.planned_runs()?;
         let study_toml = store.meta("study_toml")?.unwrap_or_default();
         let version = store.meta("kdlab_version")?.unwrap_or_default();
-        let (name, probe_tau) = study_settings(&study_toml, dir).with_context(|| format!("study {}", dir.display()))?;
+        let Settings { name, probe_tau, families, featured } =
+            study_settings(&study_toml, dir).with_context(|| format!("study {}", dir.display()))?;
+        let family_of =
+            |name: &str| families.get(name).cloned().unwrap_or_else(|| crate::models::family(name).to_string());
         let probes: Vec<(&'static str, ProbeReport)> = PROBES
             .iter()
             .map(|(stem, label)| Ok(read_probe(dir, stem)?.map(|p| (*label, p))))
@@ -182,7 +192,7 @@ impl StudyResults {
                 params: r.params.unwrap_or(0),
                 final_acc: r.final_acc.unwrap_or(f64::NAN),
                 best_acc: r.best_acc.unwrap_or(f64::NAN),
-                family: family(&r.spec.train.model),
+                family: family_of(&r.spec.train.model),
             })
             .collect();
         if let Some((_, p)) = probes.iter().find(|(label, _)| *label == PROBES[0].1) {
@@ -195,7 +205,7 @@ impl StudyResults {
                         params: t.params.unwrap_or(0),
                         final_acc: t.accuracy,
                         best_acc: f64::NAN,
-                        family: "existing runs".into(),
+                        family: family_of(&t.name),
                     });
                 }
             }
@@ -236,7 +246,7 @@ impl StudyResults {
             .into_iter()
             .map(|r| RunState { id: r.id, name: r.name, status: r.status, error: r.error, wall_time_s: r.wall_time_s })
             .collect();
-        Ok(StudyResults { name, probe_tau, version, study_toml, teachers, students, probes, runs })
+        Ok(StudyResults { name, probe_tau, version, study_toml, teachers, students, probes, runs, featured })
     }
 
     /// The test-set probe, if the study ran one.
@@ -273,9 +283,15 @@ mod tests {
     #[test]
     fn study_settings_are_read_and_checked() {
         let dir = Path::new("/x/my-study");
-        assert_eq!(study_settings("name = \"a\"\nprobe_tau = 2", dir).unwrap(), ("a".to_string(), 2.0));
-        assert_eq!(study_settings("probe_tau = 2.5", dir).unwrap(), ("my-study".to_string(), 2.5));
-        assert_eq!(study_settings("", dir).unwrap(), ("my-study".to_string(), 4.0));
+        let got = |text: &str| study_settings(text, dir).map(|s| (s.name, s.probe_tau));
+        assert_eq!(got("name = \"a\"\nprobe_tau = 2").unwrap(), ("a".to_string(), 2.0));
+        assert_eq!(got("probe_tau = 2.5").unwrap(), ("my-study".to_string(), 2.5));
+        assert_eq!(got("").unwrap(), ("my-study".to_string(), 4.0));
+        let s =
+            study_settings("[teachers]\nfamilies = { r56 = \"resnet\" }\n[report]\nfeatured = [\"kd\"]", dir).unwrap();
+        assert_eq!((s.families.get("r56").map(String::as_str), s.featured), (Some("resnet"), vec!["kd".to_string()]));
+        let e = format!("{:#}", study_settings("[teachers]\nfamilies = { r56 = 1 }", dir).unwrap_err());
+        assert!(e.contains("study.sqlite") && e.contains("teachers.families.r56"), "{e}");
         assert!(study_settings("name = 3", dir).is_err());
         assert!(study_settings("probe_tau = \"4\"", dir).is_err());
         assert!(study_settings("name = ", dir).is_err());

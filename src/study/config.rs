@@ -13,6 +13,7 @@
 //! runs = []                           # ... and/or existing runs ("runs/r56", "runs/r110@epoch60")
 //! seed = 0
 //! epochs = 10                         # any training key: lr, batch_size, schedule, milestones, ...
+//! families = { r56 = "resnet" }       # optional: a teacher's family where the zoo's is not it
 //!
 //! [students]
 //! models = ["cnn_w1"]
@@ -57,12 +58,18 @@ pub struct StudyConfig {
     pub device: Option<super::devices::SweepDevice>,
     /// What the Slurm jobs of a study on GPUs ask for (`gres = "gpu:a100:1"`; default `gpu:1`).
     pub gres: Option<String>,
+    /// The series the report's mismatch curves feature (`[report] featured = [...]`); empty: the
+    /// report's default choice.
+    pub featured: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TeacherSet {
     pub models: Vec<String>,
     pub runs: Vec<String>,
+    /// Families given in the study file (`families = { name = "family" }`) for teachers whose
+    /// family the zoo does not know or gets wrong; the report compares capacity within a family.
+    pub families: BTreeMap<String, String>,
     /// The teachers' training settings (model and seed are filled per teacher).
     pub train: TrainConfig,
 }
@@ -115,8 +122,9 @@ pub struct SkippedCombination {
     pub got: String,
 }
 
-const TOP_KEYS: [&str; 13] = [
+const TOP_KEYS: [&str; 14] = [
     "name",
+    "report",
     "data",
     "seeds",
     "probe_tau",
@@ -281,10 +289,11 @@ impl TeacherSet {
             })
             .transpose()?
             .unwrap_or(0);
-        let train = train_section(t, &format!("{origin} [teachers]"), &["models", "runs", "seed"], data)?;
+        let train = train_section(t, &format!("{origin} [teachers]"), &["models", "runs", "seed", "families"], data)?;
         Ok(TeacherSet {
             models: models(t, "teachers.models", origin)?,
             runs,
+            families: teacher_families(t, origin)?,
             train: TrainConfig { seed: seed as u64, ..train },
         })
     }
@@ -356,6 +365,7 @@ impl StudyConfig {
             teachers: TeacherSet::parse(&section(&table, "teachers", origin)?, &data, origin)?,
             students: StudentSet::parse(&section(&table, "students", origin)?, &data, origin)?,
             methods: method_blocks(table.get("methods"), origin)?,
+            featured: featured(&table, origin)?,
             data,
             device: optional_str(&table, "device", origin)?
                 .map(|d| d.parse().with_context(|| format!("{origin}: 'device'")))
@@ -382,6 +392,12 @@ impl StudyConfig {
 
     fn check_references(&self, origin: &str) -> Result<()> {
         let teachers = self.teacher_names();
+        if let Some(t) = self.teachers.families.keys().find(|t| !teachers.contains(t)) {
+            bail!(
+                "{origin}: teachers.families.{t}: '{t}' is not a teacher of the study (teachers: {})",
+                teachers.join(", ")
+            );
+        }
         for (i, m) in self.methods.iter().enumerate() {
             for t in m.teachers.iter().flatten() {
                 if !teachers.contains(t) {
@@ -416,6 +432,31 @@ impl StudyConfig {
         }
         Ok(())
     }
+}
+
+/// `[teachers] families = { teacher = "family" }` of a study file's table: each teacher's family
+/// where the study names one. Shared with the report, which reads the study file it stored.
+pub fn teacher_families(teachers: &toml::Table, origin: &str) -> Result<BTreeMap<String, String>> {
+    let Some(v) = teachers.get("families") else { return Ok(BTreeMap::new()) };
+    let t = v.as_table().with_context(|| {
+        format!("{origin}: teachers.families should be a table of teacher = \"family\" (e.g. families = {{ my_run = \"wrn\" }}), found {v}")
+    })?;
+    t.iter()
+        .map(|(k, v)| match v.as_str().map(str::trim) {
+            Some(f) if !f.is_empty() => Ok((k.clone(), f.to_string())),
+            _ => bail!("{origin}: teachers.families.{k} should be a family's name (a non-empty string), found {v}"),
+        })
+        .collect()
+}
+
+/// `[report] featured = ["series", ...]` of a study file's table. Shared with the report.
+pub fn featured(table: &toml::Table, origin: &str) -> Result<Vec<String>> {
+    let Some(v) = table.get("report") else { return Ok(vec![]) };
+    let r = v.as_table().with_context(|| format!("{origin}: '[report]' should be a table, found {v}"))?;
+    if let Some(k) = r.keys().find(|k| k.as_str() != "featured") {
+        return Err(unknown(&format!("{origin} [report]"), k, &["featured".to_string()]));
+    }
+    r.get("featured").map(|v| strings(v, "report.featured", origin)).transpose().map(Option::unwrap_or_default)
 }
 
 /// The display name of an existing run given as a teacher (checked when the study is loaded).
@@ -599,6 +640,29 @@ mod tests {
     }
 
     const BASE: &str = "data = 'fashion-mnist-mini'\nseeds = [0, 1]\n[teachers]\nmodels = ['cnn_w1', 'cnn_w2']\nepochs = 2\n[students]\nmodels = ['mlp_32x1']\nepochs = 3\n";
+
+    #[test]
+    fn teacher_families_and_featured_series_are_checked() {
+        let with = |families: &str, report: &str| {
+            let text = BASE.replace("epochs = 2\n[students]", &format!("epochs = 2\n{families}\n[students]"));
+            parse(&format!("{text}[[methods]]\nname = 'kd'\n{report}\n"))
+        };
+        let s = with("families = { cnn_w1 = 'small cnn' }", "[report]\nfeatured = ['kd']").unwrap();
+        assert_eq!(s.teachers.families.get("cnn_w1").map(String::as_str), Some("small cnn"));
+        assert_eq!(s.featured, ["kd"]);
+        assert!(!s.teachers.families.contains_key("cnn_w2"), "only the teachers named");
+        for (families, report, needle) in [
+            ("families = { resnet8 = 'resnet' }", "", "'resnet8' is not a teacher of the study"),
+            ("families = { cnn_w1 = '' }", "", "teachers.families.cnn_w1 should be a family's name"),
+            ("families = { cnn_w1 = 3 }", "", "teachers.families.cnn_w1 should be a family's name"),
+            ("families = 'cnn'", "", "teachers.families should be a table"),
+            ("", "[report]\nfeature = ['kd']", "unknown key 'feature'"),
+            ("", "[report]\nfeatured = [1]", "'report.featured' must list strings"),
+        ] {
+            let e = format!("{:#}", with(families, report).unwrap_err());
+            assert!(e.contains(needle) && e.contains("s.toml"), "{families} {report}: {e}");
+        }
+    }
 
     #[test]
     fn grids_expand_and_keys_are_checked() {

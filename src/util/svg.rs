@@ -251,6 +251,334 @@ fn draw_series(s: &mut String, f: &Frame, i: usize, se: &Series) {
     let _ = write!(s, r#"<text x="{}" y="{}">{}</text>"#, f.w - f.r + 36.0, ly + 4.0, esc(&se.name));
 }
 
+/// Marker shapes, so that series drawn on top of one another stay told apart.
+const MARKERS: [&str; 6] = ["circle", "square", "triangle", "diamond", "down", "cross"];
+
+/// One panel of a [`PanelPlot`]: a ladder of teachers on a categorical x axis.
+#[derive(Clone, Debug)]
+pub struct Panel {
+    pub title: String,
+    /// The x positions' labels, in order (a `\n` splits a label over two lines); a series' point
+    /// (i, y) sits at the i-th label.
+    pub ticks: Vec<String>,
+    pub series: Vec<Series>,
+}
+
+/// A horizontal band across every panel: a reference value and its spread (mean ± std).
+#[derive(Clone, Debug)]
+pub struct Band {
+    pub name: String,
+    pub mean: f64,
+    pub std: f64,
+}
+
+/// Small multiples: one panel per group (a family of teachers), a shared y axis, and one legend.
+/// A series keeps its colour, dash and marker in every panel; within a panel, the series are
+/// shifted a few pixels apart horizontally so that their error bars do not hide one another, and
+/// markers are hollow and of different shapes, so that series that coincide stay visible.
+#[derive(Clone, Debug)]
+pub struct PanelPlot {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub panels: Vec<Panel>,
+    pub band: Option<Band>,
+}
+
+/// The drawing area of one panel.
+struct PanelFrame {
+    x: f64,
+    y: f64,
+    w: f64,
+    h: f64,
+    n: usize,
+    y0: f64,
+    y1: f64,
+}
+
+impl PanelFrame {
+    /// The centre of the i-th slot.
+    fn px(&self, i: f64) -> f64 {
+        self.x + self.w * (i + 0.5) / self.n.max(1) as f64
+    }
+    fn py(&self, v: f64) -> f64 {
+        self.y + self.h - (v - self.y0) / (self.y1 - self.y0) * self.h
+    }
+}
+
+/// A marker of shape `k` at (x, y): hollow, so that a marker under it shows through.
+fn marker(s: &mut String, k: usize, x: f64, y: f64, c: &str, title: &str) {
+    let m = MARKERS[k % MARKERS.len()];
+    let a = r#"fill="white" stroke-width="1.6""#;
+    let t = format!("<title>{}</title>", esc(title));
+    let _ = match m {
+        "circle" => write!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.6" {a} stroke="{c}">{t}</circle>"#),
+        "square" => write!(
+            s,
+            r#"<rect x="{:.1}" y="{:.1}" width="6.6" height="6.6" {a} stroke="{c}">{t}</rect>"#,
+            x - 3.3,
+            y - 3.3
+        ),
+        "cross" => write!(
+            s,
+            r#"<path d="M{:.1},{:.1}L{:.1},{:.1}M{:.1},{:.1}L{:.1},{:.1}" stroke="{c}" stroke-width="2">{t}</path>"#,
+            x - 4.0,
+            y - 4.0,
+            x + 4.0,
+            y + 4.0,
+            x - 4.0,
+            y + 4.0,
+            x + 4.0,
+            y - 4.0
+        ),
+        _ => {
+            let pts: [(f64, f64); 4] = match m {
+                "triangle" => [(0.0, -4.6), (4.2, 3.2), (-4.2, 3.2), (0.0, -4.6)],
+                "down" => [(0.0, 4.6), (4.2, -3.2), (-4.2, -3.2), (0.0, 4.6)],
+                _ => [(0.0, -4.8), (4.2, 0.0), (0.0, 4.8), (-4.2, 0.0)],
+            };
+            let p: Vec<String> = pts.iter().map(|(dx, dy)| format!("{:.1},{:.1}", x + dx, y + dy)).collect();
+            write!(s, r#"<polygon points="{}" {a} stroke="{c}">{t}</polygon>"#, p.join(" "))
+        }
+    };
+}
+
+impl PanelPlot {
+    /// The series' names in the order they first appear: one legend entry and style each.
+    fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = vec![];
+        for se in self.panels.iter().flat_map(|p| &p.series) {
+            if !v.contains(&se.name.as_str()) {
+                v.push(&se.name);
+            }
+        }
+        v
+    }
+
+    /// The shared y range: every point with its error bar, and the band; padded by 8%.
+    fn y_range(&self) -> (f64, f64) {
+        let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
+        for se in self.panels.iter().flat_map(|p| &p.series) {
+            for (i, &(_, y)) in se.points.iter().enumerate() {
+                let e = se.errors.as_ref().map_or(0.0, |e| e[i]);
+                if y.is_finite() && e.is_finite() {
+                    (y0, y1) = (y0.min(y - e), y1.max(y + e));
+                }
+            }
+        }
+        if let Some(b) = self.band.as_ref().filter(|b| b.mean.is_finite() && b.std.is_finite()) {
+            (y0, y1) = (y0.min(b.mean - b.std), y1.max(b.mean + b.std));
+        }
+        if !y0.is_finite() {
+            (y0, y1) = (0.0, 1.0);
+        }
+        let pad = ((y1 - y0) * 0.08).max(1e-12 + y1.abs() * 1e-6);
+        (y0 - pad, y1 + pad)
+    }
+
+    pub fn to_svg(&self) -> String {
+        let names = self.names();
+        let np = self.panels.len().max(1);
+        let cols = np.min(3);
+        let rows = np.div_ceil(cols);
+        let (l, legend_w, gap) = (64.0, 210.0, 18.0);
+        let pw = ((700.0 - gap * (cols - 1) as f64) / cols as f64).min(460.0);
+        // Below each row of panels: two lines of tick labels (slanted ones take more).
+        let (ph, top, row_gap) = (260.0, 52.0, 86.0);
+        // Wide enough for the title (about 7.5 px a character at 15 px).
+        let w = (l + pw * cols as f64 + gap * (cols - 1) as f64 + legend_w)
+            .max(7.5 * self.title.chars().count() as f64 + 40.0)
+            .round();
+        let legend_h = 18.0 * (names.len() + self.band.is_some() as usize) as f64 + top + 10.0;
+        let h = (top + rows as f64 * (ph + row_gap) - row_gap + 70.0).max(legend_h);
+        let (y0, y1) = self.y_range();
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = write!(s, r#"<rect width="{w:.0}" height="{h:.0}" fill="white"/>"#);
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="20" text-anchor="middle" font-size="15">{}</text>"#,
+            w / 2.0,
+            esc(&self.title)
+        );
+        let plot_h = rows as f64 * (ph + row_gap) - row_gap;
+        let _ = write!(
+            s,
+            r#"<text x="14" y="{y:.1}" text-anchor="middle" transform="rotate(-90 14 {y:.1})">{}</text>"#,
+            esc(&self.y_label),
+            y = top + plot_h / 2.0
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            l + (pw * cols as f64 + gap * (cols - 1) as f64) / 2.0,
+            h - 8.0,
+            esc(&self.x_label)
+        );
+        for (pi, panel) in self.panels.iter().enumerate() {
+            let (row, col) = (pi / cols, pi % cols);
+            let f = PanelFrame {
+                x: l + col as f64 * (pw + gap),
+                y: top + row as f64 * (ph + row_gap),
+                w: pw,
+                h: ph,
+                n: panel.ticks.len(),
+                y0,
+                y1,
+            };
+            self.draw_panel(&mut s, &f, panel, &names, col == 0);
+        }
+        // The legend: the band, then every series with its line, dash and marker.
+        let lx = l + pw * cols as f64 + gap * (cols - 1) as f64 + 14.0;
+        let mut ly = top + 8.0;
+        if let Some(b) = &self.band {
+            let _ = write!(
+                s,
+                r##"<rect x="{lx}" y="{:.1}" width="24" height="10" fill="#999" fill-opacity="0.3"/><line x1="{lx}" x2="{:.1}" y1="{ly}" y2="{ly}" stroke="#555" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}">{}</text>"##,
+                ly - 5.0,
+                lx + 24.0,
+                lx + 30.0,
+                ly + 4.0,
+                esc(&format!("{} (± std)", b.name))
+            );
+            ly += 18.0;
+        }
+        for (k, name) in names.iter().enumerate() {
+            let (c, dash) = panel_style(k);
+            let _ = write!(
+                s,
+                r#"<line x1="{lx}" x2="{:.1}" y1="{ly}" y2="{ly}" stroke="{c}"{dash} stroke-width="2"/>"#,
+                lx + 24.0
+            );
+            marker(&mut s, k, lx + 12.0, ly, c, name);
+            let _ = write!(s, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, lx + 30.0, ly + 4.0, esc(name));
+            ly += 18.0;
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+
+    fn draw_panel(&self, s: &mut String, f: &PanelFrame, panel: &Panel, names: &[&str], y_labels: bool) {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="13" font-weight="bold">{}</text>"#,
+            f.x + f.w / 2.0,
+            f.y - 8.0,
+            esc(&panel.title)
+        );
+        for yt in ticks(f.y0, f.y1) {
+            let y = f.py(yt);
+            let _ =
+                write!(s, r##"<line x1="{:.1}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/>"##, f.x, f.x + f.w);
+            if y_labels {
+                let _ = write!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                    f.x - 6.0,
+                    y + 4.0,
+                    label(yt)
+                );
+            }
+        }
+        // Tick labels: level under the slot where they fit, slanted where they would collide.
+        let slot = f.w / f.n.max(1) as f64;
+        let longest = panel.ticks.iter().flat_map(|t| t.split('\n')).map(|t| t.chars().count()).max().unwrap_or(1);
+        let slant = slot < 6.2 * longest as f64;
+        for (i, t) in panel.ticks.iter().enumerate() {
+            let x = f.px(i as f64);
+            let _ =
+                write!(s, r##"<line x1="{x:.1}" x2="{x:.1}" y1="{:.1}" y2="{:.1}" stroke="#eee"/>"##, f.y, f.y + f.h);
+            for (j, line) in t.split('\n').enumerate() {
+                let y = f.y + f.h + 14.0 + 12.0 * j as f64;
+                if slant {
+                    let (x, y) = (x + 4.0 + 9.0 * j as f64, y - 2.0);
+                    let _ = write!(
+                        s,
+                        r#"<text x="{x:.1}" y="{y:.1}" text-anchor="end" font-size="10" transform="rotate(-35 {x:.1} {y:.1})">{}</text>"#,
+                        esc(line)
+                    );
+                } else {
+                    let _ = write!(
+                        s,
+                        r#"<text x="{x:.1}" y="{y:.1}" text-anchor="middle" font-size="10">{}</text>"#,
+                        esc(line)
+                    );
+                }
+            }
+        }
+        if let Some(b) = self.band.as_ref().filter(|b| b.mean.is_finite() && b.std.is_finite()) {
+            let (top, bottom) = (f.py(b.mean + b.std), f.py(b.mean - b.std));
+            let _ = write!(
+                s,
+                r##"<rect x="{:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="#999" fill-opacity="0.3"><title>{}: {} ± {}</title></rect>"##,
+                f.x,
+                f.w,
+                (bottom - top).max(0.5),
+                esc(&b.name),
+                label(b.mean),
+                label(b.std)
+            );
+            let y = f.py(b.mean);
+            let _ = write!(
+                s,
+                r##"<line x1="{:.1}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#555" stroke-dasharray="4 3"/>"##,
+                f.x,
+                f.x + f.w
+            );
+        }
+        // Offsets: the series of a panel spread over at most 60% of a slot, 7 px apart at most.
+        let n = panel.series.len();
+        let step = if n > 1 { (0.6 * slot / (n - 1) as f64).min(7.0) } else { 0.0 };
+        for (j, se) in panel.series.iter().enumerate() {
+            let k = names.iter().position(|x| *x == se.name).unwrap_or(0);
+            let (c, dash) = panel_style(k);
+            let dx = step * (j as f64 - (n as f64 - 1.0) / 2.0);
+            let good: Vec<(usize, (f64, f64))> =
+                se.points.iter().copied().enumerate().filter(|(_, p)| p.0.is_finite() && p.1.is_finite()).collect();
+            let path: Vec<String> =
+                good.iter().map(|(_, p)| format!("{:.1},{:.1}", f.px(p.0) + dx, f.py(p.1))).collect();
+            let _ = write!(
+                s,
+                r#"<polyline fill="none" stroke="{c}"{dash} stroke-width="1.8" points="{}"/>"#,
+                path.join(" ")
+            );
+            for (i, p) in &good {
+                let x = f.px(p.0) + dx;
+                let e = se.errors.as_ref().map_or(0.0, |e| e[*i]);
+                if e > 0.0 && e.is_finite() {
+                    let _ = write!(
+                        s,
+                        r#"<line x1="{x:.1}" x2="{x:.1}" y1="{:.1}" y2="{:.1}" stroke="{c}" stroke-width="1.2"/>"#,
+                        f.py(p.1 - e),
+                        f.py(p.1 + e)
+                    );
+                }
+                let tick = panel.ticks.get(p.0 as usize).map_or(String::new(), |t| t.replace('\n', " "));
+                let title = if e > 0.0 {
+                    format!("{}, {tick}: {} ± {}", se.name, label(p.1), label(e))
+                } else {
+                    format!("{}, {tick}: {}", se.name, label(p.1))
+                };
+                marker(s, k, x, f.py(p.1), c, &title);
+            }
+        }
+        let _ = write!(
+            s,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#333"/>"##,
+            f.x, f.y, f.w, f.h
+        );
+    }
+}
+
+/// Colour and dash of the k-th series of a panel plot: the dash cycles faster than the colour,
+/// so that two series drawn on the same points differ in both.
+fn panel_style(k: usize) -> (&'static str, &'static str) {
+    (PALETTE[k % PALETTE.len()], DASHES[k % DASHES.len()])
+}
+
 #[derive(Clone, Debug)]
 pub struct Heatmap {
     pub title: String,
@@ -410,6 +738,63 @@ mod tests {
     fn thirty_series_do_not_share_a_style() {
         let styles: std::collections::HashSet<_> = (0..30).map(style).collect();
         assert_eq!(styles.len(), 30);
+    }
+
+    /// The (x, y) of the marker whose hover text is `title`.
+    fn marker_at(svg: &str, title: &str) -> (f64, f64) {
+        let at = svg.find(&format!("<title>{title}</title>")).unwrap_or_else(|| panic!("no marker '{title}'"));
+        let tag = &svg[svg[..at].rfind('<').unwrap()..at];
+        let num = |k: &str| -> f64 {
+            let i = tag.find(&format!(" {k}=\"")).unwrap() + k.len() + 3;
+            tag[i..i + tag[i..].find('"').unwrap()].parse().unwrap()
+        };
+        if tag.starts_with("<circle") {
+            (num("cx"), num("cy"))
+        } else {
+            (num("x") + 3.3, num("y") + 3.3)
+        }
+    }
+
+    #[test]
+    fn panels_share_the_y_axis_and_coinciding_series_stay_apart() {
+        let se = |name: &str, ys: &[f64]| Series {
+            name: name.into(),
+            points: ys.iter().enumerate().map(|(i, y)| (i as f64, *y)).collect(),
+            errors: Some(vec![0.5; ys.len()]),
+        };
+        let p = PanelPlot {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            panels: vec![
+                Panel {
+                    title: "cnn".into(),
+                    ticks: vec!["a\n1K".into(), "b\n2K".into()],
+                    series: vec![se("kd", &[80.0, 81.0]), se("ats", &[80.0, 81.0])],
+                },
+                Panel {
+                    title: "resnet".into(),
+                    ticks: vec!["c".into(), "d".into(), "e".into()],
+                    series: vec![se("kd", &[70.0, 80.0, 90.0])],
+                },
+            ],
+            band: Some(Band { name: "alone".into(), mean: 75.0, std: 1.0 }),
+        };
+        let svg = p.to_svg();
+        // One legend entry per series (and the band), whatever the panels repeat.
+        assert_eq!(svg.matches(">kd</text>").count(), 1);
+        assert_eq!(svg.matches(">ats</text>").count(), 1);
+        assert!(
+            svg.contains(">alone (± std)</text>") && svg.matches("fill-opacity=\"0.3\"").count() == 3,
+            "a band per panel"
+        );
+        // Two series on the same points: the same height, apart sideways, different markers.
+        let (kd, ats) = (marker_at(&svg, "kd, a 1K: 80 ± 0.5"), marker_at(&svg, "ats, a 1K: 80 ± 0.5"));
+        assert!((kd.1 - ats.1).abs() < 0.2 && (kd.0 - ats.0).abs() >= 3.0, "{kd:?} {ats:?}");
+        // The same value is drawn at the same height in both panels: the y axis is shared.
+        let other = marker_at(&svg, "kd, d: 80 ± 0.5");
+        assert!((other.1 - kd.1).abs() < 0.2 && other.0 > kd.0 + 100.0, "{other:?} {kd:?}");
+        assert!(marker_at(&svg, "kd, e: 90 ± 0.5").1 < other.1, "higher is up");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! they are in, grouped by the two keys; a heat-map where there are at least two values of each.
 use super::{Output, StudentView, ACCURACIES};
 use crate::methods::{GridKeys, REGISTRY};
+use crate::report::doc::Block;
 use crate::report::results::{Stat, Student, StudyResults, Teacher};
 use crate::util::svg::Heatmap;
 use anyhow::Result;
@@ -69,7 +70,11 @@ pub fn ats_grids<'a>(v: &StudentView<'a>) -> Vec<AtsGrid<'a>> {
 
 pub fn write(_: &StudyResults, v: &StudentView, out: &mut Output) -> Result<()> {
     let sm = &v.model;
-    for g in ats_grids(v) {
+    let grids = ats_grids(v);
+    if !grids.is_empty() {
+        out.push(Block::Heading(3, "ATS τ1 × τ2 grids".into()));
+    }
+    for g in grids {
         let t = &g.teacher.name;
         let (m, k) = (g.method, &g.keys);
         let upper = m.to_uppercase();

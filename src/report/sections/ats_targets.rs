@@ -48,6 +48,7 @@ fn target_statistics(by_series: &BTreeMap<String, Vec<&Student>>, teachers: &[&T
 pub fn write(_: &StudyResults, v: &StudentView, out: &mut Output) -> Result<()> {
     let rows = target_statistics(&v.by_series, &v.tnames);
     if !rows.is_empty() {
+        out.push(Block::Heading(3, "ATS-family targets".into()));
         out.push(Block::Para(format!("ATS-family targets for student `{}` (last epoch, mean over seeds): the share of transfer-set samples the teacher gets wrong, the share where the teacher is right but the ATS target ranks a wrong class first (**flipped**), and, for ISATS, the median chosen τ2 and where it lies, each sample counted once: at the lower bound τ2_min, at the order constraint's floor, at τ1 (the search's upper bound), given τ1 by the fallback (the teacher is wrong, or right by less than the margin), or strictly inside.", v.model)));
         out.push(Block::Table(
             strings(&[

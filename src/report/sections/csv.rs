@@ -7,27 +7,34 @@ use std::collections::BTreeMap;
 
 fn results_csv(r: &StudyResults) -> String {
     let mut results = String::from(
-        "id,kind,student,teacher,teacher_params,series,method,hyper,seed,final_acc,best_acc,best_epoch,final_val_acc\n",
+        "id,kind,student,teacher,teacher_params,series,method,hyper,seed,final_acc,best_acc,best_epoch,final_val_acc,teacher_family\n",
     );
     for t in &r.teachers {
         results += &format!(
-            "{},teacher,,{},{},teacher,ce,,{},{},{},,\n",
+            "{},teacher,,{},{},teacher,ce,,{},{},{},,,{}\n",
             t.id.clone().unwrap_or_default(),
             t.name,
             t.params,
             t.seed.map(|s| s.to_string()).unwrap_or_default(),
             t.final_acc,
-            if t.best_acc.is_nan() { String::new() } else { t.best_acc.to_string() }
+            if t.best_acc.is_nan() { String::new() } else { t.best_acc.to_string() },
+            t.family.replace(',', ";")
         );
     }
-    let tparams: BTreeMap<&str, u64> = r.teachers.iter().map(|t| (t.name.as_str(), t.params)).collect();
+    let tparams: BTreeMap<&str, (u64, &str)> =
+        r.teachers.iter().map(|t| (t.name.as_str(), (t.params, t.family.as_str()))).collect();
     let mut sorted: Vec<&Student> = r.students.iter().collect();
     sorted
         .sort_by(|a, b| (&a.student, &a.series, &a.teacher, a.seed).cmp(&(&b.student, &b.series, &b.teacher, b.seed)));
     for s in sorted {
-        let tp = s.teacher.as_deref().and_then(|t| tparams.get(t)).map(|p| p.to_string()).unwrap_or_default();
+        let (tp, fam) = s
+            .teacher
+            .as_deref()
+            .and_then(|t| tparams.get(t))
+            .map(|(p, f)| (p.to_string(), f.replace(',', ";")))
+            .unwrap_or_default();
         results += &format!(
-            "{},student,{},{},{tp},{},{},\"{}\",{},{},{},{},{}\n",
+            "{},student,{},{},{tp},{},{},\"{}\",{},{},{},{},{},{fam}\n",
             s.id,
             s.student,
             s.teacher.clone().unwrap_or_default(),
@@ -50,8 +57,11 @@ fn summary_csv(r: &StudyResults) -> String {
     for model in r.student_models() {
         let v = StudentView::new(r, model);
         let sm = &v.model;
+        // By size, as the file always listed them (the view groups teachers by family).
+        let mut by_size = v.tnames.clone();
+        by_size.sort_by_key(|t| t.params);
         for (name, runs) in &v.by_series {
-            for t in &v.tnames {
+            for t in &by_size {
                 let mine: Vec<&&Student> =
                     runs.iter().filter(|s| s.teacher.as_deref() == Some(t.name.as_str())).collect();
                 if mine.is_empty() {
@@ -104,6 +114,8 @@ fn teachers_csv(r: &StudyResults) -> String {
                 probe_at(p, &t.name, r.probe_tau),
                 p.teachers.iter().find(|x| x.name == t.name),
             ) {
+                // A set's name may hold a comma ("transfer set, augmented views").
+                let label = if label.contains(',') { format!("\"{label}\"") } else { label.to_string() };
                 teachers += &format!(
                     "{},{},{label},{},{acc},{},{},{},{},{},{}\n",
                     t.name,

@@ -42,6 +42,7 @@ fn mismatch_rows(series: &[(String, Vec<&Student>)], teachers: &[&Teacher]) -> V
 pub fn write(_: &StudyResults, v: &StudentView, out: &mut Output) -> Result<()> {
     let rows = mismatch_rows(&v.curve_series, &v.tnames);
     if !rows.is_empty() {
+        out.push(Block::Heading(3, "Capacity mismatch within each family".into()));
         out.push(Block::Para(format!("Capacity mismatch for student `{}`, per method and teacher family (final-epoch accuracy, mean ± std over seeds): the teacher that teaches best, the family's largest teacher, and the **drop** from the first to the second; **mismatch** marks a drop larger than twice the larger of the two standard deviations. A remedy flattens the curve where its drop is smaller than KD's.", v.model)));
         out.push(Block::Table(
             strings(&["method", "family", "best teacher", "acc", "largest teacher", "acc", "drop", "mismatch"]),

@@ -114,13 +114,58 @@ pub struct StudentView<'a> {
     pub baseline: Vec<&'a Student>,
     /// Its runs with a teacher, per series.
     pub by_series: BTreeMap<String, Vec<&'a Student>>,
-    /// The teachers that taught it, by size.
+    /// The teachers that taught it, family by family (as in `families`).
     pub tnames: Vec<&'a Teacher>,
     /// Per method with several settings: per teacher, the setting chosen on validation accuracy.
     pub tuned: Vec<(String, tuned::Choice)>,
     /// The series drawn as curves and table rows: the series that are not ATS grid points, then
     /// the tuned series ('<method> (tuned on val)').
     pub curve_series: Vec<(String, Vec<&'a Student>)>,
+    /// The teachers that taught it per family (families in the order of their smallest teacher,
+    /// teachers by size): capacity is compared within a family.
+    pub families: Vec<(String, Vec<&'a Teacher>)>,
+    /// The curve series the mismatch plot features (at most [`FEATURED_MAX`]); the others are in
+    /// the tables.
+    pub featured: Vec<String>,
+}
+
+/// How many series a mismatch plot features besides the student alone: more do not stay readable.
+pub const FEATURED_MAX: usize = 5;
+
+/// Below the student alone by more than this (final accuracy, mean over teachers), a series has
+/// collapsed: featured by default, its curve would squash every other into one line.
+const COLLAPSED: f64 = 0.10;
+
+/// The series a plot features: the study file's `[report] featured` where it names curve series;
+/// else the series tuned on validation (KD's first: the baseline every remedy is measured
+/// against), then the series of methods with a single setting and the plain teacher that have
+/// not collapsed, up to [`FEATURED_MAX`].
+fn featured(
+    wanted: &[String],
+    curve_series: &[(String, Vec<&Student>)],
+    tuned: &[(String, tuned::Choice)],
+    baseline: Option<f64>,
+) -> Vec<String> {
+    let exists = |n: &str| curve_series.iter().any(|(name, _)| name == n);
+    if wanted.iter().any(|w| exists(w)) {
+        return wanted.iter().filter(|w| exists(w)).take(FEATURED_MAX).cloned().collect();
+    }
+    let tuned_methods: Vec<&str> = tuned.iter().map(|(m, _)| m.as_str()).collect();
+    let mut v: Vec<String> = tuned.iter().map(|(m, _)| format!("{m} (tuned on val)")).collect();
+    v.sort_by_key(|n| !n.starts_with("kd ("));
+    v.extend(
+        curve_series
+            .iter()
+            .filter(|(name, runs)| {
+                let mean = Stat::of(&runs.iter().map(|s| s.final_acc).collect::<Vec<_>>()).mean;
+                runs.first().is_some_and(|s| !tuned_methods.contains(&s.method.as_str()) && !s.altered_teacher)
+                    && !name.ends_with("(tuned on val)")
+                    && baseline.is_none_or(|b| mean >= b - COLLAPSED)
+            })
+            .map(|(name, _)| name.clone()),
+    );
+    v.truncate(FEATURED_MAX);
+    v
 }
 
 /// A series the curves leave out: the points of an ATS τ1 × τ2 grid as the study file names them
@@ -162,8 +207,27 @@ impl<'a> StudentView<'a> {
             })
             .collect();
         curve_series.extend(tuned_runs);
-        StudentView { model, baseline, by_series, tnames, tuned, curve_series }
+        let alone =
+            (!baseline.is_empty()).then(|| Stat::of(&baseline.iter().map(|s| s.final_acc).collect::<Vec<_>>()).mean);
+        let featured = featured(&r.featured, &curve_series, &tuned, alone);
+        let families = by_family(tnames.iter().copied());
+        // The tables read family by family too.
+        let tnames = families.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        StudentView { model, baseline, by_series, tnames, tuned, curve_series, families, featured }
     }
+}
+
+/// Teachers per family: families in the order of their smallest teacher, teachers by size (as
+/// given: the results list them by size).
+pub fn by_family<'a>(teachers: impl IntoIterator<Item = &'a Teacher>) -> Vec<(String, Vec<&'a Teacher>)> {
+    let mut v: Vec<(String, Vec<&Teacher>)> = vec![];
+    for t in teachers {
+        match v.iter_mut().find(|(f, _)| *f == t.family) {
+            Some((_, ts)) => ts.push(t),
+            None => v.push((t.family.clone(), vec![t])),
+        }
+    }
+    v
 }
 
 /// One of a student run's accuracies.

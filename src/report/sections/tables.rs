@@ -35,6 +35,9 @@ pub fn write(_: &StudyResults, v: &StudentView, out: &mut Output) -> Result<()> 
             })
             .collect();
         if !rows.is_empty() && !tnames.is_empty() {
+            if label == ACCURACIES[0].0 {
+                out.push(Block::Heading(3, "Accuracy by method and teacher".into()));
+            }
             out.push(Block::Para(format!("Student `{}`, **{label}**-epoch accuracy by method (rows) and teacher (columns); the best per teacher in bold (the student trained alone included).", v.model)));
             out.push(Block::Table(header, rows));
         }

@@ -1,10 +1,9 @@
 //! The teachers: a table of their accuracies and probe numbers, and accuracy against size.
-use super::{probe_at, Output};
+use super::{by_family, probe_at, Output};
 use crate::report::doc::Block;
 use crate::report::results::{StudyResults, PROBES};
-use crate::util::svg::{LinePlot, Series};
+use crate::util::svg::{Panel, PanelPlot, Series};
 use anyhow::Result;
-use std::collections::BTreeSet;
 
 pub fn write(r: &StudyResults, out: &mut Output) -> Result<()> {
     let probe_tau = r.probe_tau;
@@ -18,13 +17,14 @@ pub fn write(r: &StudyResults, out: &mut Output) -> Result<()> {
     };
     // The columns of the probes of other sets than the test set.
     let other_probes = || r.probes.iter().filter(|(label, _)| *label != PROBES[0].1);
-    let rows: Vec<Vec<String>> = r
-        .teachers
+    let rows: Vec<Vec<String>> = by_family(&r.teachers)
         .iter()
+        .flat_map(|(_, ts)| ts.iter())
         .map(|t| {
             let pr = probe_of(&t.name);
             vec![
                 t.name.clone(),
+                t.family.clone(),
                 crate::util::fmt::count(t.params),
                 format!("{:.2}", 100.0 * t.final_acc),
                 if t.best_acc.is_nan() { "-".into() } else { format!("{:.2}", 100.0 * t.best_acc) },
@@ -47,6 +47,7 @@ pub fn write(r: &StudyResults, out: &mut Output) -> Result<()> {
         .collect();
     let mut header: Vec<String> = [
         "teacher",
+        "family",
         "params",
         "final acc",
         "best acc",
@@ -73,28 +74,32 @@ pub fn write(r: &StudyResults, out: &mut Output) -> Result<()> {
         }
     )));
     out.push(Block::Table(header, rows));
+    // Accuracy along each family's ladder: across families, size is not the only change.
+    let families = by_family(&r.teachers);
     if !r.teachers.is_empty() {
-        let fams: BTreeSet<&String> = r.teachers.iter().map(|t| &t.family).collect();
-        let plot = LinePlot {
-            title: "Teacher accuracy vs size".into(),
-            x_label: "parameters (log scale)".into(),
+        let plot = PanelPlot {
+            title: "Teacher accuracy along each family's ladder".into(),
+            x_label: "teacher (by size within its family)".into(),
             y_label: "test accuracy (%)".into(),
-            x_log: true,
-            series: fams
+            panels: families
                 .iter()
-                .map(|f| Series {
-                    name: (*f).clone(),
-                    points: r
-                        .teachers
-                        .iter()
-                        .filter(|t| &t.family == *f)
-                        .map(|t| (t.params as f64, 100.0 * t.final_acc))
-                        .collect(),
-                    errors: None,
+                .map(|(f, ts)| Panel {
+                    title: format!("{f} ({} teacher{})", ts.len(), if ts.len() == 1 { "" } else { "s" }),
+                    ticks: ts.iter().map(|t| format!("{}\n{}", t.name, crate::util::fmt::count(t.params))).collect(),
+                    series: vec![Series {
+                        name: "teacher test accuracy".into(),
+                        points: ts.iter().enumerate().map(|(i, t)| (i as f64, 100.0 * t.final_acc)).collect(),
+                        errors: None,
+                    }],
                 })
                 .collect(),
+            band: None,
         };
-        out.figure("teacher_accuracy.svg", plot.to_svg(), "Teacher test accuracy against size, per family.")?;
+        out.figure(
+            "teacher_accuracy.svg",
+            plot.to_svg(),
+            "Teacher test accuracy against size, one panel per family (same y axis; teachers evenly spaced by size).",
+        )?;
     }
     Ok(())
 }

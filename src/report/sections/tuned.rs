@@ -50,6 +50,7 @@ pub fn write(_: &StudyResults, v: &StudentView, out: &mut Output) -> Result<()> 
     if v.tuned.is_empty() {
         return Ok(());
     }
+    out.push(Block::Heading(3, "Hyper-parameters tuned on validation".into()));
     out.push(Block::Para(format!("Hyper-parameters tuned per teacher: for each method with several settings, the setting with the highest mean final **validation** accuracy (images held out of the training set, never the test set) for each teacher; its test accuracy is drawn as the curve '<method> (tuned on val)'. Student `{}`, chosen setting (mean validation accuracy in %):", v.model)));
     out.push(Block::Table(
         std::iter::once("method".to_string()).chain(v.tnames.iter().map(|t| t.name.clone())).collect(),
