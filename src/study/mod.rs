@@ -2,6 +2,7 @@
 //! stable ids (`plan`), indexed in SQLite (`store`) and run resumably (`runner`).
 pub mod config;
 mod failpoint;
+pub mod fit;
 pub mod plan;
 pub mod runner;
 pub mod store;

@@ -20,6 +20,8 @@ pub struct Distill {
     pub method: Box<dyn Method>,
     /// The teacher's outputs, when cached: the teacher is not run.
     pub cache: Option<Cached>,
+    /// A calibrated teacher's temperature T: the method reads the teacher's logits divided by T.
+    pub teacher_temperature: Option<f64>,
 }
 
 /// A teacher cache opened for a distillation.
@@ -60,6 +62,10 @@ impl Objective for Distill {
             }
             None => self.teacher.model.infer(input.images),
         };
+        let t = match self.teacher_temperature {
+            Some(temp) => t / temp,
+            None => t,
+        };
         let x = LossInput { student: logits, teacher: &t, labels: input.labels, epoch: (input.epoch + 1) as f64 };
         Ok(self.method.terms(&x))
     }
@@ -97,11 +103,25 @@ pub struct DistillConfig {
     /// not the data set's profile.
     #[serde(flatten)]
     pub teacher_norm: InputNorm,
+    /// Temperature-scale the teacher: its logits divided by the one T that minimises its NLL on
+    /// the validation split (`val_per_class`), for any method. Left out of the record when false,
+    /// so configurations written before it read back the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub teacher_calibrate: bool,
 }
 
 /// The keys a distillation config accepts besides the training keys.
-pub const DISTILL_KEYS: [&str; 8] =
-    ["student", "teacher", "assistant", "method", "teacher_cache", "params", "teacher_mean", "teacher_std"];
+pub const DISTILL_KEYS: [&str; 9] = [
+    "student",
+    "teacher",
+    "assistant",
+    "method",
+    "teacher_cache",
+    "params",
+    "teacher_mean",
+    "teacher_std",
+    "teacher_calibrate",
+];
 
 impl DistillConfig {
     /// Splits a merged table (file overlaid with flags) into its parts, refusing unknown keys with
@@ -139,6 +159,11 @@ impl DistillConfig {
             }
         };
         let teacher_norm = InputNorm { mean: take_floats("teacher_mean")?, std: take_floats("teacher_std")? };
+        let teacher_calibrate = match table.remove("teacher_calibrate") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(v) => bail!("{origin}: key 'teacher_calibrate' should be true or false, found {v}"),
+        };
         let mut take_str = |k: &str| -> Result<Option<String>> {
             match table.remove(k) {
                 None => Ok(None),
@@ -154,7 +179,8 @@ impl DistillConfig {
         let Some(teacher) = teacher else {
             bail!("{origin}: no teacher given (--teacher runs/NAME, optionally @epochN for an early-stopped teacher)")
         };
-        let cfg = DistillConfig { train, teacher, assistant, method, params, teacher_cache, teacher_norm };
+        let cfg =
+            DistillConfig { train, teacher, assistant, method, params, teacher_cache, teacher_norm, teacher_calibrate };
         cfg.validate().map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
         Ok(cfg)
     }
@@ -283,7 +309,30 @@ pub fn run(
     if let (Some(o), Some(d)) = (record.as_object_mut(), described) {
         o.insert("teacher_cache".into(), d);
     }
-    let mut objective = Distill { teacher, method, cache };
+    let teacher_temperature = if cfg.teacher_calibrate {
+        let t = calibrated_temperature(&teacher, &data)?;
+        if !quiet {
+            println!("teacher calibrated on the validation split: T = {t:.4}");
+        }
+        if let Some(o) = record.as_object_mut() {
+            o.insert("teacher_temperature".into(), serde_json::json!(t));
+        }
+        Some(t)
+    } else {
+        None
+    };
+    let mut objective = Distill { teacher, method, cache, teacher_temperature };
     let opts = RunOptions { extra: record, quiet, trace_steps, ..RunOptions::new(out, device, "distill") };
     trainer::train(&cfg.train, &data, &mut objective, &opts)
+}
+
+/// The temperature that calibrates `teacher` on `data`'s validation split (see [`super::calibrate`]).
+pub fn calibrated_temperature(teacher: &Teacher, data: &crate::data::Dataset) -> Result<f64> {
+    let Some(val) = &data.val else {
+        bail!("teacher_calibrate fits the teacher's temperature on the validation split, and {} has none: set val_per_class", data.name)
+    };
+    let logits = super::eval::logits_feed(&teacher.model, data.feed("val", false)?)?;
+    let labels: Vec<i64> = val.labels.iter().map(|&y| y as i64).collect();
+    super::calibrate::fit_temperature(&logits, &labels, data.classes)
+        .map_err(|e| anyhow::anyhow!("calibrating the teacher {}: {e:#}", teacher.spec))
 }

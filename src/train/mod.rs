@@ -1,6 +1,7 @@
 //! Training: configuration, learning-rate schedules, the SGD optimiser with saveable state,
 //! checkpoints, evaluation, and the training loop shared by `train` and `distill`.
 pub mod cache;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod config;
 pub mod distill;
