@@ -515,6 +515,40 @@ mod tests {
     }
 
     #[test]
+    fn fit_levels_and_calibration_add_runs_and_leave_the_others_alone() {
+        let dir = Path::new("/tmp/unused");
+        let plain = expand(&study("val_per_class = 5\n[[methods]]\nname = 'kd'\n"), dir).unwrap();
+        let s = study(
+            "val_per_class = 5\n[[methods]]\nname = 'kd'\n[[methods]]\nname = 'kd'\nteacher_fit = { metric = 'val_nll', targets = [0.9, 0.5] }\n[[methods]]\nname = 'kd'\nteacher_calibrate = true\n",
+        );
+        let runs = expand(&s, dir).unwrap();
+        // The plain block's runs keep their ids; each level and the calibrated teacher add 2 × 2.
+        assert!(plain.iter().all(|p| runs.iter().any(|r| r.id == p.id && r.series == p.series)));
+        assert_eq!(runs.len(), plain.len() + 3 * 4);
+        let series: std::collections::BTreeSet<&str> =
+            runs.iter().filter(|r| r.kind == Kind::Student).map(|r| r.series.as_str()).collect();
+        assert_eq!(
+            series.into_iter().collect::<Vec<_>>(),
+            ["kd", "kd (calibrated)", "kd (fit val_nll≈0.5)", "kd (fit val_nll≈0.9)"]
+        );
+        let fitted: Vec<&RunSpec> = runs.iter().filter(|r| r.series.contains("fit")).collect();
+        assert!(fitted.iter().all(|r| r.teacher.as_ref().is_some_and(|t| t.fit.is_some() && t.at_epoch.is_none())));
+        // A plain teacher is stored as before the fields existed (no `fit`, no `calibrate`), and a
+        // fitted one reads back whole.
+        let stored = serde_json::to_value(&plain.iter().find(|r| r.kind == Kind::Student).unwrap().teacher).unwrap();
+        assert!(stored.get("fit").is_none() && stored.get("calibrate").is_none(), "{stored}");
+        let back: TeacherRef = serde_json::from_value(serde_json::to_value(&fitted[0].teacher).unwrap()).unwrap();
+        assert_eq!(Some(&back), fitted[0].teacher.as_ref());
+        // Both need the validation split, and a fit level needs kept epochs.
+        let no_val = "data = 'fashion-mnist-mini'\n[teachers]\nmodels = ['cnn_w1']\n[students]\nmodels = ['mlp_32x1']\n[[methods]]\nname = 'kd'\nteacher_calibrate = true\n";
+        let e = format!("{:#}", StudyConfig::from_table(no_val.parse().unwrap(), "s.toml", "s").unwrap_err());
+        assert!(e.contains("set val_per_class"), "{e}");
+        let unkept = "data = 'fashion-mnist-mini'\nval_per_class = 5\n[teachers]\nmodels = ['cnn_w1']\nsave_every = 0\n[students]\nmodels = ['mlp_32x1']\n[[methods]]\nname = 'kd'\nteacher_fit = { metric = 'val_acc', targets = [0.5] }\n";
+        let e = format!("{:#}", StudyConfig::from_table(unkept.parse().unwrap(), "s.toml", "s").unwrap_err());
+        assert!(e.contains("save_every = 1"), "{e}");
+    }
+
+    #[test]
     fn a_varying_rule_labels_the_series_without_quotes() {
         let s =
             study("[[methods]]\nname = 'isats'\nrule = ['order', 'ts', 'bounded']\ncenter_logits = [false, true]\n");

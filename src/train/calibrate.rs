@@ -71,31 +71,35 @@ pub fn fit_temperature(logits: &[f32], labels: &[i64], classes: usize) -> Result
 mod tests {
     use super::*;
 
-    /// A deterministic over-confident teacher: logits scaled up 3× from ones that are right ~70%.
+    /// A teacher over-confident by a known factor: base logits z that are calibrated by
+    /// construction (each label drawn from softmax(z)), handed out as 3·z, so T should be near 3.
     fn sample(n: usize, c: usize) -> (Vec<f32>, Vec<i64>) {
         let mut state = 12345u64;
         let mut next = || {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) as f64) / (1u64 << 31) as f64
+            ((state >> 11) as f64) / (1u64 << 53) as f64
         };
         let mut logits = vec![];
         let mut labels = vec![];
         for _ in 0..n {
-            let y = (next() * c as f64) as usize % c;
-            for k in 0..c {
-                let signal = if k == y { 1.5 } else { 0.0 };
-                logits.push((3.0 * (signal + 2.0 * next())) as f32);
-            }
-            labels.push(y as i64);
+            let z: Vec<f64> = (0..c).map(|_| 3.0 * next()).collect();
+            let w: Vec<f64> = z.iter().map(|v| v.exp()).collect();
+            let mut u = next() * w.iter().sum::<f64>();
+            let y = w.iter().position(|wk| {
+                u -= wk;
+                u <= 0.0
+            });
+            labels.push(y.unwrap_or(c - 1) as i64);
+            logits.extend(z.iter().map(|v| (3.0 * v) as f32));
         }
         (logits, labels)
     }
 
     #[test]
     fn the_fitted_temperature_is_the_stationary_point_of_the_nll() {
-        let (c, (logits, labels)) = (10, sample(2000, 10));
+        let (c, (logits, labels)) = (10, sample(20000, 10));
         let t = fit_temperature(&logits, &labels, c).unwrap();
-        assert!(t > 1.0, "an over-confident teacher is softened, T = {t}");
+        assert!((t - 3.0).abs() < 0.25, "logits 3× too confident give T ≈ 3, got {t}");
         // Independently: at the optimum dNLL/dβ = mean over samples of (E_p[z] − z_y) = 0, with p
         // the softmax at β = 1/T (computed here without nll_at).
         let beta = 1.0 / t;
