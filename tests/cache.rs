@@ -55,6 +55,7 @@ fn cached_logits_equal_a_live_forward_and_distillation_agrees() {
             teacher: t,
             method: methods::build("kd", &methods::Table::new()).unwrap(),
             cache: cache.map(Cached::Logits),
+            teacher_temperature: None,
         };
         let out = tmp.path().join(format!("student-{use_cache}-{}", curves.len()));
         let r = train(

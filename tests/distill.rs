@@ -47,6 +47,7 @@ fn distillation_records_the_method_and_teacher_and_is_deterministic() {
             teacher: Teacher::load(spec, Device::Cpu).unwrap(),
             method: methods::build(method, &methods::Table::new()).unwrap(),
             cache: None,
+            teacher_temperature: None,
         };
         let extra = serde_json::json!({"teacher": obj.teacher.record()});
         train(&cfg("cnn_w1", 2), &data, &mut obj, &RunOptions { extra, ..opts(out, "distill") }).unwrap()
@@ -194,6 +195,7 @@ fn default_dkd_does_not_collapse_a_student_that_learns_alone() {
             teacher: Teacher::load(&tdir.display().to_string(), Device::Cpu).unwrap(),
             method: methods::build("dkd", &methods::Table::new()).unwrap(),
             cache: None,
+            teacher_temperature: None,
         };
         train(&c, &data, &mut obj, &opts(&tmp.path().join(name), "distill")).unwrap()
     };

@@ -103,7 +103,7 @@ fn records_are_the_students_crops_with_the_live_teachers_top_k() {
         let seed = 6;
         let teacher = Teacher::load(tdir.to_str().unwrap(), Device::Cpu).unwrap();
         let method = methods::build("kd", &methods::Table::new()).unwrap();
-        let mut obj = Distill { teacher, method, cache: Some(Cached::TopK(cache)) };
+        let mut obj = Distill { teacher, method, cache: Some(Cached::TopK(cache)), teacher_temperature: None };
         let out = tmp.path().join(format!("student-{run}"));
         let opts = RunOptions { quiet: true, ..RunOptions::new(&out, Device::Cpu, "distill") };
         let got = train(&student(seed), &data, &mut obj, &opts);
