@@ -124,6 +124,7 @@ def main():
         )
     p("")
     levels = sorted({q["level"] for q in points})
+    tally = {"final": [0, 0], "best": [0, 0]}
     for lvl in levels:
         at = [q for q in points if q["level"] == lvl]
         if len(at) < 2:
@@ -138,6 +139,8 @@ def main():
                     drop = small[which][0] - big[which][0]
                     if drop > 2 * max(small[which][1], big[which][1]):
                         more_acc = big["t_acc"] > small["t_acc"]
+                        tally[which][0] += 1
+                        tally[which][1] += more_acc
                         worse.append(
                             f"{big['teacher']} < {small['teacher']} by {100 * drop:.2f}"
                             f" (larger teacher {'MORE' if more_acc else 'less'} accurate: "
@@ -145,6 +148,9 @@ def main():
                         )
             p(f"- **{lvl}**, {which} epoch: Spearman ρ(size, student) = {rho:+.2f}; larger teacher teaching worse by > 2 std: "
               + ("; ".join(worse) if worse else "none"))
+    for which, (n, more) in tally.items():
+        p(f"- Over all levels ({which} epoch): {n} (larger, smaller) pairs where the larger teacher teaches worse by > 2 std; "
+          f"in {more} of them the larger teacher is the more accurate on the test set (the paper's case).")
     p("")
 
     p("## 2. Across every teacher checkpoint: what predicts the KD student\n")
