@@ -34,6 +34,9 @@ fn student(series: &str, method: &str, hyper: serde_json::Value, teacher: &str, 
         best_epoch: 3,
         val_acc: None,
         extra: None,
+        teacher_fit: None,
+        teacher_stats: None,
+        final_test_loss: None,
     }
 }
 

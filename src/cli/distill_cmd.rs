@@ -163,6 +163,10 @@ pub struct CacheFlag {
     /// teacher's K largest logits (FKD; for data sets too large for the first).
     #[arg(long, num_args = 0..=1, default_missing_value = "logits", value_name = "MODE")]
     pub teacher_cache: Option<String>,
+    /// Temperature-scale the teacher: divide its logits by the one T that minimises its NLL on the
+    /// validation split (needs val_per_class), for any method; T is printed and kept in run.json.
+    #[arg(long)]
+    pub teacher_calibrate: bool,
 }
 
 #[derive(Args)]
@@ -224,6 +228,9 @@ fn resolve(a: &DistillArgs) -> Result<DistillConfig> {
     }
     if let Some(mode) = &a.cache.teacher_cache {
         table.insert("teacher_cache".into(), toml::Value::String(mode.clone()));
+    }
+    if a.cache.teacher_calibrate {
+        table.insert("teacher_calibrate".into(), toml::Value::Boolean(true));
     }
     for (k, v) in [("teacher_mean", &a.norm.teacher_mean), ("teacher_std", &a.norm.teacher_std)] {
         if let Some(v) = v {

@@ -296,6 +296,11 @@ impl StudyResults {
                         best_acc: get(r, "best_acc", &path, line)?,
                         best_epoch: get(r, "best_epoch", &path, line)?,
                         val_acc: opt(r, "final_val_acc", &path, line)?,
+                        // A report's own files do not keep the runs' fit records: the size-versus-fit
+                        // section needs the run directories.
+                        teacher_fit: None,
+                        teacher_stats: None,
+                        final_test_loss: None,
                     })
                 }
                 k => bail!("{} line {line}: unknown kind '{k}'", path.display()),

@@ -67,6 +67,12 @@ pub struct Student {
     pub val_acc: Option<f64>,
     /// The last epoch's objective statistics (ATS flip rates, ISATS's τ2 summary).
     pub extra: Option<serde_json::Value>,
+    /// The teacher's checkpoint chosen by fit (run.json's `teacher_fit`), and the teacher's fit as
+    /// the method saw it (`teacher_stats`), where the run recorded them.
+    pub teacher_fit: Option<serde_json::Value>,
+    pub teacher_stats: Option<serde_json::Value>,
+    /// The last epoch's test cross-entropy, read for runs that recorded `teacher_stats`.
+    pub final_test_loss: Option<f64>,
 }
 
 /// A planned run's state, for `timing.csv` and the failures table.
@@ -221,10 +227,9 @@ impl StudyResults {
                     id: r.id.clone(),
                     student: s.train.model.clone(),
                     teacher: s.teacher.as_ref().map(|t| t.root.clone()),
-                    altered_teacher: s
-                        .teacher
-                        .as_ref()
-                        .is_some_and(|t| t.at_epoch.is_some() || t.via_assistant.is_some()),
+                    altered_teacher: s.teacher.as_ref().is_some_and(|t| {
+                        t.at_epoch.is_some() || t.via_assistant.is_some() || t.fit.is_some() || t.calibrate
+                    }),
                     series: s.series.clone(),
                     method: s.method.clone(),
                     hyper: s.hyper.clone(),
@@ -234,10 +239,20 @@ impl StudyResults {
                     best_epoch: r.best_epoch.unwrap_or(0),
                     val_acc: None,
                     extra: None,
+                    teacher_fit: None,
+                    teacher_stats: None,
+                    final_test_loss: None,
                 };
-                if let Some(rec) = crate::train::run::read_record(&crate::study::plan::run_dir(dir, &st.id))? {
+                let rdir = crate::study::plan::run_dir(dir, &st.id);
+                if let Some(rec) = crate::train::run::read_record(&rdir)? {
                     st.val_acc = rec.final_val_acc;
                     st.extra = rec.final_extra;
+                    st.teacher_fit = rec.extra.get("teacher_fit").cloned();
+                    st.teacher_stats = rec.extra.get("teacher_stats").cloned();
+                }
+                if st.teacher_stats.is_some() {
+                    let meta = crate::train::checkpoint::read_meta(&rdir.join("last.json"))?;
+                    st.final_test_loss = meta.history.last().map(|m| m.test_loss);
                 }
                 Ok(st)
             })

@@ -37,6 +37,7 @@
 //! name = "kd"
 //! assistant = "cnn_w2"                # TAKD: teacher → assistant → student
 //! ```
+use super::fit::FitPick;
 use crate::methods;
 use crate::train::checkpoint::RunRef;
 use crate::train::config::{self, TrainConfig};
@@ -110,6 +111,12 @@ pub struct MethodBlock {
     /// The teacher caches this block's runs distil from, each a run of its own (`teacher_cache =
     /// ["topk:1", "topk:5", true]`); empty: the `[students]` setting.
     pub teacher_cache: Vec<TeacherCache>,
+    /// Teachers matched on fit: per level, each teacher's kept epoch its rule chooses on the
+    /// validation split (`teacher_fit = { metric = "val_nll", targets = [0.5, 0.4] }`), each level
+    /// a series of its own; empty: the final checkpoint.
+    pub teacher_fit: Vec<FitPick>,
+    /// Distil from the temperature-scaled teacher (`teacher_calibrate = true`).
+    pub teacher_calibrate: bool,
 }
 
 /// A grid combination left out because the method declares its values incompatible.
@@ -142,8 +149,17 @@ const TOP_KEYS: [&str; 14] = [
 /// them): the data carving, so that the students' transfer set is the teachers' training set.
 const SHARED_TRAIN_KEYS: [&str; 3] = config::CARVING_KEYS;
 /// The keys of a `[[methods]]` block that are not the method's hyper-parameters.
-pub const BLOCK_KEYS: [&str; 7] =
-    ["name", "teachers", "students", "teacher_epoch", "assistant", "label", "teacher_cache"];
+pub const BLOCK_KEYS: [&str; 9] = [
+    "name",
+    "teachers",
+    "students",
+    "teacher_epoch",
+    "assistant",
+    "label",
+    "teacher_cache",
+    "teacher_fit",
+    "teacher_calibrate",
+];
 
 fn unknown(origin: &str, key: &str, allowed: &[String]) -> anyhow::Error {
     let hint = crate::util::text::did_you_mean(key, allowed);
@@ -426,6 +442,16 @@ impl StudyConfig {
                     );
                 }
             }
+            if (!m.teacher_fit.is_empty() || m.teacher_calibrate) && self.students.train.val_per_class == 0 {
+                bail!(
+                    "{origin} methods[{i}]: teacher_fit and teacher_calibrate use the validation split, and the study carves none: set val_per_class (e.g. val_per_class = 100)"
+                );
+            }
+            if !m.teacher_fit.is_empty() && !self.teachers.models.is_empty() && self.teachers.train.save_every == 0 {
+                bail!(
+                    "{origin} methods[{i}]: teacher_fit chooses among the teachers' kept epochs, and [teachers] keeps only the last (save_every = 0); set save_every = 1"
+                );
+            }
             if methods::needs_teacher(&m.name) && teachers.is_empty() {
                 bail!("{origin}: method '{}' needs teachers, and [teachers] lists none", m.name);
             }
@@ -499,8 +525,24 @@ impl MethodBlock {
         if let Some(a) = &assistant {
             crate::models::parse(a).with_context(|| origin.to_string())?;
         }
-        if !entry.needs_teacher && (assistant.is_some() || teacher_epoch.is_some() || b.contains_key("teacher_cache")) {
-            bail!("{origin}: '{name}' uses no teacher, so teacher_epoch, assistant and teacher_cache do not apply");
+        let teacher_uses = ["teacher_cache", "teacher_fit", "teacher_calibrate"];
+        if !entry.needs_teacher
+            && (assistant.is_some() || teacher_epoch.is_some() || teacher_uses.iter().any(|k| b.contains_key(*k)))
+        {
+            bail!("{origin}: '{name}' uses no teacher, so teacher_epoch, assistant, teacher_cache, teacher_fit and teacher_calibrate do not apply");
+        }
+        let teacher_fit =
+            b.get("teacher_fit").map(|v| FitPick::parse_block(v, origin)).transpose()?.unwrap_or_default();
+        if !teacher_fit.is_empty() && (teacher_epoch.is_some() || assistant.is_some()) {
+            bail!("{origin}: teacher_fit chooses the teacher's epoch itself; it does not combine with teacher_epoch or assistant");
+        }
+        let teacher_calibrate = match b.get("teacher_calibrate") {
+            None => false,
+            Some(toml::Value::Boolean(v)) => *v,
+            Some(v) => bail!("{origin}: teacher_calibrate should be true or false, found {v}"),
+        };
+        if teacher_calibrate && assistant.is_some() {
+            bail!("{origin}: teacher_calibrate does not combine with assistant (which teacher would it calibrate?)");
         }
         let teacher_cache = block_caches(b, origin)?;
         for (params, cache) in grid.iter().flat_map(|p| teacher_cache.iter().map(move |c| (p, c))) {
@@ -520,7 +562,18 @@ impl MethodBlock {
             assistant,
             label: b.get("label").and_then(|v| v.as_str()).map(str::to_string),
             teacher_cache,
+            teacher_fit,
+            teacher_calibrate,
         })
+    }
+
+    /// The fit levels of this block's runs: None (the final checkpoint) when it sets none.
+    pub fn fits(&self) -> Vec<Option<&FitPick>> {
+        if self.teacher_fit.is_empty() {
+            vec![None]
+        } else {
+            self.teacher_fit.iter().map(Some).collect()
+        }
     }
 
     /// The teacher caches of this block's runs, given the `[students]` setting.

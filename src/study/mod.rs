@@ -3,6 +3,7 @@
 pub mod config;
 pub mod devices;
 mod failpoint;
+pub mod fit;
 pub mod plan;
 pub mod runner;
 pub mod store;

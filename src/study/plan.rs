@@ -2,6 +2,7 @@
 //! run with a stable id, the hash of everything that determines its result. Adding a seed or a
 //! temperature adds runs; the existing ones keep their ids and are not run again.
 use super::config::{external_name, MethodBlock, StudyConfig};
+use super::fit::FitPick;
 use crate::methods;
 use crate::train::checkpoint::{RunRef, Which};
 use crate::train::config::TrainConfig;
@@ -52,9 +53,15 @@ pub struct TeacherRef {
     pub via_assistant: Option<String>,
     /// The teacher at the top of the chain (for TAKD students, the assistant's own teacher).
     pub root: String,
+    /// Matched on fit: the kept epoch this rule chooses on the validation split when the run
+    /// starts (`at_epoch` is then None in the plan).
+    pub fit: Option<FitPick>,
+    /// Temperature-scaled on the validation split.
+    pub calibrate: bool,
 }
 
-/// `TeacherRef` as stored.
+/// `TeacherRef` as stored; the fields added later are left out when unset, so plans written
+/// before them read back, and write, unchanged.
 #[derive(Serialize, Deserialize)]
 struct StoredTeacherRef {
     name: String,
@@ -63,6 +70,10 @@ struct StoredTeacherRef {
     at_epoch: Option<usize>,
     via_assistant: Option<String>,
     root: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fit: Option<FitPick>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    calibrate: bool,
 }
 
 impl TryFrom<StoredTeacherRef> for TeacherRef {
@@ -78,7 +89,15 @@ impl TryFrom<StoredTeacherRef> for TeacherRef {
                 ))
             }
         };
-        Ok(TeacherRef { name: s.name, source, at_epoch: s.at_epoch, via_assistant: s.via_assistant, root: s.root })
+        Ok(TeacherRef {
+            name: s.name,
+            source,
+            at_epoch: s.at_epoch,
+            via_assistant: s.via_assistant,
+            root: s.root,
+            fit: s.fit,
+            calibrate: s.calibrate,
+        })
     }
 }
 
@@ -95,6 +114,8 @@ impl From<TeacherRef> for StoredTeacherRef {
             at_epoch: t.at_epoch,
             via_assistant: t.via_assistant,
             root: t.root,
+            fit: t.fit,
+            calibrate: t.calibrate,
         }
     }
 }
@@ -196,14 +217,30 @@ fn series_label(block: &MethodBlock, p: &methods::Table) -> String {
     if let Some(e) = block.teacher_epoch {
         s += &format!(" (ESKD@{e})");
     }
+    if block.teacher_calibrate {
+        s += " (calibrated)";
+    }
     if let Some(a) = &block.assistant {
         s += &format!(" (TAKD via {a})");
     }
     s
 }
 
-/// The identity of a teacher for hashing: a study run's id, or an existing run's weights checksum.
+/// The identity of a teacher for hashing: a study run's id, or an existing run's weights checksum;
+/// with the fit rule and calibration only where set, so that the runs planned before they existed
+/// keep their ids.
 fn teacher_identity(t: &TeacherRef, study_dir: &Path) -> Result<serde_json::Value> {
+    let mut id = source_identity(t, study_dir)?;
+    if let Some(fit) = &t.fit {
+        id["fit"] = serde_json::to_value(fit)?;
+    }
+    if t.calibrate {
+        id["calibrate"] = serde_json::Value::Bool(true);
+    }
+    Ok(id)
+}
+
+fn source_identity(t: &TeacherRef, study_dir: &Path) -> Result<serde_json::Value> {
     Ok(match &t.source {
         TeacherSource::StudyRun(id) => serde_json::json!({"run": id, "at_epoch": t.at_epoch}),
         TeacherSource::Existing(ext) => {
@@ -250,8 +287,12 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
     }
     for block in &study.methods {
         for params in &block.grid {
-            for cache in block.caches(study.students.teacher_cache) {
-                let point = GridPoint::new(block, params, cache)?;
+            for (cache, fit) in block
+                .caches(study.students.teacher_cache)
+                .into_iter()
+                .flat_map(|c| block.fits().into_iter().map(move |f| (c, f)))
+            {
+                let point = GridPoint::new(block, params, cache, fit)?;
                 for teacher in point.teachers(&teachers) {
                     for student in
                         study.students.models.iter().filter(|s| block.students.as_ref().is_none_or(|f| f.contains(s)))
@@ -290,6 +331,8 @@ fn trained_teacher(study: &StudyConfig, model: &str) -> Result<(RunSpec, Teacher
         at_epoch: None,
         via_assistant: None,
         root: model.to_string(),
+        fit: None,
+        calibrate: false,
     };
     Ok((run, teacher))
 }
@@ -308,6 +351,8 @@ fn existing_teacher(spec: &str) -> Result<TeacherRef> {
         at_epoch: None,
         via_assistant: None,
         root: name,
+        fit: None,
+        calibrate: false,
     })
 }
 
@@ -318,17 +363,27 @@ struct GridPoint<'a> {
     hyper: serde_json::Value,
     series: String,
     teacher_cache: TeacherCache,
+    fit: Option<&'a FitPick>,
 }
 
 impl<'a> GridPoint<'a> {
-    fn new(block: &'a MethodBlock, params: &'a methods::Table, teacher_cache: TeacherCache) -> Result<GridPoint<'a>> {
+    fn new(
+        block: &'a MethodBlock,
+        params: &'a methods::Table,
+        teacher_cache: TeacherCache,
+        fit: Option<&'a FitPick>,
+    ) -> Result<GridPoint<'a>> {
         let hyper = methods::build(&block.name, params)?.hyper();
         let mut series = series_label(block, params);
         // A block that chooses its caches compares them: each is a series of its own.
         if !block.teacher_cache.is_empty() {
             series += &format!(" cache={teacher_cache}");
         }
-        Ok(GridPoint { block, params, hyper, series, teacher_cache })
+        // Each fit level is a series: the report draws the ladder of sizes at each level.
+        if let Some(f) = fit {
+            series += &format!(" (fit {})", f.label());
+        }
+        Ok(GridPoint { block, params, hyper, series, teacher_cache, fit })
     }
 
     /// The teachers the block distils from (none for a method without one, as `ce`).
@@ -351,7 +406,12 @@ impl<'a> GridPoint<'a> {
         seed: u64,
     ) -> Result<()> {
         let block = self.block;
-        let mut t = teacher.cloned().map(|t| TeacherRef { at_epoch: block.teacher_epoch, ..t });
+        let mut t = teacher.cloned().map(|t| TeacherRef {
+            at_epoch: block.teacher_epoch,
+            fit: self.fit.cloned(),
+            calibrate: block.teacher_calibrate,
+            ..t
+        });
         let mut deps: Vec<String> = t.as_ref().and_then(|t| t.study_run().map(str::to_string)).into_iter().collect();
         if let (Some(assistant), Some(tr)) = (&block.assistant, &t) {
             let run = self.assistant_run(study, study_dir, tr, assistant, seed, deps)?;
@@ -361,6 +421,8 @@ impl<'a> GridPoint<'a> {
                 at_epoch: None,
                 via_assistant: Some(assistant.clone()),
                 root: tr.root.clone(),
+                fit: None,
+                calibrate: false,
             });
             deps = vec![run.id.clone()];
             plan.add(run);
@@ -450,6 +512,40 @@ mod tests {
         let more = expand(&s3, dir).unwrap();
         assert!(runs.iter().all(|r| more.iter().any(|m| m.id == r.id)));
         assert_eq!(more.len(), runs.len() + 1 + 4 + 2);
+    }
+
+    #[test]
+    fn fit_levels_and_calibration_add_runs_and_leave_the_others_alone() {
+        let dir = Path::new("/tmp/unused");
+        let plain = expand(&study("val_per_class = 5\n[[methods]]\nname = 'kd'\n"), dir).unwrap();
+        let s = study(
+            "val_per_class = 5\n[[methods]]\nname = 'kd'\n[[methods]]\nname = 'kd'\nteacher_fit = { metric = 'val_nll', targets = [0.9, 0.5] }\n[[methods]]\nname = 'kd'\nteacher_calibrate = true\n",
+        );
+        let runs = expand(&s, dir).unwrap();
+        // The plain block's runs keep their ids; each level and the calibrated teacher add 2 × 2.
+        assert!(plain.iter().all(|p| runs.iter().any(|r| r.id == p.id && r.series == p.series)));
+        assert_eq!(runs.len(), plain.len() + 3 * 4);
+        let series: std::collections::BTreeSet<&str> =
+            runs.iter().filter(|r| r.kind == Kind::Student).map(|r| r.series.as_str()).collect();
+        assert_eq!(
+            series.into_iter().collect::<Vec<_>>(),
+            ["kd", "kd (calibrated)", "kd (fit val_nll≈0.5)", "kd (fit val_nll≈0.9)"]
+        );
+        let fitted: Vec<&RunSpec> = runs.iter().filter(|r| r.series.contains("fit")).collect();
+        assert!(fitted.iter().all(|r| r.teacher.as_ref().is_some_and(|t| t.fit.is_some() && t.at_epoch.is_none())));
+        // A plain teacher is stored as before the fields existed (no `fit`, no `calibrate`), and a
+        // fitted one reads back whole.
+        let stored = serde_json::to_value(&plain.iter().find(|r| r.kind == Kind::Student).unwrap().teacher).unwrap();
+        assert!(stored.get("fit").is_none() && stored.get("calibrate").is_none(), "{stored}");
+        let back: TeacherRef = serde_json::from_value(serde_json::to_value(&fitted[0].teacher).unwrap()).unwrap();
+        assert_eq!(Some(&back), fitted[0].teacher.as_ref());
+        // Both need the validation split, and a fit level needs kept epochs.
+        let no_val = "data = 'fashion-mnist-mini'\n[teachers]\nmodels = ['cnn_w1']\n[students]\nmodels = ['mlp_32x1']\n[[methods]]\nname = 'kd'\nteacher_calibrate = true\n";
+        let e = format!("{:#}", StudyConfig::from_table(no_val.parse().unwrap(), "s.toml", "s").unwrap_err());
+        assert!(e.contains("set val_per_class"), "{e}");
+        let unkept = "data = 'fashion-mnist-mini'\nval_per_class = 5\n[teachers]\nmodels = ['cnn_w1']\nsave_every = 0\n[students]\nmodels = ['mlp_32x1']\n[[methods]]\nname = 'kd'\nteacher_fit = { metric = 'val_acc', targets = [0.5] }\n";
+        let e = format!("{:#}", StudyConfig::from_table(unkept.parse().unwrap(), "s.toml", "s").unwrap_err());
+        assert!(e.contains("save_every = 1"), "{e}");
     }
 
     #[test]

@@ -620,7 +620,7 @@ pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
             crate::train::trainer::train(&spec.train, &data, &mut crate::train::objective::CrossEntropy, &opts)?;
         }
         Some(t) => {
-            let tspec = t.spec(&study);
+            let (tspec, extra) = teacher_for_run(t, &study, &spec, extra)?;
             let cfg = crate::train::distill::DistillConfig {
                 train: spec.train.clone(),
                 teacher: tspec.clone(),
@@ -629,9 +629,53 @@ pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
                 params: spec.params.clone(),
                 teacher_cache: spec.teacher_cache,
                 teacher_norm: Default::default(),
+                teacher_calibrate: t.calibrate,
             };
             crate::train::distill::run(&cfg, &tspec, &rdir, device, false, 0, extra)?;
         }
     }
     Ok(())
+}
+
+/// The checkpoint a student run distils from, and what its record says of the teacher: the epoch a
+/// fit rule chose (`teacher_fit`) and the teacher's fit as the method sees it (`teacher_stats`,
+/// see [`super::fit::teacher_stats`]).
+fn teacher_for_run(
+    t: &plan::TeacherRef,
+    study: &Path,
+    spec: &RunSpec,
+    mut extra: serde_json::Value,
+) -> Result<(String, serde_json::Value)> {
+    let mut t = t.clone();
+    let mut data = None;
+    if let Some(fit) = &t.fit {
+        let d = data.insert(spec.train.load_data()?);
+        let run: crate::train::checkpoint::RunRef = t.spec(study).parse()?;
+        let candidates = super::fit::candidates(&run.dir, d)?;
+        let c = fit.choose(&candidates).with_context(|| format!("teacher {} for {}", t.name, fit.label()))?;
+        println!(
+            "teacher {} at {}: epoch {} ({} = {:.4})",
+            t.name,
+            fit.label(),
+            c.epoch,
+            fit.metric.name(),
+            c.value(fit.metric)
+        );
+        t.at_epoch = Some(c.epoch);
+        extra["teacher_fit"] = serde_json::json!({"metric": fit.metric, "target": fit.target, "rule": fit.rule,
+            "label": fit.label(), "epoch": c.epoch, "value": c.value(fit.metric),
+            "val_acc": c.val_acc, "val_nll": c.val_nll, "val_ece": c.val_ece});
+    }
+    let tspec = t.spec(study);
+    // The teacher's own fit, for the report; TorchScript teachers are not probed here.
+    if !crate::train::teacher::is_torchscript(&tspec) {
+        let d = match data {
+            Some(d) => d,
+            None => spec.train.load_data()?,
+        };
+        let teacher = crate::train::teacher::Teacher::load(&tspec, tch::Device::Cpu)?;
+        let temperature = if t.calibrate { crate::train::distill::calibrated_temperature(&teacher, &d)? } else { 1.0 };
+        extra["teacher_stats"] = super::fit::teacher_stats(&teacher, &d, temperature)?;
+    }
+    Ok((tspec, extra))
 }

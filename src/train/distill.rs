@@ -23,12 +23,22 @@ pub struct Distill {
     pub cache: Option<Cached>,
     /// The taps the method reads (`Method::taps`).
     pub taps: methods::TapNeeds,
+    /// A calibrated teacher's temperature T: the method reads the teacher's logits divided by T.
+    pub teacher_temperature: Option<f64>,
 }
 
 impl Distill {
     pub fn new(teacher: Teacher, method: Box<dyn Method>, cache: Option<Cached>) -> Distill {
         let taps = method.taps();
-        Distill { teacher, method, cache, taps }
+        Distill { teacher, method, cache, taps, teacher_temperature: None }
+    }
+
+    /// The teacher's logits as the method reads them: divided by a calibrated teacher's T.
+    fn calibrated(&self, t: Tensor) -> Tensor {
+        match self.teacher_temperature {
+            Some(temp) => t / temp,
+            None => t,
+        }
     }
 }
 
@@ -99,6 +109,7 @@ impl Objective for Distill {
             // Feature methods run the teacher on every batch: its taps are served live.
             let mut taps = crate::models::Taps::only(&self.taps.teacher);
             let t = self.teacher.model.infer_taps(input.images, &mut taps).to_kind(logits.kind());
+            let t = self.calibrated(t);
             let x = LossInput {
                 student: logits,
                 teacher: &t,
@@ -121,6 +132,7 @@ impl Objective for Distill {
             }
             None => self.teacher.model.infer(input.images),
         };
+        let t = self.calibrated(t);
         let mut x = LossInput::logits(logits, &t, input.labels, (input.epoch + 1) as f64);
         x.student_taps = Some(input.taps);
         Ok(self.method.terms(&x))
@@ -162,11 +174,25 @@ pub struct DistillConfig {
     /// not the data set's profile.
     #[serde(flatten)]
     pub teacher_norm: InputNorm,
+    /// Temperature-scale the teacher: its logits divided by the one T that minimises its NLL on
+    /// the validation split (`val_per_class`), for any method. Left out of the record when false,
+    /// so configurations written before it read back the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub teacher_calibrate: bool,
 }
 
 /// The keys a distillation config accepts besides the training keys.
-pub const DISTILL_KEYS: [&str; 8] =
-    ["student", "teacher", "assistant", "method", "teacher_cache", "params", "teacher_mean", "teacher_std"];
+pub const DISTILL_KEYS: [&str; 9] = [
+    "student",
+    "teacher",
+    "assistant",
+    "method",
+    "teacher_cache",
+    "params",
+    "teacher_mean",
+    "teacher_std",
+    "teacher_calibrate",
+];
 
 impl DistillConfig {
     /// Splits a merged table (file overlaid with flags) into its parts, refusing unknown keys with
@@ -204,6 +230,11 @@ impl DistillConfig {
             }
         };
         let teacher_norm = InputNorm { mean: take_floats("teacher_mean")?, std: take_floats("teacher_std")? };
+        let teacher_calibrate = match table.remove("teacher_calibrate") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(v) => bail!("{origin}: key 'teacher_calibrate' should be true or false, found {v}"),
+        };
         let mut take_str = |k: &str| -> Result<Option<String>> {
             match table.remove(k) {
                 None => Ok(None),
@@ -219,7 +250,8 @@ impl DistillConfig {
         let Some(teacher) = teacher else {
             bail!("{origin}: no teacher given (--teacher runs/NAME, optionally @epochN for an early-stopped teacher)")
         };
-        let cfg = DistillConfig { train, teacher, assistant, method, params, teacher_cache, teacher_norm };
+        let cfg =
+            DistillConfig { train, teacher, assistant, method, params, teacher_cache, teacher_norm, teacher_calibrate };
         cfg.validate().map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
         Ok(cfg)
     }
@@ -355,7 +387,30 @@ pub fn run(
             o.insert("teacher_cache".into(), "unused: the method reads the teacher's taps, served live".into());
         }
     }
-    let mut objective = Distill::new(teacher, method, cache);
+    let teacher_temperature = if cfg.teacher_calibrate {
+        let t = calibrated_temperature(&teacher, &data)?;
+        if !quiet {
+            println!("teacher calibrated on the validation split: T = {t:.4}");
+        }
+        if let Some(o) = record.as_object_mut() {
+            o.insert("teacher_temperature".into(), serde_json::json!(t));
+        }
+        Some(t)
+    } else {
+        None
+    };
+    let mut objective = Distill { teacher_temperature, ..Distill::new(teacher, method, cache) };
     let opts = RunOptions { extra: record, quiet, trace_steps, ..RunOptions::new(out, device, "distill") };
     trainer::train(&cfg.train, &data, &mut objective, &opts)
+}
+
+/// The temperature that calibrates `teacher` on `data`'s validation split (see [`super::calibrate`]).
+pub fn calibrated_temperature(teacher: &Teacher, data: &crate::data::Dataset) -> Result<f64> {
+    let Some(val) = &data.val else {
+        bail!("teacher_calibrate fits the teacher's temperature on the validation split, and {} has none: set val_per_class", data.name)
+    };
+    let logits = super::eval::logits_feed(&teacher.model, data.feed("val", false)?)?;
+    let labels: Vec<i64> = val.labels.iter().map(|&y| y as i64).collect();
+    super::calibrate::fit_temperature(&logits, &labels, data.classes)
+        .map_err(|e| anyhow::anyhow!("calibrating the teacher {}: {e:#}", teacher.spec))
 }

@@ -15,6 +15,7 @@ pub mod correlation;
 pub mod csv;
 pub mod curves;
 pub mod failures;
+pub mod fit;
 pub mod intro;
 pub mod mismatch_drop;
 pub mod reproduce;
@@ -74,6 +75,7 @@ pub const SECTIONS: &[Section] = &[
     Section::Student(mismatch_drop::write),
     Section::Student(ats_targets::write),
     Section::Student(ats_grid::write),
+    Section::Student(fit::write),
     Section::Study(failures::write),
     Section::Study(reproduce::write),
     Section::Study(csv::write),

@@ -14,7 +14,9 @@ pub type Choice = BTreeMap<String, (String, f64)>;
 pub fn tuned_on_validation(series: &[(String, Vec<&Student>)], teachers: &[&Teacher]) -> Vec<(String, Choice)> {
     let mut by_method: BTreeMap<String, Vec<(&String, &Vec<&Student>)>> = BTreeMap::new();
     for (name, runs) in series {
-        let tunable = !name.contains("(ESKD") && !name.contains("(TAKD") && runs.iter().all(|s| s.val_acc.is_some());
+        // A fit level or a calibrated teacher changes the teacher too (the fit section tunes those).
+        let altered = ["(ESKD", "(TAKD", "(fit ", "(calibrated)"].iter().any(|m| name.contains(m));
+        let tunable = !altered && runs.iter().all(|s| s.val_acc.is_some());
         if let (true, Some(first)) = (tunable, runs.first()) {
             by_method.entry(first.method.clone()).or_default().push((name, runs));
         }
