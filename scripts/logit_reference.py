@@ -65,7 +65,7 @@ def terms(m, s, t, y, a):
         kl = (target * (np.log(target) - log_softmax(s))).sum(axis=1)
         out["ce"] = g(a.alpha, 1.0) * ce(s, y)
         if m == "ttm":
-            out["kd"] = g(a.beta, 45.0) * kl
+            out["kd"] = g(a.beta, 1.0) * kl
         else:
             out["kd"] = g(a.beta, 4.0) * u * kl
     elif m == "normkd":

@@ -69,6 +69,7 @@ fn kdlab_loss_and_its_gradient_match_the_float64_reference() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/logit_reference.py");
     let cases: &[&[&str]] = &[
         &["--method", "ttm"],
+        &["--method", "ttm", "--beta", "45"],
         &["--method", "ttm", "--tau", "2.5", "--alpha", "0.5", "--beta", "3"],
         &["--method", "wttm"],
         &["--method", "wttm", "--tau", "1.5", "--beta", "7"],
