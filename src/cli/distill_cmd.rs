@@ -89,8 +89,16 @@ impl clap::Args for MethodFlags {
     fn augment_args(cmd: clap::Command) -> clap::Command {
         use clap::{Arg, ArgAction};
         let names: Vec<&str> = methods::REGISTRY.iter().map(|e| e.name).collect();
-        let mut cmd =
-            cmd.arg(Arg::new("method").long("method").value_name("NAME").help(format!("{}.", names.join(", ")))).arg(
+        let about: Vec<String> = methods::REGISTRY.iter().map(|e| format!("  {}: {}", e.name, e.about)).collect();
+        let mut cmd = cmd
+            .arg(
+                Arg::new("method")
+                    .long("method")
+                    .value_name("NAME")
+                    .help(format!("{}.", names.join(", ")))
+                    .long_help(format!("The distillation method, one of:\n{}", about.join("\n"))),
+            )
+            .arg(
                 Arg::new(PARAM_ID)
                     .short('p')
                     .long("param")
@@ -325,6 +333,10 @@ pub struct LossArgs {
     /// Add per-sample values (ISATS: the chosen τ2 of each sample).
     #[arg(long)]
     pub per_sample: bool,
+    /// Add the gradient of the total loss with respect to the student's logits ("grad": N rows of
+    /// C values), in the logits' dtype (float64 for a float64 file), for reference checks.
+    #[arg(long)]
+    pub grad: bool,
     #[arg(long)]
     pub json: bool,
     /// A student tap a feature method reads, NAME=FILE.npy (float, batch first: FitNet's
@@ -413,6 +425,7 @@ pub fn loss(a: LossArgs) -> Result<()> {
         })
     })?;
     vars.double();
+    let s = s.set_requires_grad(a.grad);
     let mut input = LossInput::logits(&s, &t, &labels, epoch);
     input.student_taps = Some(&student_taps);
     input.teacher_taps = Some(&teacher_taps);
@@ -430,6 +443,12 @@ pub fn loss(a: LossArgs) -> Result<()> {
         if let Some((k, v)) = method.per_sample() {
             out["per_sample"] = serde_json::json!({ k: v });
         }
+    }
+    if a.grad {
+        let total = terms.iter().map(|(_, v)| v.shallow_clone()).reduce(|x, y| x + y).context("no loss terms")?;
+        total.backward();
+        let g = Vec::<f64>::try_from(s.grad().to_kind(Kind::Double).view(-1))?;
+        out["grad"] = serde_json::json!(g.chunks(cs.max(1)).collect::<Vec<_>>());
     }
     if a.json {
         println!("{out}");

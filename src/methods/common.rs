@@ -15,7 +15,12 @@ pub fn log_softmax_t(z: &Tensor, tau: f64) -> Tensor {
 /// KL(p ‖ q) = Σ_c p_c (log p_c − log q_c), from log-probabilities, summed over classes and
 /// averaged over the batch. Classes where p underflows to 0 contribute 0.
 pub fn kl_from_log(log_p: &Tensor, log_q: &Tensor) -> Tensor {
-    (log_p.exp() * (log_p - log_q)).sum_dim_intlist(1, false, log_p.kind()).mean(log_p.kind())
+    kl_rows(log_p, log_q).mean(log_p.kind())
+}
+
+/// KL(p_i ‖ q_i) of each row, (N, C) → (N,): for methods that weigh samples before the mean.
+pub fn kl_rows(log_p: &Tensor, log_q: &Tensor) -> Tensor {
+    (log_p.exp() * (log_p - log_q)).sum_dim_intlist(1, false, log_p.kind())
 }
 
 /// Mean cross-entropy on raw logits.

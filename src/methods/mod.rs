@@ -9,11 +9,15 @@ pub mod ce;
 pub mod common;
 pub mod dist;
 pub mod dkd;
+pub mod dtkd;
 pub mod fitnet;
 pub mod isats;
 pub mod kd;
 pub mod kd_curriculum;
 pub mod nckd;
+pub mod normkd;
+pub mod ttm;
+pub mod wttm;
 
 use crate::models::Taps;
 use anyhow::{bail, Context, Result};
@@ -238,6 +242,10 @@ pub const REGISTRY: &[Entry] = &[
     entry::<dkd::Params>("dkd", "decoupled KD (Zhao et al. 2022): CE + α·TCKD + β·NCKD with warm-up"),
     entry::<dist::Params>("dist", "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation"),
     entry::<kd_curriculum::Params>("kd_curriculum", "KD whose temperature follows a fixed schedule over the first epochs (after CTKD's curriculum)"),
+    entry::<ttm::Params>("ttm", "transformed teacher matching (Zheng & Yang, ICLR 2024): CE + β·KL(p(t/τ) ‖ p(s)), the temperature on the teacher only"),
+    entry::<wttm::Params>("wttm", "weighted TTM (Zheng & Yang, ICLR 2024): TTM with each sample weighted by Σ_c p_t,c^(1/τ)"),
+    entry::<normkd::Params>("normkd", "NormKD (Chi et al., arXiv 2023): KD with per-sample temperatures τ_norm·std of each network's logits"),
+    entry::<dtkd::Params>("dtkd", "dynamic temperature KD (Wei & Bai, arXiv 2024): per-sample temperatures from the ratio of the largest logits, plus KD, with warm-up"),
     entry::<fitnet::Params>("fitnet", "FitNets (Romero et al., ICLR 2015): CE + β·MSE(regressor(student hint), teacher hint); taps: the hint (stage2)"),
 ];
 
