@@ -5,6 +5,7 @@
 //! data = "fashion-mnist"
 //! seeds = [0, 1, 2]
 //! probe_tau = 4.0                     # τ at which the report shows the probe's nongt_std
+//! threads = 1                         # optional: LibTorch threads per run, local and on Slurm
 //!
 //! [teachers]                          # a capacity ladder trained by the study (once each) ...
 //! models = ["cnn_w1", "cnn_w2", "cnn_w4", "cnn_w8"]
@@ -33,6 +34,10 @@
 //! [[methods]]
 //! name = "kd"
 //! assistant = "cnn_w2"                # TAKD: teacher → assistant → student
+//!
+//! [slurm]                             # optional: what `--emit-slurm` arrays ask for (`slurm.rs`)
+//! partition = "cpu"
+//! time = "2:00:00"
 //! ```
 use crate::methods;
 use crate::train::checkpoint::RunRef;
@@ -51,6 +56,11 @@ pub struct StudyConfig {
     pub teachers: TeacherSet,
     pub students: StudentSet,
     pub methods: Vec<MethodBlock>,
+    /// LibTorch threads per run, for local workers and Slurm array tasks alike (`threads = 1`);
+    /// None: a sweep divides the cores among its workers.
+    pub threads: Option<usize>,
+    /// What Slurm job arrays ask for (`[slurm]`).
+    pub slurm: super::slurm::SlurmOptions,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -109,7 +119,7 @@ pub struct SkippedCombination {
     pub got: String,
 }
 
-const TOP_KEYS: [&str; 11] = [
+const TOP_KEYS: [&str; 13] = [
     "name",
     "data",
     "seeds",
@@ -121,6 +131,8 @@ const TOP_KEYS: [&str; 11] = [
     "train_subset",
     "val_per_class",
     "subset_seed",
+    "threads",
+    "slurm",
 ];
 /// Top-level keys that set the same value in [teachers] and [students] (a section may override
 /// them): the data carving, so that the students' transfer set is the teachers' training set.
@@ -338,6 +350,8 @@ impl StudyConfig {
             teachers: TeacherSet::parse(&section(&table, "teachers", origin)?, &data, origin)?,
             students: StudentSet::parse(&section(&table, "students", origin)?, &data, origin)?,
             methods: method_blocks(table.get("methods"), origin)?,
+            threads: super::slurm::parse_threads(table.get("threads"), origin)?,
+            slurm: super::slurm::SlurmOptions::parse(table.get("slurm"), origin)?,
             data,
         };
         cfg.check_references(origin)?;
