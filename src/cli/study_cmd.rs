@@ -113,9 +113,11 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
             e.runs, e.threads, e.cpus, e.threads, e.threads
         );
         println!(
-            "submit with {}/submit.sh; afterwards `kdlab sweep {}` (or `kdlab report`) imports the finished runs",
+            "submit with {}/submit.sh; afterwards `kdlab sweep {}{}` (or `kdlab report {}`) imports the finished runs",
             dir.display(),
-            a.study.display()
+            a.study.display(),
+            a.out.as_ref().map(|o| format!(" --out {}", o.display())).unwrap_or_default(),
+            sdir.display()
         );
         return Ok(());
     }
