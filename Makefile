@@ -4,7 +4,7 @@
 #   make test    set up LibTorch, then formatting, clippy and the test suite
 #   make build   the release binary ($(CARGO_TARGET_DIR)/release/kdlab)
 #   make soak    a 501-run study with 2 workers under a polling `kdlab status` (~6 min; not in test)
-#   make docs    the user guide (guide/, mdBook) with its links checked; installs mdbook if missing
+#   make docs    the user guide (guide/, mdBook), its links and commands checked; installs mdbook if missing
 #   make test-slurm  the demo study on a one-node Slurm cluster started on this machine (~15 min;
 #                installs Debian's slurm-wlm and munge if missing; scripts/test-slurm.sh)
 #
@@ -61,14 +61,17 @@ soak: build
 	KDLAB=$(BIN) scripts/soak.sh
 
 # The user guide: mdBook from crates.io (pinned; compiled once into ~/.cargo/bin, a few minutes),
-# then every relative link and anchor of the guide and the README checked (scripts/check-links.py).
+# then every relative link and anchor of the guide and the README checked (scripts/check-links.py),
+# and every kdlab command the guide shows checked against the binary's subcommands and flags
+# (scripts/check-guide-commands.py; running them for real would mean training for hours).
 MDBOOK_VERSION := 0.5.4
 MDBOOK ?= $(shell command -v mdbook 2>/dev/null || echo $(HOME)/.cargo/bin/mdbook)
-docs:
+docs: build
 	@$(MDBOOK) --version 2>/dev/null | grep -q "v$(MDBOOK_VERSION)" || \
 		CARGO_TARGET_DIR=$(HOME)/.cache/mdbook-target cargo install mdbook --locked --version $(MDBOOK_VERSION)
 	$(MDBOOK) build guide
 	$(PYTHON) scripts/check-links.py guide README.md
+	$(PYTHON) scripts/check-guide-commands.py $(BIN) guide
 
 # Debian's Slurm and munge, for test-slurm (as root, or through sudo).
 slurm-packages:
