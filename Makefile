@@ -5,7 +5,7 @@
 #   make build   the release binary ($(CARGO_TARGET_DIR)/release/kdlab)
 #   make soak    a 501-run study with 2 workers under a polling `kdlab status` (~6 min; not in test)
 #   make docs    the user guide (guide/, mdBook), its links and commands checked; installs mdbook if missing
-#   make test-slurm  the demo study on a one-node Slurm cluster started on this machine (~15 min;
+#   make test-slurm  the demo study on a one-node Slurm cluster started on this machine (~20 min on 2 busy cores;
 #                installs Debian's slurm-wlm and munge if missing; scripts/test-slurm.sh)
 #
 # LibTorch comes from PyPI's torch==2.11.0 wheel (the version tch 0.24 expects), installed once

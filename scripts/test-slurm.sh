@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo study on a real one-node Slurm cluster (`make test-slurm`; ~15 min on 2 cores):
+# The demo study on a real one-node Slurm cluster (`make test-slurm`; ~20 min on 2 busy cores):
 #
 #   1. `kdlab sweep studies/demo.toml --emit-slurm DIR` and `DIR/submit.sh`;
 #   2. one teacher's array task is cancelled mid-run (scancel), which also cancels the dependent
