@@ -155,6 +155,26 @@ fn slurm_values_a_shell_would_run_are_refused() {
         let t = text(&o);
         assert!(!o.status.success() && t.contains(key), "{flag} {value}: {t}");
     }
+    // Not while a sweep holds the study: two writers of its index.
+    std::fs::create_dir_all(tmp.path().join("tiny")).unwrap();
+    let held = std::fs::File::create(tmp.path().join("tiny/.sweep.lock")).unwrap();
+    // SAFETY: flock on a descriptor this test owns, released when `held` is dropped.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let o = kdlab()
+        .args(["sweep", s.to_str().unwrap(), "--emit-slurm", "arrays"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && text(&o).contains("a sweep is running"), "{}", text(&o));
+    drop(held);
+    ok(&[
+        "sweep",
+        s.to_str().unwrap(),
+        "--out",
+        tmp.path().join("tiny").to_str().unwrap(),
+        "--emit-slurm",
+        tmp.path().join("arrays").to_str().unwrap(),
+    ]);
     // A Slurm flag without --emit-slurm is a mistake, not silently ignored.
     let o = kdlab().args(["sweep", s.to_str().unwrap(), "--partition", "cpu", "--dry-run"]).output().unwrap();
     assert!(!o.status.success() && text(&o).contains("--emit-slurm"), "{}", text(&o));

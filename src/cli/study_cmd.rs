@@ -101,6 +101,13 @@ impl SlurmArgs {
 pub fn sweep(a: SweepArgs) -> Result<()> {
     if let Some(dir) = &a.emit_slurm {
         let cli = a.slurm.options()?;
+        // Emitting writes the index and the runs' specs: not while a sweep runs the study.
+        let sdir0 = runner::study_dir(&crate::study::config::StudyConfig::load(&a.study)?, a.out.as_deref());
+        std::fs::create_dir_all(&sdir0)?;
+        let _lock = runner::lock(
+            &sdir0.join(".sweep.lock"),
+            &format!("a sweep is running on {}; emit Slurm arrays when it is done", sdir0.display()),
+        )?;
         let (cfg, sdir, specs, store) = runner::open(&a.study, a.out.as_deref(), a.retry_failed)?;
         let opts = cfg.slurm.clone().overridden_by(cli);
         let e = study::slurm::emit(&sdir, &specs, &store, dir, &opts, a.threads.or(cfg.threads))?;
