@@ -4,6 +4,9 @@
 #   make test    set up LibTorch, then formatting, clippy and the test suite
 #   make build   the release binary ($(CARGO_TARGET_DIR)/release/kdlab)
 #   make soak    a 501-run study with 2 workers under a polling `kdlab status` (~6 min; not in test)
+#   make docs    the user guide (guide/, mdBook), its links and commands checked; installs mdbook if missing
+#   make test-slurm  the demo study on a one-node Slurm cluster started on this machine (~20 min on 2 busy cores;
+#                installs Debian's slurm-wlm and munge if missing; scripts/test-slurm.sh)
 #
 # LibTorch comes from PyPI's torch==2.11.0 wheel (the version tch 0.24 expects), installed once
 # into a virtual environment under ~/.cache (about 7 GB with its CUDA libraries, ~2 minutes), with
@@ -29,7 +32,7 @@ else
 TORCH_STAMP :=
 endif
 
-.PHONY: all build demo test soak torch fmt lint clean-runs bench-ref gpu-check-dry
+.PHONY: all build demo test soak torch fmt lint clean-runs bench-ref gpu-check-dry docs test-slurm slurm-packages
 
 all: build
 
@@ -59,6 +62,30 @@ test: torch
 # over 501 runs (docs/reliability.md). Not part of `make test`.
 soak: build
 	KDLAB=$(BIN) scripts/soak.sh
+
+# The user guide: mdBook from crates.io (pinned; compiled once into ~/.cargo/bin, a few minutes),
+# then every relative link and anchor of the guide and the README checked (scripts/check-links.py),
+# and every kdlab command the guide shows checked against the binary's subcommands and flags
+# (scripts/check-guide-commands.py; running them for real would mean training for hours).
+MDBOOK_VERSION := 0.5.4
+MDBOOK ?= $(shell command -v mdbook 2>/dev/null || echo $(HOME)/.cargo/bin/mdbook)
+docs: build
+	@$(MDBOOK) --version 2>/dev/null | grep -q "v$(MDBOOK_VERSION)" || \
+		CARGO_TARGET_DIR=$(HOME)/.cache/mdbook-target cargo install mdbook --locked --version $(MDBOOK_VERSION)
+	$(MDBOOK) build guide
+	$(PYTHON) scripts/check-links.py guide README.md
+	$(PYTHON) scripts/check-guide-commands.py $(BIN) guide
+
+# Debian's Slurm and munge, for test-slurm (as root, or through sudo).
+slurm-packages:
+	@command -v slurmctld >/dev/null || [ -x /usr/sbin/slurmctld ] || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq slurm-wlm munge; }
+
+# Starts munged, slurmctld and slurmd in a temporary directory, runs the demo study through
+# Slurm (one task cancelled and resubmitted), compares with a local sweep, stops every daemon.
+test-slurm: build slurm-packages
+	KDLAB=$(BIN) scripts/test-slurm.sh
 
 fmt:
 	cargo fmt

@@ -27,7 +27,8 @@ pub struct SweepArgs {
     /// Workers at once on each GPU (default 1).
     #[arg(long)]
     pub workers_per_device: Option<usize>,
-    /// Threads per worker (default: the cores shared among the workers).
+    /// Threads per run (default: the study's `threads`, else the cores shared among the workers;
+    /// with --emit-slurm, else --cpus-per-task, else 1). Written into each run's spec.json.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Run failed runs again.
@@ -42,6 +43,70 @@ pub struct SweepArgs {
     /// One line per finished run only.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
+}
+
+/// What the arrays of `--emit-slurm` ask for; each flag overrides the study's `[slurm]` key of
+/// the same name (sbatch's own option names).
+#[derive(Args)]
+#[command(next_help_heading = "Slurm (with --emit-slurm; override the study's [slurm] table)")]
+pub struct SlurmArgs {
+    /// sbatch --partition.
+    #[arg(long, requires = "emit_slurm")]
+    pub partition: Option<String>,
+    /// sbatch --account.
+    #[arg(long, requires = "emit_slurm")]
+    pub account: Option<String>,
+    /// sbatch --qos.
+    #[arg(long, requires = "emit_slurm")]
+    pub qos: Option<String>,
+    /// sbatch --time, per run (e.g. 30, 2:00:00, 1-00:00:00).
+    #[arg(long, requires = "emit_slurm")]
+    pub time: Option<String>,
+    /// sbatch --mem, per run (e.g. 4G).
+    #[arg(long, requires = "emit_slurm")]
+    pub mem: Option<String>,
+    /// sbatch --cpus-per-task (default: the runs' thread count).
+    #[arg(long, requires = "emit_slurm")]
+    pub cpus_per_task: Option<i64>,
+    /// GPUs per run (sbatch --gres=gpu:N; the runs then train on CUDA).
+    #[arg(long, requires = "emit_slurm")]
+    pub gpus: Option<i64>,
+    /// At most this many tasks of an array at once (sbatch --array=1-N%M).
+    #[arg(long, requires = "emit_slurm")]
+    pub max_running: Option<i64>,
+    /// A further sbatch option, given as --sbatch-arg=--name=value (repeatable).
+    #[arg(long = "sbatch-arg", requires = "emit_slurm")]
+    pub extra: Vec<String>,
+}
+
+impl SlurmArgs {
+    /// The flags given, checked as the study's `[slurm]` table is.
+    fn options(&self) -> Result<study::slurm::SlurmOptions> {
+        let mut t = toml::Table::new();
+        let strings = [
+            ("partition", &self.partition),
+            ("account", &self.account),
+            ("qos", &self.qos),
+            ("time", &self.time),
+            ("mem", &self.mem),
+        ];
+        for (k, v) in strings {
+            if let Some(v) = v {
+                t.insert(k.into(), toml::Value::String(v.clone()));
+            }
+        }
+        for (k, v) in [("cpus_per_task", self.cpus_per_task), ("gpus", self.gpus), ("max_running", self.max_running)] {
+            if let Some(v) = v {
+                t.insert(k.into(), toml::Value::Integer(v));
+            }
+        }
+        if !self.extra.is_empty() {
+            t.insert("extra".into(), toml::Value::Array(self.extra.iter().cloned().map(toml::Value::String).collect()));
+        }
+        study::slurm::SlurmOptions::parse(Some(&toml::Value::Table(t)), "the command line")
+    }
 }
 
 /// The sweep's devices from its flags and the study file's `device`.
@@ -58,20 +123,37 @@ fn device_plan(a: &SweepArgs, cfg: &study::config::StudyConfig) -> Result<Device
 
 pub fn sweep(a: SweepArgs) -> Result<()> {
     if let Some(dir) = &a.emit_slurm {
+        let cli = a.slurm.options()?;
+        // Emitting writes the index and the runs' specs: not while a sweep runs the study.
+        let sdir0 = runner::study_dir(&crate::study::config::StudyConfig::load(&a.study)?, a.out.as_deref());
+        std::fs::create_dir_all(&sdir0)?;
+        let _lock = runner::lock(
+            &sdir0.join(".sweep.lock"),
+            &format!("a sweep is running on {}; emit Slurm arrays when it is done", sdir0.display()),
+        )?;
         let (cfg, sdir, specs, store) = runner::open(&a.study, a.out.as_deref(), a.retry_failed)?;
+        let mut opts = cfg.slurm.clone().overridden_by(cli);
         // A Slurm job gets its GPU from Slurm, not from a list here: only the kind counts, and
         // `cuda` is taken at its word (the submitting host usually has no GPU).
         let flag = a.device.as_deref().map(|d| d.parse::<SweepDevice>().context("--device")).transpose()?;
-        let gpu = a.devices.is_some() || matches!(flag.or(cfg.device), Some(SweepDevice::Cuda(_)));
-        let gres = gpu.then(|| cfg.gres.clone().unwrap_or_else(|| "gpu:1".into()));
-        let files = study::emit_slurm(&sdir, &specs, &store, dir, gres.as_deref())?;
-        for f in files {
+        if a.devices.is_some() || matches!(flag.or(cfg.device), Some(SweepDevice::Cuda(_))) {
+            opts.gres = Some(cfg.gres.clone().unwrap_or_else(|| "gpu:1".into()));
+        }
+        let e = study::slurm::emit(&sdir, &specs, &store, dir, &opts, a.threads.or(cfg.threads))?;
+        for f in &e.files {
             println!("wrote {}", f.display());
         }
         println!(
-            "submit with {}/submit.sh; afterwards `kdlab sweep {}` (or `kdlab report`) imports the finished runs",
+            "{} runs, each with {} thread(s) on {} CPU(s); a local `kdlab sweep` gives the same numbers with \
+             `threads = {}` in the study file (or --threads {})",
+            e.runs, e.threads, e.cpus, e.threads, e.threads
+        );
+        println!(
+            "submit with {}/submit.sh; afterwards `kdlab sweep {}{}` (or `kdlab report {}`) imports the finished runs",
             dir.display(),
-            a.study.display()
+            a.study.display(),
+            a.out.as_ref().map(|o| format!(" --out {}", o.display())).unwrap_or_default(),
+            sdir.display()
         );
         return Ok(());
     }

@@ -1,7 +1,7 @@
 //! A real, class-balanced subset of Fashion-MNIST compiled into the binary (10,000 training and
 //! 2,000 test images: the first 1,000 / 200 of each class), so that the demo and the quick tests
 //! run on a fresh machine with no download. Made by `scripts/make_embedded_subset.py`; the files'
-//! sha256 are in the README.
+//! sha256 are in the user guide (guide/src/data.md).
 use super::{catalog, idx, Dataset};
 use anyhow::Result;
 use std::path::Path;

@@ -7,6 +7,7 @@
 //! probe_tau = 4.0                     # τ at which the report shows the probe's nongt_std
 //! device = "cuda"                    # optional: where `kdlab sweep` runs it (default cpu)
 //! gres = "gpu:a100:1"                 # optional: what its Slurm jobs ask for (default gpu:1)
+//! threads = 1                         # optional: LibTorch threads per run, local and on Slurm
 //!
 //! [teachers]                          # a capacity ladder trained by the study (once each) ...
 //! models = ["cnn_w1", "cnn_w2", "cnn_w4", "cnn_w8"]
@@ -36,6 +37,10 @@
 //! [[methods]]
 //! name = "kd"
 //! assistant = "cnn_w2"                # TAKD: teacher → assistant → student
+//!
+//! [slurm]                             # optional: what `--emit-slurm` arrays ask for (`slurm.rs`)
+//! partition = "cpu"
+//! time = "2:00:00"
 //! ```
 use super::fit::FitPick;
 use crate::methods;
@@ -62,6 +67,11 @@ pub struct StudyConfig {
     /// The series the report's mismatch curves feature (`[report] featured = [...]`); empty: the
     /// report's default choice.
     pub featured: Vec<String>,
+    /// LibTorch threads per run, for local workers and Slurm array tasks alike (`threads = 1`);
+    /// None: a sweep divides the cores among its workers.
+    pub threads: Option<usize>,
+    /// What Slurm job arrays ask for (`[slurm]`).
+    pub slurm: super::slurm::SlurmOptions,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -129,7 +139,7 @@ pub struct SkippedCombination {
     pub got: String,
 }
 
-const TOP_KEYS: [&str; 14] = [
+const TOP_KEYS: [&str; 16] = [
     "name",
     "report",
     "data",
@@ -144,6 +154,8 @@ const TOP_KEYS: [&str; 14] = [
     "subset_seed",
     "device",
     "gres",
+    "threads",
+    "slurm",
 ];
 /// Top-level keys that set the same value in [teachers] and [students] (a section may override
 /// them): the data carving, so that the students' transfer set is the teachers' training set.
@@ -382,6 +394,8 @@ impl StudyConfig {
             students: StudentSet::parse(&section(&table, "students", origin)?, &data, origin)?,
             methods: method_blocks(table.get("methods"), origin)?,
             featured: featured(&table, origin)?,
+            threads: super::slurm::parse_threads(table.get("threads"), origin)?,
+            slurm: super::slurm::SlurmOptions::parse(table.get("slurm"), origin)?,
             data,
             device: optional_str(&table, "device", origin)?
                 .map(|d| d.parse().with_context(|| format!("{origin}: 'device'")))

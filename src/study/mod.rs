@@ -6,11 +6,12 @@ mod failpoint;
 pub mod fit;
 pub mod plan;
 pub mod runner;
+pub mod slurm;
 pub mod store;
 pub mod watch;
 
 use crate::probe::{self, source::LogitSource};
-use crate::util::{atomic, fmt, sealed};
+use crate::util::{fmt, sealed};
 use anyhow::{bail, Result};
 use config::StudyConfig;
 use plan::{Kind, RunSpec};
@@ -190,71 +191,4 @@ pub fn status(dir: &Path) -> Result<String> {
         out += &format!("failed:  {} {}: {}\n", r.id, r.name, r.error.as_deref().unwrap_or("?"));
     }
     Ok(out)
-}
-
-/// Writes Slurm job arrays for the runs still to do: one array per dependency level (teachers,
-/// then assistants, then students), chained with `afterok`. Each job runs `kdlab sweep-run` on
-/// its run's spec and writes only into its own run directory; `kdlab sweep` or `kdlab report`
-/// then imports the finished runs into the study's database (one writer, so SQLite never has to
-/// lock across a network file system). `gres`: the study runs on GPUs, and each job asks Slurm for
-/// this resource (`gpu:1`) and runs with `--device cuda`; None: on the CPU, `--device cpu`.
-pub fn emit_slurm(
-    dir: &Path,
-    specs: &[RunSpec],
-    store: &Store,
-    out: &Path,
-    gres: Option<&str>,
-) -> Result<Vec<std::path::PathBuf>> {
-    std::fs::create_dir_all(out)?;
-    let exe = std::env::current_exe()?.display().to_string();
-    let mut written = vec![];
-    let mut submit = String::from("#!/bin/bash\n# Submits the study's job arrays in dependency order.\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n");
-    let mut prev: Option<String> = None;
-    for kind in [Kind::Teacher, Kind::Assistant, Kind::Student] {
-        let todo: Vec<&RunSpec> = specs
-            .iter()
-            .filter(|s| s.kind == kind)
-            .filter(|s| store.get(&s.id).ok().flatten().is_some_and(|r| r.status != Status::Done))
-            .collect();
-        if todo.is_empty() {
-            continue;
-        }
-        let mut list = String::new();
-        for s in &todo {
-            let rdir = plan::run_dir(dir, &s.id);
-            std::fs::create_dir_all(&rdir)?;
-            let p = rdir.join("spec.json");
-            sealed::write_json(&p, s)?;
-            list += &format!("{}\n", std::fs::canonicalize(&p)?.display());
-        }
-        let name = kind.as_str();
-        atomic::write_bytes(&out.join(format!("{name}s.txt")), list.as_bytes())?;
-        // Every job gets the study's kind of device explicitly: `auto` would put a CPU study's
-        // runs on a GPU wherever a node happens to have one.
-        let (gres_line, device) = match gres {
-            Some(g) => (format!("#SBATCH --gres={g}\n"), "cuda"),
-            None => (String::new(), "cpu"),
-        };
-        let script = format!(
-            "#!/bin/bash\n#SBATCH --job-name=kdlab-{name}\n#SBATCH --array=1-{}\n#SBATCH --cpus-per-task=4\n{gres_line}#SBATCH --output={}/{name}-%a.out\n\
-             # One run of the study per array task.\nset -euo pipefail\n\
-             spec=$(sed -n \"${{SLURM_ARRAY_TASK_ID}}p\" {}/{name}s.txt)\n{exe} sweep-run \"$spec\" --threads \"${{SLURM_CPUS_PER_TASK:-4}}\" --device {device}\n",
-            todo.len(),
-            std::fs::canonicalize(out)?.display(),
-            std::fs::canonicalize(out)?.display()
-        );
-        let sp = out.join(format!("{name}s.sbatch"));
-        atomic::write_bytes(&sp, script.as_bytes())?;
-        written.push(sp);
-        let dep = prev.as_ref().map(|p| format!(" --dependency=afterok:${p}")).unwrap_or_default();
-        submit += &format!("{name}=$(sbatch --parsable{dep} {name}s.sbatch)\necho \"{name}s: job $");
-        submit += &format!("{name}\"\n");
-        prev = Some(name.to_string());
-    }
-    let sp = out.join("submit.sh");
-    atomic::write_bytes(&sp, submit.as_bytes())?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o755))?;
-    written.push(sp);
-    Ok(written)
 }

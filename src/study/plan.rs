@@ -160,6 +160,12 @@ pub struct RunSpec {
     /// before top-k caches).
     #[serde(default)]
     pub teacher_cache: TeacherCache,
+    /// LibTorch's intra-op threads for this run, fixed by the sweep (or `--emit-slurm`) that
+    /// writes its spec.json: the count changes the order of float reductions, hence the numbers,
+    /// so a local worker and a Slurm array task must use the same. Not part of the run's id (an
+    /// execution setting; older plans have none), and None in the plan and the study index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 /// Reads `params`, dropping null values: plans stored before the methods had their own structs
@@ -324,6 +330,7 @@ fn trained_teacher(study: &StudyConfig, model: &str) -> Result<(RunSpec, Teacher
         teacher: None,
         depends_on: vec![],
         teacher_cache: TeacherCache::Off,
+        threads: None,
     };
     let teacher = TeacherRef {
         name: model.to_string(),
@@ -444,6 +451,7 @@ impl<'a> GridPoint<'a> {
             teacher_cache,
             teacher: t,
             depends_on: deps,
+            threads: None,
         });
         Ok(())
     }
@@ -474,6 +482,7 @@ impl<'a> GridPoint<'a> {
             teacher: Some(teacher.clone()),
             depends_on,
             teacher_cache: self.teacher_cache,
+            threads: None,
         })
     }
 }

@@ -262,7 +262,7 @@ fn spawn(dir: &Path, spec: &RunSpec, threads: usize, exe: &WorkerExe, on: Placem
     let rdir = plan::run_dir(dir, &spec.id);
     std::fs::create_dir_all(&rdir)?;
     let spec_path = rdir.join("spec.json");
-    sealed::write_json(&spec_path, spec)?;
+    sealed::write_json(&spec_path, &RunSpec { threads: Some(threads), ..spec.clone() })?;
     let mut log = File::options().create(true).append(true).open(rdir.join("log.txt"))?;
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     writeln!(log, "{ATTEMPT_MARK}(unix time {unix}) on {}", on.describe())?;
@@ -347,7 +347,9 @@ pub fn sweep(study_file: &Path, out: Option<&Path>, opts: &SweepOptions) -> Resu
         return Ok(dir);
     }
     let workers = opts.devices.workers().max(1);
-    let threads = opts.threads.unwrap_or_else(|| (crate::util::device::available_cores() / workers).max(1));
+    // The study's thread count, when it fixes one, is what its runs compute with anywhere.
+    let threads =
+        opts.threads.or(cfg.threads).unwrap_or_else(|| (crate::util::device::available_cores() / workers).max(1));
     println!(
         "{} ({}): {} runs, {} to run with {workers} worker(s) × {threads} thread(s){}",
         cfg.name,
@@ -608,6 +610,10 @@ pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
     let study = rdir.parent().and_then(Path::parent).context("a run directory lives in <study>/runs/")?.to_path_buf();
     let _lock = lock(&rdir.join(".lock"), &format!("run {} is already being trained by another process", spec.id))?;
     check_device_kind(&rdir, if device == tch::Device::Cpu { DeviceKind::Cpu } else { DeviceKind::Cuda })?;
+    // The spec's thread count wins over --threads: it is what the run's numbers depend on.
+    if let Some(n) = spec.threads {
+        crate::util::device::set_threads(n);
+    }
     // Only the id: a run's label may change in the study file without making it another run.
     let extra = serde_json::json!({"study_run": spec.id});
     match &spec.teacher {
