@@ -67,6 +67,9 @@ fn results() -> StudyResults {
             best_acc: 0.795 + noise,
             best_epoch: 5,
             val_acc: Some(0.78 + noise),
+            teacher_fit: None,
+            teacher_stats: None,
+            final_test_loss: None,
             extra: None,
         });
         for (name, method, hyper, base) in series() {
@@ -87,6 +90,9 @@ fn results() -> StudyResults {
                     best_acc: acc + 0.002 * (1 + seed) as f64,
                     best_epoch: 7,
                     val_acc: Some(acc - 0.01),
+                    teacher_fit: None,
+                    teacher_stats: None,
+                    final_test_loss: None,
                     extra: (method == "ats").then(|| {
                         json!({"ats_target": {"teacher_wrong": 0.1, "flipped_where_teacher_right": 0.25}, "isats_tau2": null})
                     }),
