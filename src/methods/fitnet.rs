@@ -84,23 +84,15 @@ impl Regressor {
 
     /// Checks that the regressor maps a student hint of shape `s` onto `t` (in eval mode, so
     /// BatchNorm's running statistics are untouched).
-    fn check(self, s: &[i64], t: &[i64]) -> Result<Regressor> {
+    fn check(self, s: &[i64], t: &[i64], device: tch::Device) -> Result<Regressor> {
         let got = tch::no_grad(|| {
-            let x = Tensor::zeros([&[2], s].concat(), (tch::Kind::Float, self.device()));
+            let x = Tensor::zeros([&[2], s].concat(), (tch::Kind::Float, device));
             self.forward_t(&x, false).size()
         });
         if got[1..] != *t {
             bail!("FitNet's regressor maps the student's hint {s:?} to {:?}, not the teacher's {t:?}", &got[1..]);
         }
         Ok(self)
-    }
-
-    fn device(&self) -> tch::Device {
-        match self {
-            Regressor::Conv(c, _) => c.ws.device(),
-            Regressor::Transposed(c, _) => c.ws.device(),
-            Regressor::Linear(l) => l.ws.device(),
-        }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -121,7 +113,7 @@ impl Method for FitNet {
     }
     fn setup(&mut self, s: &Setup) -> Result<()> {
         let (st, te) = (s.student_shape(&self.p.hint), s.teacher_shape(&self.p.hint));
-        self.regressor = Some(Regressor::new(&s.vars / "regressor", st, te)?.check(st, te)?);
+        self.regressor = Some(Regressor::new(&s.vars / "regressor", st, te)?.check(st, te, s.vars.device())?);
         Ok(())
     }
     fn terms(&mut self, x: &LossInput) -> Vec<(String, Tensor)> {
@@ -207,7 +199,7 @@ mod tests {
     #[test]
     fn the_regressor_follows_the_map_sizes() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let ok = |s: &[i64], t: &[i64]| Regressor::new(vs.root(), s, t).and_then(|r| r.check(s, t));
+        let ok = |s: &[i64], t: &[i64]| Regressor::new(vs.root(), s, t).and_then(|r| r.check(s, t, tch::Device::Cpu));
         assert!(matches!(ok(&[16, 14, 14], &[32, 7, 7]).unwrap(), Regressor::Conv(..)));
         assert!(matches!(ok(&[16, 7, 7], &[32, 14, 14]).unwrap(), Regressor::Transposed(..)));
         assert!(matches!(ok(&[16, 9, 9], &[32, 7, 7]).unwrap(), Regressor::Conv(..)));

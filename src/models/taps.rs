@@ -13,7 +13,6 @@
 //!
 //! A forward pass records only the taps it is asked for, so logits-only training keeps its
 //! memory: nothing else is held alive past its use.
-use anyhow::{bail, Result};
 use tch::nn::ModuleT;
 use tch::Tensor;
 
@@ -86,17 +85,6 @@ impl Taps {
     /// Every recorded tap, in the order the forward pass produced them.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.got.iter().map(|(n, t)| (n.as_str(), t))
-    }
-
-    /// The tap `name`, or an error naming the method, the model and the taps it has.
-    pub fn require(&self, name: &str, method: &str, model: &str) -> Result<&Tensor> {
-        match self.get(name) {
-            Some(t) => Ok(t),
-            None => {
-                let have: Vec<&str> = self.iter().map(|(n, _)| n).collect();
-                bail!("method '{method}' needs tap '{name}' of {model}, which has: {}", have.join(", "))
-            }
-        }
     }
 }
 
