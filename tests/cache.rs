@@ -51,7 +51,8 @@ fn cached_logits_equal_a_live_forward_and_distillation_agrees() {
     for use_cache in [false, true, true] {
         let t = Teacher::load(tdir.to_str().unwrap(), Device::Cpu).unwrap();
         let cache = use_cache.then(|| cache::open_or_build(&tdir, &t.model, &t.meta, &data, true, true).unwrap());
-        let mut obj = Distill::new(t, methods::build("kd", &methods::Table::new()).unwrap(), cache.map(Cached::Logits));
+        let mut obj =
+            Distill::new(t, &methods::MethodSpec::default_of("kd").unwrap(), cache.map(Cached::Logits)).unwrap();
         let out = tmp.path().join(format!("student-{use_cache}-{}", curves.len()));
         let r = train(
             &cfg("cnn_w1", 2),

@@ -45,9 +45,10 @@ fn distillation_records_the_method_and_teacher_and_is_deterministic() {
     let run = |out: &Path, method: &str, spec: &str| {
         let mut obj = Distill::new(
             Teacher::load(spec, Device::Cpu).unwrap(),
-            methods::build(method, &methods::Table::new()).unwrap(),
+            &methods::MethodSpec::default_of(method).unwrap(),
             None,
-        );
+        )
+        .unwrap();
         let extra = serde_json::json!({"teacher": obj.teacher.record()});
         train(&cfg("cnn_w1", 2), &data, &mut obj, &RunOptions { extra, ..opts(out, "distill") }).unwrap()
     };
@@ -192,9 +193,10 @@ fn default_dkd_does_not_collapse_a_student_that_learns_alone() {
     let distil = |name: &str, c: TrainConfig| {
         let mut obj = Distill::new(
             Teacher::load(&tdir.display().to_string(), Device::Cpu).unwrap(),
-            methods::build("dkd", &methods::Table::new()).unwrap(),
+            &methods::MethodSpec::default_of("dkd").unwrap(),
             None,
-        );
+        )
+        .unwrap();
         train(&c, &data, &mut obj, &opts(&tmp.path().join(name), "distill")).unwrap()
     };
     let default_clip = TrainConfig::default().clip_grad_norm;

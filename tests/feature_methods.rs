@@ -41,8 +41,8 @@ fn numbers(h: &[EpochMetrics]) -> Vec<(usize, f64, f64, f64, f64)> {
 
 fn fitnet(teacher: &Path, params: &str) -> Distill {
     let t = Teacher::load(teacher.to_str().unwrap(), Device::Cpu).unwrap();
-    let m = methods::build("fitnet", &params.parse().unwrap()).unwrap();
-    Distill::new(t, m, None)
+    let m = methods::MethodSpec::parse("fitnet", params.parse().unwrap()).unwrap();
+    Distill::new(t, &m, None).unwrap()
 }
 
 fn kdlab(args: &[&str], cwd: &Path) -> Output {

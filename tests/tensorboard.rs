@@ -79,9 +79,10 @@ fn tensorboards_reader_sees_every_metric_histogram_and_hyper_parameter() {
     let sdir = tmp.path().join("isats");
     let mut obj = Distill::new(
         Teacher::load(&tdir.display().to_string(), Device::Cpu).unwrap(),
-        methods::build("isats", &methods::Table::new()).unwrap(),
+        &methods::MethodSpec::default_of("isats").unwrap(),
         None,
-    );
+    )
+    .unwrap();
     let extra = serde_json::json!({"teacher": obj.teacher.record()});
     train(&cfg("mlp_16x1", 2), &data, &mut obj, &RunOptions { extra, ..opts(&sdir, "distill") }).unwrap();
     // Also the HParams dashboard of `tensorboard --logdir` on their parent: a session per run.

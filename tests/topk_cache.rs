@@ -164,7 +164,7 @@ fn full_k_teaches_what_the_full_logit_cache_teaches() {
     let mut histories = vec![];
     for cached in [Cached::Logits(full), Cached::TopK(topk)] {
         let t = Teacher::load(tdir.to_str().unwrap(), Device::Cpu).unwrap();
-        let mut obj = Distill::new(t, methods::build("kd", &methods::Table::new()).unwrap(), Some(cached));
+        let mut obj = Distill::new(t, &methods::MethodSpec::default_of("kd").unwrap(), Some(cached)).unwrap();
         let out = tmp.path().join(format!("student-{}", histories.len()));
         histories.push(train(&cfg("cnn_w1", 2, 3), &data, &mut obj, &quiet(&out, "distill")).unwrap().history);
     }

@@ -102,8 +102,8 @@ fn records_are_the_students_crops_with_the_live_teachers_top_k() {
     for (run, cache) in [c, c6].into_iter().enumerate() {
         let seed = 6;
         let teacher = Teacher::load(tdir.to_str().unwrap(), Device::Cpu).unwrap();
-        let method = methods::build("kd", &methods::Table::new()).unwrap();
-        let mut obj = Distill::new(teacher, method, Some(Cached::TopK(cache)));
+        let method = methods::MethodSpec::default_of("kd").unwrap();
+        let mut obj = Distill::new(teacher, &method, Some(Cached::TopK(cache))).unwrap();
         let out = tmp.path().join(format!("student-{run}"));
         let opts = RunOptions { quiet: true, ..RunOptions::new(&out, Device::Cpu, "distill") };
         let got = train(&student(seed), &data, &mut obj, &opts);

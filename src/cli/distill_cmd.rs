@@ -1,12 +1,12 @@
 //! `kdlab distill` (KD, ATS, ISATS, NCKD, DKD, DIST, LS; ESKD via an earlier teacher checkpoint;
 //! TAKD via --assistant) and `kdlab loss` (one method's loss terms on saved logits).
-use super::train_cmd::{ConfigFlags, TeacherNormFlags};
+use super::train_cmd::{toml_value, ConfigFlags, TeacherNormFlags};
 use super::Runtime;
 use crate::data::npy;
-use crate::methods::{self, LossInput};
+use crate::methods::{self, LossInput, MethodSpec};
 use crate::train::config;
 use crate::train::distill::{self, DistillConfig};
-use crate::train::teacher::{self, InputNorm};
+use crate::train::teacher;
 use crate::train::topk_cache;
 use crate::util::fmt;
 use anyhow::{bail, Context, Result};
@@ -40,16 +40,6 @@ impl MethodFlags {
         }
         Ok(t)
     }
-}
-
-/// A value as typed on the command line, read as TOML (`4`, `0.5`, `true`, `[1, 2]`); anything else
-/// is a string (`order`).
-fn toml_value(text: &str) -> toml::Value {
-    format!("v = {text}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(text.to_string()))
 }
 
 /// A default as the help shows it: TOML-like, whole numbers without ".0", "(optional)" where the
@@ -109,8 +99,8 @@ impl clap::Args for MethodFlags {
             );
         for key in methods::all_keys() {
             let long = key.replace('_', "-");
-            // A flag of the command by the same name (--gamma, the learning rate's decay) already
-            // sets the same key: `DistillConfig` routes it to a method that takes it.
+            // A training key of the same name (--gamma, the learning rate's decay) keeps its flag:
+            // the method's key is given with -p (see `DistillConfig`'s namespaces).
             if cmd.get_arguments().any(|a| a.get_long() == Some(long.as_str())) {
                 continue;
             }
@@ -245,7 +235,7 @@ fn resolve(a: &DistillArgs) -> Result<DistillConfig> {
             table.insert(k.into(), toml::Value::Array(v.iter().map(|&x| toml::Value::Float(x)).collect()));
         }
     }
-    if a.student.is_some() && a.cfg.model.is_some() {
+    if a.student.is_some() && a.cfg.has("model") {
         bail!("give the student once: --student or --model");
     }
     DistillConfig::from_table(table, &origin)
@@ -259,7 +249,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         PathBuf::from(format!(
             "runs/{}-{}-from-{}-s{}",
             cfg.train.model,
-            cfg.method,
+            cfg.method.name(),
             teacher.name().replace('@', "-"),
             cfg.train.seed
         ))
@@ -268,44 +258,27 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         None => distill::run(&cfg, &cfg.teacher, &out, device, a.quiet, a.trace_steps, serde_json::json!({}))?,
         Some(assistant) => {
             // TAKD: teacher → assistant → student, each a full distillation run.
-            let a_cfg = DistillConfig {
-                train: crate::train::config::TrainConfig { model: assistant.clone(), ..cfg.train.clone() },
-                assistant: None,
-                ..cfg.clone()
-            };
+            let train = crate::train::config::TrainConfig { model: assistant.clone(), ..cfg.train.clone() };
             let a_out = out.join("assistant");
-            let ar = distill::run(
-                &a_cfg,
-                &cfg.teacher,
-                &a_out,
-                device,
-                a.quiet,
-                a.trace_steps,
-                serde_json::json!({"takd_role": "assistant"}),
-            )?;
+            let role = serde_json::json!({"takd_role": "assistant"});
+            let ar =
+                distill::run(&cfg.assistant_link(train), &cfg.teacher, &a_out, device, a.quiet, a.trace_steps, role)?;
             println!(
                 "assistant {assistant}: final test accuracy {:.2}% ({})",
                 100.0 * ar.final_test_acc,
                 a_out.display()
             );
             let spec = a_out.display().to_string();
-            let s_cfg = DistillConfig { teacher_norm: InputNorm::default(), ..cfg.clone() };
-            distill::run(
-                &s_cfg,
-                &spec,
-                &out.join("student"),
-                device,
-                a.quiet,
-                a.trace_steps,
-                serde_json::json!({"takd_role": "student", "takd_teacher": cfg.teacher, "takd_assistant": assistant}),
-            )?
+            let role =
+                serde_json::json!({"takd_role": "student", "takd_teacher": cfg.teacher, "takd_assistant": assistant});
+            distill::run(&cfg.student_link(&spec), &spec, &out.join("student"), device, a.quiet, a.trace_steps, role)?
         }
     };
     println!(
         "done: {} ({} params) by {} — final test accuracy {:.2}%, best {:.2}% at epoch {}, {} of training; {}",
         cfg.train.model,
         fmt::count(r.params),
-        cfg.method,
+        cfg.method.name(),
         100.0 * r.final_test_acc,
         100.0 * r.best_test_acc,
         r.best_epoch,
@@ -389,7 +362,8 @@ fn logits_tensor(p: &Path) -> Result<(usize, usize, Tensor)> {
 pub fn loss(a: LossArgs) -> Result<()> {
     let names: Vec<&str> = methods::REGISTRY.iter().map(|e| e.name).collect();
     let name = a.method.method.clone().with_context(|| format!("--method is required ({})", names.join(", ")))?;
-    let mut method = methods::build(&name, &a.method.params()?)?;
+    let spec = MethodSpec::parse(&name, a.method.params()?)?;
+    let mut method = spec.build()?;
     if let Some(e) = a.epoch.filter(|e| !(*e >= 0.0 && e.is_finite())) {
         bail!("--epoch must be a number ≥ 0 (epochs are 1-based), got {e}");
     }
@@ -435,7 +409,7 @@ pub fn loss(a: LossArgs) -> Result<()> {
     let total: f64 = values.iter().map(|(_, v)| v).sum();
     let mut out = serde_json::json!({
         "method": name,
-        "hyper": method.hyper(),
+        "hyper": spec.hyper(),
         "terms": values.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
         "total": total,
     });
@@ -458,7 +432,7 @@ pub fn loss(a: LossArgs) -> Result<()> {
             .map(|(k, v)| vec![k.clone(), format!("{v:.8}")])
             .chain(std::iter::once(vec!["total".into(), format!("{total:.8}")]))
             .collect();
-        println!("{name} {}", method.hyper());
+        println!("{name} {}", spec.hyper());
         print!("{}", fmt::table(&["term", "value"], &rows));
     }
     Ok(())

@@ -6,7 +6,6 @@ use crate::train::config::{self, TrainConfig};
 use crate::train::eval;
 use crate::train::objective::CrossEntropy;
 use crate::train::run::run_data;
-use crate::train::schedule::Schedule;
 use crate::train::teacher;
 use crate::train::trainer::{self, RunOptions};
 use crate::util::fmt;
@@ -14,104 +13,89 @@ use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-/// Every key of the training configuration as a flag; a flag overrides the same key in --config.
-#[derive(Args, Clone, Debug, Default)]
+/// Every key of the training configuration as a flag, made from `TrainConfig` (its fields and
+/// their comments): a flag overrides the same key in --config. Only the flags given are kept.
+#[derive(Clone, Debug, Default)]
 pub struct ConfigFlags {
-    /// TOML file with any of the keys below (flags override it).
-    #[arg(long)]
+    /// TOML file with any of the training keys (flags override it).
     pub config: Option<PathBuf>,
-    /// Architecture (`kdlab models` lists them).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Data set: fashion-mnist-mini (embedded), fashion-mnist, mnist, cifar10, cifar100, a directory
-    /// (IDX or CIFAR files), or an image folder DIR[:size=HxW,channels=1|3,bad=skip,flip=true,pad=N,cache=off].
-    #[arg(long)]
-    pub data: Option<String>,
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Base learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    #[arg(long)]
-    pub momentum: Option<f64>,
-    #[arg(long)]
-    pub nesterov: Option<bool>,
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    #[arg(long, value_enum)]
-    pub schedule: Option<Schedule>,
-    /// Epochs after which the rate is multiplied by gamma, e.g. 150,180,210.
-    #[arg(long, value_delimiter = ',')]
-    pub milestones: Option<Vec<usize>>,
-    /// The step schedule's decay factor. (kdlab distill --method dist: DIST's intra-class weight
-    /// γ, unless -p gamma=… gives that.)
-    #[arg(long)]
-    pub gamma: Option<f64>,
-    #[arg(long)]
-    pub warmup_epochs: Option<usize>,
-    /// Scale each step's gradient down to this global L2 norm when larger (0: never).
-    #[arg(long)]
-    pub clip_grad_norm: Option<f64>,
-    /// Mixed precision of the forward pass: off, bf16 or fp16 (fp16 with loss scaling); weights,
-    /// losses and evaluation stay float32.
-    #[arg(long, value_enum)]
-    pub amp: Option<crate::train::amp::Amp>,
-    /// Random crops and flips (true/false).
-    #[arg(long)]
-    pub augment: Option<bool>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Keep a checkpoint every N epochs (0: only last and best).
-    #[arg(long)]
-    pub save_every: Option<usize>,
-    /// Train on N images per class (a class-balanced subset; 0: all). The test set stays whole.
-    #[arg(long)]
-    pub train_subset: Option<usize>,
-    /// Hold N images per class out of the training images as a validation split (0: none).
-    #[arg(long)]
-    pub val_per_class: Option<usize>,
-    /// Seed of the subset and validation draws (default 0, whatever --seed is).
-    #[arg(long)]
-    pub subset_seed: Option<u64>,
+    /// The training keys given as flags, as TOML values keyed like the config file.
+    given: toml::Table,
+}
+
+const CONFIG_ID: &str = "config";
+
+/// The training keys (`TrainConfig`'s fields, which are also the flags' ids).
+fn training_keys() -> Vec<String> {
+    config::keys_of(&TrainConfig::default())
+}
+
+impl clap::Args for ConfigFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let cmd = cmd.arg(
+            clap::Arg::new(CONFIG_ID)
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("TOML file with any of the training keys below (flags override it)"),
+        );
+        let mut cmd = <TrainConfig as clap::Args>::augment_args(cmd);
+        // Every key has a default (or comes from --config): none is required on the command line.
+        for key in training_keys() {
+            cmd = cmd.mut_arg(key, |a| a.required(false));
+        }
+        cmd
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for ConfigFlags {
+    fn from_arg_matches(m: &clap::ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let defaults = toml::Table::try_from(TrainConfig::default()).expect("config serialises");
+        let mut given = toml::Table::new();
+        for key in training_keys() {
+            if m.value_source(&key) != Some(clap::parser::ValueSource::CommandLine) {
+                continue;
+            }
+            let raw: Vec<String> =
+                m.get_raw(&key).into_iter().flatten().map(|v| v.to_string_lossy().into_owned()).collect();
+            // clap has checked each value against the field's type; `config::from_table` reads them.
+            let value = if defaults.get(&key).is_some_and(toml::Value::is_array) {
+                toml::Value::Array(raw.iter().map(|v| toml_value(v)).collect())
+            } else {
+                toml_value(raw.last().map_or("true", String::as_str))
+            };
+            given.insert(key, value);
+        }
+        Ok(ConfigFlags { config: m.get_one::<PathBuf>(CONFIG_ID).cloned(), given })
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+/// A value as typed on the command line, read as TOML (`4`, `0.5`, `true`, `[1, 2]`); anything else
+/// is a string (`step`, `order`).
+pub(super) fn toml_value(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
 }
 
 impl ConfigFlags {
     /// The flags that were given, as TOML values keyed like the config file.
     pub fn overrides(&self) -> toml::Table {
-        let mut t = toml::Table::new();
-        let mut put = |k: &str, v: Option<toml::Value>| {
-            if let Some(v) = v {
-                t.insert(k.to_string(), v);
-            }
-        };
-        put("model", self.model.clone().map(toml::Value::String));
-        put("data", self.data.clone().map(toml::Value::String));
-        put("epochs", self.epochs.map(|v| toml::Value::Integer(v as i64)));
-        put("batch_size", self.batch_size.map(|v| toml::Value::Integer(v as i64)));
-        put("lr", self.lr.map(toml::Value::Float));
-        put("momentum", self.momentum.map(toml::Value::Float));
-        put("nesterov", self.nesterov.map(toml::Value::Boolean));
-        put("weight_decay", self.weight_decay.map(toml::Value::Float));
-        put("schedule", self.schedule.map(|s| toml::Value::try_from(s).expect("schedule serialises")));
-        put(
-            "milestones",
-            self.milestones
-                .clone()
-                .map(|m| toml::Value::Array(m.into_iter().map(|v| toml::Value::Integer(v as i64)).collect())),
-        );
-        put("gamma", self.gamma.map(toml::Value::Float));
-        put("warmup_epochs", self.warmup_epochs.map(|v| toml::Value::Integer(v as i64)));
-        put("clip_grad_norm", self.clip_grad_norm.map(toml::Value::Float));
-        put("amp", self.amp.map(|a| toml::Value::String(a.as_str().into())));
-        put("augment", self.augment.map(toml::Value::Boolean));
-        put("seed", self.seed.map(|v| toml::Value::Integer(v as i64)));
-        put("save_every", self.save_every.map(|v| toml::Value::Integer(v as i64)));
-        put("train_subset", self.train_subset.map(|v| toml::Value::Integer(v as i64)));
-        put("val_per_class", self.val_per_class.map(|v| toml::Value::Integer(v as i64)));
-        put("subset_seed", self.subset_seed.map(|v| toml::Value::Integer(v as i64)));
-        t
+        self.given.clone()
+    }
+
+    /// Whether training key `key` was given as a flag.
+    pub fn has(&self, key: &str) -> bool {
+        self.given.contains_key(key)
     }
 
     /// The config file overlaid with the flags, validated.
@@ -305,5 +289,63 @@ pub struct TeacherNormFlags {
 impl TeacherNormFlags {
     pub fn norm(&self) -> crate::train::teacher::InputNorm {
         crate::train::teacher::InputNorm { mean: self.teacher_mean.clone(), std: self.teacher_std.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: ConfigFlags,
+    }
+
+    /// Each training key is a flag made from `TrainConfig`, and reaches the configuration: every
+    /// value below differs from its default, so a key the flags missed would fail the comparison.
+    #[test]
+    fn every_training_key_is_a_flag_that_reaches_the_config() {
+        let want = TrainConfig {
+            model: "resnet20".into(),
+            data: "fashion-mnist".into(),
+            epochs: 12,
+            batch_size: 32,
+            lr: 0.2,
+            momentum: 0.5,
+            nesterov: true,
+            weight_decay: 1e-3,
+            schedule: crate::train::schedule::Schedule::Cosine,
+            milestones: vec![3, 7],
+            gamma: 0.5,
+            warmup_epochs: 2,
+            clip_grad_norm: 0.0,
+            augment: false,
+            seed: 9,
+            save_every: 3,
+            train_subset: 100,
+            val_per_class: 10,
+            subset_seed: 4,
+            amp: crate::train::amp::Amp::Bf16,
+        };
+        let (defaults, values) =
+            (serde_json::to_value(TrainConfig::default()).unwrap(), serde_json::to_value(&want).unwrap());
+        let mut args = vec!["kdlab".to_string()];
+        for key in training_keys() {
+            assert_ne!(defaults[&key], values[&key], "{key}: the test must give a value other than the default");
+            args.push(format!("--{}", key.replace('_', "-")));
+            args.push(match &values[&key] {
+                serde_json::Value::Array(a) => a.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            });
+        }
+        let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert_eq!(cli.cfg.resolve().unwrap(), want);
+        // Flags not given overlay nothing on --config.
+        assert!(Cli::try_parse_from(["kdlab"]).unwrap().cfg.overrides().is_empty());
+        let e = Cli::try_parse_from(["kdlab", "--epochs", "x"]).err().unwrap().to_string();
+        assert!(e.contains("--epochs"), "{e}");
     }
 }

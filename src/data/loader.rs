@@ -7,8 +7,8 @@
 //! image folder's files under the ImageNet recipe ([`FileFeed`]), decoded and transformed per
 //! batch on a pool of threads.
 use super::augment::Augment;
+pub use super::batch::Batch;
 use super::stream::FileFeed;
-use super::transform::CropBox;
 use super::{Shape, Split};
 use crate::util::rng::{stream, Rng};
 use anyhow::Result;
@@ -65,30 +65,6 @@ pub struct LoaderSpec {
     /// Drop a last batch smaller than `batch_size`. Regardless of this, a last batch of a single
     /// sample is dropped when training, since BatchNorm cannot normalise one sample.
     pub drop_last: bool,
-}
-
-/// One batch, ready to become tensors.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    /// N×C×H×W normalised inputs.
-    pub images: Vec<f32>,
-    pub labels: Vec<i64>,
-    /// Index of each sample in its split.
-    pub indices: Vec<u32>,
-    /// The augmentation view of each sample (see `Augment::view`); 0 for continuous views.
-    pub views: Vec<u32>,
-    /// The crop box of each sample in its source image, for continuous views (file feeds);
-    /// empty for the discrete views.
-    pub crops: Vec<CropBox>,
-}
-
-impl Batch {
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
 }
 
 /// The order of samples in an epoch and the view each one gets.

@@ -2,14 +2,17 @@
 //! data sets and where they live, the embedded Fashion-MNIST subset, augmentation, and the
 //! background batch loader.
 pub mod augment;
+pub mod batch;
 pub mod catalog;
 pub mod cifar;
+pub mod decode;
 pub mod embedded;
 pub mod fetch;
 pub mod idx;
 pub mod imagefolder;
 pub mod loader;
 pub mod npy;
+pub mod pool;
 pub mod source;
 pub mod stream;
 pub mod transform;

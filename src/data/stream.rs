@@ -13,8 +13,9 @@
 //!
 //! The results do not depend on the store or the number of threads: each sample's crop comes from
 //! the run's seed, the epoch and the sample's index ([`transform::sample_rng`]).
-use super::imagefolder::{bad_file_error, luma601, par_each_on};
-use super::loader::Batch;
+use super::batch::Batch;
+use super::decode::luma601;
+use super::pool::{bad_file_error, par_each_on};
 use super::transform::{self, CropBox, Decoded, Recipe};
 use super::{Profile, Shape};
 use anyhow::{bail, Result};
@@ -77,7 +78,7 @@ impl Streamed {
 /// colour to grey as PIL's luma, grey to colour by repetition, alpha dropped (torchvision's
 /// loader converts every image to RGB the same way).
 pub fn decode_file(path: &Path, channels: usize, max_pixels: u64) -> Result<Decoded> {
-    let img = super::imagefolder::decode_image(path, max_pixels)?;
+    let img = super::decode::decode_image(path, max_pixels)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let pixels = if channels == 1 {
         if img.color().has_color() {
@@ -101,7 +102,7 @@ pub struct FileFeed {
     pub channels: usize,
     pub skip_bad: bool,
     pub max_pixels: u64,
-    /// Decoding threads ([`super::imagefolder::threads`]).
+    /// Decoding threads ([`super::pool::threads`]).
     pub threads: usize,
     /// Per channel, a pixel value v (0..=255) becomes v · gain + bias: (v/255 − mean) / std.
     gain: Vec<f32>,
@@ -119,7 +120,7 @@ impl FileFeed {
             channels: data.channels,
             skip_bad: data.skip_bad,
             max_pixels: data.max_pixels,
-            threads: super::imagefolder::threads(),
+            threads: super::pool::threads(),
             gain,
             bias,
         }
@@ -217,7 +218,7 @@ pub fn decode_all(
     bar: &indicatif::ProgressBar,
 ) -> Result<FolderImages> {
     let mut slots: Vec<Option<Result<Decoded>>> = (0..files.len()).map(|_| None).collect();
-    par_each_on(super::imagefolder::threads(), slots.iter_mut().enumerate(), |i, slot| {
+    par_each_on(super::pool::threads(), slots.iter_mut().enumerate(), |i, slot| {
         let r = decode_file(&files[i], channels, max_pixels);
         let ok = r.is_ok() || skip;
         *slot = Some(r);

@@ -186,10 +186,6 @@ impl Method for Ats {
         self.flips.add(&t, x.labels, &lp);
         terms(x, &lp, self.student_tau, self.lambda)
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::json!({"tau1": self.tau1, "tau2": self.tau2, "student_tau": self.student_tau, "lambda": self.lambda,
-            "center_logits": self.center_logits})
-    }
     fn end_epoch(&mut self) -> Option<serde_json::Value> {
         Some(serde_json::json!({"ats_target": self.flips.take()}))
     }

@@ -29,7 +29,4 @@ impl Method for Ce {
     fn terms(&mut self, x: &LossInput) -> Vec<(String, tch::Tensor)> {
         vec![("ce".into(), cross_entropy(x.student, x.labels))]
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::json!({})
-    }
 }

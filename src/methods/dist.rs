@@ -65,7 +65,4 @@ impl Method for Dist {
             ("intra".into(), self.gamma * t2 * intra),
         ]
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::json!({"tau": self.tau, "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma})
-    }
 }

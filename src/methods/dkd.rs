@@ -85,9 +85,6 @@ impl Method for Dkd {
             ("nckd".into(), w * self.beta * t2 * nckd),
         ]
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::json!({"tau": self.tau, "alpha": self.alpha, "beta": self.beta, "warmup": self.warmup, "standardize": self.standardize})
-    }
     fn settled_epoch(&self) -> f64 {
         self.warmup
     }

@@ -118,9 +118,6 @@ impl Method for Dtkd {
             ("kd".into(), w * self.p.beta * kd),
         ]
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::to_value(&self.p).expect("hyper-parameters serialise")
-    }
     fn end_epoch(&mut self) -> Option<serde_json::Value> {
         let [n, fallback, ts, tt] = std::mem::take(&mut self.epoch);
         if n == 0.0 {

@@ -126,9 +126,6 @@ impl Method for FitNet {
             ("feat".into(), self.p.feat_weight * mse),
         ]
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::to_value(&self.p).expect("hyper-parameters serialise")
-    }
 }
 
 #[cfg(test)]

@@ -191,6 +191,36 @@ impl MethodParams for Params {
             tau_star: TauStarMemo::default(),
         }))
     }
+    /// The values in effect (the margin resolved, present only for the rules that use it) and the
+    /// search's fixed constants, which change what a run computes and so belong to its id.
+    fn record(&self) -> serde_json::Value {
+        let Ok(rule) = Rule::parse(&self.rule) else {
+            return serde_json::to_value(self).expect("hyper-parameters serialise");
+        };
+        let margin = self.margin.unwrap_or(DEFAULT_MARGIN);
+        let mut h = serde_json::json!({"rule": rule.name(), "tau1": self.tau1, "tau2_min": self.tau2_min,
+            "student_tau": self.student_tau, "lambda": self.lambda, "center_logits": self.center_logits,
+            "search": {"grid": GRID, "grid_spacing": "log", "golden_section_iterations": ITERS}});
+        match rule {
+            Rule::Order => {
+                h["margin"] = serde_json::json!(margin);
+                h["fallback"] = "tau2 = tau1 where (f_y - max_{c!=y} f_c)/tau1 < margin".into();
+            }
+            Rule::TsOrder => {
+                h["margin"] = serde_json::json!(margin);
+                h["ts_range"] = serde_json::json!([TS_RANGE.0, TS_RANGE.1]);
+                h["ts_tau2"] = "clamp(tau*, order floor, tau1)".into();
+                h["fallback"] = "tau2 = tau1 where (f_y - max_{c!=y} f_c)/tau1 < margin".into();
+            }
+            Rule::Ts => {
+                h["ts_range"] = serde_json::json!([TS_RANGE.0, TS_RANGE.1]);
+                h["ts_tau2"] = "clamp(tau*, tau2_min, tau1)".into();
+                h["fallback"] = "tau2 = tau1 where the teacher is wrong".into();
+            }
+            Rule::Bounded => {}
+        }
+        h
+    }
 }
 
 /// Population variance of the non-GT probabilities of softmax(f with f_y/τ1 and f_c/τ2) for every
@@ -461,30 +491,6 @@ impl Method for Isats {
         let lp = log_ats(&t, x.labels, self.tau1, &ch.tau2.unsqueeze(1));
         self.flips.add(&t, x.labels, &lp);
         ats::terms(x, &lp, self.student_tau, self.lambda)
-    }
-    fn hyper(&self) -> serde_json::Value {
-        let mut h = serde_json::json!({"rule": self.rule.name(), "tau1": self.tau1, "tau2_min": self.tau2_min,
-            "student_tau": self.student_tau, "lambda": self.lambda, "center_logits": self.center_logits,
-            "search": {"grid": GRID, "grid_spacing": "log", "golden_section_iterations": ITERS}});
-        match self.rule {
-            Rule::Order => {
-                h["margin"] = serde_json::json!(self.margin);
-                h["fallback"] = "tau2 = tau1 where (f_y - max_{c!=y} f_c)/tau1 < margin".into();
-            }
-            Rule::TsOrder => {
-                h["margin"] = serde_json::json!(self.margin);
-                h["ts_range"] = serde_json::json!([TS_RANGE.0, TS_RANGE.1]);
-                h["ts_tau2"] = "clamp(tau*, order floor, tau1)".into();
-                h["fallback"] = "tau2 = tau1 where (f_y - max_{c!=y} f_c)/tau1 < margin".into();
-            }
-            Rule::Ts => {
-                h["ts_range"] = serde_json::json!([TS_RANGE.0, TS_RANGE.1]);
-                h["ts_tau2"] = "clamp(tau*, tau2_min, tau1)".into();
-                h["fallback"] = "tau2 = tau1 where the teacher is wrong".into();
-            }
-            Rule::Bounded => {}
-        }
-        h
     }
     fn per_sample(&self) -> Option<(String, Vec<f64>)> {
         Some(("tau2".into(), self.last.clone()))

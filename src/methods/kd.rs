@@ -40,6 +40,13 @@ impl MethodParams for Params {
             standardize: self.standardize,
         }))
     }
+    /// The student's temperature as it is in effect (τ when not given), as kd's runs have always
+    /// recorded it.
+    fn record(&self) -> serde_json::Value {
+        let mut h = serde_json::to_value(self).expect("hyper-parameters serialise");
+        h["student_tau"] = serde_json::json!(self.student_tau.unwrap_or(self.tau));
+        h
+    }
 }
 
 pub struct Kd {
@@ -65,8 +72,5 @@ impl Method for Kd {
             ("ce".into(), self.alpha * cross_entropy(x.student, x.labels)),
             ("kd".into(), self.beta * self.student_tau * self.student_tau * kl),
         ]
-    }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::json!({"tau": self.tau, "student_tau": self.student_tau, "alpha": self.alpha, "beta": self.beta, "standardize": self.standardize})
     }
 }

@@ -73,9 +73,6 @@ impl Method for KdCurriculum {
             ("kd".into(), self.p.beta * tau * tau * kl),
         ]
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::to_value(&self.p).expect("hyper-parameters serialise")
-    }
     fn settled_epoch(&self) -> f64 {
         self.p.ramp_epochs
     }

@@ -16,8 +16,11 @@ pub mod kd;
 pub mod kd_curriculum;
 pub mod nckd;
 pub mod normkd;
+mod spec;
 pub mod ttm;
 pub mod wttm;
+
+pub use spec::MethodSpec;
 
 use crate::models::Taps;
 use anyhow::{bail, Context, Result};
@@ -124,8 +127,6 @@ pub trait Method: Send {
     }
     /// Named loss terms, each a scalar (a mean over the batch).
     fn terms(&mut self, x: &LossInput) -> Vec<(String, Tensor)>;
-    /// Every hyper-parameter in effect (defaults filled in), for run records.
-    fn hyper(&self) -> serde_json::Value;
     /// Per-sample values worth showing (ISATS: the chosen τ2 of the last batch).
     fn per_sample(&self) -> Option<(String, Vec<f64>)> {
         None
@@ -157,7 +158,7 @@ pub type Table = toml::Table;
 /// `#[serde(default, deny_unknown_fields)]` and a `Default` that holds the method's defaults. Integers
 /// are accepted for float keys (`tau = 4` is 4.0), as serde reads them. A study grid varies the
 /// keys in the order the struct declares them (the first one outermost).
-pub trait MethodParams: Default + Serialize + DeserializeOwned {
+pub trait MethodParams: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Whether the method distils from a teacher (`ce`, the student alone, does not).
     const NEEDS_TEACHER: bool = true;
     /// Two keys whose grid the report draws as a heat-map (ATS's τ1 × τ2).
@@ -167,6 +168,14 @@ pub trait MethodParams: Default + Serialize + DeserializeOwned {
     /// key (see `positive`, `weight`); values that are fine alone but not together return
     /// `Incompatible`, which a study grid skips instead of failing.
     fn build(self) -> Result<Box<dyn Method>>;
+
+    /// The hyper-parameters in effect, as a run records them and its id hashes them: the struct
+    /// serialised, so no method lists its keys twice. A method whose record was written before
+    /// this rule overrides it to write what it wrote then (kd fills in student_tau; isats adds
+    /// its search's constants), which keeps its runs' ids.
+    fn record(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("hyper-parameters serialise")
+    }
 }
 
 /// Hyper-parameter values that are each valid but do not go together (ATS with τ1 < τ2). A study
@@ -215,7 +224,7 @@ pub struct Entry {
     pub needs_teacher: bool,
     /// The grid the report draws (`MethodParams::GRID`).
     pub grid: Option<GridKeys>,
-    build: fn(&Table) -> Result<Box<dyn Method>>,
+    parse: fn(&Table) -> Result<std::sync::Arc<dyn spec::AnyParams>>,
     keys: fn() -> &'static [&'static str],
     defaults: fn() -> serde_json::Value,
 }
@@ -227,7 +236,7 @@ const fn entry<P: MethodParams>(name: &'static str, about: &'static str) -> Entr
         about,
         needs_teacher: P::NEEDS_TEACHER,
         grid: P::GRID,
-        build: build_from::<P>,
+        parse: spec::parse::<P>,
         keys: field_names::<P>,
         defaults: defaults_of::<P>,
     }
@@ -260,10 +269,11 @@ impl Entry {
         (self.defaults)()
     }
 
-    /// Builds the method from `params`. A key it does not take is an error, not silently ignored.
-    pub fn build(&self, params: &Table) -> Result<Box<dyn Method>> {
+    /// Reads `params` into the method's typed hyper-parameters. A key it does not take is an
+    /// error, not silently ignored.
+    fn parse(&self, params: &Table) -> Result<std::sync::Arc<dyn spec::AnyParams>> {
         self.check_keys(params.keys().map(String::as_str))?;
-        (self.build)(params).with_context(|| format!("method '{}'", self.name))
+        (self.parse)(params).with_context(|| format!("method '{}'", self.name))
     }
 
     /// Refuses a key the method does not take, naming the keys it takes (and the nearest, for a
@@ -279,14 +289,6 @@ impl Entry {
         let hint = crate::util::text::did_you_mean(key, &candidates);
         bail!("unknown key '{key}'{hint}: method '{}' takes {takes}", self.name)
     }
-}
-
-fn build_from<P: MethodParams>(params: &Table) -> Result<Box<dyn Method>> {
-    // toml's error ends with "in `key`", naming the key whose value has the wrong type.
-    let p: P = toml::Value::Table(params.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.to_string().trim().replace('\n', " ")))?;
-    p.build()
 }
 
 fn defaults_of<P: MethodParams>() -> serde_json::Value {
@@ -335,9 +337,10 @@ pub fn needs_teacher(name: &str) -> bool {
     entry_of(name).map_or(true, |e| e.needs_teacher)
 }
 
-/// Builds method `name` from its hyper-parameters.
+/// Builds method `name` from hyper-parameters given as a table: `MethodSpec::parse`, then
+/// `build`, for callers at the edge that want the method at once (`kdlab loss`, tests).
 pub fn build(name: &str, params: &Table) -> Result<Box<dyn Method>> {
-    entry_of(name)?.build(params)
+    MethodSpec::parse(name, params.clone())?.build()
 }
 
 /// Every key some method takes, each once, in registry order.

@@ -65,7 +65,4 @@ impl Method for Nckd {
             ("nckd".into(), self.beta * self.tau * self.tau * kl),
         ]
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::json!({"tau": self.tau, "alpha": self.alpha, "beta": self.beta, "standardize": self.standardize})
-    }
 }

@@ -75,7 +75,4 @@ impl Method for NormKd {
         let kd = (kl_rows(&log_pt, &log_ps) * tt.square().squeeze_dim(1)).mean(k);
         vec![("ce".into(), self.p.alpha * cross_entropy(x.student, x.labels)), ("kd".into(), self.p.beta * kd)]
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::to_value(&self.p).expect("hyper-parameters serialise")
-    }
 }

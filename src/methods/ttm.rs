@@ -56,7 +56,4 @@ impl Method for Ttm {
         let kl = kl_from_log(&log_softmax_t(x.teacher, self.p.tau), &log_softmax_t(x.student, 1.0));
         vec![("ce".into(), self.p.alpha * cross_entropy(x.student, x.labels)), ("kd".into(), self.p.beta * kl)]
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::to_value(&self.p).expect("hyper-parameters serialise")
-    }
 }

@@ -63,7 +63,4 @@ impl Method for Wttm {
             ("kd".into(), self.p.beta * (u * kl).mean(k)),
         ]
     }
-    fn hyper(&self) -> serde_json::Value {
-        serde_json::to_value(&self.p).expect("hyper-parameters serialise")
-    }
 }

@@ -231,7 +231,7 @@ impl StudyResults {
                         t.at_epoch.is_some() || t.via_assistant.is_some() || t.fit.is_some() || t.calibrate
                     }),
                     series: s.series.clone(),
-                    method: s.method.clone(),
+                    method: s.method.name().to_string(),
                     hyper: s.hyper.clone(),
                     seed: s.train.seed,
                     final_acc: r.final_acc.unwrap_or(f64::NAN),

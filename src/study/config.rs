@@ -71,7 +71,7 @@ pub struct StudyConfig {
     /// None: a sweep divides the cores among its workers.
     pub threads: Option<usize>,
     /// What Slurm job arrays ask for (`[slurm]`).
-    pub slurm: super::slurm::SlurmOptions,
+    pub slurm: super::slurm_options::SlurmOptions,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -107,8 +107,8 @@ impl StudentSet {
 #[derive(Clone, Debug, PartialEq)]
 pub struct MethodBlock {
     pub name: String,
-    /// Every combination of the listed values that the method accepts, each the keys given.
-    pub grid: Vec<methods::Table>,
+    /// Every combination of the listed values that the method accepts.
+    pub grid: Vec<methods::MethodSpec>,
     /// The hyper-parameters that vary in the grid (they label the runs), in the method's order.
     pub varying: Vec<String>,
     /// Combinations the method declares incompatible, left out of the grid.
@@ -394,8 +394,8 @@ impl StudyConfig {
             students: StudentSet::parse(&section(&table, "students", origin)?, &data, origin)?,
             methods: method_blocks(table.get("methods"), origin)?,
             featured: featured(&table, origin)?,
-            threads: super::slurm::parse_threads(table.get("threads"), origin)?,
-            slurm: super::slurm::SlurmOptions::parse(table.get("slurm"), origin)?,
+            threads: super::slurm_options::parse_threads(table.get("threads"), origin)?,
+            slurm: super::slurm_options::SlurmOptions::parse(table.get("slurm"), origin)?,
             data,
             device: optional_str(&table, "device", origin)?
                 .map(|d| d.parse().with_context(|| format!("{origin}: 'device'")))
@@ -559,10 +559,9 @@ impl MethodBlock {
             bail!("{origin}: teacher_calibrate does not combine with assistant (which teacher would it calibrate?)");
         }
         let teacher_cache = block_caches(b, origin)?;
-        for (params, cache) in grid.iter().flat_map(|p| teacher_cache.iter().map(move |c| (p, c))) {
+        for (spec, cache) in grid.iter().flat_map(|p| teacher_cache.iter().map(move |c| (p, c))) {
             if let TeacherCache::TopK(k) = cache {
-                crate::train::distill::check_topk(entry.build(params)?.as_ref(), *k)
-                    .with_context(|| origin.to_string())?;
+                crate::train::distill::check_topk(spec, *k).with_context(|| origin.to_string())?;
             }
         }
         Ok(MethodBlock {
@@ -675,12 +674,12 @@ fn compatible(
     entry: &methods::Entry,
     combinations: Vec<methods::Table>,
     origin: &str,
-) -> Result<(Vec<methods::Table>, Vec<SkippedCombination>)> {
+) -> Result<(Vec<methods::MethodSpec>, Vec<SkippedCombination>)> {
     let single = combinations.len() == 1;
     let (mut grid, mut skipped) = (vec![], vec![]);
     for params in combinations {
-        match entry.build(&params) {
-            Ok(_) => grid.push(params),
+        match methods::MethodSpec::parse(entry.name, params.clone()) {
+            Ok(spec) => grid.push(spec),
             Err(e) => match methods::incompatibility(&e) {
                 Some(i) if !single => skipped.push(SkippedCombination {
                     needs: i.needs.clone(),
@@ -765,15 +764,15 @@ mod tests {
         ))
         .unwrap();
         let rules: Vec<Option<&str>> =
-            s.methods[0].grid.iter().map(|p| p.get("rule").and_then(|r| r.as_str())).collect();
+            s.methods[0].grid.iter().map(|p| p.given().get("rule").and_then(|r| r.as_str())).collect();
         assert_eq!(rules, vec![Some("order"), Some("bounded")]);
-        assert!(s.methods[0].grid.iter().all(|p| p.get("center_logits") == Some(&toml::Value::Boolean(true))));
+        assert!(s.methods[0].grid.iter().all(|p| p.given().get("center_logits") == Some(&toml::Value::Boolean(true))));
         assert_eq!(s.methods[0].varying, vec!["rule"]);
         assert_eq!(s.methods[1].grid.len(), 2);
         assert_eq!(s.methods[1].varying, vec!["center_logits"]);
         // A single rule, and a misspelt one: an error naming the valid rules, even in a grid.
         let s = parse(&format!("{BASE}[[methods]]\nname = 'isats'\nrule = 'ts'\n")).unwrap();
-        assert_eq!(s.methods[0].grid[0].get("rule").and_then(|r| r.as_str()), Some("ts"));
+        assert_eq!(s.methods[0].grid[0].given().get("rule").and_then(|r| r.as_str()), Some("ts"));
         for bad in ["'oder'", "['order', 'oder']"] {
             let e = format!("{:#}", parse(&format!("{BASE}[[methods]]\nname = 'isats'\nrule = {bad}\n")).unwrap_err());
             assert!(e.contains("unknown ISATS rule 'oder'") && e.contains("order, ts, ts_order, bounded"), "{e}");

@@ -7,6 +7,7 @@ pub mod fit;
 pub mod plan;
 pub mod runner;
 pub mod slurm;
+pub mod slurm_options;
 pub mod store;
 pub mod watch;
 

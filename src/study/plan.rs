@@ -3,7 +3,7 @@
 //! temperature adds runs; the existing ones keep their ids and are not run again.
 use super::config::{external_name, MethodBlock, StudyConfig};
 use super::fit::FitPick;
-use crate::methods;
+use crate::methods::{self, MethodSpec};
 use crate::train::checkpoint::{RunRef, Which};
 use crate::train::config::TrainConfig;
 use crate::train::topk_cache::TeacherCache;
@@ -146,11 +146,11 @@ pub struct RunSpec {
     /// A readable one-line description.
     pub name: String,
     pub train: TrainConfig,
-    pub method: String,
-    /// The method's hyper-parameters as the study gives them.
-    #[serde(deserialize_with = "given_params")]
-    pub params: methods::Table,
-    /// Every hyper-parameter in effect, defaults included.
+    /// The method and its hyper-parameters as the study gives them (stored as `method` and
+    /// `params`).
+    #[serde(flatten)]
+    pub method: MethodSpec,
+    /// Every hyper-parameter in effect, defaults included (what the id hashes).
     pub hyper: serde_json::Value,
     /// The line this run belongs to in the report (e.g. "kd τ=2", "kd (ESKD@3)").
     pub series: String,
@@ -166,13 +166,6 @@ pub struct RunSpec {
     /// execution setting; older plans have none), and None in the plan and the study index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
-}
-
-/// Reads `params`, dropping null values: plans stored before the methods had their own structs
-/// wrote every key of every method, null where not given.
-fn given_params<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<methods::Table, D::Error> {
-    let all = BTreeMap::<String, Option<toml::Value>>::deserialize(d)?;
-    Ok(all.into_iter().filter_map(|(k, v)| Some((k, v?))).collect())
 }
 
 /// Where a run lives inside a study.
@@ -197,10 +190,11 @@ fn fmt_value(v: &serde_json::Value) -> String {
     }
 }
 
-fn series_label(block: &MethodBlock, p: &methods::Table) -> String {
+fn series_label(block: &MethodBlock, spec: &MethodSpec) -> String {
     if let Some(l) = &block.label {
         return l.clone();
     }
+    let p = spec.given();
     let pv = serde_json::to_value(p).expect("serialises");
     let mut s = block.name.clone();
     for k in &block.varying {
@@ -292,13 +286,13 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
         teachers.push(existing_teacher(spec)?);
     }
     for block in &study.methods {
-        for params in &block.grid {
+        for spec in &block.grid {
             for (cache, fit) in block
                 .caches(study.students.teacher_cache)
                 .into_iter()
                 .flat_map(|c| block.fits().into_iter().map(move |f| (c, f)))
             {
-                let point = GridPoint::new(block, params, cache, fit)?;
+                let point = GridPoint::new(block, spec, cache, fit)?;
                 for teacher in point.teachers(&teachers) {
                     for student in
                         study.students.models.iter().filter(|s| block.students.as_ref().is_none_or(|f| f.contains(s)))
@@ -318,14 +312,14 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
 fn trained_teacher(study: &StudyConfig, model: &str) -> Result<(RunSpec, TeacherRef)> {
     let train = TrainConfig { model: model.to_string(), ..study.teachers.train.clone() };
     let id = hash_id(&serde_json::json!({"kind": "teacher", "train": train.identity()}));
+    let ce = MethodSpec::default_of(methods::ce::NAME)?;
     let run = RunSpec {
         id: id.clone(),
         kind: Kind::Teacher,
         name: format!("teacher {model} s{}", train.seed),
         train,
-        method: methods::ce::NAME.into(),
-        params: methods::Table::new(),
-        hyper: methods::build(methods::ce::NAME, &methods::Table::new())?.hyper(),
+        method: ce.clone(),
+        hyper: ce.hyper(),
         series: "teacher".into(),
         teacher: None,
         depends_on: vec![],
@@ -366,7 +360,7 @@ fn existing_teacher(spec: &str) -> Result<TeacherRef> {
 /// One combination of a `[[methods]]` block: what its runs share.
 struct GridPoint<'a> {
     block: &'a MethodBlock,
-    params: &'a methods::Table,
+    spec: &'a MethodSpec,
     hyper: serde_json::Value,
     series: String,
     teacher_cache: TeacherCache,
@@ -376,12 +370,12 @@ struct GridPoint<'a> {
 impl<'a> GridPoint<'a> {
     fn new(
         block: &'a MethodBlock,
-        params: &'a methods::Table,
+        spec: &'a MethodSpec,
         teacher_cache: TeacherCache,
         fit: Option<&'a FitPick>,
     ) -> Result<GridPoint<'a>> {
-        let hyper = methods::build(&block.name, params)?.hyper();
-        let mut series = series_label(block, params);
+        let hyper = spec.hyper();
+        let mut series = series_label(block, spec);
         // A block that chooses its caches compares them: each is a series of its own.
         if !block.teacher_cache.is_empty() {
             series += &format!(" cache={teacher_cache}");
@@ -390,12 +384,12 @@ impl<'a> GridPoint<'a> {
         if let Some(f) = fit {
             series += &format!(" (fit {})", f.label());
         }
-        Ok(GridPoint { block, params, hyper, series, teacher_cache, fit })
+        Ok(GridPoint { block, spec, hyper, series, teacher_cache, fit })
     }
 
     /// The teachers the block distils from (none for a method without one, as `ce`).
     fn teachers<'t>(&self, all: &'t [TeacherRef]) -> Vec<Option<&'t TeacherRef>> {
-        if !methods::needs_teacher(&self.block.name) {
+        if !self.spec.needs_teacher() {
             return vec![None];
         }
         all.iter().filter(|t| self.block.teachers.as_ref().is_none_or(|f| f.contains(&t.name))).map(Some).collect()
@@ -444,8 +438,7 @@ impl<'a> GridPoint<'a> {
             kind: Kind::Student,
             name: format!("{student}{from} {} s{seed}", self.series),
             train,
-            method: block.name.clone(),
-            params: self.params.clone(),
+            method: self.spec.clone(),
             hyper: self.hyper.clone(),
             series: self.series.clone(),
             teacher_cache,
@@ -475,8 +468,7 @@ impl<'a> GridPoint<'a> {
             kind: Kind::Assistant,
             name: format!("assistant {assistant} ← {} {} s{seed}", teacher.name, block.name),
             train,
-            method: block.name.clone(),
-            params: self.params.clone(),
+            method: self.spec.clone(),
             hyper: self.hyper.clone(),
             series: format!("{} assistant", block.name),
             teacher: Some(teacher.clone()),

@@ -632,7 +632,6 @@ pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
                 teacher: tspec.clone(),
                 assistant: None,
                 method: spec.method.clone(),
-                params: spec.params.clone(),
                 teacher_cache: spec.teacher_cache,
                 teacher_norm: Default::default(),
                 teacher_calibrate: t.calibrate,

@@ -3,7 +3,7 @@
 use super::config::{self, TrainConfig};
 use super::objective::{Objective, StepInput};
 use super::trainer::{self, Outcome, RunOptions};
-use crate::methods::{self, LossInput, Method};
+use crate::methods::{self, LossInput, Method, MethodSpec};
 use crate::util::device::upload;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,10 @@ use crate::data::Shape;
 
 pub struct Distill {
     pub teacher: Teacher,
+    /// Built once for the run from `hyper`'s spec.
     pub method: Box<dyn Method>,
+    /// The method's hyper-parameters in effect, for the run's record.
+    pub hyper: serde_json::Value,
     /// The teacher's outputs, when cached: the teacher is not run.
     pub cache: Option<Cached>,
     /// The taps the method reads (`Method::taps`).
@@ -28,9 +31,11 @@ pub struct Distill {
 }
 
 impl Distill {
-    pub fn new(teacher: Teacher, method: Box<dyn Method>, cache: Option<Cached>) -> Distill {
+    /// Builds the method of `spec`, the one time a run builds it.
+    pub fn new(teacher: Teacher, spec: &MethodSpec, cache: Option<Cached>) -> Result<Distill> {
+        let method = spec.build()?;
         let taps = method.taps();
-        Distill { teacher, method, cache, taps, teacher_temperature: None }
+        Ok(Distill { teacher, method, hyper: spec.hyper(), cache, taps, teacher_temperature: None })
     }
 
     /// The teacher's logits as the method reads them: divided by a calibrated teacher's T.
@@ -69,7 +74,7 @@ pub enum Cached {
 }
 
 /// Refuses a method that cannot read a top-k teacher cache with this k (`Method::min_topk`).
-pub fn check_topk(method: &dyn Method, k: usize) -> Result<()> {
+pub fn check_topk(method: &MethodSpec, k: usize) -> Result<()> {
     let need = method.min_topk();
     if k < need {
         bail!(
@@ -144,7 +149,7 @@ impl Objective for Distill {
         }
     }
     fn describe(&self) -> serde_json::Value {
-        serde_json::json!({ "method": self.method.name(), "hyper": self.method.hyper() })
+        serde_json::json!({ "method": self.method.name(), "hyper": self.hyper })
     }
     fn per_sample(&self) -> Option<(String, Vec<f64>)> {
         self.method.per_sample()
@@ -155,17 +160,18 @@ impl Objective for Distill {
 }
 
 /// A distillation run's settings: the student's training configuration plus teacher, method and
-/// the method's hyper-parameters. In TOML the student architecture is `student` (or `model`), and
-/// the method's keys are given flat (`tau = 4`) or in a `[params]` table.
+/// the method's hyper-parameters. In TOML the student architecture is `student` (or `model`); the
+/// method's keys live in their own namespace, the `[params]` table (`-p KEY=VALUE`), and may be
+/// given flat (`tau = 4`) where no training key has the name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DistillConfig {
     pub train: TrainConfig,
     pub teacher: String,
     /// TAKD: an architecture trained by distillation from the teacher first, which then teaches.
     pub assistant: Option<String>,
-    pub method: String,
-    /// The method's hyper-parameters as given (the method fills in its defaults).
-    pub params: methods::Table,
+    /// The method and its hyper-parameters (stored as `method` and `params`).
+    #[serde(flatten)]
+    pub method: MethodSpec,
     /// Read the teacher's outputs from a cache (built on first use) instead of running it: every
     /// view's logits (`true`), or the sampled crops with top-k logits (`"topk:K"`).
     #[serde(default)]
@@ -245,57 +251,73 @@ impl DistillConfig {
         let teacher = take_str("teacher")?;
         let assistant = take_str("assistant")?;
         let method = take_str("method")?.unwrap_or_else(|| "kd".into());
-        let params = method_params(&mut table, &method, origin)?;
+        let params = method_params(&mut table, origin)?;
         let train: TrainConfig = config::from_table(table, origin)?;
         let Some(teacher) = teacher else {
             bail!("{origin}: no teacher given (--teacher runs/NAME, optionally @epochN for an early-stopped teacher)")
         };
-        let cfg =
-            DistillConfig { train, teacher, assistant, method, params, teacher_cache, teacher_norm, teacher_calibrate };
+        let method = MethodSpec::parse(&method, params).map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
+        let cfg = DistillConfig { train, teacher, assistant, method, teacher_cache, teacher_norm, teacher_calibrate };
         cfg.validate().map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
         self.train.validate()?;
-        let method = methods::build(&self.method, &self.params)?;
         if let TeacherCache::TopK(k) = self.teacher_cache {
-            check_topk(method.as_ref(), k)?;
+            check_topk(&self.method, k)?;
         }
         if let Some(a) = &self.assistant {
             crate::models::parse(a)?;
         }
         Ok(())
     }
+
+    /// TAKD's first link: the assistant `arch` distilled from this configuration's teacher with
+    /// its method, trained as `train` says (the student's settings, or a study's for `arch`).
+    pub fn assistant_link(&self, train: TrainConfig) -> DistillConfig {
+        DistillConfig { train, assistant: None, ..self.clone() }
+    }
+
+    /// TAKD's second link: the student distilled from the trained assistant `assistant_spec`. The
+    /// assistant is a kdlab run, so the teacher's input normalisation and calibration (settings
+    /// of the first teacher) do not carry over.
+    pub fn student_link(&self, assistant_spec: &str) -> DistillConfig {
+        DistillConfig {
+            teacher: assistant_spec.to_string(),
+            assistant: None,
+            teacher_norm: InputNorm::default(),
+            teacher_calibrate: false,
+            ..self.clone()
+        }
+    }
 }
 
 /// Takes the method's hyper-parameters out of a merged table: the `params` table (`-p`, the
-/// per-key flags, or `[params]` in a file), then the flat keys the method takes, unless `params`
-/// has them. A flat key that is also a training key is the method's when the method takes it and
-/// `params` does not: `gamma` is DIST's intra-class weight with `--method dist --gamma 3`, and the
-/// learning rate's decay with `--method dist -p gamma=3 --gamma 0.2`. A flat key that only other
-/// methods take goes to the method too, whose refusal then names it.
-fn method_params(table: &mut toml::Table, method: &str, origin: &str) -> Result<methods::Table> {
+/// per-key flags, or `[params]` in a file), and the flat keys some method takes that are not
+/// training keys. A training key is always the training configuration's: a method key of the
+/// same name (DIST's `gamma`) is given in `params`. A key given both ways is an error.
+fn method_params(table: &mut toml::Table, origin: &str) -> Result<methods::Table> {
     let mut params = match table.remove("params") {
         None => methods::Table::new(),
         Some(toml::Value::Table(t)) => t,
         Some(v) => bail!("{origin}: 'params' should be a table of the method's hyper-parameters, found {v}"),
     };
-    // An unknown method is reported by `validate`.
-    let takes = methods::entry_of(method).map(|e| e.keys()).unwrap_or_default();
     let train_keys = config::keys_of(&TrainConfig::default());
-    let is_training = |k: &String| train_keys.contains(k);
     let flat: Vec<String> = table
         .keys()
-        .filter(|k| {
-            let others = !is_training(k) && methods::all_keys().contains(&k.as_str());
-            (takes.contains(&k.as_str()) || others) && !(is_training(k) && params.contains_key(*k))
-        })
+        .filter(|k| !train_keys.contains(k) && methods::all_keys().contains(&k.as_str()))
         .cloned()
         .collect();
     for k in flat {
         let v = table.remove(&k).expect("listed");
-        params.entry(k).or_insert(v);
+        if params.contains_key(&k) {
+            bail!(
+                "{origin}: the hyper-parameter '{k}' is given twice, flat and in [params] (or by --{} and -p)",
+                k.replace('_', "-")
+            );
+        }
+        params.insert(k, v);
     }
     Ok(params)
 }
@@ -332,11 +354,10 @@ pub fn run(
             cfg.train.model,
             teacher_spec,
             teacher.describe(),
-            cfg.method,
+            cfg.method.name(),
             out.display()
         );
     }
-    let method = methods::build(&cfg.method, &cfg.params)?;
     if cfg.teacher_cache == TeacherCache::Logits && data.stream.is_some() {
         bail!(
             "--teacher-cache stores the teacher's logits for discrete views, and {} (transform=imagenet) has continuous views (random-resized crops): use --teacher-cache topk:K, which records each epoch's crops, or leave --teacher-cache out to run the teacher on each batch",
@@ -344,7 +365,7 @@ pub fn run(
         );
     }
     let dir = teacher.cache_dir();
-    let teacher_cache = if method.taps().teacher.is_empty() { cfg.teacher_cache } else { TeacherCache::Off };
+    let teacher_cache = if cfg.method.taps().teacher.is_empty() { cfg.teacher_cache } else { TeacherCache::Off };
     let cache = match teacher_cache {
         TeacherCache::Off => None,
         TeacherCache::Logits => Some(Cached::Logits(super::cache::open_or_build(
@@ -356,7 +377,7 @@ pub fn run(
             quiet,
         )?)),
         TeacherCache::TopK(k) => {
-            check_topk(method.as_ref(), k)?;
+            check_topk(&cfg.method, k)?;
             let req = topk_cache::Request {
                 meta: &teacher.meta,
                 data: &data,
@@ -399,7 +420,7 @@ pub fn run(
     } else {
         None
     };
-    let mut objective = Distill { teacher_temperature, ..Distill::new(teacher, method, cache) };
+    let mut objective = Distill { teacher_temperature, ..Distill::new(teacher, &cfg.method, cache)? };
     let opts = RunOptions { extra: record, quiet, trace_steps, ..RunOptions::new(out, device, "distill") };
     trainer::train(&cfg.train, &data, &mut objective, &opts)
 }

@@ -20,24 +20,23 @@
 //!   file), reused while the folder's list of files, their sizes and modification times and the
 //!   options are unchanged, and rebuilt otherwise. A cache file that fails its check is rebuilt.
 mod cache;
-mod decode;
 mod export;
 mod index;
 mod options;
 mod pool;
 
+pub use super::decode::*;
+pub use super::pool::*;
 use super::stream::{FolderImages, Store, Streamed};
 use super::transform::Recipe;
 use super::{catalog, Dataset, Profile, Shape, Split};
 use anyhow::{bail, Context, Result};
 pub use cache::*;
-pub use decode::*;
 pub use export::*;
 use index::*;
 pub use options::*;
-pub use pool::*;
+use pool::*;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// File name endings read as images (case-insensitive).

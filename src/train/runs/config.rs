@@ -8,44 +8,81 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A run's training settings. Each field is a key of a config file and, through `clap::Args`,
+/// a flag of `kdlab train` and `kdlab distill` (`batch_size` is `--batch-size`) whose help is the
+/// field's comment: the keys are listed once, here. The CLI reads only the flags given
+/// (`cli::train_cmd::ConfigFlags`) and overlays them on the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct TrainConfig {
-    /// Architecture name (see `kdlab models`).
+    /// Architecture (`kdlab models` lists them).
+    #[arg(long)]
     pub model: String,
-    /// Data set: a catalogue name, `fashion-mnist-mini` (embedded), or a directory.
+    /// Data set: fashion-mnist-mini (embedded), fashion-mnist, mnist, cifar10, cifar100, a
+    /// directory (IDX or CIFAR files), or an image folder
+    /// DIR[:size=HxW,channels=1|3,bad=skip,flip=true,pad=N,cache=off].
+    #[arg(long)]
     pub data: String,
+    /// Epochs to train.
+    #[arg(long)]
     pub epochs: usize,
+    /// Images per step.
+    #[arg(long)]
     pub batch_size: usize,
+    /// Base learning rate.
+    #[arg(long)]
     pub lr: f64,
+    /// SGD momentum.
+    #[arg(long)]
     pub momentum: f64,
+    /// Nesterov momentum (true/false).
+    #[arg(long, action = clap::ArgAction::Set)]
     pub nesterov: bool,
+    /// L2 weight decay (on every parameter).
+    #[arg(long)]
     pub weight_decay: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum)]
     pub schedule: Schedule,
-    /// Epochs after which the rate is multiplied by `gamma` (step schedule); empty = 62.5%, 75%
-    /// and 87.5% of `epochs`.
+    /// Epochs after which the rate is multiplied by `gamma` (step schedule), e.g. 150,180,210;
+    /// empty = 62.5%, 75% and 87.5% of `epochs`.
+    #[arg(long, value_delimiter = ',')]
     pub milestones: Vec<usize>,
+    /// The step schedule's decay factor. (A method's key of the same name, DIST's γ, is given
+    /// with -p gamma=….)
+    #[arg(long)]
     pub gamma: f64,
+    /// Epochs of linear warm-up of the rate.
+    #[arg(long)]
     pub warmup_epochs: usize,
     /// Scale each step's gradient down to this global L2 norm when it is larger (0: never).
+    #[arg(long)]
     pub clip_grad_norm: f64,
-    /// Random crops and flips with the data set's defaults.
+    /// Random crops and flips with the data set's defaults (true/false).
+    #[arg(long, action = clap::ArgAction::Set)]
     pub augment: bool,
+    /// Seed of the weights' initialisation and the batch order.
+    #[arg(long)]
     pub seed: u64,
     /// Keep a checkpoint every this many epochs (0: only `last` and `best`).
+    #[arg(long)]
     pub save_every: usize,
     /// Train on this many images per class (0: all), a class-balanced subset drawn with
     /// `subset_seed`; the test set stays whole. Teachers and students given the same subset
     /// settings see the same images, so the students' transfer set is the teachers' training set.
+    #[arg(long)]
     pub train_subset: usize,
     /// Hold this many images per class out of the training images as a validation split (0: none),
     /// evaluated every epoch (`val_acc`) for choosing hyper-parameters without the test set.
+    #[arg(long)]
     pub val_per_class: usize,
     /// Seed of the subset and validation draws (independent of `seed`, so every seed of a study
     /// trains on the same images).
+    #[arg(long)]
     pub subset_seed: u64,
-    /// Mixed precision of the forward pass: off, bf16 or fp16 (`src/train/engine/amp.rs` says what
-    /// stays float32).
+    /// Mixed precision of the forward pass: off, bf16 or fp16 (fp16 with loss scaling); weights,
+    /// losses and evaluation stay float32 (`src/train/engine/amp.rs`).
+    #[arg(long, value_enum)]
     pub amp: crate::train::amp::Amp,
 }
 

@@ -1,15 +1,18 @@
-//! Decoding one image, within the pixel limit, into the data set's shape.
-use super::*;
+//! Decoding one image, within the pixel limit, into the data set's shape: what the image-folder
+//! reader and the streamed (ImageNet-recipe) store share.
+use super::Shape;
+use anyhow::{bail, Result};
+use std::path::Path;
 
 /// What an image file's header says.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Header {
-    pub(super) h: usize,
-    pub(super) w: usize,
-    pub(super) colour: bool,
+pub(crate) struct Header {
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) colour: bool,
 }
 
-pub(super) fn read_header(path: &Path, max_pixels: u64) -> Result<Header> {
+pub(crate) fn read_header(path: &Path, max_pixels: u64) -> Result<Header> {
     let mut reader = image::ImageReader::open(path)?.with_guessed_format()?;
     // The size is checked by kdlab, for an error that says what the limit is and how to raise it;
     // the decoder's own allocation limit is set once the size has passed.
@@ -24,13 +27,13 @@ pub(super) fn read_header(path: &Path, max_pixels: u64) -> Result<Header> {
 
 /// What the decoder may allocate: the pixels of the largest image allowed at 8 bytes each, and
 /// never less than the image crate's own default (512 MiB).
-pub(super) fn decoder_limits(max_pixels: u64) -> image::Limits {
+pub(crate) fn decoder_limits(max_pixels: u64) -> image::Limits {
     let mut l = image::Limits::default();
     l.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));
     l
 }
 
-pub(super) fn check_pixels(w: u32, h: u32, max_pixels: u64) -> Result<()> {
+pub(crate) fn check_pixels(w: u32, h: u32, max_pixels: u64) -> Result<()> {
     if w as u64 * h as u64 > max_pixels {
         bail!(
             "the image declares {w}x{h} pixels, more than the {max_pixels} kdlab decodes (max_pixels={max_pixels}); \
@@ -45,7 +48,7 @@ pub(super) fn check_pixels(w: u32, h: u32, max_pixels: u64) -> Result<()> {
 /// truncated download would train as a different image; it is refused instead. (Entropy-coded
 /// data never holds FF D9 or FF DA, and an embedded thumbnail ends before the main image's scans
 /// start, so the test is exact; bytes after the marker are allowed, as decoders allow them.)
-pub(super) fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
+pub(crate) fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
     let last = |m: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == m);
     match (last(0xDA), last(0xD9)) {
         (Some(sos), Some(eoi)) if eoi > sos => Ok(()),
@@ -84,7 +87,7 @@ pub fn decode_bytes(bytes: &[u8], max_pixels: u64) -> Result<image::DynamicImage
 
 /// Decodes `path`, converts it to `shape.c` channels, resizes it to `shape.h`×`shape.w`, and
 /// writes it channel-planar into `out`.
-pub(super) fn decode_into(path: &Path, shape: Shape, max_pixels: u64, out: &mut [u8]) -> Result<()> {
+pub(crate) fn decode_into(path: &Path, shape: Shape, max_pixels: u64, out: &mut [u8]) -> Result<()> {
     convert_into(decode_image(path, max_pixels)?, shape, out);
     Ok(())
 }
