@@ -179,7 +179,9 @@ fn bad_labels_and_negative_numbers_are_reported_by_file_and_flag() {
         ([&distill[..], &["--method", "kd", "--student-tau", "-1"]].concat(), "student_tau must be a positive number"),
         ([&distill[..], &["--method", "dkd", "--beta", "-1"]].concat(), "beta must be ≥ 0, got -1"),
         ([&distill[..], &["--method", "dkd", "--warmup", "-1"]].concat(), "warmup must be ≥ 0, got -1"),
-        ([&distill[..], &["--method", "dist", "--gamma", "-1"]].concat(), "gamma must be ≥ 0, got -1"),
+        ([&distill[..], &["--method", "dist", "-p", "gamma=-1"]].concat(), "gamma must be ≥ 0, got -1"),
+        // --gamma is the training key whatever the method: the learning rate's decay.
+        ([&distill[..], &["--method", "dist", "--gamma", "-1"]].concat(), "gamma must be in (0, 1]"),
         ([&distill[..], &["--method", "ats", "--tau1", "-1"]].concat(), "tau1 must be a positive number, got -1"),
         ([&distill[..], &["--method", "ats", "--tau2", "-1"]].concat(), "tau2 must be a positive number, got -1"),
         ([&distill[..], &["--method", "isats", "--tau2-min", "-1"]].concat(), "tau2_min must be a positive number"),

@@ -72,7 +72,7 @@ fn float32() -> String {
 }
 
 /// Peak resident memory of this process so far, in MiB.
-pub fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct we own.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
@@ -213,7 +213,7 @@ pub fn flags(spec: &BenchSpec) -> Vec<String> {
 }
 
 /// Runs a command that prints one JSON result line, and parses it.
-pub fn run_child(program: &Path, pre_args: &[String], spec: &BenchSpec) -> Result<BenchResult> {
+pub(crate) fn run_child(program: &Path, pre_args: &[String], spec: &BenchSpec) -> Result<BenchResult> {
     let out = Command::new(program)
         .args(pre_args)
         .args(flags(spec))

@@ -7,7 +7,7 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[arg(long, default_value = "resnet20")]
     pub model: String,
     #[arg(long, value_enum, default_value = "train")]

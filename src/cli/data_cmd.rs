@@ -6,7 +6,7 @@ use clap::Subcommand;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
-pub enum DataCommand {
+pub(crate) enum DataCommand {
     /// Download a data set (sha256-checked) into kdlab's data directory, or import local files.
     Fetch {
         /// fashion-mnist, mnist, cifar10, cifar100 or cifar100-coarse.

@@ -8,10 +8,10 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 
-pub const DEMO_STUDY: &str = include_str!("../../studies/demo.toml");
+pub(crate) const DEMO_STUDY: &str = include_str!("../../studies/demo.toml");
 
 #[derive(Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// The demo's study directory (started again, finished runs are reused).
     #[arg(long, default_value = "demo-study")]
     pub out: PathBuf,

@@ -19,7 +19,7 @@ use tch::{Kind, Tensor};
 /// `Params` structs, so a new method's keys need no line here. Keys not given take the method's
 /// defaults.
 #[derive(Clone, Debug, Default)]
-pub struct MethodFlags {
+pub(crate) struct MethodFlags {
     pub method: Option<String>,
     /// (key, value as typed) from the per-key flags, then from `-p`.
     given: Vec<(String, String)>,
@@ -154,7 +154,7 @@ impl clap::FromArgMatches for MethodFlags {
 
 /// Distillation-only switches.
 #[derive(Args, Clone, Debug, Default)]
-pub struct CacheFlag {
+pub(crate) struct CacheFlag {
     /// Read the teacher's outputs from a cache (built on first use) instead of running the teacher
     /// at each step: `logits` (the default when given without a value) stores every augmentation
     /// view of every training image; `topk:K` stores, per epoch, the crop each image drew and the
@@ -168,7 +168,7 @@ pub struct CacheFlag {
 }
 
 #[derive(Args)]
-pub struct DistillArgs {
+pub(crate) struct DistillArgs {
     /// The teacher: a run (optionally @epochN for an early-stopped teacher, ESKD), or a
     /// TorchScript file (torch.jit.trace/script, then .save()). A TorchScript file is a program:
     /// loading it runs its code inside kdlab, with your permissions. Use only files you trust;
@@ -289,7 +289,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
 }
 
 #[derive(Args)]
-pub struct LossArgs {
+pub(crate) struct LossArgs {
     /// (N, C) student logits (.npy, float32 or float64).
     #[arg(long)]
     pub student: PathBuf,
@@ -439,7 +439,7 @@ pub fn loss(a: LossArgs) -> Result<()> {
 }
 
 #[derive(clap::Subcommand)]
-pub enum CacheCommand {
+pub(crate) enum CacheCommand {
     /// Compute a teacher's logits for every training image and augmentation view, once; or, with
     /// --topk K, the crop each image draws in each epoch of a run with --seed and --epochs and the
     /// teacher's K largest logits on it (what `--teacher-cache topk:K` reads).

@@ -6,7 +6,7 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     /// A torch.save checkpoint: a state dict, or a dict holding one under state_dict, model, …
     #[arg(long)]
     pub checkpoint: PathBuf,

@@ -20,14 +20,14 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
     version,
     about = "A knowledge-distillation laboratory: train teacher ladders, probe their dark knowledge, distil, sweep, report"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 /// Where to compute.
 #[derive(Args, Clone, Debug)]
-pub struct Runtime {
+pub(crate) struct Runtime {
     /// cpu, cuda, or auto (CUDA when LibTorch has it and a GPU is present, else the CPU).
     #[arg(long, value_enum, default_value = "auto", global = true)]
     pub device: DeviceChoice,
@@ -41,7 +41,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// Applies the thread setting and resolves the device.
-    pub fn init(&self) -> Result<tch::Device> {
+    pub(crate) fn init(&self) -> Result<tch::Device> {
         device::set_threads(self.threads);
         device::set_memory_format(self.memory_format);
         device::resolve(self.device)

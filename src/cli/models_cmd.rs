@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 #[derive(Args)]
-pub struct ModelsArgs {
+pub(crate) struct ModelsArgs {
     /// Input shape CxHxW.
     #[arg(long, default_value = "3x32x32")]
     pub input: Shape,

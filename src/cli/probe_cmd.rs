@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Args)]
-pub struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// A trained run (optionally @best, @last or @epochN), or a TorchScript teacher file (with
     /// --data; a program that runs inside kdlab: use only files you trust); repeat for several
     /// teachers.

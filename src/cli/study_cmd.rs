@@ -8,7 +8,7 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args)]
-pub struct SweepArgs {
+pub(crate) struct SweepArgs {
     /// The study file (TOML).
     pub study: PathBuf,
     /// Study directory (default: a directory named after the study).
@@ -51,7 +51,7 @@ pub struct SweepArgs {
 /// the same name (sbatch's own option names).
 #[derive(Args)]
 #[command(next_help_heading = "Slurm (with --emit-slurm; override the study's [slurm] table)")]
-pub struct SlurmArgs {
+pub(crate) struct SlurmArgs {
     /// sbatch --partition.
     #[arg(long, requires = "emit_slurm")]
     pub partition: Option<String>,
@@ -170,7 +170,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
 }
 
 #[derive(Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// The study directory.
     pub dir: PathBuf,
 }
@@ -181,7 +181,7 @@ pub fn status(a: StatusArgs) -> Result<()> {
 }
 
 #[derive(Args)]
-pub struct ReportArgs {
+pub(crate) struct ReportArgs {
     /// The study directory.
     pub dir: PathBuf,
     /// Where the report goes (default: <study>/report).
@@ -217,14 +217,14 @@ pub fn report(a: ReportArgs) -> Result<()> {
 }
 
 #[derive(Args)]
-pub struct SweepRunArgs {
+pub(crate) struct SweepRunArgs {
     /// A run's spec.json inside a study.
     pub spec: PathBuf,
     #[command(flatten)]
     pub rt: Runtime,
 }
 
-pub fn sweep_run(a: SweepRunArgs) -> Result<()> {
+pub(crate) fn sweep_run(a: SweepRunArgs) -> Result<()> {
     let device = a.rt.init()?;
     runner::run_one(&a.spec, device)
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 /// Every key of the training configuration as a flag, made from `TrainConfig` (its fields and
 /// their comments): a flag overrides the same key in --config. Only the flags given are kept.
 #[derive(Clone, Debug, Default)]
-pub struct ConfigFlags {
+pub(crate) struct ConfigFlags {
     /// TOML file with any of the training keys (flags override it).
     pub config: Option<PathBuf>,
     /// The training keys given as flags, as TOML values keyed like the config file.
@@ -110,7 +110,7 @@ impl ConfigFlags {
 }
 
 #[derive(Args)]
-pub struct TrainArgs {
+pub(crate) struct TrainArgs {
     #[command(flatten)]
     pub cfg: ConfigFlags,
     /// Run directory (default: runs/<model>-s<seed>). Started again, an unfinished run resumes.
@@ -173,7 +173,7 @@ fn check_compatible(meta: &checkpoint::CheckpointMeta, ds: &data::Dataset) -> Re
 }
 
 #[derive(Args)]
-pub struct EvalArgs {
+pub(crate) struct EvalArgs {
     /// Run directory, optionally @best, @last or @epochN (default: last).
     #[arg(long)]
     pub run: String,
@@ -234,7 +234,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 }
 
 #[derive(Args)]
-pub struct LogitsArgs {
+pub(crate) struct LogitsArgs {
     /// Run directory, optionally @best, @last or @epochN (default: last); or a TorchScript
     /// teacher file (with --data; a program that runs inside kdlab: use only files you trust).
     #[arg(long, alias = "teacher")]
@@ -275,7 +275,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 
 /// A TorchScript teacher's input normalisation, where it is not the data set's profile.
 #[derive(Args, Clone, Debug, Default)]
-pub struct TeacherNormFlags {
+pub(crate) struct TeacherNormFlags {
     /// A TorchScript teacher's per-channel input mean, of pixels scaled to [0, 1] (one value, or
     /// one per channel; with --teacher-std). Default: the data set's profile, which kdlab's own
     /// teachers see (CIFAR-100's is RepDistiller's 0.5071,0.4865,0.4409).

@@ -39,7 +39,7 @@ impl Augment {
     }
 
     /// Number of distinct views: (2·pad + 1)² offsets × (2 if flipping).
-    pub fn view_count(&self) -> usize {
+    pub(crate) fn view_count(&self) -> usize {
         let side = 2 * self.pad + 1;
         side * side * if self.flip { 2 } else { 1 }
     }
@@ -53,7 +53,7 @@ impl Augment {
     }
 
     /// Index of a view (inverse of `view`).
-    pub fn view_id(&self, v: View) -> usize {
+    pub(crate) fn view_id(&self, v: View) -> usize {
         let flips = if self.flip { 2 } else { 1 };
         ((v.dy as usize) * (2 * self.pad + 1) + v.dx as usize) * flips + v.flip as usize
     }

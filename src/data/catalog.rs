@@ -46,7 +46,7 @@ pub struct Entry {
 pub const IDX_FILES: [&str; 4] =
     ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
 
-pub const FASHION_CLASSES: [&str; 10] =
+pub(crate) const FASHION_CLASSES: [&str; 10] =
     ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 const CIFAR10_CLASSES: [&str; 10] =
@@ -332,7 +332,7 @@ pub fn find(name: &str) -> Option<Entry> {
 }
 
 /// The catalogue's names, for help texts and errors.
-pub fn names_list() -> String {
+pub(crate) fn names_list() -> String {
     let mut v: Vec<&str> = all().iter().map(|e| e.name).collect();
     v.push(super::embedded::NAME);
     v.join(", ")
@@ -341,7 +341,7 @@ pub fn names_list() -> String {
 /// Default augmentation for data sets that are not in the catalogue: the usual crop padding
 /// (2 px up to 28×28, an eighth of the side above: 4 px at 32) and no flips (the safe choice when
 /// the content is unknown, e.g. digits).
-pub fn generic_profile(split: &super::Split) -> Profile {
+pub(crate) fn generic_profile(split: &super::Split) -> Profile {
     let (mean, std) = split.channel_stats();
     let h = split.shape.h;
     Profile { mean, std, pad: if h <= 28 { 2.min(h / 4).max(1) } else { h / 8 }, flip: false }

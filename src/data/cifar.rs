@@ -51,7 +51,7 @@ impl Variant {
         }
     }
     /// The folder name inside the official archive.
-    pub fn archive_dir(self) -> &'static str {
+    pub(crate) fn archive_dir(self) -> &'static str {
         match self {
             Variant::Cifar10 => "cifar-10-batches-bin",
             _ => "cifar-100-binary",
@@ -116,7 +116,7 @@ pub fn read_dir(dir: &Path, variant: Variant) -> Result<(Split, Split)> {
 }
 
 /// The directory that directly holds the files: `dir` itself or the archive's folder inside it.
-pub fn resolve_dir(dir: &Path, variant: Variant) -> Result<PathBuf> {
+pub(crate) fn resolve_dir(dir: &Path, variant: Variant) -> Result<PathBuf> {
     let (train, test) = variant.files();
     let all: Vec<&str> = train.iter().chain(test.iter()).copied().collect();
     for cand in [dir.to_path_buf(), dir.join(variant.archive_dir())] {

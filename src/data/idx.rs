@@ -16,7 +16,7 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const MAX_INFLATED: u64 = 8 << 30;
 
 /// Reads a file, inflating it when it is gzip. A name ending in `.gz` must hold gzip.
-pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let named_gz = path.extension().is_some_and(|e| e == "gz");
     if raw.starts_with(&GZIP_MAGIC) {
@@ -96,14 +96,19 @@ pub fn encode(dims: &[usize], data: &[u8]) -> Vec<u8> {
 }
 
 /// Reads an image file (N×H×W) and its label file (N), checking that they agree.
-pub fn read_pair(images: &Path, labels: &Path) -> Result<(super::Split, usize)> {
+pub(crate) fn read_pair(images: &Path, labels: &Path) -> Result<(super::Split, usize)> {
     let img = read(images)?;
     let lab = read(labels)?;
     split_from_arrays(img, images, lab, labels)
 }
 
 /// Builds a split from parsed arrays; returns it with the number of classes its labels imply.
-pub fn split_from_arrays(img: IdxArray, images: &Path, lab: IdxArray, labels: &Path) -> Result<(super::Split, usize)> {
+pub(crate) fn split_from_arrays(
+    img: IdxArray,
+    images: &Path,
+    lab: IdxArray,
+    labels: &Path,
+) -> Result<(super::Split, usize)> {
     let shape = match img.dims[..] {
         [_, h, w] => super::Shape { c: 1, h, w },
         [_, c, h, w] => super::Shape { c, h, w },

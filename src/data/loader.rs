@@ -80,7 +80,7 @@ pub fn epoch_plan(n: usize, spec: &LoaderSpec, augment: &Augment, epoch: u64) ->
 }
 
 /// The order of samples in an epoch.
-pub fn epoch_order(n: usize, spec: &LoaderSpec, epoch: u64) -> Vec<u32> {
+pub(crate) fn epoch_order(n: usize, spec: &LoaderSpec, epoch: u64) -> Vec<u32> {
     let mut order: Vec<u32> = (0..n as u32).collect();
     if spec.shuffle {
         Rng::for_stream(spec.seed, stream::SHUFFLE, epoch).shuffle(&mut order);
@@ -89,7 +89,7 @@ pub fn epoch_order(n: usize, spec: &LoaderSpec, epoch: u64) -> Vec<u32> {
 }
 
 /// Number of batches an epoch yields.
-pub fn batch_count(n: usize, spec: &LoaderSpec) -> usize {
+pub(crate) fn batch_count(n: usize, spec: &LoaderSpec) -> usize {
     let full = n / spec.batch_size;
     let rest = n % spec.batch_size;
     full + usize::from(rest > 0 && !spec.drop_last && !(rest == 1 && spec.shuffle))

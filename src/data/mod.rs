@@ -95,7 +95,7 @@ impl Split {
         counts
     }
     /// Per-channel mean and standard deviation of the pixels scaled to [0, 1].
-    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
         let plane = self.shape.h * self.shape.w;
         let mut sum = vec![0f64; self.shape.c];
         let mut sq = vec![0f64; self.shape.c];
@@ -263,7 +263,7 @@ impl Dataset {
 pub use crate::util::hash::{hex, sha256_hex};
 
 /// Checks that every label is below `classes`, naming the file and the first bad sample.
-pub fn check_labels(labels: &[u16], classes: usize, file: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn check_labels(labels: &[u16], classes: usize, file: &std::path::Path) -> anyhow::Result<()> {
     if let Some((i, y)) = labels.iter().enumerate().find(|(_, &y)| y as usize >= classes) {
         anyhow::bail!(
             "{}: label {y} at sample {i} is out of range (this data set has {classes} classes, 0..{})",

@@ -59,7 +59,7 @@ pub fn write_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
 /// The checksum file kdlab writes beside every .npy it writes: `NAME.npy.sha256`, one line in
 /// `sha256sum`'s format (so `sha256sum -c` checks it too). kdlab verifies a .npy against it
 /// before reading the array; a .npy without one (written by NumPy, say) is read as it is.
-pub fn sum_path(path: &Path) -> std::path::PathBuf {
+pub(crate) fn sum_path(path: &Path) -> std::path::PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!("{name}.sha256"))
 }
@@ -195,7 +195,7 @@ pub struct Header {
 }
 
 impl Header {
-    pub fn elem_size(&self) -> usize {
+    pub(crate) fn elem_size(&self) -> usize {
         match self.dtype {
             Dtype::F32 => 4,
             Dtype::F64 => 8,
@@ -203,7 +203,7 @@ impl Header {
         }
     }
     /// Bytes of data the header declares (saturating: an absurd shape never matches a file).
-    pub fn data_len(&self) -> usize {
+    pub(crate) fn data_len(&self) -> usize {
         self.shape.iter().try_fold(self.elem_size(), |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX)
     }
 }
@@ -231,7 +231,7 @@ fn check_body_len(h: &Header, len: u64, file: &Path) -> Result<()> {
 }
 
 /// Parses the header at the start of `bytes` (which need not hold the data).
-pub fn parse_header(bytes: &[u8], file: &Path) -> Result<Header> {
+pub(crate) fn parse_header(bytes: &[u8], file: &Path) -> Result<Header> {
     let name = file.display();
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         bail!("{name}: not a NumPy .npy file (it does not start with \\x93NUMPY)");
@@ -287,7 +287,7 @@ pub fn parse_header(bytes: &[u8], file: &Path) -> Result<Header> {
 
 /// Reads an (N, C) float matrix a block of rows at a time, so that arrays larger than memory
 /// (ImageNet-size logits) can be streamed.
-pub struct RowReader {
+pub(crate) struct RowReader {
     file: std::io::BufReader<std::fs::File>,
     path: std::path::PathBuf,
     header: Header,
@@ -322,7 +322,7 @@ impl RowReader {
     }
 
     /// The next `n` rows (fewer at the end) as f64, refusing NaN and infinities with the row's index.
-    pub fn read_rows(&mut self, n: usize) -> Result<Vec<f64>> {
+    pub(crate) fn read_rows(&mut self, n: usize) -> Result<Vec<f64>> {
         use std::io::Read;
         let n = n.min(self.rows - self.next_row);
         let elem = self.header.elem_size();
@@ -390,7 +390,7 @@ pub fn read_logits(path: &Path) -> Result<(usize, usize, Vec<f64>)> {
 }
 
 /// Reads an (N,) integer label vector.
-pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
+pub(crate) fn read_labels(path: &Path) -> Result<Vec<i64>> {
     let a = read(path)?;
     if a.shape.len() != 1 {
         bail!("{}: labels must be a 1-D (N,) array, found shape {:?}", path.display(), a.shape);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// kdlab's data directory: `$KDLAB_DATA`, else `$XDG_CACHE_HOME/kdlab/data`, else
 /// `~/.cache/kdlab/data`.
-pub fn data_dir() -> PathBuf {
+pub(crate) fn data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("KDLAB_DATA").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
@@ -45,12 +45,12 @@ pub fn load(spec: &str) -> Result<Dataset> {
 }
 
 /// Where a catalogue data set's files are, or an error saying how to get them.
-pub fn locate(entry: &catalog::Entry) -> Result<PathBuf> {
+pub(crate) fn locate(entry: &catalog::Entry) -> Result<PathBuf> {
     locate_in(entry, &data_dir())
 }
 
 /// As `locate`, with kdlab's data directory given.
-pub fn locate_in(entry: &catalog::Entry, data_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn locate_in(entry: &catalog::Entry, data_dir: &Path) -> Result<PathBuf> {
     let mut tried = vec![data_dir.join(entry.name)];
     tried.extend(entry.system_dirs.iter().map(PathBuf::from));
     for dir in &tried {
@@ -79,7 +79,7 @@ fn is_complete(entry: &catalog::Entry, dir: &Path) -> bool {
 }
 
 /// Loads a catalogue data set from `dir`.
-pub fn load_entry(entry: &catalog::Entry, dir: &Path) -> Result<Dataset> {
+pub(crate) fn load_entry(entry: &catalog::Entry, dir: &Path) -> Result<Dataset> {
     let (train, test) = match entry.format {
         catalog::Format::Idx => read_idx_dir(dir)?,
         catalog::Format::Cifar(v) => cifar::read_dir(dir, v)?,
@@ -114,7 +114,7 @@ fn check(ds: &Dataset, dir: &Path) -> Result<()> {
 }
 
 /// Loads any directory: four IDX files, or CIFAR-10 / CIFAR-100 binary files.
-pub fn load_dir(dir: &Path) -> Result<Dataset> {
+pub(crate) fn load_dir(dir: &Path) -> Result<Dataset> {
     let dir_name =
         dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
     if let Ok(files) = find_idx_files(dir) {
@@ -158,7 +158,7 @@ fn identify_idx(train_labels: &Path) -> Option<catalog::Entry> {
 
 /// Finds the four IDX files in `dir`: names starting `train-images`, `train-labels`,
 /// `t10k-images` (or `test-images`), `t10k-labels` (or `test-labels`), raw or gzipped.
-pub fn find_idx_files(dir: &Path) -> Result<[PathBuf; 4]> {
+pub(crate) fn find_idx_files(dir: &Path) -> Result<[PathBuf; 4]> {
     let entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// `store=auto` keeps a folder in memory only up to this many images…
-pub const MEMORY_MAX_FILES: usize = 50_000;
+pub(crate) const MEMORY_MAX_FILES: usize = 50_000;
 /// …and this many bytes of decoded pixels (2 GiB).
-pub const MEMORY_MAX_BYTES: u64 = 2 << 30;
+pub(crate) const MEMORY_MAX_BYTES: u64 = 2 << 30;
 
 /// Where the images of a continuous-view folder are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl Streamed {
 /// Decodes an image file to `channels` (1 or 3) interleaved 8-bit channels at its own size:
 /// colour to grey as PIL's luma, grey to colour by repetition, alpha dropped (torchvision's
 /// loader converts every image to RGB the same way).
-pub fn decode_file(path: &Path, channels: usize, max_pixels: u64) -> Result<Decoded> {
+pub(crate) fn decode_file(path: &Path, channels: usize, max_pixels: u64) -> Result<Decoded> {
     let img = super::decode::decode_image(path, max_pixels)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let pixels = if channels == 1 {
@@ -209,7 +209,7 @@ impl FileFeed {
 /// Decodes every file of a split into memory on the pool (store=memory), with a progress bar;
 /// undecodable files fail the load naming the first, or with `skip` are left out with a warning.
 /// Returns the kept files, their labels and their images.
-pub fn decode_all(
+pub(crate) fn decode_all(
     files: Vec<PathBuf>,
     labels: Vec<u16>,
     channels: usize,

@@ -38,7 +38,7 @@ impl Default for CropRange {
 }
 
 /// The random stream of one sample in one epoch (independent of batch and thread).
-pub fn sample_rng(seed: u64, epoch: u64, sample: u64) -> Rng {
+pub(crate) fn sample_rng(seed: u64, epoch: u64, sample: u64) -> Rng {
     Rng::new(rng::mix(&[seed, rng::stream::CROP, epoch, sample]))
 }
 
@@ -50,7 +50,7 @@ fn round_py(v: f64) -> i64 {
 /// `RandomResizedCrop.get_params` for an image of `height`×`width`: up to ten tries at a box of
 /// random area and log-uniform aspect ratio that fits, then the centre crop of the whole image
 /// clamped to the ratio range. Returns (y, x, h, w).
-pub fn random_resized_box(
+pub(crate) fn random_resized_box(
     height: usize,
     width: usize,
     range: CropRange,
@@ -74,7 +74,7 @@ pub fn random_resized_box(
 }
 
 /// torchvision's fallback: the whole image, narrowed to the nearest allowed ratio, centred.
-pub fn centre_fallback(height: usize, width: usize, range: CropRange) -> (usize, usize, usize, usize) {
+pub(crate) fn centre_fallback(height: usize, width: usize, range: CropRange) -> (usize, usize, usize, usize) {
     let in_ratio = width as f64 / height as f64;
     let (lo, hi) = (range.ratio.0.min(range.ratio.1), range.ratio.0.max(range.ratio.1));
     let (h, w) = if in_ratio < lo {
@@ -89,7 +89,7 @@ pub fn centre_fallback(height: usize, width: usize, range: CropRange) -> (usize,
 
 /// `Resize(short)` with an integer: the shorter side becomes `short`, the longer one
 /// `int(short · long / short_side)` (truncated, as torchvision). Returns (h, w).
-pub fn resize_shorter(height: usize, width: usize, short: usize) -> (usize, usize) {
+pub(crate) fn resize_shorter(height: usize, width: usize, short: usize) -> (usize, usize) {
     if width <= height {
         (((short as f64 * height as f64 / width as f64) as usize).max(1), short)
     } else {
@@ -98,7 +98,7 @@ pub fn resize_shorter(height: usize, width: usize, short: usize) -> (usize, usiz
 }
 
 /// `CenterCrop(size)`'s top-left corner in an image of `height`×`width`: `round((H − size) / 2)`.
-pub fn centre_crop_origin(height: usize, width: usize, size: usize) -> (usize, usize) {
+pub(crate) fn centre_crop_origin(height: usize, width: usize, size: usize) -> (usize, usize) {
     let at = |side: usize| round_py((side as f64 - size as f64) / 2.0).max(0) as usize;
     (at(height), at(width))
 }
@@ -220,14 +220,14 @@ pub struct Recipe {
 
 impl Recipe {
     /// The training view of an image of `h`×`w`: a random-resized-crop box and a coin flip.
-    pub fn train_box(&self, h: usize, w: usize, rng: &mut Rng) -> CropBox {
+    pub(crate) fn train_box(&self, h: usize, w: usize, rng: &mut Rng) -> CropBox {
         let (y, x, bh, bw) = random_resized_box(h, w, self.range, rng);
         let flip = self.flip && rng.unit() < 0.5;
         CropBox { y: y as u32, x: x as u32, h: bh as u32, w: bw as u32, flip }
     }
 
     /// The resampling of a training box: the box scaled to size×size.
-    pub fn train_resample(&self, b: CropBox) -> Resample {
+    pub(crate) fn train_resample(&self, b: CropBox) -> Resample {
         Resample {
             window: (b.y as usize, b.x as usize, b.h as usize, b.w as usize),
             full: (self.size, self.size),
@@ -239,7 +239,7 @@ impl Recipe {
 
     /// The evaluation resampling of an image of `h`×`w`: the whole image resized (shorter side
     /// `resize`), then its centre size×size.
-    pub fn eval_resample(&self, h: usize, w: usize) -> Resample {
+    pub(crate) fn eval_resample(&self, h: usize, w: usize) -> Resample {
         let full = resize_shorter(h, w, self.resize);
         Resample {
             window: (0, 0, h, w),

@@ -23,7 +23,7 @@ use tch::{Kind, Tensor};
 /// ats's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// The student's temperature s_τ.
     pub student_tau: f64,
     /// Temperature of the teacher's true-class logit.
@@ -67,7 +67,7 @@ impl MethodParams for Params {
     }
 }
 
-pub struct Ats {
+pub(crate) struct Ats {
     pub tau1: f64,
     pub tau2: f64,
     pub student_tau: f64,
@@ -93,7 +93,7 @@ pub fn check(tau1: f64, tau2: f64, lambda: f64, tau2_name: &str) -> Result<()> {
 
 /// The teacher logits as the ATS family uses them: detached, and with each row's mean subtracted
 /// when `center` is set.
-pub fn prepare(t: &Tensor, center: bool) -> Tensor {
+pub(crate) fn prepare(t: &Tensor, center: bool) -> Tensor {
     let t = t.detach();
     if center {
         let mean = t.mean_dim(1, true, t.kind());
@@ -128,7 +128,7 @@ pub fn terms(x: &LossInput, log_p_ats: &Tensor, student_tau: f64, lambda: f64) -
 
 /// Counts, over an epoch, of the samples whose ATS target does not rank the true class first.
 #[derive(Default)]
-pub struct Flips {
+pub(crate) struct Flips {
     /// Samples, teacher wrong, flipped where the teacher is right, fixed where it is wrong (int64,
     /// on the logits' device: reading them back every step would stall a GPU).
     counts: Option<Tensor>,
@@ -136,7 +136,7 @@ pub struct Flips {
 
 impl Flips {
     /// Adds a batch: teacher logits `t`, labels `y` and the target's log-probabilities.
-    pub fn add(&mut self, t: &Tensor, y: &Tensor, log_target: &Tensor) {
+    pub(crate) fn add(&mut self, t: &Tensor, y: &Tensor, log_target: &Tensor) {
         let _g = tch::no_grad_guard();
         let teacher_right = true_class_gap(t, y).gt(0.0);
         let target_right = true_class_gap(log_target, y).gt(0.0);

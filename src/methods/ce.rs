@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// ce takes no hyper-parameters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Params {}
+pub(crate) struct Params {}
 
 impl MethodParams for Params {
     const NEEDS_TEACHER: bool = false;
@@ -20,7 +20,7 @@ impl MethodParams for Params {
 /// The student alone: also the objective teachers are trained with.
 pub const NAME: &str = "ce";
 
-pub struct Ce;
+pub(crate) struct Ce;
 
 impl Method for Ce {
     fn name(&self) -> &'static str {

@@ -8,18 +8,18 @@ use tch::{Kind, Tensor};
 const MASKED: f64 = -1e9;
 
 /// log softmax(z/τ) along classes.
-pub fn log_softmax_t(z: &Tensor, tau: f64) -> Tensor {
+pub(crate) fn log_softmax_t(z: &Tensor, tau: f64) -> Tensor {
     (z / tau).log_softmax(1, z.kind())
 }
 
 /// KL(p ‖ q) = Σ_c p_c (log p_c − log q_c), from log-probabilities, summed over classes and
 /// averaged over the batch. Classes where p underflows to 0 contribute 0.
-pub fn kl_from_log(log_p: &Tensor, log_q: &Tensor) -> Tensor {
+pub(crate) fn kl_from_log(log_p: &Tensor, log_q: &Tensor) -> Tensor {
     kl_rows(log_p, log_q).mean(log_p.kind())
 }
 
 /// KL(p_i ‖ q_i) of each row, (N, C) → (N,): for methods that weigh samples before the mean.
-pub fn kl_rows(log_p: &Tensor, log_q: &Tensor) -> Tensor {
+pub(crate) fn kl_rows(log_p: &Tensor, log_q: &Tensor) -> Tensor {
     (log_p.exp() * (log_p - log_q)).sum_dim_intlist(1, false, log_p.kind())
 }
 
@@ -29,17 +29,17 @@ pub fn cross_entropy(z: &Tensor, y: &Tensor) -> Tensor {
 }
 
 /// A (N, C) boolean mask that is true at each row's true class.
-pub fn gt_mask(z: &Tensor, y: &Tensor) -> Tensor {
+pub(crate) fn gt_mask(z: &Tensor, y: &Tensor) -> Tensor {
     Tensor::zeros_like(z).scatter_value(1, &y.unsqueeze(1), 1.0).to_kind(Kind::Bool)
 }
 
 /// log q̂(z/τ): the log-softmax over the non-GT classes only (the true class gets ≈ −1e9).
-pub fn log_nongt_t(z: &Tensor, y: &Tensor, tau: f64) -> Tensor {
+pub(crate) fn log_nongt_t(z: &Tensor, y: &Tensor, tau: f64) -> Tensor {
     (z / tau).masked_fill(&gt_mask(z, y), MASKED).log_softmax(1, z.kind())
 }
 
 /// log b(z/τ) = log [p_y, 1 − p_y] as an (N, 2) tensor, computed stably from log-sum-exps.
-pub fn log_binary_t(z: &Tensor, y: &Tensor, tau: f64) -> Tensor {
+pub(crate) fn log_binary_t(z: &Tensor, y: &Tensor, tau: f64) -> Tensor {
     let s = z / tau;
     let all = s.logsumexp([1], true);
     let log_py = s.gather(1, &y.unsqueeze(1), false) - &all;
@@ -59,7 +59,7 @@ pub fn standardize(z: &Tensor) -> Tensor {
 /// collapsed to one output, say) has correlation 0 and a finite gradient: the product of the sums
 /// of squares is clamped before the square root, whose derivative at 0 is infinite (and NaN once
 /// multiplied by the zero centred row).
-pub fn pearson_rows(a: &Tensor, b: &Tensor) -> Tensor {
+pub(crate) fn pearson_rows(a: &Tensor, b: &Tensor) -> Tensor {
     let ac = a - a.mean_dim(1, true, a.kind());
     let bc = b - b.mean_dim(1, true, b.kind());
     let num = (&ac * &bc).sum_dim_intlist(1, false, a.kind());

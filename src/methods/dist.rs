@@ -12,7 +12,7 @@ use tch::Tensor;
 /// dist's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// Temperature of both softmaxes.
     pub tau: f64,
     /// Weight of the cross-entropy term.
@@ -41,7 +41,7 @@ impl MethodParams for Params {
     }
 }
 
-pub struct Dist {
+pub(crate) struct Dist {
     pub tau: f64,
     pub alpha: f64,
     pub beta: f64,

@@ -11,7 +11,7 @@ use tch::Tensor;
 /// dkd's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// Temperature of both softmaxes.
     pub tau: f64,
     /// Weight of the target (TCKD) term.
@@ -42,7 +42,7 @@ impl MethodParams for Params {
     }
 }
 
-pub struct Dkd {
+pub(crate) struct Dkd {
     pub tau: f64,
     pub alpha: f64,
     pub beta: f64,
@@ -52,7 +52,7 @@ pub struct Dkd {
 
 impl Dkd {
     /// The warm-up weight at a 1-based epoch.
-    pub fn warmup_weight(&self, epoch: f64) -> f64 {
+    pub(crate) fn warmup_weight(&self, epoch: f64) -> f64 {
         if self.warmup <= 0.0 {
             1.0
         } else {

@@ -25,7 +25,7 @@ use tch::{Kind, Tensor};
 /// dtkd's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// The reference temperature τ (the mean of the two per-sample temperatures, and KD's).
     pub tau: f64,
     /// Weight of the dynamic-temperature term.
@@ -52,7 +52,7 @@ impl MethodParams for Params {
     }
 }
 
-pub struct Dtkd {
+pub(crate) struct Dtkd {
     p: Params,
     /// This epoch's samples, fallbacks, and sums of T_s and T_t.
     epoch: [f64; 4],
@@ -76,7 +76,7 @@ pub fn temperatures(s: &Tensor, t: &Tensor, tau: f64) -> (Tensor, Tensor, Tensor
 
 impl Dtkd {
     /// The warm-up weight at a 1-based epoch.
-    pub fn warmup_weight(&self, epoch: f64) -> f64 {
+    pub(crate) fn warmup_weight(&self, epoch: f64) -> f64 {
         if self.p.warmup <= 0.0 {
             1.0
         } else {

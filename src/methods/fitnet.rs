@@ -18,7 +18,7 @@ use tch::Tensor;
 /// fitnet's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// The tap regressed, the same name on student and teacher (`kdlab models --taps MODEL`).
     pub hint: String,
     /// Weight of the cross-entropy term.

@@ -67,8 +67,8 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-pub const GRID: i64 = 64;
-pub const ITERS: usize = 30;
+pub(crate) const GRID: i64 = 64;
+pub(crate) const ITERS: usize = 30;
 /// `order`: the default least log-probability gap between the true class and the next in the
 /// target.
 pub const DEFAULT_MARGIN: f64 = 1e-3;
@@ -85,7 +85,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 4] = [Rule::Order, Rule::Ts, Rule::TsOrder, Rule::Bounded];
+    pub(crate) const ALL: [Rule; 4] = [Rule::Order, Rule::Ts, Rule::TsOrder, Rule::Bounded];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -97,7 +97,7 @@ impl Rule {
     }
 
     /// Whether the rule keeps the true class first by `margin`.
-    pub fn uses_margin(self) -> bool {
+    pub(crate) fn uses_margin(self) -> bool {
         matches!(self, Rule::Order | Rule::TsOrder)
     }
 
@@ -112,7 +112,7 @@ impl Rule {
     }
 }
 
-pub struct Isats {
+pub(crate) struct Isats {
     pub rule: Rule,
     pub tau1: f64,
     pub tau2_min: f64,
@@ -131,7 +131,7 @@ pub struct Isats {
 /// isats's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// The student's temperature s_τ.
     pub student_tau: f64,
     /// Temperature of the teacher's true-class logit.
@@ -242,19 +242,19 @@ fn variance_at(t: &Tensor, y: &Tensor, tau1: &Tensor, tau2: &Tensor) -> Tensor {
 
 /// Population variance of the non-GT probabilities of the ATS target for every candidate τ2:
 /// `t` (N, C), `y` (N,), `tau2` (N, K) → (N, K).
-pub fn nongt_variance(t: &Tensor, y: &Tensor, tau1: f64, tau2: &Tensor) -> Tensor {
+pub(crate) fn nongt_variance(t: &Tensor, y: &Tensor, tau1: f64, tau2: &Tensor) -> Tensor {
     let tau1 = Tensor::full(tau2.size(), tau1, (t.kind(), t.device()));
     variance_at(t, y, &tau1, tau2)
 }
 
 /// The same for plain temperature scaling softmax(f/τ): `tau` (N, K) → (N, K).
-pub fn ts_variance(t: &Tensor, y: &Tensor, tau: &Tensor) -> Tensor {
+pub(crate) fn ts_variance(t: &Tensor, y: &Tensor, tau: &Tensor) -> Tensor {
     variance_at(t, y, tau, tau)
 }
 
 /// Per sample, the x ∈ [lo_i, hi_i] that maximises `f` ((N, K) candidates → (N, K) values): a
 /// log-spaced grid, then golden-section between the best grid point's neighbours. (N,).
-pub fn maximise(f: &dyn Fn(&Tensor) -> Tensor, lo: &Tensor, hi: &Tensor) -> Tensor {
+pub(crate) fn maximise(f: &dyn Fn(&Tensor) -> Tensor, lo: &Tensor, hi: &Tensor) -> Tensor {
     let (kind, dev) = (lo.kind(), lo.device());
     let (lo, hi) = (lo.unsqueeze(1), hi.unsqueeze(1));
     let steps = (Tensor::arange(GRID, (kind, dev)) / (GRID - 1) as f64).unsqueeze(0);
@@ -280,7 +280,7 @@ pub fn maximise(f: &dyn Fn(&Tensor) -> Tensor, lo: &Tensor, hi: &Tensor) -> Tens
 }
 
 /// A rule's choice for a batch, all (N,).
-pub struct Choice {
+pub(crate) struct Choice {
     pub tau2: Tensor,
     /// The lower end of the interval searched (`order`: the constraint's floor, at least τ2_min;
     /// the other rules: τ2_min; fallbacks: τ1).
@@ -314,7 +314,7 @@ pub struct TauStarMemo {
 }
 
 /// At most this many remembered τ* (~48 bytes each: ~100 MB).
-pub const TAU_STAR_MEMO_CAP: usize = 1 << 21;
+pub(crate) const TAU_STAR_MEMO_CAP: usize = 1 << 21;
 
 impl TauStarMemo {
     /// A 128-bit key of a row's exact values (as f64: exact for f16/f32 rows) and its label.
@@ -377,7 +377,7 @@ fn order_floor(fy: &Tensor, m: &Tensor, tau1: f64, tau2_min: f64, margin: f64) -
 
 /// The per-sample τ2 of `rule` (teacher logits `t` as given: centre them first if wanted);
 /// `margin` is used by `order` and `ts_order` only.
-pub fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64, margin: f64) -> Choice {
+pub(crate) fn choose(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64, margin: f64) -> Choice {
     choose_with(rule, t, y, tau1, tau2_min, margin, &mut |t, y| ts_temperature(t, y))
 }
 
@@ -428,7 +428,7 @@ pub fn choose_tau2(rule: Rule, t: &Tensor, y: &Tensor, tau1: f64, tau2_min: f64,
 /// Summary of an epoch's choices, each (τ2, floor, fallback as 0/1): mean, spread, quantiles and a
 /// 10-bin histogram of τ2 over [τ2_min, τ1], and the shares `fallback`, `at_floor`, `at_tau2_min`,
 /// `at_tau1` and `interior` (each sample counted once, in that order of precedence).
-pub fn summarise(rows: &[[f64; 3]], lo: f64, hi: f64) -> serde_json::Value {
+pub(crate) fn summarise(rows: &[[f64; 3]], lo: f64, hi: f64) -> serde_json::Value {
     if rows.is_empty() {
         return serde_json::Value::Null;
     }

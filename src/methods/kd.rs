@@ -10,7 +10,7 @@ use tch::Tensor;
 /// kd's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// The teacher's temperature τ.
     pub tau: f64,
     /// Weight of the cross-entropy term.
@@ -49,7 +49,7 @@ impl MethodParams for Params {
     }
 }
 
-pub struct Kd {
+pub(crate) struct Kd {
     pub tau: f64,
     pub student_tau: f64,
     pub alpha: f64,

@@ -18,7 +18,7 @@ use tch::Tensor;
 /// kd_curriculum's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// The temperature at the first epoch.
     pub tau_start: f64,
     /// The temperature from `ramp_epochs` on.
@@ -48,13 +48,13 @@ impl MethodParams for Params {
     }
 }
 
-pub struct KdCurriculum {
+pub(crate) struct KdCurriculum {
     p: Params,
 }
 
 impl KdCurriculum {
     /// The temperature at a 1-based epoch.
-    pub fn tau_at(&self, epoch: f64) -> f64 {
+    pub(crate) fn tau_at(&self, epoch: f64) -> f64 {
         let progress = if self.p.ramp_epochs <= 0.0 { 1.0 } else { (epoch / self.p.ramp_epochs).clamp(0.0, 1.0) };
         let eased = (1.0 - (std::f64::consts::PI * progress).cos()) / 2.0;
         self.p.tau_start + (self.p.tau_end - self.p.tau_start) * eased

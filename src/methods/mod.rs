@@ -53,12 +53,12 @@ impl<'a> LossInput<'a> {
 
     /// The student's tap `name`. The trainer checks every tap a method asks for against both
     /// models before the first step, so a missing one here is a bug in kdlab, not in the input.
-    pub fn student_tap(&self, name: &str) -> &Tensor {
+    pub(crate) fn student_tap(&self, name: &str) -> &Tensor {
         tap(self.student_taps, name, "student")
     }
 
     /// The teacher's tap `name` (see `student_tap`).
-    pub fn teacher_tap(&self, name: &str) -> &Tensor {
+    pub(crate) fn teacher_tap(&self, name: &str) -> &Tensor {
         tap(self.teacher_taps, name, "teacher")
     }
 }
@@ -97,11 +97,11 @@ pub struct Setup<'a> {
 
 impl Setup<'_> {
     /// The shape of the student's tap `name` (which `Method::taps` asked for).
-    pub fn student_shape(&self, name: &str) -> &[i64] {
+    pub(crate) fn student_shape(&self, name: &str) -> &[i64] {
         shape_of(self.student, name)
     }
     /// The shape of the teacher's tap `name` (which `Method::taps` asked for).
-    pub fn teacher_shape(&self, name: &str) -> &[i64] {
+    pub(crate) fn teacher_shape(&self, name: &str) -> &[i64] {
         shape_of(self.teacher, name)
     }
 }
@@ -158,7 +158,7 @@ pub type Table = toml::Table;
 /// `#[serde(default, deny_unknown_fields)]` and a `Default` that holds the method's defaults. Integers
 /// are accepted for float keys (`tau = 4` is 4.0), as serde reads them. A study grid varies the
 /// keys in the order the struct declares them (the first one outermost).
-pub trait MethodParams: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
+pub(crate) trait MethodParams: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Whether the method distils from a teacher (`ce`, the student alone, does not).
     const NEEDS_TEACHER: bool = true;
     /// Two keys whose grid the report draws as a heat-map (ATS's τ1 × τ2).
@@ -181,7 +181,7 @@ pub trait MethodParams: Default + Clone + Serialize + DeserializeOwned + Send + 
 /// Hyper-parameter values that are each valid but do not go together (ATS with τ1 < τ2). A study
 /// grid leaves such a combination out, and says so; any other refusal is an error.
 #[derive(Debug)]
-pub struct Incompatible {
+pub(crate) struct Incompatible {
     /// The constraint, the same for every combination it refuses (it groups them in a summary).
     pub needs: String,
     /// The values that break it.
@@ -278,7 +278,7 @@ impl Entry {
 
     /// Refuses a key the method does not take, naming the keys it takes (and the nearest, for a
     /// key no method takes: a likely typo).
-    pub fn check_keys<'a>(&self, given: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    pub(crate) fn check_keys<'a>(&self, given: impl IntoIterator<Item = &'a str>) -> Result<()> {
         let keys = self.keys();
         let Some(key) = given.into_iter().find(|k| !keys.contains(k)) else { return Ok(()) };
         let takes = if keys.is_empty() { "no hyper-parameters".to_string() } else { keys.join(", ") };
@@ -333,7 +333,7 @@ pub fn entry_of(name: &str) -> Result<&'static Entry> {
 }
 
 /// Whether method `name` distils from a teacher (an unknown name is reported where it is built).
-pub fn needs_teacher(name: &str) -> bool {
+pub(crate) fn needs_teacher(name: &str) -> bool {
     entry_of(name).map_or(true, |e| e.needs_teacher)
 }
 
@@ -344,7 +344,7 @@ pub fn build(name: &str, params: &Table) -> Result<Box<dyn Method>> {
 }
 
 /// Every key some method takes, each once, in registry order.
-pub fn all_keys() -> Vec<&'static str> {
+pub(crate) fn all_keys() -> Vec<&'static str> {
     let mut keys: Vec<&'static str> = vec![];
     for k in REGISTRY.iter().flat_map(|e| e.keys()) {
         if !keys.contains(k) {
@@ -355,7 +355,7 @@ pub fn all_keys() -> Vec<&'static str> {
 }
 
 /// The incompatibility behind an error from `build`, if that is what it is.
-pub fn incompatibility(e: &anyhow::Error) -> Option<&Incompatible> {
+pub(crate) fn incompatibility(e: &anyhow::Error) -> Option<&Incompatible> {
     e.downcast_ref::<Incompatible>()
 }
 

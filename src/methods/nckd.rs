@@ -10,7 +10,7 @@ use tch::Tensor;
 /// nckd's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// Temperature of both softmaxes.
     pub tau: f64,
     /// Weight of the cross-entropy term.
@@ -38,7 +38,7 @@ impl MethodParams for Params {
     }
 }
 
-pub struct Nckd {
+pub(crate) struct Nckd {
     pub tau: f64,
     pub alpha: f64,
     pub beta: f64,

@@ -24,7 +24,7 @@ const MIN_VAR: f64 = 1e-14;
 /// normkd's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// The temperature per unit of logit standard deviation.
     pub tau_norm: f64,
     /// Weight of the cross-entropy term.
@@ -48,7 +48,7 @@ impl MethodParams for Params {
     }
 }
 
-pub struct NormKd {
+pub(crate) struct NormKd {
     p: Params,
 }
 

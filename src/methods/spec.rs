@@ -95,7 +95,7 @@ impl MethodSpec {
     }
 
     /// See `Method::min_topk`.
-    pub fn min_topk(&self) -> usize {
+    pub(crate) fn min_topk(&self) -> usize {
         self.min_topk
     }
 
@@ -110,7 +110,7 @@ impl MethodSpec {
     }
 
     /// Whether it distils from a teacher (`MethodParams::NEEDS_TEACHER`).
-    pub fn needs_teacher(&self) -> bool {
+    pub(crate) fn needs_teacher(&self) -> bool {
         self.entry.needs_teacher
     }
 }

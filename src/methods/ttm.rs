@@ -20,7 +20,7 @@ use tch::Tensor;
 /// ttm's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// The teacher's temperature τ = 1/γ (the authors' exponent γ is `--ttm_l`).
     pub tau: f64,
     /// Weight of the cross-entropy term.
@@ -44,7 +44,7 @@ impl MethodParams for Params {
     }
 }
 
-pub struct Ttm {
+pub(crate) struct Ttm {
     p: Params,
 }
 

@@ -16,7 +16,7 @@ use tch::Tensor;
 /// wttm's hyper-parameters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     /// The teacher's temperature τ = 1/γ.
     pub tau: f64,
     /// Weight of the cross-entropy term.
@@ -40,7 +40,7 @@ impl MethodParams for Params {
     }
 }
 
-pub struct Wttm {
+pub(crate) struct Wttm {
     p: Params,
 }
 

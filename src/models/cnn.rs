@@ -7,7 +7,7 @@ use tch::nn;
 use tch::Tensor;
 
 #[derive(Debug)]
-pub struct PlainCnn {
+pub(crate) struct PlainCnn {
     conv1: nn::Conv2D,
     bn1: nn::BatchNorm,
     conv2: nn::Conv2D,

@@ -67,7 +67,7 @@ impl ModuleT for Bottleneck {
 }
 
 #[derive(Debug)]
-pub struct ImageNetResNet {
+pub(crate) struct ImageNetResNet {
     conv1: nn::Conv2D,
     bn1: nn::BatchNorm,
     blocks: Vec<Box<dyn ModuleT>>,

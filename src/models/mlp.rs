@@ -6,7 +6,7 @@ use tch::nn;
 use tch::Tensor;
 
 #[derive(Debug)]
-pub struct Mlp {
+pub(crate) struct Mlp {
     hidden: Vec<nn::Linear>,
     out: nn::Linear,
 }

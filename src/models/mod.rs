@@ -17,10 +17,10 @@ use tch::nn;
 
 /// A network: `forward_t(x, train)` maps (N, C, H, W) inputs to (N, classes) logits, and
 /// `forward_taps` records its intermediate outputs too (see `taps`).
-pub type Net = Box<dyn Network>;
+pub(crate) type Net = Box<dyn Network>;
 
 /// A family of architectures and how its names are spelled.
-pub struct Family {
+pub(crate) struct Family {
     pub name: &'static str,
     pub pattern: &'static str,
     pub about: &'static str,
@@ -28,7 +28,7 @@ pub struct Family {
     pub examples: &'static [&'static str],
 }
 
-pub const FAMILIES: &[Family] = &[
+pub(crate) const FAMILIES: &[Family] = &[
     Family {
         name: "CIFAR ResNet",
         pattern: "resnet<D> (D = 6n+2, not 50 or 152), resnet<D>x4",
@@ -122,7 +122,7 @@ pub fn family(name: &str) -> &'static str {
 }
 
 /// The family of teachers that are not the zoo's architectures.
-pub const IMPORTED: &str = "imported";
+pub(crate) const IMPORTED: &str = "imported";
 
 fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {

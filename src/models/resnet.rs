@@ -56,7 +56,7 @@ impl ModuleT for BasicBlock {
 }
 
 #[derive(Debug)]
-pub struct CifarResNet {
+pub(crate) struct CifarResNet {
     stem: nn::Conv2D,
     stem_bn: nn::BatchNorm,
     blocks: Vec<BasicBlock>,

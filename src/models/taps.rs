@@ -17,7 +17,7 @@ use tch::nn::ModuleT;
 use tch::Tensor;
 
 /// Each tap's name and shape (batch dimension left out).
-pub type TapShapes = Vec<(String, Vec<i64>)>;
+pub(crate) type TapShapes = Vec<(String, Vec<i64>)>;
 
 /// Which taps a forward pass keeps, and those it kept.
 #[derive(Default)]
@@ -66,12 +66,12 @@ impl Taps {
     }
 
     /// Whether anything is kept (names built with `format!` need not be built otherwise).
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         !matches!(self.want, Want::Nothing)
     }
 
     /// Records `t` as `{prefix}{i}`; the name is built only when something is kept.
-    pub fn put_nth(&mut self, prefix: &str, i: usize, t: &Tensor) {
+    pub(crate) fn put_nth(&mut self, prefix: &str, i: usize, t: &Tensor) {
         if self.active() {
             self.put(&format!("{prefix}{i}"), t);
         }
@@ -107,13 +107,13 @@ pub fn head(embedding: Tensor, fc: &tch::nn::Linear, taps: &mut Taps) -> Tensor 
 }
 
 /// Global average pooling of the pre-pooling map, then the classifier.
-pub fn pool_head(prepool: Tensor, fc: &tch::nn::Linear, taps: &mut Taps) -> Tensor {
+pub(crate) fn pool_head(prepool: Tensor, fc: &tch::nn::Linear, taps: &mut Taps) -> Tensor {
     taps.put("prepool", &prepool);
     head(prepool.adaptive_avg_pool2d([1, 1]).flatten(1, -1), fc, taps)
 }
 
 /// Runs `blocks` in order, recording `stage{k}` after each index in `stage_ends` (exclusive ends).
-pub fn run_stages<'a, B: ModuleT + ?Sized + 'a>(
+pub(crate) fn run_stages<'a, B: ModuleT + ?Sized + 'a>(
     mut h: Tensor,
     blocks: impl IntoIterator<Item = &'a B>,
     stage_ends: &[usize],
@@ -131,7 +131,7 @@ pub fn run_stages<'a, B: ModuleT + ?Sized + 'a>(
 
 /// The shape of every tap of `net` (its variables on `device`) for one input of `shape`: a batch
 /// of 2 in eval mode, the batch dimension left out.
-pub fn shapes(net: &dyn Network, shape: crate::data::Shape, device: tch::Device) -> TapShapes {
+pub(crate) fn shapes(net: &dyn Network, shape: crate::data::Shape, device: tch::Device) -> TapShapes {
     let _guard = tch::no_grad_guard();
     let x = Tensor::zeros([2, shape.c as i64, shape.h as i64, shape.w as i64], (tch::Kind::Float, device));
     let mut taps = Taps::all();

@@ -17,7 +17,7 @@ pub fn config(depth: usize) -> Option<Vec<Vec<i64>>> {
 }
 
 #[derive(Debug)]
-pub struct Vgg {
+pub(crate) struct Vgg {
     /// Per stage: its conv–BN pairs.
     stages: Vec<Vec<(nn::Conv2D, nn::BatchNorm)>>,
     fc: nn::Linear,

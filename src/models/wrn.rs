@@ -40,7 +40,7 @@ impl ModuleT for PreActBlock {
 }
 
 #[derive(Debug)]
-pub struct WideResNet {
+pub(crate) struct WideResNet {
     stem: nn::Conv2D,
     blocks: Vec<PreActBlock>,
     /// Each stage's end in `blocks` (exclusive).

@@ -4,7 +4,7 @@ use super::stats::{self, soft_stats};
 use super::{PairReport, PairTau, TauReport, TeacherReport};
 
 /// Confidence bins of the expected calibration error: 15 equal-width bins (lo, hi].
-pub const ECE_BINS: usize = 15;
+pub(crate) const ECE_BINS: usize = 15;
 
 #[derive(Clone, Debug, Default)]
 struct TauSums {
@@ -22,7 +22,7 @@ struct TauSums {
 }
 
 /// Everything the probe learns about one teacher.
-pub struct TeacherAccumulator {
+pub(crate) struct TeacherAccumulator {
     pub name: String,
     pub params: Option<u64>,
     pub classes: usize,
@@ -56,7 +56,7 @@ impl TeacherAccumulator {
     }
 
     /// Adds one sample: logits `f` (length C) with true class `y`.
-    pub fn add(&mut self, f: &[f64], y: usize) {
+    pub(crate) fn add(&mut self, f: &[f64], y: usize) {
         let c = self.classes;
         self.n += 1;
         self.class_count[y] += 1;
@@ -87,10 +87,6 @@ impl TeacherAccumulator {
                 *a += q;
             }
         }
-    }
-
-    pub fn samples(&self) -> usize {
-        self.n
     }
 
     /// The class-affinity matrix at τ index `ti`: A[k][c] = mean q̂_c over samples of class k
@@ -153,7 +149,7 @@ impl TeacherAccumulator {
 
 /// Rank agreement between two teachers on the non-GT classes.
 #[derive(Default)]
-pub struct PairAccumulator {
+pub(crate) struct PairAccumulator {
     pub a: usize,
     pub b: usize,
     n: usize,
@@ -171,7 +167,7 @@ impl PairAccumulator {
     }
 
     /// Adds one sample seen by both teachers.
-    pub fn add(&mut self, fa: &[f64], fb: &[f64], y: usize) {
+    pub(crate) fn add(&mut self, fa: &[f64], fb: &[f64], y: usize) {
         self.n += 1;
         stats::without(fa, y, &mut self.xa);
         stats::without(fb, y, &mut self.xb);

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use source::LogitSource;
 
 /// The default temperature grid: powers of two from 0.25 to 16 with their geometric midpoints.
-pub fn default_taus() -> Vec<f64> {
+pub(crate) fn default_taus() -> Vec<f64> {
     (0..=12).map(|i| 2f64.powf(-2.0 + 0.5 * i as f64)).map(|t| (t * 1e6).round() / 1e6).collect()
 }
 
@@ -143,7 +143,7 @@ pub fn run(
 }
 
 /// The index of the τ in `taus` closest to `want` (on a log scale).
-pub fn nearest_tau(taus: &[f64], want: f64) -> usize {
+pub(crate) fn nearest_tau(taus: &[f64], want: f64) -> usize {
     (0..taus.len())
         .min_by(|&a, &b| (taus[a].ln() - want.ln()).abs().total_cmp(&(taus[b].ln() - want.ln()).abs()))
         .unwrap_or(0)

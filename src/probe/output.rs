@@ -62,7 +62,7 @@ pub fn write_json(path: &Path, report: &ProbeReport) -> Result<()> {
 }
 
 /// One row per (teacher, τ); the pairs go to `<stem>_pairs.csv` beside it. Returns both paths.
-pub fn write_csv(path: &Path, report: &ProbeReport) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn write_csv(path: &Path, report: &ProbeReport) -> Result<(PathBuf, PathBuf)> {
     let mut s = String::from("teacher,params,classes,samples,accuracy,logit_gap,logit_nongt_std,best_tau_nll,tau,p_true,nongt_mean,nongt_std,nongt_var,nongt_entropy,nll,ece\n");
     for r in &report.teachers {
         for p in &r.per_tau {
@@ -112,7 +112,7 @@ pub fn write_csv(path: &Path, report: &ProbeReport) -> Result<(PathBuf, PathBuf)
 }
 
 /// Writes the plots into `dir` and returns their paths. `class_names` label the affinity maps.
-pub fn write_plots(dir: &Path, probe: &Probe, tau: f64, class_names: Option<&[String]>) -> Result<Vec<PathBuf>> {
+pub(crate) fn write_plots(dir: &Path, probe: &Probe, tau: f64, class_names: Option<&[String]>) -> Result<Vec<PathBuf>> {
     let r = &probe.report;
     let ti = nearest_tau(&probe.taus, tau);
     let t = probe.taus[ti];

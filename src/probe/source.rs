@@ -1,13 +1,10 @@
 //! Where logits come from: .npy files (read a block of rows at a time), or a teacher (a trained
 //! run or a TorchScript file) evaluated batch by batch on a split (optionally on augmented views).
-use crate::data::augment::Augment;
 use crate::data::loader::{Feed, Loader, LoaderSpec};
 use crate::data::npy::RowReader;
-use crate::data::{Dataset, Split};
 use crate::train::teacher::TeacherModel;
 use anyhow::Result;
 use std::path::Path;
-use std::sync::Arc;
 
 pub trait LogitSource {
     fn name(&self) -> &str;
@@ -21,7 +18,7 @@ pub trait LogitSource {
 }
 
 /// Logits saved as an (N, C) float32 or float64 .npy file.
-pub struct NpySource {
+pub(crate) struct NpySource {
     name: String,
     reader: RowReader,
 }
@@ -51,7 +48,7 @@ impl LogitSource for NpySource {
 
 /// A teacher (a trained run or a TorchScript model) evaluated on a split in order, in inference mode; with augmentation, every
 /// sample gets the view that the seed picks (the same view for every teacher).
-pub struct RunSource {
+pub(crate) struct RunSource {
     name: String,
     model: TeacherModel,
     loader: Loader,
@@ -60,19 +57,7 @@ pub struct RunSource {
 }
 
 impl RunSource {
-    pub fn new(
-        name: String,
-        model: impl Into<TeacherModel>,
-        data: &Dataset,
-        split: Arc<Split>,
-        augment: bool,
-        seed: u64,
-    ) -> Self {
-        let aug = Arc::new(Augment::new(&data.profile, augment));
-        RunSource::from_feed(name, model, Feed::Memory { split, augment: aug }, seed)
-    }
-
-    /// As [`RunSource::new`], from a data set's feed (`Dataset::feed`), which may stream files.
+    /// A teacher run over a data set's feed (`Dataset::feed`), which may stream files.
     pub fn from_feed(name: String, model: impl Into<TeacherModel>, feed: Feed, seed: u64) -> Self {
         let samples = feed.len();
         let spec = LoaderSpec { batch_size: crate::train::eval::EVAL_BATCH, shuffle: false, seed, drop_last: false };

@@ -5,7 +5,7 @@
 
 /// Statistics of one sample's softened output p = softmax(f/τ) with true class y.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SoftStats {
+pub(crate) struct SoftStats {
     pub p_true: f64,
     /// e(q) = (1 − p_y)/(C − 1): the mean of the non-GT entries.
     pub nongt_mean: f64,
@@ -27,7 +27,7 @@ fn log_sum_exp(x: &[f64], tau: f64, skip: Option<usize>) -> (f64, f64) {
 }
 
 /// Softened-output statistics of logits `f` (length C ≥ 2) at temperature `tau` for true class `y`.
-pub fn soft_stats(f: &[f64], y: usize, tau: f64) -> SoftStats {
+pub(crate) fn soft_stats(f: &[f64], y: usize, tau: f64) -> SoftStats {
     let c = f.len();
     let (m, lse) = log_sum_exp(f, tau, None);
     let logp = |i: usize| (f[i] - m) / tau - lse;
@@ -62,7 +62,7 @@ pub fn soft_stats(f: &[f64], y: usize, tau: f64) -> SoftStats {
 
 /// q̂: the non-GT entries of softmax(f/τ) renormalised to sum 1, written into `out[c]` for c ≠ y
 /// (out[y] = 0).
-pub fn nongt_distribution(f: &[f64], y: usize, tau: f64, out: &mut [f64]) {
+pub(crate) fn nongt_distribution(f: &[f64], y: usize, tau: f64, out: &mut [f64]) {
     let (m, l) = log_sum_exp(f, tau, Some(y));
     for (i, o) in out.iter_mut().enumerate() {
         *o = if i == y { 0.0 } else { ((f[i] - m) / tau - l).exp() };
@@ -70,7 +70,7 @@ pub fn nongt_distribution(f: &[f64], y: usize, tau: f64, out: &mut [f64]) {
 }
 
 /// Index of the largest entry (the first among equals), as NumPy's argmax.
-pub fn argmax(x: &[f64]) -> usize {
+pub(crate) fn argmax(x: &[f64]) -> usize {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {
         if v > x[best] {
@@ -87,7 +87,7 @@ pub fn without(f: &[f64], y: usize, out: &mut Vec<f64>) {
 }
 
 /// Ranks (1-based) with ties given their average rank.
-pub fn average_ranks(x: &[f64]) -> Vec<f64> {
+pub(crate) fn average_ranks(x: &[f64]) -> Vec<f64> {
     let mut idx: Vec<usize> = (0..x.len()).collect();
     idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
     let mut ranks = vec![0.0; x.len()];
@@ -132,7 +132,7 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
 }
 
 /// Kendall's τ-b in O(n log n) (Knight's algorithm, as SciPy uses); None when undefined.
-pub fn kendall_tau_b(a: &[f64], b: &[f64]) -> Option<f64> {
+pub(crate) fn kendall_tau_b(a: &[f64], b: &[f64]) -> Option<f64> {
     let n = a.len();
     if n < 2 {
         return None;

@@ -37,7 +37,7 @@ fn html_inline(s: &str) -> String {
     out
 }
 
-pub fn markdown(blocks: &[Block]) -> String {
+pub(crate) fn markdown(blocks: &[Block]) -> String {
     let mut s = String::new();
     for b in blocks {
         match b {

@@ -86,7 +86,7 @@ pub struct RunState {
 }
 
 /// A teacher probe the report reads: the file stem and how its columns are labelled.
-pub const PROBES: [(&str, &str); 3] =
+pub(crate) const PROBES: [(&str, &str); 3] =
     [("probe", "test set"), ("probe-train", "transfer set"), ("probe-train-aug", "transfer set, augmented views")];
 
 /// Everything the report is made of.
@@ -265,7 +265,7 @@ impl StudyResults {
     }
 
     /// The test-set probe, if the study ran one.
-    pub fn test_probe(&self) -> Option<&ProbeReport> {
+    pub(crate) fn test_probe(&self) -> Option<&ProbeReport> {
         self.probes.iter().find(|(label, _)| *label == PROBES[0].1).map(|(_, p)| p)
     }
 
@@ -285,7 +285,7 @@ impl StudyResults {
     }
 
     /// The student architectures, sorted.
-    pub fn student_models(&self) -> Vec<String> {
+    pub(crate) fn student_models(&self) -> Vec<String> {
         let set: std::collections::BTreeSet<&String> = self.students.iter().map(|s| &s.student).collect();
         set.into_iter().cloned().collect()
     }

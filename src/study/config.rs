@@ -99,7 +99,7 @@ pub struct StudentSet {
 /// One `[[methods]]` block: a method and a grid of its hyper-parameters.
 impl StudentSet {
     /// The training settings of student `model` (its overrides applied).
-    pub fn train_for(&self, model: &str) -> TrainConfig {
+    pub(crate) fn train_for(&self, model: &str) -> TrainConfig {
         TrainConfig { model: model.to_string(), ..self.overrides.get(model).unwrap_or(&self.train).clone() }
     }
 }
@@ -414,7 +414,7 @@ impl StudyConfig {
 
     /// The names teachers go by in the study: the architecture for trained ones, the directory
     /// name (with any @checkpoint) for existing runs.
-    pub fn teacher_names(&self) -> Vec<String> {
+    pub(crate) fn teacher_names(&self) -> Vec<String> {
         let mut v = self.teachers.models.clone();
         v.extend(self.teachers.runs.iter().map(|r| external_name(r)));
         v
@@ -476,7 +476,7 @@ impl StudyConfig {
 
 /// `[teachers] families = { teacher = "family" }` of a study file's table: each teacher's family
 /// where the study names one. Shared with the report, which reads the study file it stored.
-pub fn teacher_families(teachers: &toml::Table, origin: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn teacher_families(teachers: &toml::Table, origin: &str) -> Result<BTreeMap<String, String>> {
     let Some(v) = teachers.get("families") else { return Ok(BTreeMap::new()) };
     let t = v.as_table().with_context(|| {
         format!("{origin}: teachers.families should be a table of teacher = \"family\" (e.g. families = {{ my_run = \"wrn\" }}), found {v}")
@@ -500,7 +500,7 @@ pub fn featured(table: &toml::Table, origin: &str) -> Result<Vec<String>> {
 }
 
 /// The display name of an existing run given as a teacher (checked when the study is loaded).
-pub fn external_name(spec: &str) -> String {
+pub(crate) fn external_name(spec: &str) -> String {
     spec.parse::<RunRef>().map_or_else(|_| spec.to_string(), |r| r.name())
 }
 
@@ -581,7 +581,7 @@ impl MethodBlock {
     }
 
     /// The fit levels of this block's runs: None (the final checkpoint) when it sets none.
-    pub fn fits(&self) -> Vec<Option<&FitPick>> {
+    pub(crate) fn fits(&self) -> Vec<Option<&FitPick>> {
         if self.teacher_fit.is_empty() {
             vec![None]
         } else {

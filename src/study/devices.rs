@@ -26,7 +26,7 @@ impl DeviceKind {
     }
 
     /// The kind a run record's `device` field names ("cpu (2 threads)", "cuda:0 (…)").
-    pub fn of_record(device: &str) -> Option<DeviceKind> {
+    pub(crate) fn of_record(device: &str) -> Option<DeviceKind> {
         if device.starts_with("cpu") {
             Some(DeviceKind::Cpu)
         } else if device.starts_with("cuda") {
@@ -64,7 +64,7 @@ impl std::str::FromStr for SweepDevice {
 }
 
 /// Parses `--devices`: GPU indices as `0,1,3` or `cuda:0,cuda:1`; each once.
-pub fn parse_device_list(s: &str) -> Result<Vec<usize>> {
+pub(crate) fn parse_device_list(s: &str) -> Result<Vec<usize>> {
     let mut out: Vec<usize> = vec![];
     for part in s.split(',').map(str::trim) {
         let n = part.strip_prefix("cuda:").unwrap_or(part);
@@ -167,7 +167,7 @@ impl fmt::Display for DevicePlan {
 }
 
 /// A slot a worker holds: the device index in the plan (always 0 on the CPU).
-pub type Slot = usize;
+pub(crate) type Slot = usize;
 
 /// Places runs on devices: at most `per_device` workers on each, the least busy device first
 /// (ties: the lowest index), so that K workers on N GPUs spread as N×K rather than piling onto
@@ -175,7 +175,7 @@ pub type Slot = usize;
 /// killer) gives its run back to the queue; a device whose workers die `RETIRE_AFTER` times in a
 /// row gets no more workers, so one broken GPU does not eat the whole queue.
 #[derive(Clone, Debug)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     per_device: usize,
     busy: Vec<usize>,
     deaths_in_a_row: Vec<usize>,
@@ -183,7 +183,7 @@ pub struct Scheduler {
 }
 
 /// Deaths in a row after which a device is retired.
-pub const RETIRE_AFTER: usize = 2;
+pub(crate) const RETIRE_AFTER: usize = 2;
 
 impl Scheduler {
     pub fn new(plan: &DevicePlan) -> Scheduler {
@@ -197,7 +197,7 @@ impl Scheduler {
     }
 
     /// A free slot, if any device has room.
-    pub fn acquire(&mut self) -> Option<Slot> {
+    pub(crate) fn acquire(&mut self) -> Option<Slot> {
         let slot = (0..self.busy.len())
             .filter(|&d| !self.retired[d] && self.busy[d] < self.per_device)
             .min_by_key(|&d| (self.busy[d], d))?;
@@ -222,12 +222,13 @@ impl Scheduler {
     }
 
     /// Workers running on each device.
-    pub fn busy(&self) -> &[usize] {
+    #[cfg(test)]
+    fn busy(&self) -> &[usize] {
         &self.busy
     }
 
     /// True when every device is retired: nothing can run any more.
-    pub fn all_retired(&self) -> bool {
+    pub(crate) fn all_retired(&self) -> bool {
         self.retired.iter().all(|&r| r)
     }
 }

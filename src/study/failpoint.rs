@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 const VFS_NAME: &CStr = c"kdlab-failpoint";
 
 /// Opens the database at `path`, through the failpoint VFS when the failpoint is set.
-pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
+pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     if pattern().is_none() || path == Path::new(":memory:") {
         return Connection::open(path);
     }

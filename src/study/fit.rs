@@ -80,7 +80,7 @@ impl Candidate {
 
 impl FitPick {
     /// A block's `teacher_fit` table: one pick per target.
-    pub fn parse_block(v: &toml::Value, origin: &str) -> Result<Vec<FitPick>> {
+    pub(crate) fn parse_block(v: &toml::Value, origin: &str) -> Result<Vec<FitPick>> {
         let key = "teacher_fit";
         let t = v.as_table().with_context(|| {
             format!("{origin}: '{key}' should be a table, e.g. {{ metric = \"val_nll\", targets = [0.5, 0.4] }}")
@@ -142,7 +142,7 @@ impl FitPick {
     }
 
     /// The candidate this pick chooses.
-    pub fn choose<'c>(&self, candidates: &'c [Candidate]) -> Result<&'c Candidate> {
+    pub(crate) fn choose<'c>(&self, candidates: &'c [Candidate]) -> Result<&'c Candidate> {
         let m = self.metric;
         let mut sorted: Vec<&Candidate> = candidates.iter().collect();
         sorted.sort_by_key(|c| c.epoch);
@@ -221,7 +221,7 @@ pub fn candidates(run_dir: &Path, data: &Dataset) -> Result<Vec<Candidate>> {
 
 /// The temperatures at which the transfer set's σ(q) is recorded (the report shows the study's
 /// `probe_tau`, the nearest of these).
-pub const SIGMA_TAUS: [f64; 4] = [1.0, 2.0, 4.0, 8.0];
+pub(crate) const SIGMA_TAUS: [f64; 4] = [1.0, 2.0, 4.0, 8.0];
 
 /// What a distillation run records of its teacher's fit: accuracy, NLL and ECE on the test and
 /// validation splits, and σ(q) (the spread of the non-target probabilities) on the transfer set at

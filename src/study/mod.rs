@@ -22,20 +22,20 @@ use store::{Status, Store};
 /// Where the teachers are probed: the test set, and the transfer set the students learn from (the
 /// teachers' training images, plain, and as augmented views when the students train with
 /// augmentation; one view per image, the same for every teacher).
-pub struct ProbeSet {
+pub(crate) struct ProbeSet {
     /// The file stem of the result (`probe` → `probe.json` and plots in `probe/`).
     pub stem: &'static str,
     pub split: &'static str,
     pub augment: bool,
 }
 
-pub const PROBE_TEST: ProbeSet = ProbeSet { stem: "probe", split: "test", augment: false };
-pub const PROBE_TRAIN: ProbeSet = ProbeSet { stem: "probe-train", split: "train", augment: false };
-pub const PROBE_TRAIN_AUG: ProbeSet = ProbeSet { stem: "probe-train-aug", split: "train", augment: true };
+pub(crate) const PROBE_TEST: ProbeSet = ProbeSet { stem: "probe", split: "test", augment: false };
+pub(crate) const PROBE_TRAIN: ProbeSet = ProbeSet { stem: "probe-train", split: "train", augment: false };
+pub(crate) const PROBE_TRAIN_AUG: ProbeSet = ProbeSet { stem: "probe-train-aug", split: "train", augment: true };
 
 /// The probe sets of a study: the test set and the plain transfer set always, the augmented
 /// transfer set when the students train with augmentation.
-pub fn probe_sets(cfg: &StudyConfig) -> Vec<&'static ProbeSet> {
+pub(crate) fn probe_sets(cfg: &StudyConfig) -> Vec<&'static ProbeSet> {
     let mut v = vec![&PROBE_TEST, &PROBE_TRAIN];
     if cfg.students.train.augment {
         v.push(&PROBE_TRAIN_AUG);
@@ -56,7 +56,7 @@ fn probe_meta_key(set: &ProbeSet) -> String {
 /// Probes every teacher of the study on each of its probe sets and writes `<stem>.json` (the
 /// report's nongt_std vs teacher size). A set is skipped when the same teachers were probed on
 /// it already; the data are loaded once for the sets still to do.
-pub fn probe_teachers(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &Store) -> Result<()> {
+pub(crate) fn probe_teachers(cfg: &StudyConfig, dir: &Path, specs: &[RunSpec], store: &Store) -> Result<()> {
     let mut teachers: Vec<(String, String)> = specs
         .iter()
         .filter(|s| s.kind == Kind::Teacher)

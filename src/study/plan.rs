@@ -122,7 +122,7 @@ impl From<TeacherRef> for StoredTeacherRef {
 
 impl TeacherRef {
     /// The id of the study run that trains this teacher, if a study run does.
-    pub fn study_run(&self) -> Option<&str> {
+    pub(crate) fn study_run(&self) -> Option<&str> {
         match &self.source {
             TeacherSource::StudyRun(id) => Some(id),
             TeacherSource::Existing(_) => None,
@@ -169,7 +169,7 @@ pub struct RunSpec {
 }
 
 /// Where a run lives inside a study.
-pub fn run_dir(study_dir: &Path, id: &str) -> std::path::PathBuf {
+pub(crate) fn run_dir(study_dir: &Path, id: &str) -> std::path::PathBuf {
     study_dir.join("runs").join(id)
 }
 

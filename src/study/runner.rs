@@ -51,7 +51,7 @@ pub fn lock(path: &Path, what: &str) -> Result<Lock> {
 }
 
 /// The study directory for a study file (`--out`, else a directory named after the study).
-pub fn study_dir(cfg: &StudyConfig, out: Option<&Path>) -> PathBuf {
+pub(crate) fn study_dir(cfg: &StudyConfig, out: Option<&Path>) -> PathBuf {
     out.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(&cfg.name))
 }
 
@@ -106,7 +106,7 @@ pub fn sync(store: &mut Store, specs: &[RunSpec], dir: &Path, retry_failed: bool
 /// The index of a study whose `study.sqlite` is missing while a sweep holds the study (the
 /// database was deleted under it), rebuilt in memory from the study file and the run directories
 /// without touching the directory.
-pub fn index_in_memory(study_file: &Path, dir: &Path) -> Result<Store> {
+pub(crate) fn index_in_memory(study_file: &Path, dir: &Path) -> Result<Store> {
     let text = sealed::read_text(study_file)?;
     let cfg = StudyConfig::load(study_file)?;
     let specs = plan::expand(&cfg, dir)?;
@@ -191,7 +191,7 @@ const ATTEMPT_MARK: &str = "--- kdlab sweep: attempt started ";
 /// replaced — a rebuild in place (`cargo build`, `make install`) while a sweep runs neither breaks
 /// the next spawn nor mixes two builds in one sweep. (`std::env::current_exe()` would give the
 /// path, which after a rebuild names the new file, or reads back as `… (deleted)`.)
-pub struct WorkerExe {
+pub(crate) struct WorkerExe {
     /// What is exec'd.
     path: PathBuf,
     /// The sweep's own path, shown as the worker's argv[0] and in errors.
@@ -215,7 +215,7 @@ impl WorkerExe {
 
 /// Where one worker runs: the CPU, or one GPU by its `CUDA_VISIBLE_DEVICES` index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Placement {
+pub(crate) enum Placement {
     Cpu,
     Gpu(usize),
 }
@@ -240,7 +240,7 @@ fn placement(plan: &DevicePlan, slot: Slot) -> Placement {
 /// Refuses to continue a run on another kind of device than the one it started on: its resumed
 /// epochs would not be the numbers an uninterrupted run gives. A run with no finished epoch, or
 /// whose record names no device, may go anywhere.
-pub fn check_device_kind(rdir: &Path, kind: DeviceKind) -> Result<()> {
+pub(crate) fn check_device_kind(rdir: &Path, kind: DeviceKind) -> Result<()> {
     let Some(rec) = run::read_record(rdir)? else { return Ok(()) };
     match DeviceKind::of_record(&rec.device) {
         Some(was) if was != kind && rec.epochs_done > 0 => bail!(
@@ -604,7 +604,7 @@ impl Pool<'_> {
 }
 
 /// `kdlab sweep-run SPEC.json`: trains one run of a study (what a sweep worker or a Slurm job runs).
-pub fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
+pub(crate) fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
     let spec: RunSpec = sealed::read_json(spec_path, "a study run")?;
     let rdir = spec_path.parent().context("a spec lives in its run directory")?.to_path_buf();
     let study = rdir.parent().and_then(Path::parent).context("a run directory lives in <study>/runs/")?.to_path_buf();

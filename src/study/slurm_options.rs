@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 
 /// Slurm's default `MaxArraySize` is 1001 (indices 0–1000): a level with more runs is split into
 /// several arrays of at most this many tasks.
-pub const MAX_ARRAY: usize = 1000;
+pub(crate) const MAX_ARRAY: usize = 1000;
 
 /// What `sbatch` is asked for, per array task. `None`/empty: not asked (the cluster's default).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -43,7 +43,7 @@ pub struct SlurmOptions {
     pub gres: Option<String>,
 }
 
-pub const KEYS: [&str; 9] =
+pub(crate) const KEYS: [&str; 9] =
     ["partition", "account", "qos", "time", "mem", "cpus_per_task", "gpus", "max_running", "extra"];
 
 /// Characters of a partition, account or QOS name.
@@ -107,7 +107,7 @@ fn positive(v: &toml::Value, key: &str, origin: &str, zero_ok: bool) -> Result<u
 }
 
 /// A study file's top-level `threads`: a positive integer, or absent.
-pub fn parse_threads(v: Option<&toml::Value>, origin: &str) -> Result<Option<usize>> {
+pub(crate) fn parse_threads(v: Option<&toml::Value>, origin: &str) -> Result<Option<usize>> {
     v.map(|v| {
         v.as_integer().filter(|i| (1..=4096).contains(i)).map(|i| i as usize).with_context(|| {
             format!("{origin}: 'threads' must be a positive integer (LibTorch threads per run), found {v}")
@@ -174,7 +174,7 @@ impl SlurmOptions {
     }
 
     /// These options with `over`'s given values in their place (the command line over the study).
-    pub fn overridden_by(self, over: SlurmOptions) -> SlurmOptions {
+    pub(crate) fn overridden_by(self, over: SlurmOptions) -> SlurmOptions {
         SlurmOptions {
             partition: over.partition.or(self.partition),
             account: over.account.or(self.account),
@@ -217,7 +217,7 @@ impl SlurmOptions {
 /// The thread count each run of an `--emit-slurm` gets, and the CPUs each array task asks for:
 /// `--threads`, else the study's `threads`, else `cpus_per_task`, else 1; the CPUs default to the
 /// threads, so that neither waits for the other.
-pub fn threads_and_cpus(threads: Option<usize>, opts: &SlurmOptions) -> (usize, usize) {
+pub(crate) fn threads_and_cpus(threads: Option<usize>, opts: &SlurmOptions) -> (usize, usize) {
     let t = threads.or(opts.cpus_per_task).unwrap_or(1);
     (t, opts.cpus_per_task.unwrap_or(t))
 }

@@ -22,7 +22,7 @@ pub struct Store {
 
 /// The error of opening an index that fails its checks: SQLite's structure, or a row's checksum.
 #[derive(Debug)]
-pub struct Damaged(pub String);
+pub(crate) struct Damaged(pub String);
 
 impl std::fmt::Display for Damaged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,7 +33,7 @@ impl std::fmt::Display for Damaged {
 impl std::error::Error for Damaged {}
 
 /// Whether an error from [`Store::open`] says the index is damaged (rather than, say, unreadable).
-pub fn is_damaged(err: &anyhow::Error) -> bool {
+pub(crate) fn is_damaged(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         e.downcast_ref::<Damaged>().is_some()
             || e.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
@@ -122,7 +122,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [Status::Queued, Status::Running, Status::Done, Status::Failed];
+    pub(crate) const ALL: [Status; 4] = [Status::Queued, Status::Running, Status::Done, Status::Failed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -331,7 +331,7 @@ impl Store {
         run().map_err(|e| describe(&self.path, action, e))
     }
 
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+    pub(crate) fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.change("recording the study's settings", |tx| {
             tx.execute(
                 "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -349,7 +349,7 @@ impl Store {
     /// a run's id covers everything that determines its result, so a planned run with a known id
     /// differs at most in presentation (its name, or the series a `label` gives it), which the
     /// report must show as the study file now says. Returns the number of runs added.
-    pub fn add_missing(&mut self, specs: &[RunSpec]) -> Result<usize> {
+    pub(crate) fn add_missing(&mut self, specs: &[RunSpec]) -> Result<usize> {
         let configs = specs.iter().map(serde_json::to_string).collect::<serde_json::Result<Vec<_>>>()?;
         let mut added = 0;
         self.change("adding the planned runs", |tx| {
@@ -373,7 +373,7 @@ impl Store {
         Ok(added)
     }
 
-    pub fn set_status(&self, id: &str, status: Status, error: Option<&str>) -> Result<()> {
+    pub(crate) fn set_status(&self, id: &str, status: Status, error: Option<&str>) -> Result<()> {
         let bump = i64::from(status == Status::Running);
         self.change(&format!("marking the run {id} {status}"), |tx| {
             tx.execute(
@@ -385,7 +385,7 @@ impl Store {
     }
 
     /// Records a finished run: its outcome and every epoch's metrics, in one transaction.
-    pub fn record_done(&mut self, id: &str, rec: &RunRecord, history: &[EpochMetrics]) -> Result<()> {
+    pub(crate) fn record_done(&mut self, id: &str, rec: &RunRecord, history: &[EpochMetrics]) -> Result<()> {
         let terms = history.iter().map(|m| serde_json::to_string(&m.terms)).collect::<serde_json::Result<Vec<_>>>()?;
         self.change(&format!("recording the finished run {id}"), |tx| {
             tx.execute("DELETE FROM epochs WHERE run_id = ?1", params![id])?;

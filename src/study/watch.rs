@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// A run in flight, as its directory shows it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Worker {
+pub(crate) struct Worker {
     pub id: String,
     pub name: String,
     /// The epoch being trained (1-based) and the run's epochs.
@@ -26,14 +26,14 @@ pub struct Worker {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub id: String,
     pub name: String,
     pub error: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub dir: PathBuf,
     pub done: usize,
     pub running: usize,
@@ -48,7 +48,7 @@ pub struct Snapshot {
 }
 
 /// Reads the study in `dir` as it stands (read-only: a running sweep is not disturbed).
-pub fn snapshot(dir: &Path) -> Result<Snapshot> {
+pub(crate) fn snapshot(dir: &Path) -> Result<Snapshot> {
     let db = dir.join("study.sqlite");
     if !db.exists() {
         bail!(
@@ -161,7 +161,7 @@ fn ascii(s: &str) -> String {
 
 /// `values` as a one-line chart `width` characters wide: the last values, averaged into columns
 /// when there are more than fit, each column's height one of eight levels between the extremes.
-pub fn sparkline(values: &[f64], width: usize, utf8: bool) -> String {
+pub(crate) fn sparkline(values: &[f64], width: usize, utf8: bool) -> String {
     let values: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if values.is_empty() || width == 0 {
         return String::new();
@@ -180,7 +180,7 @@ pub fn sparkline(values: &[f64], width: usize, utf8: bool) -> String {
 }
 
 /// The screen: at most `height` lines of at most `width` characters.
-pub fn render(s: &Snapshot, width: usize, height: usize, utf8: bool) -> Vec<String> {
+pub(crate) fn render(s: &Snapshot, width: usize, height: usize, utf8: bool) -> Vec<String> {
     let total = s.done + s.running + s.failed + s.queued;
     let rule = if utf8 { "─" } else { "-" }.repeat(width);
     let mut lines = vec![];

@@ -49,7 +49,7 @@ impl Distill {
 
 /// Checks that a model has every tap a method needs, naming the method, the model and the taps it
 /// has (a TorchScript teacher has none; an MLP has no stages).
-pub fn check_taps(method: &str, model: &str, have: &[(String, Vec<i64>)], need: &[String]) -> Result<()> {
+pub(crate) fn check_taps(method: &str, model: &str, have: &[(String, Vec<i64>)], need: &[String]) -> Result<()> {
     for name in need {
         if !have.iter().any(|(n, _)| n == name) {
             let names: Vec<&str> = have.iter().map(|(n, _)| n.as_str()).collect();
@@ -74,7 +74,7 @@ pub enum Cached {
 }
 
 /// Refuses a method that cannot read a top-k teacher cache with this k (`Method::min_topk`).
-pub fn check_topk(method: &MethodSpec, k: usize) -> Result<()> {
+pub(crate) fn check_topk(method: &MethodSpec, k: usize) -> Result<()> {
     let need = method.min_topk();
     if k < need {
         bail!(
@@ -262,7 +262,7 @@ impl DistillConfig {
         Ok(cfg)
     }
 
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         self.train.validate()?;
         if let TeacherCache::TopK(k) = self.teacher_cache {
             check_topk(&self.method, k)?;
@@ -275,14 +275,14 @@ impl DistillConfig {
 
     /// TAKD's first link: the assistant `arch` distilled from this configuration's teacher with
     /// its method, trained as `train` says (the student's settings, or a study's for `arch`).
-    pub fn assistant_link(&self, train: TrainConfig) -> DistillConfig {
+    pub(crate) fn assistant_link(&self, train: TrainConfig) -> DistillConfig {
         DistillConfig { train, assistant: None, ..self.clone() }
     }
 
     /// TAKD's second link: the student distilled from the trained assistant `assistant_spec`. The
     /// assistant is a kdlab run, so the teacher's input normalisation and calibration (settings
     /// of the first teacher) do not carry over.
-    pub fn student_link(&self, assistant_spec: &str) -> DistillConfig {
+    pub(crate) fn student_link(&self, assistant_spec: &str) -> DistillConfig {
         DistillConfig {
             teacher: assistant_spec.to_string(),
             assistant: None,
@@ -426,7 +426,7 @@ pub fn run(
 }
 
 /// The temperature that calibrates `teacher` on `data`'s validation split (see [`super::calibrate`]).
-pub fn calibrated_temperature(teacher: &Teacher, data: &crate::data::Dataset) -> Result<f64> {
+pub(crate) fn calibrated_temperature(teacher: &Teacher, data: &crate::data::Dataset) -> Result<f64> {
     let Some(val) = &data.val else {
         bail!("teacher_calibrate fits the teacher's temperature on the validation split, and {} has none: set val_per_class", data.name)
     };

@@ -14,7 +14,7 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Explains an I/O error, naming the file, and saying so plainly when the disk is full.
-pub fn describe_io(err: &io::Error, action: &str, path: &Path) -> String {
+pub(crate) fn describe_io(err: &io::Error, action: &str, path: &Path) -> String {
     if err.raw_os_error() == Some(libc::ENOSPC) || err.kind() == io::ErrorKind::StorageFull {
         format!("no space left on device while {action} {}", path.display())
     } else {
@@ -25,7 +25,7 @@ pub fn describe_io(err: &io::Error, action: &str, path: &Path) -> String {
 /// Removes the temporary files in `dir` that a process killed mid-write left behind (their
 /// writer, named by the pid in the name, is gone), returning how many. A teacher-logit cache's
 /// temporary file can be as large as the cache.
-pub fn remove_stale_temps(dir: &Path) -> usize {
+pub(crate) fn remove_stale_temps(dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(dir) else { return 0 };
     let mut removed = 0;
     for entry in entries.flatten() {
@@ -71,7 +71,7 @@ fn failpoint(path: &Path, tmp: &Path) -> Result<()> {
 
 /// Writes a file atomically through `fill`, which may write the temporary path in any way (tch's
 /// own savers write to a path, not to a stream).
-pub fn write_via_path<F>(path: &Path, fill: F) -> Result<()>
+pub(crate) fn write_via_path<F>(path: &Path, fill: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
 {
@@ -101,7 +101,7 @@ fn describe_dir(dir: &Path) -> String {
 }
 
 /// Writes `bytes` to `path` atomically.
-pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_via_path(path, |tmp| {
         let mut f = File::create(tmp).map_err(|e| anyhow::anyhow!(describe_io(&e, "creating", tmp)))?;
         f.write_all(bytes).map_err(|e| anyhow::anyhow!(describe_io(&e, "writing", path)))?;
@@ -118,7 +118,7 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 }
 
 /// True when the file system holding `dir` has (almost) no free blocks left for us.
-pub fn disk_is_full(dir: &Path) -> bool {
+pub(crate) fn disk_is_full(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };

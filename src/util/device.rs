@@ -68,7 +68,7 @@ pub fn resolve(choice: DeviceChoice) -> Result<Device> {
 /// How convolution weights and activations are laid out in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum MemoryFormat {
+pub(crate) enum MemoryFormat {
     /// Channels-last on the CPU for networks with convolutions (measured faster there; see
     /// docs/performance.md), PyTorch's default layout elsewhere.
     Auto,
@@ -81,12 +81,12 @@ pub enum MemoryFormat {
 static MEMORY_FORMAT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Sets the memory format for every model this process builds from now on.
-pub fn set_memory_format(f: MemoryFormat) {
+pub(crate) fn set_memory_format(f: MemoryFormat) {
     MEMORY_FORMAT.store(f as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether a model with convolutions on `device` should store its weights channels-last.
-pub fn channels_last_for(device: Device) -> bool {
+pub(crate) fn channels_last_for(device: Device) -> bool {
     match MEMORY_FORMAT.load(std::sync::atomic::Ordering::Relaxed) {
         x if x == MemoryFormat::ChannelsLast as u8 => true,
         x if x == MemoryFormat::Contiguous as u8 => false,
@@ -95,13 +95,13 @@ pub fn channels_last_for(device: Device) -> bool {
 }
 
 /// Sets LibTorch's intra-op threads (0 = every core) and returns the number in use.
-pub fn set_threads(threads: usize) -> usize {
+pub(crate) fn set_threads(threads: usize) -> usize {
     let n = if threads == 0 { available_cores() } else { threads };
     tch::set_num_threads(n as i32);
     n
 }
 
-pub fn available_cores() -> usize {
+pub(crate) fn available_cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
@@ -117,7 +117,7 @@ pub fn upload(t: &tch::Tensor, device: Device) -> tch::Tensor {
 }
 
 /// A short description of a device for logs and run records.
-pub fn describe(device: Device) -> String {
+pub(crate) fn describe(device: Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
         // A sweep pins each worker to one GPU with CUDA_VISIBLE_DEVICES, where every GPU is

@@ -2,7 +2,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A bar over the steps of one epoch; the message carries loss, accuracy and throughput.
-pub fn epoch_bar(steps: usize, prefix: String) -> ProgressBar {
+pub(crate) fn epoch_bar(steps: usize, prefix: String) -> ProgressBar {
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{prefix:>12} [{bar:28}] {pos:>4}/{len:4} {msg}  {elapsed}<{eta}")
@@ -14,7 +14,7 @@ pub fn epoch_bar(steps: usize, prefix: String) -> ProgressBar {
 }
 
 /// A bar over bytes (downloads).
-pub fn bytes_bar(total: Option<u64>, what: &str) -> ProgressBar {
+pub(crate) fn bytes_bar(total: Option<u64>, what: &str) -> ProgressBar {
     let bar = match total {
         Some(t) => ProgressBar::new(t),
         None => ProgressBar::no_length(),
@@ -29,7 +29,7 @@ pub fn bytes_bar(total: Option<u64>, what: &str) -> ProgressBar {
 }
 
 /// A bar over samples (evaluation, logits, probes).
-pub fn items_bar(total: usize, what: &str) -> ProgressBar {
+pub(crate) fn items_bar(total: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg:>12} [{bar:28}] {pos}/{len} {per_sec} {eta}")

@@ -24,15 +24,15 @@ fn finalise(mut z: u64) -> u64 {
 
 /// Named streams, so that e.g. shuffling and augmentation never share random numbers.
 pub mod stream {
-    pub const SHUFFLE: u64 = 1;
-    pub const AUGMENT: u64 = 2;
-    pub const INIT: u64 = 3;
+    pub(crate) const SHUFFLE: u64 = 1;
+    pub(crate) const AUGMENT: u64 = 2;
+    pub(crate) const INIT: u64 = 3;
     /// Drawing class-balanced training subsets and validation splits.
-    pub const SUBSET: u64 = 4;
+    pub(crate) const SUBSET: u64 = 4;
     /// Random-resized crops and flips of the ImageNet recipe (per epoch and sample).
-    pub const CROP: u64 = 5;
+    pub(crate) const CROP: u64 = 5;
     /// Initialising a method's trainable modules (FitNet's regressor, …).
-    pub const METHOD_INIT: u64 = 6;
+    pub(crate) const METHOD_INIT: u64 = 6;
 }
 
 impl Rng {
@@ -41,11 +41,11 @@ impl Rng {
     }
 
     /// A generator for one purpose (`stream`) at one point (`index`, e.g. the epoch) of a run.
-    pub fn for_stream(seed: u64, stream: u64, index: u64) -> Self {
+    pub(crate) fn for_stream(seed: u64, stream: u64, index: u64) -> Self {
         Rng::new(mix(&[seed, stream, index]))
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         finalise(self.state)
     }

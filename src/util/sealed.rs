@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const KEY: &str = "kdlab_checksum";
 
 /// The sealed text of a value: pretty JSON with the checksum line after the opening brace.
-pub fn seal<T: serde::Serialize>(value: &T) -> Result<String> {
+pub(crate) fn seal<T: serde::Serialize>(value: &T) -> Result<String> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     let Some(first) = text.find('\n').filter(|_| text.starts_with("{\n")) else {
@@ -42,13 +42,13 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// Whether a file's checksum was verified, or it predates sealing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seal {
+pub(crate) enum Seal {
     Verified,
     Unsealed,
 }
 
 /// Checks `text` (the contents of `path`) and returns the JSON without its seal line.
-pub fn unseal(path: &Path, text: &str) -> Result<(String, Seal)> {
+pub(crate) fn unseal(path: &Path, text: &str) -> Result<(String, Seal)> {
     let lines: Vec<&str> = text.splitn(3, '\n').collect();
     if let [first, second, rest] = lines[..] {
         if second.contains(KEY) || second.contains("sha256:") {
@@ -85,13 +85,13 @@ const TEXT_SEAL: &str = "# kdlab_checksum sha256:";
 const TEXT_NOTE: &str = "(of the lines below: kdlab's copy of the study file; edit the original instead)";
 
 /// `text` with a first line that seals it (see [`read_text`]).
-pub fn seal_text(text: &str) -> String {
+pub(crate) fn seal_text(text: &str) -> String {
     format!("{TEXT_SEAL}{} {TEXT_NOTE}\n{text}", super::hash::sha256_hex(text.as_bytes()))
 }
 
 /// Reads a text file that may be sealed by [`seal_text`]: a sealed file is verified and returned
 /// without its seal line; any other file (a study file as its author wrote it) as it is.
-pub fn read_text(path: &Path) -> Result<String> {
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
     if !(first.contains("kdlab_checksum") || first.contains("sha256:")) {

@@ -23,7 +23,7 @@ pub struct Series {
 }
 
 #[derive(Clone, Debug)]
-pub struct LinePlot {
+pub(crate) struct LinePlot {
     pub title: String,
     pub x_label: String,
     pub y_label: String,
@@ -105,7 +105,7 @@ impl Frame {
 }
 
 impl LinePlot {
-    pub fn to_svg(&self) -> String {
+    pub(crate) fn to_svg(&self) -> String {
         let f = self.frame();
         let (w, h) = (f.w, f.h);
         let mut s = String::new();
@@ -256,7 +256,7 @@ const MARKERS: [&str; 6] = ["circle", "square", "triangle", "diamond", "down", "
 
 /// One panel of a [`PanelPlot`]: a ladder of teachers on a categorical x axis.
 #[derive(Clone, Debug)]
-pub struct Panel {
+pub(crate) struct Panel {
     pub title: String,
     /// The x positions' labels, in order (a `\n` splits a label over two lines); a series' point
     /// (i, y) sits at the i-th label.
@@ -266,7 +266,7 @@ pub struct Panel {
 
 /// A horizontal band across every panel: a reference value and its spread (mean ± std).
 #[derive(Clone, Debug)]
-pub struct Band {
+pub(crate) struct Band {
     pub name: String,
     pub mean: f64,
     pub std: f64,
@@ -277,7 +277,7 @@ pub struct Band {
 /// shifted a few pixels apart horizontally so that their error bars do not hide one another, and
 /// markers are hollow and of different shapes, so that series that coincide stay visible.
 #[derive(Clone, Debug)]
-pub struct PanelPlot {
+pub(crate) struct PanelPlot {
     pub title: String,
     pub x_label: String,
     pub y_label: String,
@@ -376,7 +376,7 @@ impl PanelPlot {
         (y0 - pad, y1 + pad)
     }
 
-    pub fn to_svg(&self) -> String {
+    pub(crate) fn to_svg(&self) -> String {
         let names = self.names();
         let np = self.panels.len().max(1);
         let cols = np.min(3);
@@ -580,7 +580,7 @@ fn panel_style(k: usize) -> (&'static str, &'static str) {
 }
 
 #[derive(Clone, Debug)]
-pub struct Heatmap {
+pub(crate) struct Heatmap {
     pub title: String,
     pub rows: Vec<String>,
     pub cols: Vec<String>,
@@ -598,7 +598,7 @@ fn colour(t: f64) -> String {
 }
 
 impl Heatmap {
-    pub fn to_svg(&self) -> String {
+    pub(crate) fn to_svg(&self) -> String {
         let (nr, nc) = (self.rows.len(), self.cols.len());
         let cell = (480.0 / nr.max(nc) as f64).clamp(6.0, 48.0);
         let label_w = 8.0 * self.rows.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64 + 10.0;
@@ -701,7 +701,7 @@ fn short(v: f64) -> String {
 
 /// Writes an SVG file atomically and, where `rsvg-convert` is installed, a PNG beside it (best
 /// effort: the SVG is the result, the PNG a convenience).
-pub fn write_svg(path: &std::path::Path, svg: &str) -> anyhow::Result<()> {
+pub(crate) fn write_svg(path: &std::path::Path, svg: &str) -> anyhow::Result<()> {
     crate::util::atomic::write_bytes(path, svg.as_bytes())?;
     let png = path.with_extension("png");
     let converted = std::process::Command::new("rsvg-convert")

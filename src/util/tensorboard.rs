@@ -105,7 +105,7 @@ pub struct TensorShapeProto {}
 
 /// `tensorboard.hparams.HParamsPluginData` (plugins/hparams/plugin_data.proto).
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct HParamsPluginData {
+pub(crate) struct HParamsPluginData {
     #[prost(int32, tag = "1")]
     pub version: i32,
     #[prost(message, optional, tag = "3")]
@@ -115,7 +115,7 @@ pub struct HParamsPluginData {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct SessionStartInfo {
+pub(crate) struct SessionStartInfo {
     #[prost(btree_map = "string, message", tag = "1")]
     pub hparams: BTreeMap<String, ProtoValue>,
     #[prost(string, tag = "4")]
@@ -125,7 +125,7 @@ pub struct SessionStartInfo {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct SessionEndInfo {
+pub(crate) struct SessionEndInfo {
     /// `tensorboard.hparams.Status`: 1 success, 2 failure.
     #[prost(int32, tag = "1")]
     pub status: i32,
@@ -135,7 +135,7 @@ pub struct SessionEndInfo {
 
 /// `google.protobuf.Value`, the scalar kinds an HParam takes.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ProtoValue {
+pub(crate) struct ProtoValue {
     #[prost(double, optional, tag = "2")]
     pub number_value: Option<f64>,
     #[prost(string, optional, tag = "3")]
@@ -146,7 +146,7 @@ pub struct ProtoValue {
 
 /// A hyper-parameter's value as the HParams dashboard shows it.
 #[derive(Clone, Debug, PartialEq)]
-pub enum HParam {
+pub(crate) enum HParam {
     Number(f64),
     Text(String),
     Bool(bool),
@@ -154,16 +154,16 @@ pub enum HParam {
 
 /// How a run ended, for the HParams dashboard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionStatus {
+pub(crate) enum SessionStatus {
     Success = 1,
     Failure = 2,
 }
 
-pub const SESSION_START_TAG: &str = "_hparams_/session_start_info";
-pub const SESSION_END_TAG: &str = "_hparams_/session_end_info";
+pub(crate) const SESSION_START_TAG: &str = "_hparams_/session_start_info";
+pub(crate) const SESSION_END_TAG: &str = "_hparams_/session_end_info";
 
 /// The CRC-32C of `data`, masked as TFRecord masks it (a CRC of data that holds CRCs is weak).
-pub fn masked_crc(data: &[u8]) -> u32 {
+pub(crate) fn masked_crc(data: &[u8]) -> u32 {
     const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
     let c = CRC32C.checksum(data);
     (c.rotate_right(15)).wrapping_add(0xa282_ead8)
@@ -188,7 +188,7 @@ pub fn read_events(path: &Path) -> Result<(Vec<(Event, u64)>, bool)> {
 }
 
 /// `read_events` on bytes already in memory.
-pub fn decode_events(bytes: &[u8]) -> (Vec<(Event, u64)>, bool) {
+pub(crate) fn decode_events(bytes: &[u8]) -> (Vec<(Event, u64)>, bool) {
     use prost::Message;
     let mut events = vec![];
     let mut at = 0usize;
@@ -272,7 +272,7 @@ impl EventWriter {
 
     /// A histogram of `values` in `buckets` equal-width buckets between their extremes (non-finite
     /// values left out); nothing for no finite value.
-    pub fn histogram(&mut self, tag: &str, step: i64, values: &[f64], buckets: usize) -> Result<()> {
+    pub(crate) fn histogram(&mut self, tag: &str, step: i64, values: &[f64], buckets: usize) -> Result<()> {
         match histogram(values, buckets) {
             Some(h) => self.summary(step, SummaryValue { tag: tag.into(), histo: Some(h), ..Default::default() }),
             None => Ok(()),
@@ -292,7 +292,7 @@ impl EventWriter {
     }
 
     /// The run's hyper-parameters, as the HParams plugin's session start.
-    pub fn session_start(&mut self, hparams: &BTreeMap<String, HParam>) -> Result<()> {
+    pub(crate) fn session_start(&mut self, hparams: &BTreeMap<String, HParam>) -> Result<()> {
         let hparams = hparams
             .iter()
             .map(|(k, v)| {
@@ -313,7 +313,7 @@ impl EventWriter {
     }
 
     /// How the run ended, as the HParams plugin's session end.
-    pub fn session_end(&mut self, status: SessionStatus) -> Result<()> {
+    pub(crate) fn session_end(&mut self, status: SessionStatus) -> Result<()> {
         let end = SessionEndInfo { status: status as i32, end_time_secs: now() };
         self.hparams(
             SESSION_END_TAG,
@@ -327,7 +327,7 @@ impl EventWriter {
 }
 
 /// Equal-width buckets between the finite values' extremes; None if there is none.
-pub fn histogram(values: &[f64], buckets: usize) -> Option<HistogramProto> {
+pub(crate) fn histogram(values: &[f64], buckets: usize) -> Option<HistogramProto> {
     let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     let (min, max) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     if v.is_empty() {

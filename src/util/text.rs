@@ -24,6 +24,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// " (did you mean 'tau'?)" when a candidate is close to `key`, else "".
-pub fn did_you_mean(key: &str, candidates: &[String]) -> String {
+pub(crate) fn did_you_mean(key: &str, candidates: &[String]) -> String {
     nearest(key, candidates).map(|k| format!(" (did you mean '{k}'?)")).unwrap_or_default()
 }

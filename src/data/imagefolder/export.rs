@@ -33,7 +33,7 @@ pub fn write_image(path: &Path, pixels: &[u8], shape: Shape, jpeg: bool) -> Resu
 
 /// A class name made safe as a folder name, prefixed with its zero-padded index so that sorted
 /// folder names keep the data set's class order.
-pub fn class_folder(index: usize, classes: usize, name: &str) -> String {
+pub(crate) fn class_folder(index: usize, classes: usize, name: &str) -> String {
     let width = (classes.max(2) - 1).to_string().len();
     let safe: String = name.chars().map(|ch| if ch == '/' || ch == '\\' || ch == ':' { '-' } else { ch }).collect();
     format!("{index:0width$}-{safe}")

@@ -166,7 +166,7 @@ fn load_streamed(dir: &Path, opts: &Options) -> Result<Dataset> {
 
 /// ImageNet's per-channel mean and standard deviation (torchvision's models expect them); for
 /// grey images, the averages of the three.
-pub fn imagenet_profile(channels: usize, flip: bool) -> Profile {
+pub(crate) fn imagenet_profile(channels: usize, flip: bool) -> Profile {
     let (mean, std) =
         if channels == 1 { (vec![0.449], vec![0.226]) } else { (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]) };
     Profile { mean, std, pad: 0, flip }

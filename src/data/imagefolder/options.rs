@@ -2,7 +2,7 @@
 //! spec enters, into `Options`.
 use super::*;
 
-pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+pub(crate) const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 pub(super) const CACHE_MAGIC: &[u8; 8] = b"KDLABIMG";
 pub(super) const CACHE_VERSION: u32 = 1;
@@ -71,7 +71,7 @@ pub(super) const KEYS: [&str; 10] =
 pub const MAX_PIXELS: u64 = 1 << 26;
 
 /// The ImageNet recipe's default output side.
-pub const IMAGENET_SIZE: usize = 224;
+pub(crate) const IMAGENET_SIZE: usize = 224;
 
 impl Options {
     /// Parses `key=value,key=value` (the part of a data spec after the directory's colon).
@@ -202,13 +202,13 @@ pub(super) fn parse_bool(v: &str) -> Option<bool> {
 }
 
 /// Whether `dir` is laid out as an image folder (it has a `train/` folder).
-pub fn is_image_folder(dir: &Path) -> bool {
+pub(crate) fn is_image_folder(dir: &Path) -> bool {
     dir.join("train").is_dir()
 }
 
 /// Splits a data spec into an image folder and its options: `DIR` when DIR is an image folder,
 /// `DIR:options` when DIR is a directory. None when the spec names no image folder.
-pub fn parse_spec(spec: &str) -> Result<Option<(PathBuf, Options)>> {
+pub(crate) fn parse_spec(spec: &str) -> Result<Option<(PathBuf, Options)>> {
     let whole = Path::new(spec);
     if whole.is_dir() {
         return Ok(is_image_folder(whole).then(|| (whole.to_path_buf(), Options::default())));

@@ -17,7 +17,7 @@ pub fn write(r: &StudyResults, out: &mut Output) -> Result<()> {
 }
 
 /// The heading of a student's part of the report.
-pub fn student_heading(_: &StudyResults, v: &StudentView, out: &mut Output) -> Result<()> {
+pub(crate) fn student_heading(_: &StudyResults, v: &StudentView, out: &mut Output) -> Result<()> {
     out.push(Block::Heading(2, format!("Student `{}`", v.model)));
     Ok(())
 }

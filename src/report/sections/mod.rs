@@ -64,7 +64,7 @@ pub enum Section {
 }
 
 /// The report, in order.
-pub const SECTIONS: &[Section] = &[
+pub(crate) const SECTIONS: &[Section] = &[
     Section::Study(intro::write),
     Section::Study(teachers::write),
     Section::Student(intro::student_heading),
@@ -132,7 +132,7 @@ pub struct StudentView<'a> {
 }
 
 /// How many series a mismatch plot features besides the student alone: more do not stay readable.
-pub const FEATURED_MAX: usize = 5;
+pub(crate) const FEATURED_MAX: usize = 5;
 
 /// Below the student alone by more than this (final accuracy, mean over teachers), a series has
 /// collapsed: featured by default, its curve would squash every other into one line.
@@ -221,7 +221,7 @@ impl<'a> StudentView<'a> {
 
 /// Teachers per family: families in the order of their smallest teacher, teachers by size (as
 /// given: the results list them by size).
-pub fn by_family<'a>(teachers: impl IntoIterator<Item = &'a Teacher>) -> Vec<(String, Vec<&'a Teacher>)> {
+pub(crate) fn by_family<'a>(teachers: impl IntoIterator<Item = &'a Teacher>) -> Vec<(String, Vec<&'a Teacher>)> {
     let mut v: Vec<(String, Vec<&Teacher>)> = vec![];
     for t in teachers {
         match v.iter_mut().find(|(f, _)| *f == t.family) {
@@ -233,25 +233,25 @@ pub fn by_family<'a>(teachers: impl IntoIterator<Item = &'a Teacher>) -> Vec<(St
 }
 
 /// One of a student run's accuracies.
-pub type Accuracy = fn(&Student) -> f64;
+pub(crate) type Accuracy = fn(&Student) -> f64;
 
 /// The two accuracies every student table and curve is drawn for, labelled.
-pub const ACCURACIES: [(&str, Accuracy); 2] = [("final", |s| s.final_acc), ("best", |s| s.best_acc)];
+pub(crate) const ACCURACIES: [(&str, Accuracy); 2] = [("final", |s| s.final_acc), ("best", |s| s.best_acc)];
 
 /// Mean and spread over seeds of one accuracy of the runs taught by `teacher`; None if none was.
-pub fn stat_from(runs: &[&Student], teacher: &str, pick: Accuracy) -> Option<Stat> {
+pub(crate) fn stat_from(runs: &[&Student], teacher: &str, pick: Accuracy) -> Option<Stat> {
     let v: Vec<f64> = runs.iter().filter(|s| s.teacher.as_deref() == Some(teacher)).map(|s| pick(s)).collect();
     (!v.is_empty()).then(|| Stat::of(&v))
 }
 
 /// One teacher's numbers at the temperature nearest `tau` in a probe.
-pub fn probe_at(probe: &ProbeReport, name: &str, tau: f64) -> Option<(f64, crate::probe::TauReport)> {
+pub(crate) fn probe_at(probe: &ProbeReport, name: &str, tau: f64) -> Option<(f64, crate::probe::TauReport)> {
     let t = probe.teachers.iter().find(|t| t.name == name)?;
     let i = crate::probe::nearest_tau(&t.per_tau.iter().map(|t| t.tau).collect::<Vec<_>>(), tau);
     Some((t.accuracy, t.per_tau[i].clone()))
 }
 
 /// Strings from string slices (table headers).
-pub fn strings(v: &[&str]) -> Vec<String> {
+pub(crate) fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }

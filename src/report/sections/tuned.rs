@@ -6,12 +6,12 @@ use anyhow::Result;
 use std::collections::BTreeMap;
 
 /// Per teacher, the chosen setting: teacher → (series, mean final validation accuracy).
-pub type Choice = BTreeMap<String, (String, f64)>;
+pub(crate) type Choice = BTreeMap<String, (String, f64)>;
 
 /// Per method with several settings (series) for the same teachers, the setting whose runs have
 /// the highest mean final validation accuracy, per teacher: method → teacher → (series, val acc).
 /// ESKD, TAKD and relabelled series are not candidates (they change the teacher, not a setting).
-pub fn tuned_on_validation(series: &[(String, Vec<&Student>)], teachers: &[&Teacher]) -> Vec<(String, Choice)> {
+pub(crate) fn tuned_on_validation(series: &[(String, Vec<&Student>)], teachers: &[&Teacher]) -> Vec<(String, Choice)> {
     let mut by_method: BTreeMap<String, Vec<(&String, &Vec<&Student>)>> = BTreeMap::new();
     for (name, runs) in series {
         // A fit level or a calibrated teacher changes the teacher too (the fit section tunes those).

@@ -135,6 +135,7 @@ fn scalar_type(kind: Kind) -> i8 {
     }
 }
 
+#[cfg(test)]
 fn kind_of(code: i8) -> Kind {
     match code {
         5 => Kind::Half,
@@ -145,7 +146,7 @@ fn kind_of(code: i8) -> Kind {
 
 /// Autocast on one device for as long as the value lives (on this thread: LibTorch keeps the
 /// state thread-locally); the previous state comes back when it drops.
-pub struct Autocast {
+pub(crate) struct Autocast {
     api: &'static Api,
     device: i8,
     was_enabled: bool,
@@ -154,7 +155,7 @@ pub struct Autocast {
 
 impl Autocast {
     /// Autocast in `amp`'s precision on `device`; None for `Amp::Off`.
-    pub fn enter(amp: Amp, device: Device) -> Result<Option<Autocast>> {
+    pub(crate) fn enter(amp: Amp, device: Device) -> Result<Option<Autocast>> {
         let Some(kind) = amp.kind() else { return Ok(None) };
         let api = api()?;
         let dt = device_type(device)?;
@@ -169,7 +170,8 @@ impl Autocast {
     }
 
     /// Whether autocast is on for `device` on this thread, and in which precision.
-    pub fn current(device: Device) -> Result<Option<Kind>> {
+    #[cfg(test)]
+    fn current(device: Device) -> Result<Option<Kind>> {
         let api = api()?;
         let dt = device_type(device)?;
         // SAFETY: plain calls into LibTorch.
@@ -230,8 +232,8 @@ pub struct LossScaler {
     pub skipped: usize,
 }
 
-pub const INITIAL_SCALE: f64 = 65536.0;
-pub const GROWTH_INTERVAL: usize = 2000;
+pub(crate) const INITIAL_SCALE: f64 = 65536.0;
+pub(crate) const GROWTH_INTERVAL: usize = 2000;
 
 impl Default for LossScaler {
     fn default() -> Self {
@@ -242,7 +244,7 @@ impl Default for LossScaler {
 impl LossScaler {
     /// Divides the gradients by the scale in place; returns whether the step may be taken (all
     /// finite), and updates the scale.
-    pub fn unscale(&mut self, grads: &[Tensor]) -> bool {
+    pub(crate) fn unscale(&mut self, grads: &[Tensor]) -> bool {
         let _g = tch::no_grad_guard();
         let inv = 1.0 / self.scale;
         let flags: Vec<Tensor> = grads

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// Batch size for inference (no gradients, so larger batches fit easily).
-pub const EVAL_BATCH: usize = 500;
+pub(crate) const EVAL_BATCH: usize = 500;
 
 #[derive(Clone, Debug)]
 pub struct EvalResult {
@@ -20,7 +20,7 @@ pub struct EvalResult {
 }
 
 impl EvalResult {
-    pub fn class_acc(&self) -> Vec<f64> {
+    pub(crate) fn class_acc(&self) -> Vec<f64> {
         self.correct_per_class
             .iter()
             .zip(&self.total_per_class)
@@ -35,7 +35,7 @@ pub fn plain_augment(data: &Dataset) -> Arc<Augment> {
 }
 
 /// Converts a host batch to device tensors: images (N, C, H, W) and labels (N,).
-pub fn to_tensors(
+pub(crate) fn to_tensors(
     batch: &crate::data::loader::Batch,
     shape: crate::data::Shape,
     device: tch::Device,
@@ -59,7 +59,11 @@ pub fn for_each_batch(
 
 /// As [`for_each_batch`], from either kind of feed; an image folder's file that cannot be
 /// decoded is an error naming it.
-pub fn for_each_feed_batch(model: &impl Infer, feed: Feed, mut visit: impl FnMut(&Tensor, &[i64])) -> Result<()> {
+pub(crate) fn for_each_feed_batch(
+    model: &impl Infer,
+    feed: Feed,
+    mut visit: impl FnMut(&Tensor, &[i64]),
+) -> Result<()> {
     let spec = LoaderSpec { batch_size: EVAL_BATCH, shuffle: false, seed: 0, drop_last: false };
     let shape = feed.shape();
     let mut loader = Loader::from_feed(feed, spec, 0);
@@ -77,7 +81,7 @@ pub fn evaluate(model: &Model, split: Arc<Split>, augment: Arc<Augment>) -> Eval
 }
 
 /// As [`evaluate`], from either kind of feed.
-pub fn evaluate_feed(model: &Model, feed: Feed) -> Result<EvalResult> {
+pub(crate) fn evaluate_feed(model: &Model, feed: Feed) -> Result<EvalResult> {
     let classes = model.classes;
     let mut r =
         EvalResult { loss: 0.0, acc: 0.0, correct_per_class: vec![0; classes], total_per_class: vec![0; classes] };
@@ -107,7 +111,7 @@ pub fn logits(model: &impl Infer, split: Arc<Split>, augment: Arc<Augment>) -> V
 }
 
 /// As [`logits`], from either kind of feed.
-pub fn logits_feed(model: &impl Infer, feed: Feed) -> Result<Vec<f32>> {
+pub(crate) fn logits_feed(model: &impl Infer, feed: Feed) -> Result<Vec<f32>> {
     let mut out = vec![];
     for_each_feed_batch(model, feed, |l, _| {
         out.extend(Vec::<f32>::try_from(l.contiguous().view(-1)).expect("logits to vec"));

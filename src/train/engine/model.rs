@@ -61,22 +61,22 @@ impl Model {
     }
 
     /// Logits in training mode (BatchNorm uses batch statistics and updates its running ones).
-    pub fn forward_train(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn forward_train(&self, x: &Tensor) -> Tensor {
         self.net.forward_t(&self.prepare(x), true)
     }
 
     /// Logits in training mode, recording the taps `taps` asks for (`models::taps`).
-    pub fn forward_train_taps(&self, x: &Tensor, taps: &mut models::Taps) -> Tensor {
+    pub(crate) fn forward_train_taps(&self, x: &Tensor, taps: &mut models::Taps) -> Tensor {
         self.net.forward_taps(&self.prepare(x), true, taps)
     }
 
     /// Logits in inference mode, recording the taps `taps` asks for.
-    pub fn infer_taps(&self, x: &Tensor, taps: &mut models::Taps) -> Tensor {
+    pub(crate) fn infer_taps(&self, x: &Tensor, taps: &mut models::Taps) -> Tensor {
         tch::no_grad(|| self.net.forward_taps(&self.prepare(x), false, taps))
     }
 
     /// Every tap's shape (batch dimension left out), as `kdlab models --taps` lists them.
-    pub fn tap_shapes(&self) -> Vec<(String, Vec<i64>)> {
+    pub(crate) fn tap_shapes(&self) -> Vec<(String, Vec<i64>)> {
         models::taps::shapes(self.net.as_ref(), self.input, self.device())
     }
 
@@ -90,7 +90,7 @@ impl Model {
     }
 
     /// Whether channels-last storage can matter (the model has convolutions).
-    pub fn has_convolutions(&self) -> bool {
+    pub(crate) fn has_convolutions(&self) -> bool {
         self.vs.variables().values().any(|v| v.dim() == 4)
     }
 
@@ -140,7 +140,7 @@ impl std::fmt::Debug for Model {
 }
 
 /// A 4-D tensor with the same shape stored in channels-last (NHWC) order.
-pub fn channels_last(t: &Tensor) -> Tensor {
+pub(crate) fn channels_last(t: &Tensor) -> Tensor {
     t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 

@@ -14,7 +14,7 @@ pub enum Schedule {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct LrSchedule {
+pub(crate) struct LrSchedule {
     pub base: f64,
     pub kind: Schedule,
     /// Epoch counts after which the rate drops (0-based epoch index ≥ milestone ⇒ dropped).
@@ -27,7 +27,7 @@ pub struct LrSchedule {
 impl LrSchedule {
     /// Milestones used when none are given: 62.5%, 75% and 87.5% of the run, the proportions of
     /// the 150/180/210-of-240 CIFAR recipe.
-    pub fn default_milestones(epochs: usize) -> Vec<usize> {
+    pub(crate) fn default_milestones(epochs: usize) -> Vec<usize> {
         let mut m: Vec<usize> = [0.625, 0.75, 0.875].iter().map(|f| (f * epochs as f64).round() as usize).collect();
         m.retain(|&e| e > 0 && e < epochs);
         m.dedup();

@@ -16,7 +16,7 @@ pub struct Sgd {
 }
 
 /// The prefix under which momentum buffers are stored in a checkpoint.
-pub const BUFFER_PREFIX: &str = "optim.momentum.";
+pub(crate) const BUFFER_PREFIX: &str = "optim.momentum.";
 
 impl Sgd {
     pub fn new(vs: &VarStore, momentum: f64, nesterov: bool, weight_decay: f64) -> Self {
@@ -28,7 +28,7 @@ impl Sgd {
 
     /// Adds the trainable variables of `vs` (a method's modules) under `prefix`, which also names
     /// their momentum buffers in a checkpoint.
-    pub fn with_vars(mut self, vs: &VarStore, prefix: &str) -> Self {
+    pub(crate) fn with_vars(mut self, vs: &VarStore, prefix: &str) -> Self {
         for (n, t) in vs.variables() {
             if t.requires_grad() {
                 self.params.push((format!("{prefix}{n}"), t));
@@ -39,14 +39,14 @@ impl Sgd {
         self
     }
 
-    pub fn zero_grad(&mut self) {
+    pub(crate) fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             p.zero_grad();
         }
     }
 
     /// The gradients currently stored (handles: scaling one in place scales the stored gradient).
-    pub fn grads(&self) -> Vec<Tensor> {
+    pub(crate) fn grads(&self) -> Vec<Tensor> {
         self.params.iter().map(|(_, p)| p.grad()).filter(|g| g.defined()).collect()
     }
 
@@ -122,7 +122,7 @@ impl Sgd {
     }
 
     /// Restores buffers saved by `state`; every parameter must have one (or none may).
-    pub fn load_state(&mut self, saved: &BTreeMap<String, Tensor>, file: &str) -> Result<()> {
+    pub(crate) fn load_state(&mut self, saved: &BTreeMap<String, Tensor>, file: &str) -> Result<()> {
         let found = self.params.iter().filter(|(n, _)| saved.contains_key(&format!("{BUFFER_PREFIX}{n}"))).count();
         if found == 0 {
             self.buffers.iter_mut().for_each(|b| *b = None);

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
-pub const FORMAT: &str = "kdlab-checkpoint/1";
+pub(crate) const FORMAT: &str = "kdlab-checkpoint/1";
 const MODEL_PREFIX: &str = "model.";
 /// The prefix of a method's modules and state (`Method::setup`) in a checkpoint.
-pub const METHOD_PREFIX: &str = "method.";
+pub(crate) const METHOD_PREFIX: &str = "method.";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct OptimizerMeta {
@@ -55,7 +55,7 @@ pub fn save(dir: &Path, stem: &str, model: &Model, opt: Option<&Sgd>, meta: Chec
 }
 
 /// `save`, with a method's modules and state (`method`, stored under `method.`).
-pub fn save_with(
+pub(crate) fn save_with(
     dir: &Path,
     stem: &str,
     model: &Model,
@@ -119,7 +119,7 @@ pub fn read_tensors(json: &Path, meta: &CheckpointMeta) -> Result<BTreeMap<Strin
 }
 
 /// Copies the saved weights into `model`, checking that names and shapes agree.
-pub fn load_weights(model: &Model, tensors: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
+pub(crate) fn load_weights(model: &Model, tensors: &BTreeMap<String, Tensor>, origin: &Path) -> Result<()> {
     let _guard = tch::no_grad_guard();
     for (name, mut var) in model.named_variables() {
         let key = format!("{MODEL_PREFIX}{name}");
@@ -173,7 +173,7 @@ pub enum Which {
 /// `runs/r56@last`, `runs/r56@epoch40` (ESKD's early-stopped teacher). `at` is None when no
 /// `@` was written (the last checkpoint).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunRef {
+pub(crate) struct RunRef {
     pub dir: PathBuf,
     pub at: Option<Which>,
 }
@@ -205,7 +205,7 @@ impl std::fmt::Display for RunRef {
 
 impl RunRef {
     /// `@best`, `@last`, `@epochN`, or nothing.
-    pub fn suffix(&self) -> String {
+    pub(crate) fn suffix(&self) -> String {
         match self.at {
             None => String::new(),
             Some(Which::Last) => "@last".into(),
@@ -252,7 +252,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
 }
 
 /// The file stem of the checkpoint kept for epoch `n`.
-pub fn epoch_stem(n: usize) -> String {
+pub(crate) fn epoch_stem(n: usize) -> String {
     format!("epoch-{n:04}")
 }
 
@@ -282,7 +282,7 @@ pub fn load_model(spec: &str, device: Device) -> Result<(Model, CheckpointMeta, 
 }
 
 /// The run directory holding a checkpoint sidecar (`run/last.json` or `run/checkpoints/epoch-N.json`).
-pub fn run_dir_of(json: &Path) -> PathBuf {
+pub(crate) fn run_dir_of(json: &Path) -> PathBuf {
     let parent = json.parent().unwrap_or(Path::new("."));
     if parent.file_name().is_some_and(|n| n == "checkpoints") {
         parent.parent().unwrap_or(Path::new(".")).to_path_buf()

@@ -115,7 +115,7 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Checks every value's range, naming the key.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.model.is_empty() {
             bail!("no model given: set `model` (e.g. --model resnet20; `kdlab models` lists them)");
         }
@@ -160,7 +160,7 @@ impl TrainConfig {
     }
 
     /// The milestones in effect (the defaults when none are given).
-    pub fn effective_milestones(&self) -> Vec<usize> {
+    pub(crate) fn effective_milestones(&self) -> Vec<usize> {
         if self.milestones.is_empty() {
             crate::train::schedule::LrSchedule::default_milestones(self.epochs)
         } else {
@@ -168,7 +168,7 @@ impl TrainConfig {
         }
     }
 
-    pub fn lr_schedule(&self) -> crate::train::schedule::LrSchedule {
+    pub(crate) fn lr_schedule(&self) -> crate::train::schedule::LrSchedule {
         crate::train::schedule::LrSchedule {
             base: self.lr,
             kind: self.schedule,
@@ -181,11 +181,11 @@ impl TrainConfig {
 }
 
 /// The keys that carve a data set into a training subset and a validation split.
-pub const CARVING_KEYS: [&str; 3] = ["train_subset", "val_per_class", "subset_seed"];
+pub(crate) const CARVING_KEYS: [&str; 3] = ["train_subset", "val_per_class", "subset_seed"];
 
 /// Keys added to `TrainConfig` after runs had been recorded without them; 0 is their "off" value.
 /// (The carving keys, and the training keys added after them.)
-pub const ADDED_KEYS: [&str; 4] = {
+pub(crate) const ADDED_KEYS: [&str; 4] = {
     let [a, b, c] = CARVING_KEYS;
     [a, b, c, "clip_grad_norm"]
 };
@@ -215,7 +215,7 @@ pub fn check(ok: bool, key: &str, what: &str) -> Result<()> {
 }
 
 /// Reads a TOML file into a table (an empty table when `path` is None).
-pub fn read_table(path: Option<&Path>) -> Result<toml::Table> {
+pub(crate) fn read_table(path: Option<&Path>) -> Result<toml::Table> {
     let Some(path) = path else { return Ok(toml::Table::new()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
     text.parse::<toml::Table>().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))

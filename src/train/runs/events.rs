@@ -32,7 +32,7 @@ const BUCKETS: usize = 30;
 /// Steps are flushed at least this often, for TensorBoard and `kdlab watch` to see them live.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-pub struct RunEvents {
+pub(crate) struct RunEvents {
     w: EventWriter,
     /// The epoch's per-sample values by name, in step order.
     samples: BTreeMap<String, Vec<f64>>,
@@ -189,7 +189,7 @@ fn write_epoch_scalars(w: &mut EventWriter, m: &EpochMetrics) -> Result<()> {
 
 /// The run's hyper-parameters for the HParams plugin: the run record's configuration, objective
 /// and identity (`extra`), flattened to dotted keys; lists as their JSON text.
-pub fn hparams(record: &RunRecord) -> BTreeMap<String, HParam> {
+pub(crate) fn hparams(record: &RunRecord) -> BTreeMap<String, HParam> {
     let mut out = BTreeMap::new();
     out.insert("kind".into(), HParam::Text(record.kind.clone()));
     out.insert("data_name".into(), HParam::Text(record.data.name.clone()));

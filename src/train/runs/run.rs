@@ -106,7 +106,7 @@ pub struct RunRecord {
 }
 
 /// The data a run was trained on, loaded again (or `data` if given), checked against the record.
-pub fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<Dataset> {
+pub(crate) fn run_data(checkpoint_json: &Path, data: Option<&str>) -> Result<Dataset> {
     let run_dir = crate::train::checkpoint::run_dir_of(checkpoint_json);
     let record = read_record(&run_dir)?;
     let spec = match (data, &record) {
@@ -146,7 +146,7 @@ pub fn write_record(dir: &Path, rec: &RunRecord) -> Result<()> {
 }
 
 /// Writes metrics.csv: fixed columns, then one column per loss term.
-pub fn write_metrics_csv(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
+pub(crate) fn write_metrics_csv(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
     let terms: Vec<String> = {
         let mut t: Vec<String> = history.iter().flat_map(|m| m.terms.keys().cloned()).collect();
         t.sort();

@@ -31,9 +31,9 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 const MAGIC: &[u8; 8] = b"KDLCACHE";
-pub const FORMAT: &str = "kdlab-logit-cache/2";
+pub(crate) const FORMAT: &str = "kdlab-logit-cache/2";
 /// Bytes of logits per checksummed block.
-pub const BLOCK_BYTES: usize = 1 << 20;
+pub(crate) const BLOCK_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Header {

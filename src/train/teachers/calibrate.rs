@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 const BETA_RANGE: (f64, f64) = (0.01, 100.0);
 
 /// Mean NLL of softmax(β·z) over `labels`, in float64 (`logits` is N × C, row-major).
-pub fn nll_at(logits: &[f32], labels: &[i64], classes: usize, beta: f64) -> f64 {
+pub(crate) fn nll_at(logits: &[f32], labels: &[i64], classes: usize, beta: f64) -> f64 {
     let mut total = 0.0;
     for (row, &y) in logits.chunks_exact(classes).zip(labels) {
         let max = row.iter().map(|&v| beta * v as f64).fold(f64::NEG_INFINITY, f64::max);
@@ -24,7 +24,7 @@ pub fn nll_at(logits: &[f32], labels: &[i64], classes: usize, beta: f64) -> f64 
 /// golden-section search over β finds the minimum; 80 steps narrow the range by 0.618^80 ≈ 2e-17,
 /// well past float64 precision on β. A minimum at the range's end (no wrong answers on the split,
 /// or no right ones) is an error rather than an extreme temperature.
-pub fn fit_temperature(logits: &[f32], labels: &[i64], classes: usize) -> Result<f64> {
+pub(crate) fn fit_temperature(logits: &[f32], labels: &[i64], classes: usize) -> Result<f64> {
     if labels.is_empty() || logits.len() != labels.len() * classes {
         bail!(
             "fitting a temperature needs N × C logits for N > 0 labels (got {} values, {} labels)",

@@ -24,7 +24,7 @@ use tch::{Device, Tensor};
 /// - VGG: `blockS.K` (conv at K = 3j, BatchNorm at 3j+1, ReLUs between) there,
 ///   `stage{S+1}.j.conv` / `.bn` here; `classifier` → `fc`.
 /// - MobileNetV2 and the ImageNet ResNets use the reference names already.
-pub fn zoo_name(arch: &Arch, key: &str) -> Option<String> {
+pub(crate) fn zoo_name(arch: &Arch, key: &str) -> Option<String> {
     if key.ends_with("num_batches_tracked") {
         return None;
     }
@@ -69,7 +69,7 @@ const SHOWN: usize = 16;
 
 /// What an import found: the tensors it could not place.
 #[derive(Debug, Default)]
-pub struct Mismatch {
+pub(crate) struct Mismatch {
     pub missing: Vec<(String, Vec<i64>)>,
     pub unexpected: Vec<(String, Vec<usize>)>,
     pub misshaped: Vec<(String, Vec<usize>, Vec<i64>)>,
@@ -113,7 +113,7 @@ impl Mismatch {
 }
 
 /// Copies `tensors` (checkpoint keys) into `model`, or lists every tensor that does not fit.
-pub fn load_into(model: &Model, tensors: &BTreeMap<String, PthTensor>, origin: &Path) -> Result<()> {
+pub(crate) fn load_into(model: &Model, tensors: &BTreeMap<String, PthTensor>, origin: &Path) -> Result<()> {
     let arch = crate::models::parse(&model.arch)?;
     let mut by_zoo: BTreeMap<String, (&String, &PthTensor)> = BTreeMap::new();
     for (k, t) in tensors {
@@ -173,7 +173,7 @@ pub fn import(
 
 /// As [`import`], reading the checkpoint within `limits`. Nothing is written until the whole
 /// checkpoint has been read and fits the model.
-pub fn import_with(
+pub(crate) fn import_with(
     checkpoint: &Path,
     arch: &str,
     classes: usize,

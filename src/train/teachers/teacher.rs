@@ -28,7 +28,7 @@ pub struct InputNorm {
 }
 
 impl InputNorm {
-    pub fn is_given(&self) -> bool {
+    pub(crate) fn is_given(&self) -> bool {
         self.mean.is_some() || self.std.is_some()
     }
 
@@ -61,7 +61,7 @@ impl InputNorm {
 }
 
 /// Whether a teacher spec names a TorchScript file (any file but a checkpoint sidecar `.json`).
-pub fn is_torchscript(spec: &str) -> bool {
+pub(crate) fn is_torchscript(spec: &str) -> bool {
     let p = Path::new(spec);
     p.is_file() && p.extension().is_none_or(|e| e != "json")
 }
@@ -195,13 +195,13 @@ impl ScriptModel {
     }
 
     /// `torchscript:<file name>`.
-    pub fn model_name(&self) -> String {
+    pub(crate) fn model_name(&self) -> String {
         format!("torchscript:{}", self.path.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()))
     }
 }
 
 /// The optimiser description of weights kdlab did not train (`kind` says where they came from).
-pub fn no_optimizer(kind: &str) -> OptimizerMeta {
+pub(crate) fn no_optimizer(kind: &str) -> OptimizerMeta {
     OptimizerMeta {
         kind: kind.into(),
         lr: 0.0,
@@ -264,7 +264,7 @@ impl TeacherModel {
 
     /// Every tap's shape; a TorchScript teacher exposes none (its graph is a program kdlab runs,
     /// not a network whose blocks it knows).
-    pub fn tap_shapes(&self) -> Vec<(String, Vec<i64>)> {
+    pub(crate) fn tap_shapes(&self) -> Vec<(String, Vec<i64>)> {
         match self {
             TeacherModel::Run(m) => m.tap_shapes(),
             TeacherModel::Script(_) => vec![],
@@ -272,7 +272,7 @@ impl TeacherModel {
     }
 
     /// Logits in inference mode, recording the taps `taps` asks for (none for TorchScript).
-    pub fn infer_taps(&self, x: &Tensor, taps: &mut crate::models::Taps) -> Tensor {
+    pub(crate) fn infer_taps(&self, x: &Tensor, taps: &mut crate::models::Taps) -> Tensor {
         match self {
             TeacherModel::Run(m) => m.infer_taps(x, taps),
             TeacherModel::Script(m) => m.infer(x),
@@ -323,7 +323,7 @@ impl Teacher {
         Teacher::load(spec, device)
     }
 
-    pub fn is_torchscript(&self) -> bool {
+    pub(crate) fn is_torchscript(&self) -> bool {
         matches!(self.model, TeacherModel::Script(_))
     }
 
@@ -363,7 +363,7 @@ impl Teacher {
     }
 
     /// One line for the console: `resnet8, 78k params, 91.20% test` or `torchscript:t.pt, …`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let params = crate::util::fmt::count(self.model.params());
         match &self.model {
             TeacherModel::Script(m) => format!("{}, {params} params, sha256 {}", m.model_name(), &m.sha256[..12]),
@@ -376,7 +376,7 @@ impl Teacher {
 
 /// The data set a teacher is used on: a run's own (or `data`), or `data` for a TorchScript file,
 /// which does not say what it was trained on.
-pub fn teacher_data(spec: &str, data: Option<&str>) -> Result<Dataset> {
+pub(crate) fn teacher_data(spec: &str, data: Option<&str>) -> Result<Dataset> {
     if is_torchscript(spec) {
         let Some(d) = data else {
             bail!("{spec} is a TorchScript model, which does not record its data set: name it with --data (e.g. --data cifar100)")

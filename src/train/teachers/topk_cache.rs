@@ -47,11 +47,11 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 const MAGIC: &[u8; 8] = b"KDLTOPK1";
-pub const FORMAT: &str = "kdlab-topk-cache/1";
+pub(crate) const FORMAT: &str = "kdlab-topk-cache/1";
 /// The temperature at which the fill logit keeps the missing classes' total probability.
-pub const FILL_TAU: f64 = 4.0;
+pub(crate) const FILL_TAU: f64 = 4.0;
 /// Bytes of a row before its k entries: the crop record (9) and the fill logit (2).
-pub const RECORD_BYTES: usize = 11;
+pub(crate) const RECORD_BYTES: usize = 11;
 /// Images per teacher batch when building from a streamed folder (ImageNet-size inputs).
 const STREAM_BATCH: usize = 128;
 
@@ -168,7 +168,7 @@ impl TeacherCache {
     }
 
     /// Reads the key's value (`key` and `origin` name it in errors).
-    pub fn from_toml(v: &toml::Value, key: &str, origin: &str) -> Result<TeacherCache> {
+    pub(crate) fn from_toml(v: &toml::Value, key: &str, origin: &str) -> Result<TeacherCache> {
         match v {
             toml::Value::Boolean(b) => Ok(if *b { TeacherCache::Logits } else { TeacherCache::Off }),
             toml::Value::String(s) => s.parse().map_err(|e| anyhow::anyhow!("{origin}: key '{key}': {e:#}")),
