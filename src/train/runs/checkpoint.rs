@@ -318,3 +318,22 @@ mod run_ref_tests {
         assert!(e.contains("after '@'"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DOT's Δ came after checkpoints were written: an SGD sidecar serialises as before (no
+    /// `dot_delta`), and one written before reads back with none.
+    #[test]
+    fn optimizer_records_without_dot_read_back_unchanged() {
+        let sgd = crate::train::teacher::no_optimizer("sgd");
+        let v = serde_json::to_value(&sgd).unwrap();
+        assert!(v.get("dot_delta").is_none(), "{v}");
+        let old = r#"{"kind":"sgd","lr":0.05,"momentum":0.9,"nesterov":false,"weight_decay":0.0005,"has_momentum_buffers":true}"#;
+        let read: OptimizerMeta = serde_json::from_str(old).unwrap();
+        assert_eq!(read.dot_delta, None);
+        let dot = OptimizerMeta { kind: "dot".into(), dot_delta: Some(0.075), ..read };
+        assert_eq!(serde_json::to_value(&dot).unwrap()["dot_delta"], 0.075);
+    }
+}
