@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """An independent float64 reference for the 2023-2024 logit methods of `kdlab loss --json --grad`:
-ttm, wttm, normkd, dtkd. Written from the papers' formulas (conventions settled against the authors'
+ttm, wttm, normkd, dtkd, ctkd. Written from the papers' formulas (conventions settled against the authors'
 published code: reductions, Bessel's correction, where gradients flow), in NumPy, without autograd.
 
     python3 scripts/logit_reference.py --method dtkd --student s.npy --teacher t.npy --labels y.npy [--tau 4 ...]
@@ -12,6 +12,10 @@ per-sample values that depend on that sample's row only, so the terms are comput
 one column is perturbed in all rows at once (C evaluations, not N·C). Every function below is therefore
 written so that it accepts complex logits (max and argmax read the real part; the standard
 deviation is the square root of a complex mean of squares, not NumPy's std, which takes |z|).
+
+ctkd's trainable temperature parameter theta gets "module_grads": {"theta": [g]}, the gradient the
+optimiser sees through the gradient reversal layer: g = -lambda * d(total)/d(theta), the derivative
+again by complex step (theta + ih), lambda from the cosine curriculum at the epoch.
 """
 import argparse
 import json
@@ -55,8 +59,8 @@ def power_target(t, gamma):
     return p / u[:, None], u
 
 
-def terms(m, s, t, y, a):
-    """Each term per sample (its value is the mean)."""
+def terms(m, s, t, y, a, theta=None):
+    """Each term per sample (its value is the mean); theta: ctkd's parameter (default its init)."""
     g = lambda v, d: d if v is None else v
     out = {}
     if m in ("ttm", "wttm"):
@@ -86,16 +90,44 @@ def terms(m, s, t, y, a):
         out["ce"] = ce(s, y)
         out["dtkd"] = w * g(a.alpha, 3.0) * dt
         out["kd"] = w * g(a.beta, 1.0) * kd
+    elif m == "ctkd":
+        tau = ctkd_tau(a, theta)
+        kl = kl_rows(log_softmax(t / tau), log_softmax(s / tau))
+        out["ce"] = g(a.alpha, 0.1) * ce(s, y)
+        out["kd"] = g(a.beta, 0.9) * tau * tau * kl
     else:
         raise SystemExit("no reference for method " + m)
     return out
+
+
+def ctkd_theta(a):
+    """theta as kdlab holds it: created in float32 (the training dtype), as kdlab loss does too."""
+    return float(np.float32(1.0 if a.theta_init is None else a.theta_init))
+
+
+def ctkd_tau(a, theta):
+    """tau = tau_min + tau_range * sigmoid(theta); theta may be complex."""
+    g = lambda v, d: d if v is None else v
+    theta = ctkd_theta(a) if theta is None else theta
+    return g(a.tau_min, 1.0) + g(a.tau_range, 20.0) / (1.0 + np.exp(-theta))
+
+
+def ctkd_lambda(a):
+    """The reversal strength at the (1-based) epoch: a half cosine from lambda_min to lambda_max
+    over lambda_epochs epochs; kdlab loss's default epoch is the end of the ramp."""
+    g = lambda v, d: d if v is None else v
+    ramp, lo, hi = g(a.lambda_epochs, 10.0), g(a.lambda_min, 0.0), g(a.lambda_max, 1.0)
+    e = g(a.epoch, ramp)
+    progress = 1.0 if ramp <= 0 else min(max(e / ramp, 0.0), 1.0)
+    return lo + (hi - lo) * (1.0 - np.cos(np.pi * progress)) / 2.0
 
 
 def main():
     ap = argparse.ArgumentParser()
     for k in ["method", "student", "teacher", "labels"]:
         ap.add_argument("--" + k, required=True)
-    for k in ["tau", "alpha", "beta", "tau-norm", "warmup", "epoch"]:
+    for k in ["tau", "alpha", "beta", "tau-norm", "warmup", "epoch", "tau-min", "tau-range", "theta-init",
+              "lambda-min", "lambda-max", "lambda-epochs"]:
         ap.add_argument("--" + k, type=float)
     a = ap.parse_args()
     s = np.load(a.student).astype(np.float64)
@@ -113,6 +145,10 @@ def main():
         "total": float(sum(v.mean() for v in out.values())),
         "grad": grad.tolist(),
     }
+    if a.method == "ctkd":
+        theta = ctkd_theta(a) + 1j * H
+        d_theta = sum(v.mean() for v in terms(a.method, s, t, y, a, theta).values()).imag / H
+        res["module_grads"] = {"theta": [-ctkd_lambda(a) * d_theta]}
     print(json.dumps(res))
 
 

@@ -1,6 +1,7 @@
-//! The 2023–2024 logit methods (ttm, wttm, normkd, dtkd): `kdlab loss` and its gradient against the
-//! float64 NumPy reference `scripts/logit_reference.py` (written from the papers, complex-step
-//! gradients), on logits generated here; small cases by hand; the identities each method must
+//! The 2023–2024 logit methods (ttm, wttm, normkd, dtkd, ctkd): `kdlab loss` and its gradient (and
+//! CTKD's reversed temperature gradient) against the float64 NumPy reference
+//! `scripts/logit_reference.py` (written from the papers, complex-step gradients), on logits
+//! generated here; small cases by hand; the identities each method must
 //! satisfy; and DTKD's fallback where a largest logit is not positive.
 use kdlab::methods::{self, LossInput};
 use std::path::{Path, PathBuf};
@@ -78,6 +79,26 @@ fn kdlab_loss_and_its_gradient_match_the_float64_reference() {
         &["--method", "dtkd"],
         &["--method", "dtkd", "--epoch", "5"],
         &["--method", "dtkd", "--tau", "2", "--alpha", "1", "--beta", "0.5", "--warmup", "0"],
+        // CTKD: the loss at its learnt temperature and the reversed gradient that reaches θ, at
+        // the end of the curriculum (λ = 1), early in it, and with other bounds and weights.
+        &["--method", "ctkd"],
+        &["--method", "ctkd", "--epoch", "3"],
+        &["--method", "ctkd", "--theta-init", "-2", "--tau-min", "2", "--tau-range", "5", "--epoch", "1"],
+        &[
+            "--method",
+            "ctkd",
+            "--theta-init",
+            "0.4",
+            "--lambda-epochs",
+            "0",
+            "--lambda-max",
+            "0.5",
+            "--alpha",
+            "1",
+            "--beta",
+            "2",
+        ],
+        &["--method", "ctkd", "--theta-init", "3", "--lambda-min", "0.2", "--epoch", "7"],
     ];
     let mut worst = 0f64;
     // (seed, N, C, teacher scale, student rows with negative logits): CIFAR-like, a small wide
@@ -114,7 +135,21 @@ fn kdlab_loss_and_its_gradient_match_the_float64_reference() {
             a.push(ours["total"].as_f64().unwrap());
             b.push(theirs["total"].as_f64().unwrap());
             let terms = worst_rel(&a, &b);
-            let grad = worst_rel(&flat(&ours["grad"]), &flat(&theirs["grad"]));
+            let mut grad = worst_rel(&flat(&ours["grad"]), &flat(&theirs["grad"]));
+            // A method's trainable modules (CTKD's θ): the gradient the optimiser sees.
+            assert_eq!(
+                ours.get("module_grads").is_some(),
+                theirs.get("module_grads").is_some(),
+                "{what}: module_grads"
+            );
+            if let Some(m) = theirs.get("module_grads").and_then(|m| m.as_object()) {
+                for (k, want) in m {
+                    let got = &ours["module_grads"][k];
+                    let (got, want) = (flat(&serde_json::json!([got])), flat(&serde_json::json!([want])));
+                    assert!(want.iter().all(|g| g.abs() > 1e-9), "{what}: {k}'s gradient {want:?} is worth comparing");
+                    grad = grad.max(worst_rel(&got, &want));
+                }
+            }
             assert!(
                 terms <= 1e-6 && grad <= 1e-6,
                 "{what}: worst relative difference, terms {terms:e}, gradient {grad:e}"
@@ -333,6 +368,7 @@ fn the_help_names_each_new_method_with_its_source() {
         "wttm: weighted TTM (Zheng & Yang, ICLR 2024)",
         "normkd: NormKD (Chi et al., arXiv 2023)",
         "dtkd: dynamic temperature KD (Wei & Bai, arXiv 2024)",
+        "ctkd: curriculum temperature KD (Li et al., AAAI 2023)",
     ] {
         assert!(help.contains(line), "{line} missing from:\n{help}");
     }

@@ -307,7 +307,8 @@ pub(crate) struct LossArgs {
     #[arg(long)]
     pub per_sample: bool,
     /// Add the gradient of the total loss with respect to the student's logits ("grad": N rows of
-    /// C values), in the logits' dtype (float64 for a float64 file), for reference checks.
+    /// C values), in the logits' dtype (float64 for a float64 file), for reference checks; and,
+    /// for a method with trainable modules, the gradient that reaches each ("module_grads").
     #[arg(long)]
     pub grad: bool,
     #[arg(long)]
@@ -423,6 +424,19 @@ pub fn loss(a: LossArgs) -> Result<()> {
         total.backward();
         let g = Vec::<f64>::try_from(s.grad().to_kind(Kind::Double).view(-1))?;
         out["grad"] = serde_json::json!(g.chunks(cs.max(1)).collect::<Vec<_>>());
+        // A method's trainable modules (CTKD's θ, FitNet's regressor): the gradient that reaches
+        // each, flattened, as the optimiser would see it (CTKD's through its reversal layer).
+        let mut module_grads = serde_json::Map::new();
+        for (k, v) in vars.variables() {
+            let g = v.grad();
+            if v.requires_grad() && g.defined() {
+                module_grads
+                    .insert(k, serde_json::json!(Vec::<f64>::try_from(g.to_kind(Kind::Double).flatten(0, -1))?));
+            }
+        }
+        if !module_grads.is_empty() {
+            out["module_grads"] = serde_json::Value::Object(module_grads);
+        }
     }
     if a.json {
         println!("{out}");

@@ -7,6 +7,7 @@
 pub mod ats;
 pub mod ce;
 pub mod common;
+pub mod ctkd;
 pub mod dist;
 pub mod dkd;
 pub mod dtkd;
@@ -251,6 +252,7 @@ pub const REGISTRY: &[Entry] = &[
     entry::<dkd::Params>("dkd", "decoupled KD (Zhao et al. 2022): CE + α·TCKD + β·NCKD with warm-up"),
     entry::<dist::Params>("dist", "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation"),
     entry::<kd_curriculum::Params>("kd_curriculum", "KD whose temperature follows a fixed schedule over the first epochs (after CTKD's curriculum)"),
+    entry::<ctkd::Params>("ctkd", "curriculum temperature KD (Li et al., AAAI 2023): KD whose temperature τ = τ_min + τ_range·σ(θ) is learnt through a gradient reversal layer, its strength λ rising along a cosine over the first epochs"),
     entry::<ttm::Params>("ttm", "transformed teacher matching (Zheng & Yang, ICLR 2024): CE + β·KL(p(t/τ) ‖ p(s)), the temperature on the teacher only"),
     entry::<wttm::Params>("wttm", "weighted TTM (Zheng & Yang, ICLR 2024): TTM with each sample weighted by Σ_c p_t,c^(1/τ)"),
     entry::<normkd::Params>("normkd", "NormKD (Chi et al., arXiv 2023): KD with per-sample temperatures τ_norm·std of each network's logits"),

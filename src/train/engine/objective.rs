@@ -59,6 +59,11 @@ pub trait Objective {
     }
 }
 
+/// The name of the task term, the cross-entropy with the labels that every method names `ce`;
+/// every other term is distillation. DOT (`optimizer = "dot"`) gives the two their own momenta,
+/// so a method that wants its task loss treated as such names it `ce`.
+pub const TASK_TERM: &str = "ce";
+
 /// Mean cross-entropy over the batch (defined with the methods, which use it too).
 pub use crate::methods::common::cross_entropy;
 

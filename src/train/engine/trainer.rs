@@ -11,9 +11,9 @@ use crate::train::config::{self, TrainConfig};
 use crate::train::eval::{self, to_tensors};
 use crate::train::events::RunEvents;
 use crate::train::model::Model;
-use crate::train::objective::{Objective, StepInput};
+use crate::train::objective::{Objective, StepInput, TASK_TERM};
 use crate::train::run::{self, DataRecord, EpochMetrics, RunRecord, RunStatus};
-use crate::train::sgd::Sgd;
+use crate::train::sgd::{Optimizer, Sgd};
 use crate::util::fmt;
 use crate::util::progress;
 use anyhow::{bail, Context, Result};
@@ -117,6 +117,9 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
     })?;
     let mut opt = Sgd::new(&model.vs, cfg.momentum, cfg.nesterov, cfg.weight_decay)
         .with_vars(&method_vars, checkpoint::METHOD_PREFIX);
+    if cfg.optimizer == Optimizer::Dot {
+        opt = opt.with_dot(cfg.dot_delta);
+    }
     let last = dir.join("last.json");
     let mut history = vec![];
     if last.exists() {
@@ -441,7 +444,14 @@ fn train_epochs(
                 .reduce(|a, b| a + b)
                 .context("the objective returned no loss terms")?;
             opt.zero_grad();
-            let update = amp::backward(&loss, scaler.as_mut(), || opt.grads());
+            let update = if opt.is_dot() {
+                // DOT differentiates the task term and the distillation terms separately.
+                let (task, distill) = split_terms(&terms);
+                opt.backward_split(task.as_ref(), distill.as_ref(), scaler.as_ref().map_or(1.0, |s| s.scale));
+                scaler.as_mut().is_none_or(|s| s.unscale(&opt.grads()))
+            } else {
+                amp::backward(&loss, scaler.as_mut(), || opt.grads())
+            };
             let grad_norm = if !update {
                 // fp16 overflowed: the step is skipped, and its gradients are no measure of anything.
                 Tensor::from(0.0f64)
@@ -503,6 +513,15 @@ fn train_epochs(
         }
     }
     Ok(())
+}
+
+/// The task loss (the term named `objective::TASK_TERM`) and the distillation loss (the sum of
+/// every other term), as DOT separates them; None where there is no such term.
+fn split_terms(terms: &[(String, Tensor)]) -> (Option<Tensor>, Option<Tensor>) {
+    let sum = |task: bool| {
+        terms.iter().filter(|(k, _)| (k == TASK_TERM) == task).map(|(_, t)| t.shallow_clone()).reduce(|a, b| a + b)
+    };
+    (sum(true), sum(false))
 }
 
 /// An epoch's evaluation on the test set and, when there is one, the validation split.
@@ -585,12 +604,13 @@ fn save_epoch(cfg: &TrainConfig, dir: &Path, trainee: &Trainee, opt: &Sgd, histo
         best_test_acc: best.test_acc,
         best_epoch: best.epoch,
         optimizer: OptimizerMeta {
-            kind: "sgd".into(),
+            kind: cfg.optimizer.as_str().into(),
             lr: m.lr,
             momentum: cfg.momentum,
             nesterov: cfg.nesterov,
             weight_decay: cfg.weight_decay,
             has_momentum_buffers: false,
+            dot_delta: (cfg.optimizer == Optimizer::Dot).then_some(cfg.dot_delta),
         },
         history: history.to_vec(),
     };

@@ -1,11 +1,11 @@
-//! Checkpoints: the weights (and SGD momentum) in safetensors, and a JSON sidecar saying what they
+//! Checkpoints: the weights (and SGD's or DOT's momentum) in safetensors, and a JSON sidecar saying what they
 //! are — architecture, input shape, classes, epoch, optimiser settings, the metrics so far, and the
 //! weights' sha256. The sidecar is written after the weights and names their checksum, so a crash
 //! between the two writes is detected rather than mixing an old sidecar with new weights.
 use crate::data::{sha256_hex, Shape};
 use crate::train::model::Model;
 use crate::train::run::EpochMetrics;
-use crate::train::sgd::{Sgd, BUFFER_PREFIX};
+use crate::train::sgd::{Sgd, OPTIM_PREFIX};
 use crate::util::{atomic, sealed};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -26,8 +26,12 @@ pub struct OptimizerMeta {
     pub momentum: f64,
     pub nesterov: bool,
     pub weight_decay: f64,
-    /// Whether the momentum buffers are in the weights file (under `optim.momentum.`).
+    /// Whether the momentum buffers are in the weights file (under `optim.momentum.`, and DOT's
+    /// second set under `optim.momentum_distill.`).
     pub has_momentum_buffers: bool,
+    /// DOT's Δ (`kind` "dot"); absent for SGD, so earlier sidecars read back unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dot_delta: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -156,7 +160,7 @@ pub fn restore(json: &Path, model: &Model, method: &VarStore, opt: &mut Sgd) -> 
         }
         var.copy_(src);
     }
-    let optim: BTreeMap<String, Tensor> = tensors.into_iter().filter(|(k, _)| k.starts_with(BUFFER_PREFIX)).collect();
+    let optim: BTreeMap<String, Tensor> = tensors.into_iter().filter(|(k, _)| k.starts_with(OPTIM_PREFIX)).collect();
     opt.load_state(&optim, &json.display().to_string())?;
     Ok(meta)
 }
@@ -312,5 +316,24 @@ mod run_ref_tests {
         assert!(e.contains("runs/r56@epochX") && e.contains("best, last or epoch<N>"), "{e}");
         let e = format!("{:#}", resolve("runs/r56@latest").unwrap_err());
         assert!(e.contains("after '@'"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DOT's Δ came after checkpoints were written: an SGD sidecar serialises as before (no
+    /// `dot_delta`), and one written before reads back with none.
+    #[test]
+    fn optimizer_records_without_dot_read_back_unchanged() {
+        let sgd = crate::train::teacher::no_optimizer("sgd");
+        let v = serde_json::to_value(&sgd).unwrap();
+        assert!(v.get("dot_delta").is_none(), "{v}");
+        let old = r#"{"kind":"sgd","lr":0.05,"momentum":0.9,"nesterov":false,"weight_decay":0.0005,"has_momentum_buffers":true}"#;
+        let read: OptimizerMeta = serde_json::from_str(old).unwrap();
+        assert_eq!(read.dot_delta, None);
+        let dot = OptimizerMeta { kind: "dot".into(), dot_delta: Some(0.075), ..read };
+        assert_eq!(serde_json::to_value(&dot).unwrap()["dot_delta"], 0.075);
     }
 }

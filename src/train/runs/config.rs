@@ -84,6 +84,14 @@ pub struct TrainConfig {
     /// losses and evaluation stay float32 (`src/train/engine/amp.rs`).
     #[arg(long, value_enum)]
     pub amp: crate::train::amp::Amp,
+    /// The optimiser: sgd, or dot (the Distillation-Oriented Trainer, Zhao et al., ICCV 2023: the
+    /// task term `ce` and the distillation terms each with its own momentum, momentum ∓ dot_delta;
+    /// `src/train/engine/sgd.rs`).
+    #[arg(long, value_enum)]
+    pub optimizer: crate::train::sgd::Optimizer,
+    /// DOT's Δ (default 0.075, the authors' CIFAR-100 setting; read only with optimizer = dot).
+    #[arg(long)]
+    pub dot_delta: f64,
 }
 
 impl Default for TrainConfig {
@@ -109,6 +117,8 @@ impl Default for TrainConfig {
             val_per_class: 0,
             subset_seed: 0,
             amp: crate::train::amp::Amp::Off,
+            optimizer: crate::train::sgd::Optimizer::Sgd,
+            dot_delta: crate::train::sgd::DOT_DELTA,
         }
     }
 }
@@ -133,6 +143,15 @@ impl TrainConfig {
             "clip_grad_norm",
             "must be ≥ 0 (0: no clipping)",
         )?;
+        check(self.dot_delta >= 0.0 && self.dot_delta.is_finite(), "dot_delta", "must be ≥ 0")?;
+        if self.optimizer == crate::train::sgd::Optimizer::Dot {
+            check(!self.nesterov, "nesterov", "is not defined for optimizer = \"dot\"")?;
+            check(
+                self.dot_delta <= self.momentum && self.momentum + self.dot_delta < 1.0,
+                "dot_delta",
+                "must keep both of DOT's momenta, momentum − dot_delta and momentum + dot_delta, in [0, 1)",
+            )?;
+        }
         if let Some(m) = self.milestones.iter().find(|&&m| m == 0 || m >= self.epochs) {
             bail!("milestones: {m} is outside 1..{} (epochs = {})", self.epochs - 1, self.epochs);
         }
@@ -201,6 +220,12 @@ pub fn identity_of(mut v: serde_json::Value) -> serde_json::Value {
         // `amp` came later still; "off" is the float32 every earlier run trained in.
         if o.get("amp").and_then(serde_json::Value::as_str) == Some("off") {
             o.remove("amp");
+        }
+        // `optimizer` later again: "sgd" is what every earlier run trained with, and DOT's Δ means
+        // nothing without DOT (so an SGD run's id does not depend on it).
+        if o.get("optimizer").and_then(serde_json::Value::as_str).is_none_or(|v| v == "sgd") {
+            o.remove("optimizer");
+            o.remove("dot_delta");
         }
     }
     v
@@ -300,6 +325,31 @@ mod tests {
         assert!(e.contains("linear"), "{e}");
     }
 
+    /// `optimizer` and `dot_delta` came after runs were recorded: a record without them reads back
+    /// as SGD with the same identity, an SGD run's id ignores Δ, and a DOT run's id names both.
+    #[test]
+    fn the_optimizer_keys_leave_earlier_identities_alone() {
+        let base = TrainConfig { model: "resnet8".into(), ..Default::default() };
+        let mut old = serde_json::to_value(&base).unwrap();
+        old.as_object_mut().unwrap().retain(|k, _| k != "optimizer" && k != "dot_delta");
+        let read: TrainConfig = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(read, base);
+        assert_eq!(identity_of(old), base.identity());
+        assert!(base.identity().get("optimizer").is_none() && base.identity().get("dot_delta").is_none());
+        let sgd_other_delta = TrainConfig { dot_delta: 0.2, ..base.clone() };
+        assert_eq!(sgd_other_delta.identity(), base.identity());
+        let dot = TrainConfig { optimizer: crate::train::sgd::Optimizer::Dot, ..base.clone() };
+        assert_eq!(dot.identity()["optimizer"], "dot");
+        assert_eq!(dot.identity()["dot_delta"], 0.075);
+        let dot2 = TrainConfig { dot_delta: 0.05, ..dot.clone() };
+        assert_ne!(dot.identity(), base.identity());
+        assert_ne!(dot.identity(), dot2.identity());
+        let c: TrainConfig = from_table(table("model = 'resnet8'\noptimizer = 'dot'\ndot_delta = 0.09"), "t").unwrap();
+        assert_eq!((c.optimizer, c.dot_delta), (crate::train::sgd::Optimizer::Dot, 0.09));
+        let e = format!("{:#}", from_table::<TrainConfig>(table("optimizer = 'adam'"), "t").unwrap_err());
+        assert!(e.contains("adam"), "{e}");
+    }
+
     #[test]
     fn out_of_range_values_are_refused() {
         let base = TrainConfig { model: "resnet8".into(), ..Default::default() };
@@ -310,6 +360,9 @@ mod tests {
             (TrainConfig { momentum: 1.0, ..base.clone() }, "momentum"),
             (TrainConfig { milestones: vec![40], ..base.clone() }, "milestones"),
             (TrainConfig { model: "resnet9".into(), ..base.clone() }, "resnet9"),
+            (TrainConfig { dot_delta: -0.1, ..base.clone() }, "dot_delta"),
+            (TrainConfig { optimizer: crate::train::sgd::Optimizer::Dot, dot_delta: 0.2, ..base.clone() }, "dot_delta"),
+            (TrainConfig { optimizer: crate::train::sgd::Optimizer::Dot, nesterov: true, ..base.clone() }, "nesterov"),
         ] {
             let e = format!("{:#}", cfg.validate().unwrap_err());
             assert!(e.contains(key), "{e}");

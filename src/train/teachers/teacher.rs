@@ -209,6 +209,7 @@ pub(crate) fn no_optimizer(kind: &str) -> OptimizerMeta {
         nesterov: false,
         weight_decay: 0.0,
         has_momentum_buffers: false,
+        dot_delta: None,
     }
 }
 
