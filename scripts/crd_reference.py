@@ -104,12 +104,14 @@ def main():
 
     values = {k: float(v.real) for k, v in terms(x, a, fixed).items()}
     grads = {}
+    xc = {k: w.astype(np.complex128) for k, w in x.items()}
     for name, v in x.items():
         g = np.zeros(v.shape)
         for j in np.ndindex(v.shape):
-            xc = {k: w.astype(np.complex128) for k, w in x.items()}
+            # Perturbed in place and restored: adding and removing ih leaves the real part as is.
             xc[name][j] += 1j * H
             g[j] = total(xc, a, fixed).imag / H
+            xc[name][j] = x[name][j]
         grads[name] = g
     n = len(x["s"])
     out = {

@@ -471,6 +471,10 @@ fn crds_keys_reach_the_cli_and_study_grids() {
     let o = kdlab(&[&distill[..], &["--nce-m", "1"]].concat(), dir.path());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("nce_m must be in [0, 1), got 1"), "{e}");
+    let o = kdlab(&["distill", "--help"], dir.path());
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("crd: contrastive representation distillation (Tian et al., ICLR 2020)"), "{help}");
+    assert!(help.contains("--nce-k") && help.contains("--feat-dim"), "CRD's keys have their flags");
     let text = "data = 'fashion-mnist-mini'\nseeds = [0]\n[teachers]\nmodels = ['resnet8']\nepochs = 1\n\
                 [students]\nmodels = ['cnn_w1']\nepochs = 1\n[[methods]]\nname = 'crd'\nnce_t = [0.07, 0.1]\n";
     let s = kdlab::study::config::StudyConfig::from_table(text.parse().unwrap(), "s.toml", "s").unwrap();

@@ -375,13 +375,11 @@ pub struct LossArgs {
     pub method: MethodFlags,
 }
 
+/// The taps as a method reads them, their shapes, and each tap's tensor by name (for its gradient).
+type ReadTaps = (crate::models::Taps, crate::models::taps::TapShapes, Vec<(String, Tensor)>);
+
 /// Taps given as NAME=FILE.npy, each with `n` rows, in the dtype of the logits (f64).
-fn read_taps(
-    given: &[String],
-    n: usize,
-    flag: &str,
-    grad: bool,
-) -> Result<(crate::models::Taps, crate::models::taps::TapShapes, Vec<(String, Tensor)>)> {
+fn read_taps(given: &[String], n: usize, flag: &str, grad: bool) -> Result<ReadTaps> {
     let mut names = vec![];
     let mut tensors = vec![];
     for g in given {

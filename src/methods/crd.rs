@@ -257,7 +257,7 @@ impl Negatives {
         for &c in labels {
             count[c as usize] += 1;
         }
-        if count.iter().any(|&c| c == samples) {
+        if count.contains(&samples) {
             bail!("CRD draws its negatives from the other classes, and the training set has a single class");
         }
         Ok(Negatives { labels: labels.to_vec(), count })
