@@ -13,7 +13,7 @@ one column is perturbed in all rows at once (C evaluations, not N·C). Every fun
 written so that it accepts complex logits (max and argmax read the real part; the standard
 deviation is the square root of a complex mean of squares, not NumPy's std, which takes |z|).
 
-ctkd's trainable temperature parameter theta gets "module_grads": {"theta": [g]}, the gradient the
+ctkd's trainable temperature parameter theta gets "var_grad": {"theta": [g]}, the gradient the
 optimiser sees through the gradient reversal layer: g = -lambda * d(total)/d(theta), the derivative
 again by complex step (theta + ih), lambda from the cosine curriculum at the epoch.
 """
@@ -148,7 +148,7 @@ def main():
     if a.method == "ctkd":
         theta = ctkd_theta(a) + 1j * H
         d_theta = sum(v.mean() for v in terms(a.method, s, t, y, a, theta).values()).imag / H
-        res["module_grads"] = {"theta": [-ctkd_lambda(a) * d_theta]}
+        res["var_grad"] = {"theta": [-ctkd_lambda(a) * d_theta]}
     print(json.dumps(res))
 
 

@@ -2,6 +2,9 @@
 //! module optimised and checkpointed with the student, a killed run resumes bit-identically (the
 //! regressor, its BatchNorm statistics and its momentum included), a pairing without the tap is
 //! refused by name, and its keys reach the CLI, `kdlab loss` and study grids from its file alone.
+//! And with CRD: memory banks and Z as state, the batch's sample indices and seeded negatives
+//! (a killed run resumes bit-identically), and its loss and every gradient against the float64
+//! reference `scripts/crd_reference.py`.
 use kdlab::data::{self, Dataset};
 use kdlab::methods::{self, REGISTRY};
 use kdlab::train::checkpoint;
@@ -36,13 +39,25 @@ fn quiet(dir: &Path, kind: &str) -> RunOptions {
 }
 
 fn numbers(h: &[EpochMetrics]) -> Vec<(usize, f64, f64, f64, f64)> {
-    h.iter().map(|m| (m.epoch, m.train_loss, m.test_acc, m.terms["ce"], m.terms["feat"])).collect()
+    numbers_of(h, "feat")
+}
+
+fn numbers_of(h: &[EpochMetrics], term: &str) -> Vec<(usize, f64, f64, f64, f64)> {
+    h.iter().map(|m| (m.epoch, m.train_loss, m.test_acc, m.terms["ce"], m.terms[term])).collect()
 }
 
 fn fitnet(teacher: &Path, params: &str) -> Distill {
+    distiller("fitnet", teacher, params)
+}
+
+fn distiller(method: &str, teacher: &Path, params: &str) -> Distill {
     let t = Teacher::load(teacher.to_str().unwrap(), Device::Cpu).unwrap();
-    let m = methods::MethodSpec::parse("fitnet", params.parse().unwrap()).unwrap();
+    let m = methods::MethodSpec::parse(method, params.parse().unwrap()).unwrap();
     Distill::new(t, &m, None).unwrap()
+}
+
+fn src_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
 fn kdlab(args: &[&str], cwd: &Path) -> Output {
@@ -105,17 +120,27 @@ fn fitnets_keys_reach_the_cli_loss_and_study_grids_from_its_file_alone() {
     let entry = methods::entry_of("fitnet").unwrap();
     let others: Vec<&str> = REGISTRY.iter().filter(|e| e.name != "fitnet").flat_map(|e| e.keys().to_vec()).collect();
     let own: Vec<&str> = entry.keys().iter().copied().filter(|k| !others.contains(k)).collect();
-    assert!(own.contains(&"hint") && own.contains(&"feat_weight"), "{own:?}");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    assert!(own.contains(&"hint"), "{own:?}");
+    // feat_weight is also CRD's (mdistiller's name for both): each method's own file may name it.
+    let takes = |k: &str| -> Vec<std::path::PathBuf> {
+        REGISTRY
+            .iter()
+            .filter(|e| e.keys().contains(&k))
+            .map(|e| src_dir().join(format!("methods/{}.rs", e.name)))
+            .collect()
+    };
+    let src = src_dir();
     let mut stack = vec![src.clone()];
     while let Some(d) = stack.pop() {
         for f in std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()) {
             if f.is_dir() {
                 stack.push(f);
-            } else if f != src.join("methods/fitnet.rs") {
+            } else {
                 let text = std::fs::read_to_string(&f).unwrap();
-                for k in ["feat_weight", "\"hint\""] {
-                    assert!(!text.contains(k), "{} names {k}: FitNet's keys belong in its file", f.display());
+                for (k, key) in [("feat_weight", "feat_weight"), ("\"hint\"", "hint")] {
+                    if !takes(key).contains(&f) {
+                        assert!(!text.contains(k), "{} names {k}: a method's keys belong in its file", f.display());
+                    }
                 }
             }
         }
@@ -299,4 +324,313 @@ fn ctkd_and_dot_keys_reach_the_cli_and_study_grids() {
         runs.iter().find(|r| r.kind == kdlab::study::plan::Kind::Teacher).unwrap().id.clone()
     };
     assert_eq!(teacher(&sgd), teacher(&dot));
+}
+
+// ---- CRD --------------------------------------------------------------------------------------
+
+#[test]
+fn crd_keeps_its_banks_and_z_as_state_and_resumes_bit_identically() {
+    let _turn = serial();
+    let data = small_data();
+    let t = tempfile::tempdir().unwrap();
+    train(&cfg("resnet8", 1), &data, &mut CrossEntropy, &quiet(t.path(), "train")).unwrap();
+
+    // The authors' defaults, K = 16384 included: on 600 samples the negatives are drawn with
+    // replacement from the ~540 of other classes, as the authors' sampler does.
+    let c = cfg("cnn_w1", 3);
+    let crd = || distiller("crd", t.path(), "");
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let full = train(&c, &data, &mut crd(), &quiet(a.path(), "distill")).unwrap();
+    let stop = RunOptions { stop_after: Some(1), ..quiet(b.path(), "distill") };
+    train(&c, &data, &mut crd(), &stop).unwrap();
+    let resumed = train(&c, &data, &mut crd(), &quiet(b.path(), "distill")).unwrap();
+    assert_eq!(resumed.resumed_at, 1);
+    assert_eq!(numbers_of(&full.history, "crd"), numbers_of(&resumed.history, "crd"));
+    let sha = |d: &Path| checkpoint::read_meta(&d.join("last.json")).unwrap().weights_sha256;
+    assert_eq!(sha(a.path()), sha(b.path()), "student, heads, banks, Z and momentum identical after resume");
+    // Z is estimated once: every epoch reports the same constants.
+    let z: Vec<String> = full.history.iter().map(|m| m.extra.as_ref().unwrap()["crd"].to_string()).collect();
+    assert!(z.iter().all(|v| *v == z[0]), "{z:?}");
+
+    // The heads and their momentum, the banks and Z are in the checkpoint. Every training
+    // sample's row was updated, so every row is a unit vector (the initial rows are not), and Z
+    // was estimated (−1 until then).
+    let meta = checkpoint::read_meta(&a.path().join("last.json")).unwrap();
+    let saved = checkpoint::read_tensors(&a.path().join("last.json"), &meta).unwrap();
+    for key in ["method.embed_s.weight", "method.embed_t.bias", "optim.momentum.method.embed_t.weight"] {
+        assert!(saved.contains_key(key), "{key} missing from {:?}", saved.keys().collect::<Vec<_>>());
+    }
+    for bank in ["method.bank_s", "method.bank_t"] {
+        let norms = saved[bank].square().sum_dim_intlist(1, false, tch::Kind::Double).sqrt();
+        assert_eq!(norms.size(), [600]);
+        let off = (norms - 1.0).abs().max().double_value(&[]);
+        assert!(off < 1e-5, "{bank}: a row's norm is {off} from 1");
+    }
+    let z = Vec::<f64>::try_from(saved["method.z"].to_kind(tch::Kind::Double)).unwrap();
+    assert!(z.iter().all(|&v| v > 0.0), "{z:?}");
+    // Another seed draws other negatives (and other initial banks): other numbers.
+    let other = tempfile::tempdir().unwrap();
+    let o = train(&TrainConfig { seed: 4, ..cfg("cnn_w1", 1) }, &data, &mut crd(), &quiet(other.path(), "distill"));
+    assert_ne!(o.unwrap().history[0].terms["crd"], full.history[0].terms["crd"]);
+}
+
+fn normal(r: &mut kdlab::util::rng::Rng) -> f64 {
+    let (u, v) = (1.0 - r.unit(), r.unit());
+    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+}
+
+fn python() -> Option<std::path::PathBuf> {
+    let venv = std::env::var("KDLAB_TORCH_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/kdlab-torch-venv", std::env::var("HOME").unwrap_or_default()));
+    let py = Path::new(&venv).join("bin/python");
+    py.exists().then_some(py)
+}
+
+/// |a − b| relative to |b|, with a floor at 10⁻⁹ of the largest |b| of the set.
+fn worst_rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-9 * scale)).fold(0.0, f64::max)
+}
+
+fn flat(v: &serde_json::Value) -> Vec<f64> {
+    match v {
+        serde_json::Value::Array(a) => a.iter().flat_map(flat).collect(),
+        v => vec![v.as_f64().unwrap()],
+    }
+}
+
+fn json_of(cmd: &mut Command, what: &str) -> serde_json::Value {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// One CRD case's files: logits, labels, both embeddings, the batch's indices into a bank of
+/// `samples` rows, K negatives per sample, both heads and both banks (unit rows, as trained banks
+/// are), and Z where given. Returns the --method-var arguments.
+#[allow(clippy::too_many_arguments)]
+fn write_crd_case(
+    dir: &Path,
+    seed: u64,
+    (n, c, ds, dt): (usize, usize, usize, usize),
+    feat_dim: usize,
+    samples: usize,
+    k: usize,
+    z: Option<[f64; 2]>,
+) -> Vec<String> {
+    let mut r = kdlab::util::rng::Rng::new(seed);
+    let mut f = |len: usize, scale: f64| -> Vec<f64> { (0..len).map(|_| scale * normal(&mut r)).collect() };
+    let f64s = |name: &str, shape: &[usize], v: &[f64]| {
+        let v32: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        // float32 files: both sides read the same rounded values, in float64.
+        data::npy::write_f32(&dir.join(name), shape, &v32).unwrap();
+    };
+    f64s("s.npy", &[n, c], &f(n * c, 2.0));
+    f64s("t.npy", &[n, c], &f(n * c, 2.0));
+    f64s("fs.npy", &[n, ds], &f(n * ds, 1.0));
+    f64s("ft.npy", &[n, dt], &f(n * dt, 1.0));
+    f64s("ws.npy", &[feat_dim, ds], &f(feat_dim * ds, 0.5));
+    f64s("bs.npy", &[feat_dim], &f(feat_dim, 0.2));
+    f64s("wt.npy", &[feat_dim, dt], &f(feat_dim * dt, 0.5));
+    f64s("bt.npy", &[feat_dim], &f(feat_dim, 0.2));
+    for bank in ["bank_s.npy", "bank_t.npy"] {
+        let mut v = f(samples * feat_dim, 1.0);
+        for row in v.chunks_mut(feat_dim) {
+            let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+            row.iter_mut().for_each(|x| *x /= norm);
+        }
+        f64s(bank, &[samples, feat_dim], &v);
+    }
+    let mut r = kdlab::util::rng::Rng::new(seed + 100);
+    let labels: Vec<i64> = (0..n).map(|_| r.below(c as u64) as i64).collect();
+    data::npy::write_i64(&dir.join("y.npy"), &[n], &labels).unwrap();
+    // Distinct bank rows for the batch, and negatives anywhere in the bank (the loss does not
+    // care where they come from).
+    let mut rows: Vec<i64> = (0..samples as i64).collect();
+    r.shuffle(&mut rows);
+    data::npy::write_i64(&dir.join("idx.npy"), &[n], &rows[..n]).unwrap();
+    let neg: Vec<i64> = (0..n * k).map(|_| r.below(samples as u64) as i64).collect();
+    data::npy::write_i64(&dir.join("neg.npy"), &[n, k], &neg).unwrap();
+    let mut vars: Vec<String> = [
+        "embed_s.weight=ws.npy",
+        "embed_s.bias=bs.npy",
+        "embed_t.weight=wt.npy",
+        "embed_t.bias=bt.npy",
+        "bank_s=bank_s.npy",
+        "bank_t=bank_t.npy",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(z) = z {
+        f64s("z.npy", &[2], &z);
+        vars.push("z=z.npy".into());
+    }
+    vars
+}
+
+/// The must-show check: CRD's terms, total, and the gradients with respect to the student's
+/// logits, its embedding and both heads' parameters, against the float64 reference to 1e-6.
+#[test]
+fn crd_loss_and_gradients_match_the_float64_reference() {
+    let Some(py) = python() else {
+        eprintln!("skipping: no NumPy environment");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/crd_reference.py");
+    // (seed, (N, C, D_s, D_t), feat_dim, samples, K, Z given, kdlab-only flags, flags both take)
+    type Case<'a> =
+        (u64, (usize, usize, usize, usize), usize, usize, usize, Option<[f64; 2]>, &'a [&'a str], &'a [&'a str]);
+    let cases: &[Case] = &[
+        // The authors' defaults (feat_dim 128, τ = 0.07), Z estimated from the batch.
+        (21, (24, 10, 12, 20), 128, 40, 16, None, &[], &[]),
+        // Other weights and temperature, Z given, K above the bank's rows (repeats).
+        (
+            22,
+            (7, 3, 5, 9),
+            8,
+            30,
+            45,
+            Some([25.0, 60.0]),
+            &["--feat-dim", "8"],
+            &["--nce-t", "0.5", "--ce-weight", "0.5", "--feat-weight", "2"],
+        ),
+        // One negative, a wide bank.
+        (23, (5, 4, 6, 6), 16, 200, 1, None, &["--feat-dim", "16"], &["--nce-t", "0.2"]),
+    ];
+    let mut worst = 0f64;
+    for (seed, shape, feat_dim, samples, k, z, ours_only, both) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = write_crd_case(dir.path(), *seed, *shape, *feat_dim, *samples, *k, *z);
+        let samples = samples.to_string();
+        let mut common = vec![
+            "--student",
+            "s.npy",
+            "--labels",
+            "y.npy",
+            "--student-tap",
+            "embedding=fs.npy",
+            "--teacher-tap",
+            "embedding=ft.npy",
+            "--indices",
+            "idx.npy",
+            "--negatives",
+            "neg.npy",
+            "--samples",
+            &samples,
+        ];
+        for v in &vars {
+            common.extend(["--method-var", v.as_str()]);
+        }
+        common.extend(both.iter());
+        let what = format!("case {seed}");
+        let ours = json_of(
+            Command::new(env!("CARGO_BIN_EXE_kdlab"))
+                .args(["loss", "--method", "crd", "--teacher", "t.npy", "--json", "--grad"])
+                .args(&common)
+                .args(*ours_only)
+                .current_dir(dir.path()),
+            &what,
+        );
+        let theirs = json_of(Command::new(&py).arg(&script).args(&common).current_dir(dir.path()), &what);
+        let mut pairs = vec![];
+        for k in ["ce", "crd"] {
+            pairs.push((
+                format!("term {k}"),
+                vec![ours["terms"][k].as_f64().unwrap()],
+                vec![theirs["terms"][k].as_f64().unwrap()],
+            ));
+        }
+        pairs.push(("total".into(), flat(&ours["total"]), flat(&theirs["total"])));
+        pairs.push(("grad".into(), flat(&ours["grad"]), flat(&theirs["grad"])));
+        pairs.push(("tap_grad".into(), flat(&ours["tap_grad"]["embedding"]), flat(&theirs["tap_grad"]["embedding"])));
+        for v in ["embed_s.weight", "embed_s.bias", "embed_t.weight", "embed_t.bias"] {
+            pairs.push((v.into(), flat(&ours["var_grad"][v]), flat(&theirs["var_grad"][v])));
+        }
+        for (name, a, b) in pairs {
+            let d = worst_rel(&a, &b);
+            assert!(d <= 1e-6, "{what}, {name}: worst relative difference {d:e}");
+            assert!(b.iter().any(|&x| x != 0.0), "{what}, {name}: a reference of zeros checks nothing");
+            worst = worst.max(d);
+        }
+        assert_eq!(ours["hyper"]["nce_k"], 16384, "given negatives set K; the key keeps its value");
+    }
+    println!("worst relative difference over every case, term and gradient entry: {worst:e}");
+}
+
+/// `kdlab loss --method crd` without given negatives draws them from the batch's labels with
+/// `--draw-seed`: the same seed gives the same loss, another seed another; a bank larger than
+/// the batch has unlabelled rows, and is refused without negatives.
+#[test]
+fn crd_draws_its_negatives_from_the_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_crd_case(dir.path(), 31, (20, 4, 6, 8), 128, 20, 5, None);
+    let base = [
+        "loss",
+        "--method",
+        "crd",
+        "--student",
+        "s.npy",
+        "--teacher",
+        "t.npy",
+        "--labels",
+        "y.npy",
+        "--student-tap",
+        "embedding=fs.npy",
+        "--teacher-tap",
+        "embedding=ft.npy",
+        "--json",
+        "--nce-k",
+        "8",
+    ];
+    let crd = |extra: &[&str]| {
+        let o = kdlab(&[&base[..], extra].concat(), dir.path());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["terms"]["crd"].as_f64().unwrap()
+    };
+    let (a, b, c) = (crd(&["--draw-seed", "1"]), crd(&["--draw-seed", "1"]), crd(&["--draw-seed", "2"]));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    let o = kdlab(&[&base[..], &["--samples", "50"]].concat(), dir.path());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("give --negatives"), "{e}");
+}
+
+/// CRD's keys reach `kdlab distill` and study grids; a pairing without the tap is refused by
+/// name (every zoo model has `embedding`; a TorchScript teacher has no taps, tests/torchscript.rs
+/// runs that through `kdlab distill`).
+#[test]
+fn crds_keys_reach_the_cli_and_study_grids() {
+    let dir = tempfile::tempdir().unwrap();
+    let distill = ["distill", "--teacher", "no-such-run", "--student", "cnn_w1", "--method", "crd"];
+    let o = kdlab(&[&distill[..], &["--nce-m", "1"]].concat(), dir.path());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("nce_m must be in [0, 1), got 1"), "{e}");
+    let o = kdlab(&["distill", "--help"], dir.path());
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("crd: contrastive representation distillation (Tian et al., ICLR 2020)"), "{help}");
+    assert!(help.contains("--nce-k") && help.contains("--feat-dim"), "CRD's keys have their flags");
+    let text = "data = 'fashion-mnist-mini'\nseeds = [0]\n[teachers]\nmodels = ['resnet8']\nepochs = 1\n\
+                [students]\nmodels = ['cnn_w1']\nepochs = 1\n[[methods]]\nname = 'crd'\nnce_t = [0.07, 0.1]\n";
+    let s = kdlab::study::config::StudyConfig::from_table(text.parse().unwrap(), "s.toml", "s").unwrap();
+    let runs = kdlab::study::plan::expand(&s, Path::new("/tmp/unused")).unwrap();
+    let taus: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.kind == kdlab::study::plan::Kind::Student)
+        .map(|r| r.hyper["nce_t"].as_f64().unwrap())
+        .collect();
+    assert_eq!(taus, [0.07, 0.1]);
+    let m = methods::build("crd", &methods::Table::new()).unwrap();
+    let need = m.taps();
+    assert_eq!(
+        (need.student.as_slice(), need.teacher.as_slice()),
+        (&["embedding".to_string()][..], &["embedding".to_string()][..])
+    );
+    let e = kdlab::train::distill::check_taps("crd", "teacher model.pt (TorchScript)", &[], &need.teacher).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("method 'crd' needs tap 'embedding' of teacher model.pt (TorchScript), which exposes no taps"),
+        "{e}"
+    );
 }

@@ -271,7 +271,8 @@ fn gradients_match_finite_differences() {
         let mut m = methods::build(name, &prm).unwrap();
         // The contract: setup before the first step (CTKD creates its temperature parameter there).
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let setup = methods::Setup { vars: vs.root(), student: &[], teacher: &[], classes: C, samples: N };
+        let setup =
+            methods::Setup { vars: vs.root(), student: &[], teacher: &[], classes: C, samples: N, labels: None };
         m.setup(&setup).unwrap();
         let total = |sv: &Tensor, m: &mut Box<dyn methods::Method>| -> Tensor {
             m.terms(&LossInput::logits(sv, &t(&te), &y, 10.0)).into_iter().map(|(_, v)| v).reduce(|a, b| a + b).unwrap()

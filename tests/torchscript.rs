@@ -102,6 +102,13 @@ fn torchscript_teachers_give_pytorchs_logits_and_teach() {
     assert_eq!(rec["extra"]["teacher"]["input_norm"]["from"], "flags");
     assert_eq!(rec["extra"]["teacher"]["input_norm"]["mean"][0], 0.5);
     assert!(rec["final_test_acc"].as_f64().is_some_and(|a| a > 0.0), "{rec}");
+    // A feature method reads the teacher's taps, which a TorchScript program does not expose:
+    // refused before training, naming the method, the tap and the teacher.
+    let o = kdlab(&[&distill[..], &ds, &["--method", "crd", "--out", "runs/crd"]].concat(), d);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(err.contains("method 'crd' needs tap 'embedding' of teacher"), "{err}");
+    assert!(err.contains("which exposes no taps"), "{err}");
 
     // A changed file is a changed teacher: a run from the old file is not resumed with it, and
     // its cache is another file.

@@ -308,7 +308,8 @@ pub(crate) struct LossArgs {
     pub per_sample: bool,
     /// Add the gradient of the total loss with respect to the student's logits ("grad": N rows of
     /// C values), in the logits' dtype (float64 for a float64 file), for reference checks; and,
-    /// for a method with trainable modules, the gradient that reaches each ("module_grads").
+    /// for a feature method, with respect to each student tap ("tap_grad": NAME → N rows) and
+    /// each trainable module's parameters ("var_grad": NAME → values, row-major).
     #[arg(long)]
     pub grad: bool,
     #[arg(long)]
@@ -324,13 +325,34 @@ pub(crate) struct LossArgs {
     /// with this seed initialises them.
     #[arg(long = "modules-seed", default_value_t = 0)]
     pub modules_seed: u64,
+    /// (N,) integer: each sample's index in the training set, the rows of a memory bank that are
+    /// the batch's (CRD); default 0..N.
+    #[arg(long)]
+    pub indices: Option<PathBuf>,
+    /// The training set's size, a memory bank's rows (default: N, or the largest index + 1).
+    /// Rows no batch sample covers have no label: give --negatives then.
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// (N, K) integer: each sample's negatives (CRD), given instead of drawn.
+    #[arg(long)]
+    pub negatives: Option<PathBuf>,
+    /// The seed of the method's random draws (CRD's negatives), where they are not given.
+    #[arg(long = "draw-seed", default_value_t = 0)]
+    pub draw_seed: u64,
+    /// Sets a method variable after setup, NAME=FILE.npy (CRD's `bank_s`, `embed_s.weight`, `z`;
+    /// the names `--grad`'s "var_grad" lists, and any state), for reference checks.
+    #[arg(long = "method-var", value_name = "NAME=FILE")]
+    pub method_vars: Vec<String>,
     /// Last: its per-key flags leave out names the command's other flags already have.
     #[command(flatten)]
     pub method: MethodFlags,
 }
 
+/// The taps as a method reads them, their shapes, and each tap's tensor by name (for its gradient).
+type ReadTaps = (crate::models::Taps, crate::models::taps::TapShapes, Vec<(String, Tensor)>);
+
 /// Taps given as NAME=FILE.npy, each with `n` rows, in the dtype of the logits (f64).
-fn read_taps(given: &[String], n: usize, flag: &str) -> Result<(crate::models::Taps, crate::models::taps::TapShapes)> {
+fn read_taps(given: &[String], n: usize, flag: &str, grad: bool) -> Result<ReadTaps> {
     let mut names = vec![];
     let mut tensors = vec![];
     for g in given {
@@ -345,14 +367,67 @@ fn read_taps(given: &[String], n: usize, flag: &str) -> Result<(crate::models::T
         }
         let shape: Vec<i64> = a.shape.iter().map(|&d| d as i64).collect();
         names.push(name.to_string());
-        tensors.push((name.to_string(), Tensor::from_slice(&v).view(shape.as_slice())));
+        tensors.push((name.to_string(), Tensor::from_slice(&v).view(shape.as_slice()).set_requires_grad(grad)));
     }
     let mut taps = crate::models::Taps::only(&names);
     let shapes = tensors.iter().map(|(n, t)| (n.clone(), t.size()[1..].to_vec())).collect();
     for (name, t) in &tensors {
         taps.put(name, t);
     }
-    Ok((taps, shapes))
+    Ok((taps, shapes, tensors))
+}
+
+/// An integer .npy file of `rows` rows (indices, negatives), as an int64 tensor of its shape.
+fn read_index_file(p: &Path, rows: usize, what: &str) -> Result<Tensor> {
+    let a = npy::read(p)?;
+    let v = a.to_i64(p)?;
+    if a.shape.first() != Some(&rows) {
+        bail!("{}: {what} has shape {:?}; its first dimension must be the {rows} samples", p.display(), a.shape);
+    }
+    if let Some(i) = v.iter().position(|&x| x < 0) {
+        bail!("{}: {what} holds {} at element {i}; indices are ≥ 0", p.display(), v[i]);
+    }
+    let shape: Vec<i64> = a.shape.iter().map(|&d| d as i64).collect();
+    Ok(Tensor::from_slice(&v).view(shape.as_slice()))
+}
+
+/// The bank's size and each row's label, from the batch's indices and labels: None where a row is
+/// not one of the batch's samples (then the negatives must be given).
+fn bank_labels(indices: &[i64], labels: &[i64], samples: Option<usize>) -> Result<(usize, Option<Vec<u16>>)> {
+    let need = indices.iter().map(|&i| i as usize + 1).max().unwrap_or(0).max(indices.len());
+    let samples = samples.unwrap_or(need);
+    if samples < need {
+        bail!("--samples {samples}: the indices need a bank of at least {need} rows");
+    }
+    let mut row = vec![None; samples];
+    for (&i, &y) in indices.iter().zip(labels) {
+        if row[i as usize].is_some_and(|c| c != y as u16) {
+            bail!("index {i} appears twice with different labels");
+        }
+        row[i as usize] = Some(y as u16);
+    }
+    Ok((samples, row.into_iter().collect()))
+}
+
+/// Sets method variables from NAME=FILE.npy (shapes must match), after setup.
+fn set_method_vars(vars: &tch::nn::VarStore, given: &[String]) -> Result<()> {
+    let all = vars.variables();
+    for g in given {
+        let Some((name, file)) = g.split_once('=') else { bail!("--method-var {g}: write NAME=FILE.npy") };
+        let Some(var) = all.get(name) else {
+            let mut names: Vec<&String> = all.keys().collect();
+            names.sort();
+            bail!("--method-var {name}: the method has no variable {name} (it has: {names:?})")
+        };
+        let a = npy::read(Path::new(file))?;
+        let v = a.to_f64(Path::new(file))?;
+        let shape: Vec<i64> = a.shape.iter().map(|&d| d as i64).collect();
+        if shape != var.size() {
+            bail!("{file}: method variable {name} has shape {:?}, the file {shape:?}", var.size());
+        }
+        tch::no_grad(|| var.shallow_clone().copy_(&Tensor::from_slice(&v).view(shape.as_slice())));
+    }
+    Ok(())
 }
 
 fn logits_tensor(p: &Path) -> Result<(usize, usize, Tensor)> {
@@ -384,11 +459,24 @@ pub fn loss(a: LossArgs) -> Result<()> {
     let epoch = a.epoch.unwrap_or_else(|| method.settled_epoch());
     // A feature method reads taps and may own modules: built here as a run builds them (in f64,
     // the dtype of the inputs), from the seed a run would use.
-    let (student_taps, s_shapes) = read_taps(&a.student_taps, ns, "--student-tap")?;
-    let (teacher_taps, t_shapes) = read_taps(&a.teacher_taps, ns, "--teacher-tap")?;
+    let (student_taps, s_shapes, s_tensors) = read_taps(&a.student_taps, ns, "--student-tap", a.grad)?;
+    let (teacher_taps, t_shapes, _) = read_taps(&a.teacher_taps, ns, "--teacher-tap", false)?;
     let needs = method.taps();
     distill::check_taps(&name, "--student-tap", &s_shapes, &needs.student)?;
     distill::check_taps(&name, "--teacher-tap", &t_shapes, &needs.teacher)?;
+    // A memory bank's rows: the batch's samples by default (indices 0..N), labelled by the batch.
+    let indices = match &a.indices {
+        Some(p) => read_index_file(p, ns, "--indices")?.view(-1),
+        None => Tensor::arange(ns as i64, (Kind::Int64, tch::Device::Cpu)),
+    };
+    let (samples, bank_labels) = bank_labels(&Vec::<i64>::try_from(&indices)?, &y, a.samples)?;
+    let negatives = a.negatives.as_ref().map(|p| read_index_file(p, ns, "--negatives")).transpose()?;
+    if let Some(i) = negatives.as_ref().map(|t| t.max().int64_value(&[])).filter(|&i| i as usize >= samples) {
+        bail!("--negatives: index {i} is outside the bank's {samples} rows (--samples)");
+    }
+    if bank_labels.is_none() && negatives.is_none() && !needs.is_empty() {
+        bail!("--samples {samples}: bank rows that no sample of the batch covers have no label, and negatives are drawn by label: give --negatives");
+    }
     let mut vars = tch::nn::VarStore::new(tch::Device::Cpu);
     crate::train::model::seeded(a.modules_seed, crate::util::rng::stream::METHOD_INIT, || {
         method.setup(&methods::Setup {
@@ -396,14 +484,21 @@ pub fn loss(a: LossArgs) -> Result<()> {
             student: &s_shapes,
             teacher: &t_shapes,
             classes: cs,
-            samples: ns,
+            samples,
+            labels: bank_labels.as_deref(),
         })
     })?;
     vars.double();
+    set_method_vars(&vars, &a.method_vars)?;
     let s = s.set_requires_grad(a.grad);
-    let mut input = LossInput::logits(&s, &t, &labels, epoch);
-    input.student_taps = Some(&student_taps);
-    input.teacher_taps = Some(&teacher_taps);
+    let input = LossInput {
+        student_taps: Some(&student_taps),
+        teacher_taps: Some(&teacher_taps),
+        indices: Some(&indices),
+        draw_seed: a.draw_seed,
+        negatives: negatives.as_ref(),
+        ..LossInput::logits(&s, &t, &labels, epoch)
+    };
     let terms = method.terms(&input);
     let values: Vec<(String, f64)> =
         terms.iter().map(|(k, v)| (k.clone(), v.to_kind(Kind::Double).double_value(&[]))).collect();
@@ -424,18 +519,27 @@ pub fn loss(a: LossArgs) -> Result<()> {
         total.backward();
         let g = Vec::<f64>::try_from(s.grad().to_kind(Kind::Double).view(-1))?;
         out["grad"] = serde_json::json!(g.chunks(cs.max(1)).collect::<Vec<_>>());
-        // A method's trainable modules (CTKD's θ, FitNet's regressor): the gradient that reaches
-        // each, flattened, as the optimiser would see it (CTKD's through its reversal layer).
-        let mut module_grads = serde_json::Map::new();
-        for (k, v) in vars.variables() {
-            let g = v.grad();
-            if v.requires_grad() && g.defined() {
-                module_grads
-                    .insert(k, serde_json::json!(Vec::<f64>::try_from(g.to_kind(Kind::Double).flatten(0, -1))?));
-            }
+        let values = |t: &Tensor| -> Result<Vec<f64>> {
+            // A tensor the loss does not reach has no gradient: zeros.
+            let g = t.grad();
+            let g = if g.defined() { g } else { t.zeros_like() };
+            Ok(Vec::<f64>::try_from(g.to_kind(Kind::Double).view(-1))?)
+        };
+        let mut taps = serde_json::Map::new();
+        for (k, t) in &s_tensors {
+            let g = values(t)?;
+            let row = g.len() / ns.max(1);
+            taps.insert(k.clone(), serde_json::json!(g.chunks(row.max(1)).collect::<Vec<_>>()));
         }
-        if !module_grads.is_empty() {
-            out["module_grads"] = serde_json::Value::Object(module_grads);
+        let mut var_grads = serde_json::Map::new();
+        for (k, t) in vars.variables().into_iter().filter(|(_, t)| t.requires_grad()) {
+            var_grads.insert(k, serde_json::json!(values(&t)?));
+        }
+        if !taps.is_empty() {
+            out["tap_grad"] = taps.into();
+        }
+        if !var_grads.is_empty() {
+            out["var_grad"] = var_grads.into();
         }
     }
     if a.json {

@@ -145,7 +145,7 @@ mod tests {
     fn built(p: Params) -> (Box<dyn Method>, nn::VarStore) {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let mut m = p.build().unwrap();
-        m.setup(&Setup { vars: vs.root(), student: &[], teacher: &[], classes: 3, samples: 2 }).unwrap();
+        m.setup(&Setup { vars: vs.root(), student: &[], teacher: &[], classes: 3, samples: 2, labels: None }).unwrap();
         vs.double();
         (m, vs)
     }

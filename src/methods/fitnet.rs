@@ -143,7 +143,15 @@ mod tests {
         let mut m = Params { hint: "embedding".into(), ..Default::default() }.build().unwrap();
         let shapes_s = [("embedding".to_string(), vec![ds as i64])];
         let shapes_t = [("embedding".to_string(), vec![dt as i64])];
-        m.setup(&Setup { vars: vs.root(), student: &shapes_s, teacher: &shapes_t, classes: 3, samples: n }).unwrap();
+        m.setup(&Setup {
+            vars: vs.root(),
+            student: &shapes_s,
+            teacher: &shapes_t,
+            classes: 3,
+            samples: n,
+            labels: None,
+        })
+        .unwrap();
         let mut vs = vs;
         vs.double();
         let vars = vs.variables();

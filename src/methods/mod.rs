@@ -7,6 +7,7 @@
 pub mod ats;
 pub mod ce;
 pub mod common;
+pub mod crd;
 pub mod ctkd;
 pub mod dist;
 pub mod dkd;
@@ -44,12 +45,34 @@ pub struct LossInput<'a> {
     pub student_taps: Option<&'a Taps>,
     /// The teacher's taps that `Method::taps` asked for (without gradient).
     pub teacher_taps: Option<&'a Taps>,
+    /// Each sample's index in the training set, (N,) int64 on the CPU (host-side, so a method
+    /// reads them without waiting for the device): the rows of a memory bank that are this
+    /// batch's (CRD). The trainer sets them from the batch; `kdlab loss` from `--indices`
+    /// (default 0..N). None where no index is known (logit methods do not read them).
+    pub indices: Option<&'a Tensor>,
+    /// The seed of this step's random draws (CRD's negatives). The trainer mixes the run's seed
+    /// with the epoch and the step, so a seed gives the same draws and a resumed run draws what
+    /// the uninterrupted one drew; `kdlab loss` takes `--draw-seed`.
+    pub draw_seed: u64,
+    /// Draws given instead of made, for reference checks (`kdlab loss --negatives`): CRD's
+    /// (N, K) int64 sample indices of each anchor's negatives, on the CPU. None in training.
+    pub negatives: Option<&'a Tensor>,
 }
 
 impl<'a> LossInput<'a> {
     /// A batch of logits and labels, without taps (what every logit method reads).
     pub fn logits(student: &'a Tensor, teacher: &'a Tensor, labels: &'a Tensor, epoch: f64) -> LossInput<'a> {
-        LossInput { student, teacher, labels, epoch, student_taps: None, teacher_taps: None }
+        LossInput {
+            student,
+            teacher,
+            labels,
+            epoch,
+            student_taps: None,
+            teacher_taps: None,
+            indices: None,
+            draw_seed: 0,
+            negatives: None,
+        }
     }
 
     /// The student's tap `name`. The trainer checks every tap a method asks for against both
@@ -94,6 +117,10 @@ pub struct Setup<'a> {
     pub classes: usize,
     /// Training samples (a memory bank's size).
     pub samples: usize,
+    /// Each training sample's label (`samples` of them), for methods that draw by class (CRD's
+    /// negatives come from the other classes); None where they are not known (`kdlab loss` with a
+    /// bank larger than its batch, whose negatives are then given).
+    pub labels: Option<&'a [u16]>,
 }
 
 impl Setup<'_> {
@@ -258,6 +285,7 @@ pub const REGISTRY: &[Entry] = &[
     entry::<normkd::Params>("normkd", "NormKD (Chi et al., arXiv 2023): KD with per-sample temperatures τ_norm·std of each network's logits"),
     entry::<dtkd::Params>("dtkd", "dynamic temperature KD (Wei & Bai, arXiv 2024): per-sample temperatures from the ratio of the largest logits, plus KD, with warm-up"),
     entry::<fitnet::Params>("fitnet", "FitNets (Romero et al., ICLR 2015): CE + β·MSE(regressor(student hint), teacher hint); taps: the hint (stage2)"),
+    entry::<crd::Params>("crd", "contrastive representation distillation (Tian et al., ICLR 2020): CE + β·NCE contrast of student and teacher embeddings against memory banks of K negatives; taps: embedding"),
 ];
 
 impl Entry {

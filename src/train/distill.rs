@@ -49,7 +49,7 @@ impl Distill {
 
 /// Checks that a model has every tap a method needs, naming the method, the model and the taps it
 /// has (a TorchScript teacher has none; an MLP has no stages).
-pub(crate) fn check_taps(method: &str, model: &str, have: &[(String, Vec<i64>)], need: &[String]) -> Result<()> {
+pub fn check_taps(method: &str, model: &str, have: &[(String, Vec<i64>)], need: &[String]) -> Result<()> {
     for name in need {
         if !have.iter().any(|(n, _)| n == name) {
             let names: Vec<&str> = have.iter().map(|(n, _)| n.as_str()).collect();
@@ -63,6 +63,18 @@ pub(crate) fn check_taps(method: &str, model: &str, have: &[(String, Vec<i64>)],
         }
     }
     Ok(())
+}
+
+/// The batch's sample indices as a method reads them: (N,) int64 on the CPU.
+fn sample_indices(input: &StepInput) -> Tensor {
+    let v: Vec<i64> = input.batch.indices.iter().map(|&i| i as i64).collect();
+    Tensor::from_slice(&v)
+}
+
+/// The seed of a step's random draws: the run's seed, the epoch and the step (not a generator
+/// carried across steps, so a resumed run draws what the uninterrupted one drew).
+fn draw_seed(input: &StepInput) -> u64 {
+    crate::util::rng::mix(&[input.seed, crate::util::rng::stream::DRAW, input.epoch as u64, input.step as u64])
 }
 
 /// A teacher cache opened for a distillation.
@@ -90,7 +102,8 @@ impl Objective for Distill {
     fn name(&self) -> String {
         self.method.name().to_string()
     }
-    fn setup(&mut self, student: &super::model::Model, vars: tch::nn::Path, samples: usize) -> Result<()> {
+    fn setup(&mut self, student: &super::model::Model, vars: tch::nn::Path, labels: &[u16]) -> Result<()> {
+        let (samples, labels) = (labels.len(), Some(labels));
         if self.taps.is_empty() {
             return self.method.setup(&methods::Setup {
                 vars,
@@ -98,13 +111,14 @@ impl Objective for Distill {
                 teacher: &[],
                 classes: student.classes,
                 samples,
+                labels,
             });
         }
         let name = self.method.name();
         let (s, t) = (student.tap_shapes(), self.teacher.model.tap_shapes());
         check_taps(name, &format!("student {}", student.arch), &s, &self.taps.student)?;
         check_taps(name, &format!("teacher {}", self.teacher.describe()), &t, &self.taps.teacher)?;
-        self.method.setup(&methods::Setup { vars, student: &s, teacher: &t, classes: student.classes, samples })
+        self.method.setup(&methods::Setup { vars, student: &s, teacher: &t, classes: student.classes, samples, labels })
     }
     fn student_taps(&self) -> Vec<String> {
         self.taps.student.clone()
@@ -115,13 +129,13 @@ impl Objective for Distill {
             let mut taps = crate::models::Taps::only(&self.taps.teacher);
             let t = self.teacher.model.infer_taps(input.images, &mut taps).to_kind(logits.kind());
             let t = self.calibrated(t);
+            let indices = sample_indices(input);
             let x = LossInput {
-                student: logits,
-                teacher: &t,
-                labels: input.labels,
-                epoch: (input.epoch + 1) as f64,
                 student_taps: Some(input.taps),
                 teacher_taps: Some(&taps),
+                indices: Some(&indices),
+                draw_seed: draw_seed(input),
+                ..LossInput::logits(logits, &t, input.labels, (input.epoch + 1) as f64)
             };
             return Ok(self.method.terms(&x));
         }
@@ -138,8 +152,13 @@ impl Objective for Distill {
             None => self.teacher.model.infer(input.images),
         };
         let t = self.calibrated(t);
-        let mut x = LossInput::logits(logits, &t, input.labels, (input.epoch + 1) as f64);
-        x.student_taps = Some(input.taps);
+        let indices = sample_indices(input);
+        let x = LossInput {
+            student_taps: Some(input.taps),
+            indices: Some(&indices),
+            draw_seed: draw_seed(input),
+            ..LossInput::logits(logits, &t, input.labels, (input.epoch + 1) as f64)
+        };
         Ok(self.method.terms(&x))
     }
     fn replay_views(&self, epoch: usize, augment: &Augment, shape: Shape) -> Result<Option<Vec<u32>>> {

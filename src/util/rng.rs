@@ -33,6 +33,8 @@ pub mod stream {
     pub(crate) const CROP: u64 = 5;
     /// Initialising a method's trainable modules (FitNet's regressor, …).
     pub(crate) const METHOD_INIT: u64 = 6;
+    /// A method's random draws at each step (CRD's negatives), with the epoch and the step.
+    pub(crate) const DRAW: u64 = 7;
 }
 
 impl Rng {

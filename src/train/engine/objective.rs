@@ -20,6 +20,8 @@ pub struct StepInput<'a> {
     pub epoch: usize,
     pub step: usize,
     pub steps: usize,
+    /// The run's seed (a method's random draws are seeded from it, the epoch and the step).
+    pub seed: u64,
     /// The student's taps that `Objective::student_taps` named (with gradient).
     pub taps: &'a Taps,
 }
@@ -29,7 +31,8 @@ pub trait Objective {
     fn name(&self) -> String;
     /// Prepares the objective for `student` before the first step: a method creates its
     /// trainable modules and state under `vars` (optimised and checkpointed with the student).
-    fn setup(&mut self, _student: &crate::train::model::Model, _vars: nn::Path, _samples: usize) -> Result<()> {
+    /// `labels` holds each training sample's label (their number is a memory bank's size).
+    fn setup(&mut self, _student: &crate::train::model::Model, _vars: nn::Path, _labels: &[u16]) -> Result<()> {
         Ok(())
     }
     /// The student taps the objective reads (the trainer records them in the forward pass).

@@ -113,7 +113,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
     // stream), optimised with it and checkpointed with it.
     let method_vars = nn::VarStore::new(opts.device);
     crate::train::model::seeded(cfg.seed, crate::util::rng::stream::METHOD_INIT, || {
-        objective.setup(&model, method_vars.root(), data.train.len())
+        objective.setup(&model, method_vars.root(), &data.train.labels)
     })?;
     let mut opt = Sgd::new(&model.vs, cfg.momentum, cfg.nesterov, cfg.weight_decay)
         .with_vars(&method_vars, checkpoint::METHOD_PREFIX);
@@ -435,7 +435,8 @@ fn train_epochs(
             // Under `amp` the forward pass runs in bf16/fp16, and the logits come back as float32
             // before any loss sees them (src/train/engine/amp.rs says why).
             let logits = amp::forward(cfg.amp, model.device(), || model.forward_train_taps(&x, &mut taps))?;
-            let input = StepInput { images: &x, labels: &y, batch: &batch, epoch, step, steps, taps: &taps };
+            let input =
+                StepInput { images: &x, labels: &y, batch: &batch, epoch, step, steps, seed: cfg.seed, taps: &taps };
             let terms = objective.terms(&logits, &input)?;
             events.sample(&*objective);
             let loss = terms
