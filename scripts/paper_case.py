@@ -2,7 +2,7 @@
 """Search a study's per-run CSV for the paper's case (issue 23): a larger teacher that is *more*
 accurate on the test set yet teaches a student worse by more than 2 std.
 
-Usage: scripts/paper_case.py CSV [CSV ...] [--all] [--across-checkpoints]
+Usage: scripts/paper_case.py CSV [CSV ...] [--all] [--across-checkpoints] [--test-n=10000]
 
 CSV is either a report's `fit_<student>.csv` (every run's teacher checkpoint with its own test
 accuracy, `teacher_test_acc`; preferred, since runs distilled from an earlier epoch or a fit level
@@ -15,7 +15,9 @@ only the teacher differs; `--across-checkpoints` also compares a setting's runs 
 checkpoints (many more pairs: expect some to pass the bar by chance). A pair (L, S) is listed when
 L has more parameters and a higher test accuracy than S; it is the paper's case when
 mean(S) − mean(L) > 2 · max(std(L), std(S)) (sample std of the student's final test accuracy over
-seeds). Fewer than 3 seeds on either side: marked ad hoc. Standard library only.
+seeds). Fewer than 3 seeds on either side: marked ad hoc. The teacher's edge is set against 2 standard
+errors of a difference of two accuracies on --test-n test images (taken as independent): an edge
+below it is one the test set cannot resolve. Standard library only.
 """
 import csv
 import statistics
@@ -84,6 +86,7 @@ def tuned_kd(rows):
 def main(argv):
     across = "--across-checkpoints" in argv
     show_all = "--all" in argv
+    test_n = next((int(a.split("=")[1]) for a in argv if a.startswith("--test-n=")), 10000)
     paths = [a for a in argv if not a.startswith("--")]
     if not paths:
         sys.exit(__doc__)
@@ -99,9 +102,9 @@ def main(argv):
     for (student, key, teacher, point), accs in groups.items():
         params, t_acc = tacc[(student, key, teacher, point)]
         by_key[(student, key)].append((teacher, point, params, t_acc, accs))
-    print("| student | series | larger teacher (acc) | KD student | smaller teacher (acc) | KD student | gap | 2·max std | same family | case |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    found = compared = 0
+    print("| student | series | larger teacher (acc) | KD student | smaller teacher (acc) | KD student | gap | 2·max std | same family | case | teacher edge / 2 SE |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    found = compared = resolved = 0
     for (student, key), pts in sorted(by_key.items()):
         for big in pts:
             for small in pts:
@@ -115,17 +118,25 @@ def main(argv):
                 gap = ms - mb
                 case = gap > bar
                 found += case
+                # Is the teacher's edge larger than the test set can blur? 2 SE of the difference of
+                # two binomial accuracies on the test images, taken as independent (conservative:
+                # the teachers share the test set, which makes the paired SE smaller).
+                n = test_n
+                se2 = 2 * (big[3] * (1 - big[3]) / n + small[3] * (1 - small[3]) / n) ** 0.5
+                edge = big[3] - small[3]
+                resolved += case and edge > se2
                 if not (case or show_all):
                     continue
                 adhoc = " (ad hoc)" if min(len(big[4]), len(small[4])) < 3 else ""
                 name = lambda p: p[0] if not across else f"{p[0]} [{p[1]}]"
                 print(f"| {student} | {key} | {name(big)} ({100 * big[3]:.2f}) | {100 * mb:.2f} ± {100 * sb:.2f} ({len(big[4])}) "
                       f"| {name(small)} ({100 * small[3]:.2f}) | {100 * ms:.2f} ± {100 * ss:.2f} ({len(small[4])}) "
-                      f"| {100 * gap:+.2f} | {100 * bar:.2f} | {'yes' if family(big[0]) == family(small[0]) else 'no'} | {'**yes**' if case else 'no'}{adhoc} |")
+                      f"| {100 * gap:+.2f} | {100 * bar:.2f} | {'yes' if family(big[0]) == family(small[0]) else 'no'} | {'**yes**' if case else 'no'}{adhoc} | {100 * edge:.2f} / {100 * se2:.2f} |")
     # With 3 seeds a side and equal true means, gap > 2·max(std) happens by chance about 2 % of the
     # time (a Gaussian simulation, docs/fit-pilots.md): set the count against compared × 0.02.
     print(f"\n{found} of {compared} pairs (larger and more test-accurate teacher) teach worse by more than 2 std "
-          f"(about {0.021 * compared:.1f} expected by chance if the pairs were independent and equal).")
+          f"(about {0.021 * compared:.1f} expected by chance if the pairs were independent and equal); "
+          f"{resolved} of them with a teacher edge above 2 SE of a difference of test accuracies.")
 
 
 if __name__ == "__main__":
