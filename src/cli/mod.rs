@@ -1,4 +1,5 @@
 //! The command line. Thin by design: every command parses its flags, calls the library, and prints.
+mod advise_cmd;
 mod bench_cmd;
 mod data_cmd;
 mod demo;
@@ -65,6 +66,9 @@ enum Command {
     Logits(train_cmd::LogitsArgs),
     /// Dark-knowledge metrics of teachers (from runs or .npy logits): tables, JSON, CSV, plots.
     Probe(probe_cmd::ProbeArgs),
+    /// Rank teachers and checkpoints for a student by validation NLL, without training it (and,
+    /// given a study, how well that ranking matched the KD students it measured).
+    Advise(advise_cmd::AdviseArgs),
     /// Run a study (teachers × students × methods × hyper-parameters × seeds), resumably.
     Sweep(study_cmd::SweepArgs),
     /// Progress of a study: done, running, failed, queued, time left.
@@ -123,6 +127,7 @@ pub fn main() -> Result<()> {
         Command::Eval(a) => train_cmd::eval(a),
         Command::Logits(a) => train_cmd::logits(a),
         Command::Probe(a) => probe_cmd::run(a),
+        Command::Advise(a) => advise_cmd::run(a),
         Command::Sweep(a) => study_cmd::sweep(a),
         Command::Status(a) => study_cmd::status(a),
         Command::Watch(a) => watch_cmd::run(a),

@@ -33,7 +33,7 @@ fn fields(line: &str) -> Vec<String> {
 
 /// A CSV file's rows as maps from its header's names; every row must have the header's width
 /// and the header must hold `needed`.
-fn read_csv(path: &Path, needed: &[&str]) -> Result<Vec<BTreeMap<String, String>>> {
+pub fn read_csv(path: &Path, needed: &[&str]) -> Result<Vec<BTreeMap<String, String>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_csv(&text, path, needed)
 }

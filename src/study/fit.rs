@@ -200,23 +200,33 @@ pub fn candidates(run_dir: &Path, data: &Dataset) -> Result<Vec<Candidate>> {
             }
         }
     }
-    let Some(val) = &data.val else {
+    if data.val.is_none() {
         bail!("teacher_fit chooses checkpoints on the validation split, and {} has none: set val_per_class", data.name)
-    };
-    let labels: Vec<usize> = val.labels.iter().map(|&y| y as usize).collect();
+    }
     let mut out = vec![];
     for &e in &epochs {
         let at = if e == last { None } else { Some(Which::Epoch(e)) };
         let spec = RunRef { dir: run_dir.to_path_buf(), at }.to_string();
-        let (model, _, _) = checkpoint::load_model(&spec, tch::Device::Cpu)?;
-        let source = RunSource::from_feed(spec.clone(), model, data.feed("val", false)?, 0);
-        let r = probe::run(vec![Box::new(source)], &labels, "the validation split", &[1.0], probe::CHUNK)?;
-        let t = &r.report.teachers[0];
-        out.push(Candidate { epoch: e, val_acc: t.accuracy, val_nll: t.per_tau[0].nll, val_ece: t.per_tau[0].ece });
+        out.push(Candidate { epoch: e, ..checkpoint_fit(&spec, data, tch::Device::Cpu)? });
     }
     let cached = Cached { data_fingerprint: fingerprint, epochs, candidates: out };
     sealed::write_json(&file, &cached)?;
     Ok(cached.candidates)
+}
+
+/// The fit on the validation split of one checkpoint (`runs/NAME`, `runs/NAME@epochN`): accuracy,
+/// NLL and ECE of its plain logits (τ = 1), through the probe. `epoch` is the checkpoint's own
+/// (epochs completed when it was saved). The validation split only: `data` must have one.
+pub fn checkpoint_fit(spec: &str, data: &Dataset, device: tch::Device) -> Result<Candidate> {
+    let Some(val) = &data.val else {
+        bail!("{spec}: the fit is measured on the validation split, and {} has none: set val_per_class", data.name)
+    };
+    let labels: Vec<usize> = val.labels.iter().map(|&y| y as usize).collect();
+    let (model, meta, _) = checkpoint::load_model(spec, device)?;
+    let source = RunSource::from_feed(spec.to_string(), model, data.feed("val", false)?, 0);
+    let r = probe::run(vec![Box::new(source)], &labels, "the validation split", &[1.0], probe::CHUNK)?;
+    let t = &r.report.teachers[0];
+    Ok(Candidate { epoch: meta.epoch, val_acc: t.accuracy, val_nll: t.per_tau[0].nll, val_ece: t.per_tau[0].ece })
 }
 
 /// The temperatures at which the transfer set's σ(q) is recorded (the report shows the study's
