@@ -390,7 +390,7 @@ pub fn read_logits(path: &Path) -> Result<(usize, usize, Vec<f64>)> {
 }
 
 /// Reads an (N,) integer label vector.
-pub(crate) fn read_labels(path: &Path) -> Result<Vec<i64>> {
+pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
     let a = read(path)?;
     if a.shape.len() != 1 {
         bail!("{}: labels must be a 1-D (N,) array, found shape {:?}", path.display(), a.shape);
