@@ -334,7 +334,9 @@ pub struct LossArgs {
     #[arg(long)]
     pub per_sample: bool,
     /// Add the gradient of the total loss with respect to the student's logits ("grad": N rows of
-    /// C values), in the logits' dtype (float64 for a float64 file), for reference checks.
+    /// C values), in the logits' dtype (float64 for a float64 file), for reference checks; and,
+    /// for a feature method, with respect to each student tap it reads ("tap_grads": name → N
+    /// rows, each the sample's tap flattened).
     #[arg(long)]
     pub grad: bool,
     #[arg(long)]
@@ -356,7 +358,11 @@ pub struct LossArgs {
 }
 
 /// Taps given as NAME=FILE.npy, each with `n` rows, in the dtype of the logits (f64).
-fn read_taps(given: &[String], n: usize, flag: &str) -> Result<(crate::models::Taps, crate::models::taps::TapShapes)> {
+/// With `grad`, the tensors require gradients (the student's, for `--grad`); they are returned
+/// too, by name, to read the gradients back.
+type ReadTaps = (crate::models::Taps, crate::models::taps::TapShapes, Vec<(String, Tensor)>);
+
+fn read_taps(given: &[String], n: usize, flag: &str, grad: bool) -> Result<ReadTaps> {
     let mut names = vec![];
     let mut tensors = vec![];
     for g in given {
@@ -371,14 +377,14 @@ fn read_taps(given: &[String], n: usize, flag: &str) -> Result<(crate::models::T
         }
         let shape: Vec<i64> = a.shape.iter().map(|&d| d as i64).collect();
         names.push(name.to_string());
-        tensors.push((name.to_string(), Tensor::from_slice(&v).view(shape.as_slice())));
+        tensors.push((name.to_string(), Tensor::from_slice(&v).view(shape.as_slice()).set_requires_grad(grad)));
     }
     let mut taps = crate::models::Taps::only(&names);
     let shapes = tensors.iter().map(|(n, t)| (n.clone(), t.size()[1..].to_vec())).collect();
     for (name, t) in &tensors {
         taps.put(name, t);
     }
-    Ok((taps, shapes))
+    Ok((taps, shapes, tensors))
 }
 
 fn logits_tensor(p: &Path) -> Result<(usize, usize, Tensor)> {
@@ -409,8 +415,8 @@ pub fn loss(a: LossArgs) -> Result<()> {
     let epoch = a.epoch.unwrap_or_else(|| method.settled_epoch());
     // A feature method reads taps and may own modules: built here as a run builds them (in f64,
     // the dtype of the inputs), from the seed a run would use.
-    let (student_taps, s_shapes) = read_taps(&a.student_taps, ns, "--student-tap")?;
-    let (teacher_taps, t_shapes) = read_taps(&a.teacher_taps, ns, "--teacher-tap")?;
+    let (student_taps, s_shapes, s_tensors) = read_taps(&a.student_taps, ns, "--student-tap", a.grad)?;
+    let (teacher_taps, t_shapes, _) = read_taps(&a.teacher_taps, ns, "--teacher-tap", false)?;
     let needs = method.taps();
     distill::check_taps(&name, "--student-tap", &s_shapes, &needs.student)?;
     distill::check_taps(&name, "--teacher-tap", &t_shapes, &needs.teacher)?;
@@ -449,6 +455,19 @@ pub fn loss(a: LossArgs) -> Result<()> {
         total.backward();
         let g = Vec::<f64>::try_from(s.grad().to_kind(Kind::Double).view(-1))?;
         out["grad"] = serde_json::json!(g.chunks(cs.max(1)).collect::<Vec<_>>());
+        let mut tap_grads = serde_json::Map::new();
+        for (name, t) in &s_tensors {
+            // A tap the method did not read has no gradient.
+            let g = t.grad();
+            if g.defined() {
+                let per = (t.numel() / ns.max(1)).max(1);
+                let g = Vec::<f64>::try_from(g.to_kind(Kind::Double).view(-1))?;
+                tap_grads.insert(name.clone(), serde_json::json!(g.chunks(per).collect::<Vec<_>>()));
+            }
+        }
+        if !tap_grads.is_empty() {
+            out["tap_grads"] = serde_json::Value::Object(tap_grads);
+        }
     }
     if a.json {
         println!("{out}");

@@ -4,6 +4,7 @@
 //! registry builds the method from a table of them (`-p tau=4`, a flag, a study file's keys).
 //! Adding a method is one file and one line in `REGISTRY`: the CLI flags, `kdlab loss` and study
 //! grids read its keys from its struct.
+pub mod at;
 pub mod ats;
 pub mod ce;
 pub mod common;
@@ -16,6 +17,7 @@ pub mod kd;
 pub mod kd_curriculum;
 pub mod nckd;
 pub mod normkd;
+pub mod sdd;
 pub mod ttm;
 pub mod wttm;
 
@@ -247,6 +249,8 @@ pub const REGISTRY: &[Entry] = &[
     entry::<normkd::Params>("normkd", "NormKD (Chi et al., arXiv 2023): KD with per-sample temperatures τ_norm·std of each network's logits"),
     entry::<dtkd::Params>("dtkd", "dynamic temperature KD (Wei & Bai, arXiv 2024): per-sample temperatures from the ratio of the largest logits, plus KD, with warm-up"),
     entry::<fitnet::Params>("fitnet", "FitNets (Romero et al., ICLR 2015): CE + β·MSE(regressor(student hint), teacher hint); taps: the hint (stage2)"),
+    entry::<at::Params>("at", "attention transfer (Zagoruyko & Komodakis, ICLR 2017): CE + β·Σ_k mean (Q_s,k − Q_t,k)², Q = L2-normalised mean_c |f_c|^p of each stage; taps: stage1 … stageK"),
+    entry::<sdd::Params>("sdd", "scale decoupled distillation (Wei, Luo & Luo, CVPR 2024): KD over the logits of 1×1, 2×2 and 4×4 regions, complementary regions weighted up; taps: logit_map"),
 ];
 
 impl Entry {
