@@ -79,7 +79,8 @@ pub fn attention(f: &Tensor, p: f64) -> Tensor {
 pub fn stage_loss(fs: &Tensor, ft: &Tensor, p: f64) -> Tensor {
     let (ss, st) = (fs.size(), ft.size());
     let (h, w) = (ss[2].min(st[2]), ss[3].min(st[3]));
-    let pool = |f: &Tensor, s: &[i64]| if s[2] == h && s[3] == w { f.shallow_clone() } else { f.adaptive_avg_pool2d([h, w]) };
+    let pool =
+        |f: &Tensor, s: &[i64]| if s[2] == h && s[3] == w { f.shallow_clone() } else { f.adaptive_avg_pool2d([h, w]) };
     let (fs, ft) = (pool(fs, &ss), pool(ft, &st));
     (attention(&fs, p) - attention(&ft, p)).square().mean(fs.kind())
 }
@@ -128,8 +129,9 @@ mod tests {
         let got = stage_loss(&fs, &ft, 2.0).double_value(&[]);
         assert!((got - want).abs() < 1e-15, "{got} vs {want}");
         // A 4×4 student map against the 2×2 teacher map: pooled 2×2 first (each block's mean).
-        let big = Tensor::from_slice(&[1.0f64, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0, 4.0, 4.0])
-            .view([1, 1, 4, 4]);
+        let big =
+            Tensor::from_slice(&[1.0f64, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0, 4.0, 4.0])
+                .view([1, 1, 4, 4]);
         let small = Tensor::from_slice(&[1.0f64, 2.0, 3.0, 4.0]).view([1, 1, 2, 2]);
         assert!(stage_loss(&big, &small, 2.0).double_value(&[]).abs() < 1e-15);
         assert!(stage_loss(&small, &big, 2.0).double_value(&[]).abs() < 1e-15);

@@ -61,7 +61,10 @@ impl MethodParams for Params {
         weight("beta", self.beta)?;
         weight("comp_weight", self.comp_weight)?;
         if ![1, 2, 4].contains(&self.max_scale) {
-            return incompatible("max_scale of 1, 2 or 4 (the authors' M = [1], [1, 2], [1, 2, 4])", self.max_scale.to_string());
+            return incompatible(
+                "max_scale of 1, 2 or 4 (the authors' M = [1], [1, 2], [1, 2, 4])",
+                self.max_scale.to_string(),
+            );
         }
         Ok(Box::new(Sdd { p: self }))
     }
@@ -110,10 +113,7 @@ impl Method for Sdd {
         let complementary = local.not_equal_tensor(&global).to_kind(kl.kind());
         let w = complementary * (self.p.comp_weight - 1.0) + 1.0;
         let kd = (&kl * w).mean(kl.kind());
-        vec![
-            ("ce".into(), self.p.alpha * cross_entropy(x.student, x.labels)),
-            ("kd".into(), self.p.beta * kd),
-        ]
+        vec![("ce".into(), self.p.alpha * cross_entropy(x.student, x.labels)), ("kd".into(), self.p.beta * kd)]
     }
     fn hyper(&self) -> serde_json::Value {
         serde_json::to_value(&self.p).expect("hyper-parameters serialise")
