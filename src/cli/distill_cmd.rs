@@ -352,6 +352,10 @@ pub struct LossArgs {
     /// with this seed initialises them.
     #[arg(long = "modules-seed", default_value_t = 0)]
     pub modules_seed: u64,
+    /// Add the method's modules as initialised ("modules": each variable's name → {shape, values}),
+    /// for a reference computation outside kdlab.
+    #[arg(long)]
+    pub modules: bool,
     /// Last: its per-key flags leave out names the command's other flags already have.
     #[command(flatten)]
     pub method: MethodFlags,
@@ -431,6 +435,16 @@ pub fn loss(a: LossArgs) -> Result<()> {
         })
     })?;
     vars.double();
+    let modules = a.modules.then(|| {
+        let mut vars: Vec<(String, Tensor)> = vars.variables().into_iter().collect();
+        vars.sort_by(|x, y| x.0.cmp(&y.0));
+        vars.into_iter()
+            .map(|(k, v)| {
+                let values = Vec::<f64>::try_from(v.flatten(0, -1)).unwrap_or_default();
+                (k, serde_json::json!({ "shape": v.size(), "values": values }))
+            })
+            .collect::<serde_json::Map<String, serde_json::Value>>()
+    });
     let s = s.set_requires_grad(a.grad);
     let mut input = LossInput::logits(&s, &t, &labels, epoch);
     input.student_taps = Some(&student_taps);
@@ -445,6 +459,9 @@ pub fn loss(a: LossArgs) -> Result<()> {
         "terms": values.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
         "total": total,
     });
+    if let Some(m) = modules {
+        out["modules"] = serde_json::Value::Object(m);
+    }
     if a.per_sample {
         if let Some((k, v)) = method.per_sample() {
             out["per_sample"] = serde_json::json!({ k: v });

@@ -17,6 +17,7 @@ pub mod kd;
 pub mod kd_curriculum;
 pub mod nckd;
 pub mod normkd;
+pub mod reviewkd;
 pub mod sdd;
 pub mod ttm;
 pub mod wttm;
@@ -251,6 +252,7 @@ pub const REGISTRY: &[Entry] = &[
     entry::<fitnet::Params>("fitnet", "FitNets (Romero et al., ICLR 2015): CE + β·MSE(regressor(student hint), teacher hint); taps: the hint (stage2)"),
     entry::<at::Params>("at", "attention transfer (Zagoruyko & Komodakis, ICLR 2017): CE + β·Σ_k mean (Q_s,k − Q_t,k)², Q = L2-normalised mean_c |f_c|^p of each stage; taps: stage1 … stageK"),
     entry::<sdd::Params>("sdd", "scale decoupled distillation (Wei, Luo & Luo, CVPR 2024): KD over the logits of 1×1, 2×2 and 4×4 regions, complementary regions weighted up; taps: logit_map"),
+    entry::<reviewkd::Params>("reviewkd", "knowledge review (Chen et al., CVPR 2021): CE + β·Σ_levels HCL(ABF fusion of the student's stages, the teacher's); taps: stage1 … stageK and embedding"),
 ];
 
 impl Entry {
