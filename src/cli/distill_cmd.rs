@@ -343,6 +343,10 @@ pub(crate) struct LossArgs {
     /// the names `--grad`'s "var_grad" lists, and any state), for reference checks.
     #[arg(long = "method-var", value_name = "NAME=FILE")]
     pub method_vars: Vec<String>,
+    /// Add the method's modules as initialised ("modules": each variable's name → {shape, values}),
+    /// for a reference computation outside kdlab.
+    #[arg(long)]
+    pub modules: bool,
     /// Last: its per-key flags leave out names the command's other flags already have.
     #[command(flatten)]
     pub method: MethodFlags,
@@ -352,6 +356,8 @@ pub(crate) struct LossArgs {
 type ReadTaps = (crate::models::Taps, crate::models::taps::TapShapes, Vec<(String, Tensor)>);
 
 /// Taps given as NAME=FILE.npy, each with `n` rows, in the dtype of the logits (f64).
+/// With `grad`, the tensors require gradients (the student's, for `--grad`); they are returned
+/// too, by name, to read the gradients back.
 fn read_taps(given: &[String], n: usize, flag: &str, grad: bool) -> Result<ReadTaps> {
     let mut names = vec![];
     let mut tensors = vec![];
@@ -490,6 +496,16 @@ pub fn loss(a: LossArgs) -> Result<()> {
     })?;
     vars.double();
     set_method_vars(&vars, &a.method_vars)?;
+    let modules = a.modules.then(|| {
+        let mut vars: Vec<(String, Tensor)> = vars.variables().into_iter().collect();
+        vars.sort_by(|x, y| x.0.cmp(&y.0));
+        vars.into_iter()
+            .map(|(k, v)| {
+                let values = Vec::<f64>::try_from(v.flatten(0, -1)).unwrap_or_default();
+                (k, serde_json::json!({ "shape": v.size(), "values": values }))
+            })
+            .collect::<serde_json::Map<String, serde_json::Value>>()
+    });
     let s = s.set_requires_grad(a.grad);
     let input = LossInput {
         student_taps: Some(&student_taps),
@@ -509,6 +525,9 @@ pub fn loss(a: LossArgs) -> Result<()> {
         "terms": values.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
         "total": total,
     });
+    if let Some(m) = modules {
+        out["modules"] = serde_json::Value::Object(m);
+    }
     if a.per_sample {
         if let Some((k, v)) = method.per_sample() {
             out["per_sample"] = serde_json::json!({ k: v });

@@ -4,6 +4,7 @@
 //! registry builds the method from a table of them (`-p tau=4`, a flag, a study file's keys).
 //! Adding a method is one file and one line in `REGISTRY`: the CLI flags, `kdlab loss` and study
 //! grids read its keys from its struct.
+pub mod at;
 pub mod ats;
 pub mod ce;
 pub mod common;
@@ -18,6 +19,8 @@ pub mod kd;
 pub mod kd_curriculum;
 pub mod nckd;
 pub mod normkd;
+pub mod reviewkd;
+pub mod sdd;
 mod spec;
 pub mod ttm;
 pub mod wttm;
@@ -272,13 +275,13 @@ const fn entry<P: MethodParams>(name: &'static str, about: &'static str) -> Entr
 
 pub const REGISTRY: &[Entry] = &[
     entry::<ce::Params>("ce", "cross-entropy only (the student baseline)"),
-    entry::<kd::Params>("kd", "Hinton et al.: α·CE + β·s_τ²·KL(p(t/τ) ‖ p(s/s_τ))"),
-    entry::<ats::Params>("ats", "asymmetric temperature scaling: τ1 on the true class, τ2 on the others"),
-    entry::<isats::Params>("isats", "instance-specific ATS: τ2 per sample in [τ2_min, τ1] by a rule (ts_order: the variance-maximising temperature, kept where the true class stays first)"),
-    entry::<nckd::Params>("nckd", "DKD's non-target term alone, plus CE"),
-    entry::<dkd::Params>("dkd", "decoupled KD (Zhao et al. 2022): CE + α·TCKD + β·NCKD with warm-up"),
-    entry::<dist::Params>("dist", "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation"),
-    entry::<kd_curriculum::Params>("kd_curriculum", "KD whose temperature follows a fixed schedule over the first epochs (after CTKD's curriculum)"),
+    entry::<kd::Params>("kd", "Hinton, Vinyals & Dean, NIPS workshop 2015: α·CE + β·s_τ²·KL(p(t/τ) ‖ p(s/s_τ))"),
+    entry::<ats::Params>("ats", "asymmetric temperature scaling (Li et al., NeurIPS 2022): τ1 on the true class, τ2 on the others"),
+    entry::<isats::Params>("isats", "instance-specific ATS (Fan, Li & Zhan, Front. Comput. Sci. 2026): τ2 per sample in [τ2_min, τ1] by a rule (ts_order: the variance-maximising temperature, kept where the true class stays first)"),
+    entry::<nckd::Params>("nckd", "DKD's non-target term alone, plus CE (Zhao et al., CVPR 2022)"),
+    entry::<dkd::Params>("dkd", "decoupled KD (Zhao et al., CVPR 2022): CE + α·TCKD + β·NCKD with warm-up"),
+    entry::<dist::Params>("dist", "DIST (Huang et al., NeurIPS 2022): inter- and intra-class Pearson correlation"),
+    entry::<kd_curriculum::Params>("kd_curriculum", "KD whose temperature follows a fixed schedule over the first epochs (after CTKD's curriculum, Li et al., AAAI 2023)"),
     entry::<ctkd::Params>("ctkd", "curriculum temperature KD (Li et al., AAAI 2023): KD whose temperature τ = τ_min + τ_range·σ(θ) is learnt through a gradient reversal layer, its strength λ rising along a cosine over the first epochs"),
     entry::<ttm::Params>("ttm", "transformed teacher matching (Zheng & Yang, ICLR 2024): CE + β·KL(p(t/τ) ‖ p(s)), the temperature on the teacher only"),
     entry::<wttm::Params>("wttm", "weighted TTM (Zheng & Yang, ICLR 2024): TTM with each sample weighted by Σ_c p_t,c^(1/τ)"),
@@ -286,6 +289,9 @@ pub const REGISTRY: &[Entry] = &[
     entry::<dtkd::Params>("dtkd", "dynamic temperature KD (Wei & Bai, arXiv 2024): per-sample temperatures from the ratio of the largest logits, plus KD, with warm-up"),
     entry::<fitnet::Params>("fitnet", "FitNets (Romero et al., ICLR 2015): CE + β·MSE(regressor(student hint), teacher hint); taps: the hint (stage2)"),
     entry::<crd::Params>("crd", "contrastive representation distillation (Tian et al., ICLR 2020): CE + β·NCE contrast of student and teacher embeddings against memory banks of K negatives; taps: embedding"),
+    entry::<at::Params>("at", "attention transfer (Zagoruyko & Komodakis, ICLR 2017): CE + β·Σ_k mean (Q_s,k − Q_t,k)², Q = L2-normalised mean_c |f_c|^p of each stage; taps: stage1 … stageK"),
+    entry::<sdd::Params>("sdd", "scale decoupled distillation (Wei, Luo & Luo, CVPR 2024): KD over the logits of 1×1, 2×2 and 4×4 regions, complementary regions weighted up; taps: logit_map"),
+    entry::<reviewkd::Params>("reviewkd", "knowledge review (Chen et al., CVPR 2021): CE + β·Σ_levels HCL(ABF fusion of the student's stages, the teacher's); taps: stage1 … stageK and embedding"),
 ];
 
 impl Entry {

@@ -8,6 +8,7 @@
 //! | `stage1` … `stageK` | each stage's output, post-activation (`hidden1` … for an MLP) |
 //! | `stageK_preact` | a CIFAR ResNet stage's output before its last ReLU |
 //! | `prepool` | the map the global pooling (or flattening) reads |
+//! | `logit_map` | the classifier applied at every position of `prepool` (C × H × W), where the model pools globally |
 //! | `embedding` | the vector the classifier reads |
 //! | `logits` | the output |
 //!
@@ -70,6 +71,15 @@ impl Taps {
         !matches!(self.want, Want::Nothing)
     }
 
+    /// Records the tensor `make` builds as `name`, building it only if `name` is wanted (a tap
+    /// that costs a computation of its own, as `logit_map`).
+    pub fn put_with(&mut self, name: &str, make: impl FnOnce() -> Tensor) {
+        if self.wants(name) {
+            let t = make();
+            self.got.push((name.to_string(), t));
+        }
+    }
+
     /// Records `t` as `{prefix}{i}`; the name is built only when something is kept.
     pub(crate) fn put_nth(&mut self, prefix: &str, i: usize, t: &Tensor) {
         if self.active() {
@@ -106,10 +116,19 @@ pub fn head(embedding: Tensor, fc: &tch::nn::Linear, taps: &mut Taps) -> Tensor 
     logits
 }
 
-/// Global average pooling of the pre-pooling map, then the classifier.
+/// Global average pooling of the pre-pooling map, then the classifier. The `logit_map` tap is
+/// the classifier applied at each position of the map: since the classifier is affine, average
+/// pooling the map over any region and classifying gives the same logits as pooling `logit_map`
+/// over that region (SDD's local logits; the mean over all positions is the model's logits).
 pub(crate) fn pool_head(prepool: Tensor, fc: &tch::nn::Linear, taps: &mut Taps) -> Tensor {
     taps.put("prepool", &prepool);
+    taps.put_with("logit_map", || logit_map(&prepool, fc));
     head(prepool.adaptive_avg_pool2d([1, 1]).flatten(1, -1), fc, taps)
+}
+
+/// (N, D, H, W) → (N, C, H, W): the classifier at every position.
+pub fn logit_map(prepool: &Tensor, fc: &tch::nn::Linear) -> Tensor {
+    prepool.permute([0, 2, 3, 1]).apply(fc).permute([0, 3, 1, 2])
 }
 
 /// Runs `blocks` in order, recording `stage{k}` after each index in `stage_ends` (exclusive ends).
