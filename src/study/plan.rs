@@ -7,7 +7,7 @@ use crate::methods::{self, MethodSpec};
 use crate::train::checkpoint::{RunRef, Which};
 use crate::train::config::TrainConfig;
 use crate::train::topk_cache::TeacherCache;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -285,7 +285,10 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
     for spec in &study.teachers.runs {
         teachers.push(existing_teacher(spec)?);
     }
-    for block in &study.methods {
+    // The report groups runs by series: two blocks whose runs share a label but not their
+    // hyper-parameters would be merged there (block index and hyper-parameters by label).
+    let mut labels: BTreeMap<String, (usize, serde_json::Value)> = BTreeMap::new();
+    for (b, block) in study.methods.iter().enumerate() {
         for spec in &block.grid {
             for (cache, fit) in block
                 .caches(study.students.teacher_cache)
@@ -293,6 +296,15 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
                 .flat_map(|c| block.fits().into_iter().map(move |f| (c, f)))
             {
                 let point = GridPoint::new(block, spec, cache, fit)?;
+                let (first, hyper) = labels.entry(point.series.clone()).or_insert((b, point.hyper.clone()));
+                if *first != b && *hyper != point.hyper {
+                    bail!(
+                        "methods[{first}] and methods[{b}] both label their runs '{}' with other hyper-parameters ({hyper} and {}): \
+                         the report would merge them; list the values in one block (e.g. tau = [4, 1]) or give each block a `label`",
+                        point.series,
+                        point.hyper
+                    );
+                }
                 for teacher in point.teachers(&teachers) {
                     for student in
                         study.students.models.iter().filter(|s| block.students.as_ref().is_none_or(|f| f.contains(s)))
@@ -513,6 +525,24 @@ mod tests {
         let more = expand(&s3, dir).unwrap();
         assert!(runs.iter().all(|r| more.iter().any(|m| m.id == r.id)));
         assert_eq!(more.len(), runs.len() + 1 + 4 + 2);
+    }
+
+    #[test]
+    fn blocks_that_would_share_a_series_with_other_values_are_refused() {
+        let dir = Path::new("/tmp/unused");
+        let two = study("[[methods]]\nname = 'kd'\ntau = 4\n[[methods]]\nname = 'kd'\ntau = 1\n");
+        let e = format!("{:#}", expand(&two, dir).unwrap_err());
+        assert!(e.contains("methods[0] and methods[1] both label their runs 'kd'"), "{e}");
+        // One block listing both values, or labels, or the same values on other teachers: fine.
+        expand(&study("[[methods]]\nname = 'kd'\ntau = [4, 1]\n"), dir).unwrap();
+        expand(
+            &study("[[methods]]\nname = 'kd'\ntau = 4\n[[methods]]\nname = 'kd'\ntau = 1\nlabel = 'kd cold'\n"),
+            dir,
+        )
+        .unwrap();
+        let split =
+            "[[methods]]\nname = 'kd'\nteachers = ['cnn_w1']\n[[methods]]\nname = 'kd'\nteachers = ['cnn_w2']\n";
+        expand(&study(split), dir).unwrap();
     }
 
     #[test]
