@@ -2,6 +2,7 @@
 //! early checkpoint, ESKD, and through an assistant, TAKD), and the run records say exactly how.
 mod common;
 
+use common::serial;
 use kdlab::data::{self, Dataset};
 use kdlab::methods;
 use kdlab::train::config::TrainConfig;
@@ -10,14 +11,6 @@ use kdlab::train::objective::CrossEntropy;
 use kdlab::train::trainer::{train, RunOptions};
 use std::path::Path;
 use tch::Device;
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tch::set_num_threads(2);
-    g
-}
 
 fn small() -> Dataset {
     data::embedded::load().unwrap().head(640, 200)

@@ -4,36 +4,9 @@
 //! code, complex-step gradients), on tensors generated here: maps of unequal sizes (each pooled
 //! way: the student's larger, the teacher's larger, sizes that do not divide, non-square maps),
 //! unequal channel counts, and SDD maps smaller than its finest scale.
-use std::path::{Path, PathBuf};
-
-fn normal(r: &mut kdlab::util::rng::Rng) -> f64 {
-    let (u, v) = (1.0 - r.unit(), r.unit());
-    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-}
-
-fn python() -> Option<PathBuf> {
-    let venv = std::env::var("KDLAB_TORCH_VENV")
-        .unwrap_or_else(|_| format!("{}/.cache/kdlab-torch-venv", std::env::var("HOME").unwrap_or_default()));
-    let py = Path::new(&venv).join("bin/python");
-    py.exists().then_some(py)
-}
-
-fn json_of(cmd: &mut std::process::Command, what: &str) -> serde_json::Value {
-    let o = cmd.output().unwrap();
-    assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-/// |a − b| relative to |b|, with a floor at 10⁻⁹ of the largest |b| of the set.
-fn worst_rel(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-9 * scale)).fold(0.0, f64::max)
-}
-
-fn flat(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect()
-}
+use std::path::Path;
+mod common;
+use common::reference::{flat, json_of, normal, python, worst_rel};
 
 /// A case: N samples, C classes, and each tap's name with the student's and the teacher's shape
 /// (batch left out).

@@ -17,14 +17,9 @@ use kdlab::train::trainer::{train, RunOptions};
 use std::path::Path;
 use std::process::{Command, Output};
 use tch::Device;
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tch::set_num_threads(2);
-    guard
-}
+mod common;
+use common::reference::{flat, json_of, normal, python, worst_rel};
+use common::serial;
 
 fn small_data() -> Dataset {
     data::embedded::load().unwrap().head(600, 200)
@@ -372,38 +367,6 @@ fn crd_keeps_its_banks_and_z_as_state_and_resumes_bit_identically() {
     let other = tempfile::tempdir().unwrap();
     let o = train(&TrainConfig { seed: 4, ..cfg("cnn_w1", 1) }, &data, &mut crd(), &quiet(other.path(), "distill"));
     assert_ne!(o.unwrap().history[0].terms["crd"], full.history[0].terms["crd"]);
-}
-
-fn normal(r: &mut kdlab::util::rng::Rng) -> f64 {
-    let (u, v) = (1.0 - r.unit(), r.unit());
-    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-}
-
-fn python() -> Option<std::path::PathBuf> {
-    let venv = std::env::var("KDLAB_TORCH_VENV")
-        .unwrap_or_else(|_| format!("{}/.cache/kdlab-torch-venv", std::env::var("HOME").unwrap_or_default()));
-    let py = Path::new(&venv).join("bin/python");
-    py.exists().then_some(py)
-}
-
-/// |a − b| relative to |b|, with a floor at 10⁻⁹ of the largest |b| of the set.
-fn worst_rel(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-9 * scale)).fold(0.0, f64::max)
-}
-
-fn flat(v: &serde_json::Value) -> Vec<f64> {
-    match v {
-        serde_json::Value::Array(a) => a.iter().flat_map(flat).collect(),
-        v => vec![v.as_f64().unwrap()],
-    }
-}
-
-fn json_of(cmd: &mut Command, what: &str) -> serde_json::Value {
-    let o = cmd.output().unwrap();
-    assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// One CRD case's files: logits, labels, both embeddings, the batch's indices into a bank of

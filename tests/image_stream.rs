@@ -13,13 +13,8 @@ use kdlab::data::loader::{Batch, Feed, Loader, LoaderSpec};
 use kdlab::data::transform::{resample, Decoded, Resample};
 use kdlab::data::Shape;
 use std::path::Path;
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tch::set_num_threads(1);
-    guard
+    common::serial_on(1)
 }
 
 #[test]

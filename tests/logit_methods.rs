@@ -4,13 +4,10 @@
 //! generated here; small cases by hand; the identities each method must
 //! satisfy; and DTKD's fallback where a largest logit is not positive.
 use kdlab::methods::{self, LossInput};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Kind, Tensor};
-
-fn normal(r: &mut kdlab::util::rng::Rng) -> f64 {
-    let (u, v) = (1.0 - r.unit(), r.unit());
-    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-}
+mod common;
+use common::reference::{flat, json_of, normal, python, worst_rel};
 
 /// Writes s.npy, t.npy, y.npy: trained-looking teacher rows (a lead on a class, right on most
 /// samples), a student of another scale, and `negative` student rows whose logits are all below 0.
@@ -32,31 +29,6 @@ fn write_case(dir: &Path, seed: u64, n: usize, c: usize, t_scale: f64, negative:
     kdlab::data::npy::write_f32(&dir.join("s.npy"), &[n, c], &student).unwrap();
     kdlab::data::npy::write_f32(&dir.join("t.npy"), &[n, c], &teacher).unwrap();
     kdlab::data::npy::write_i64(&dir.join("y.npy"), &[n], &labels).unwrap();
-}
-
-fn python() -> Option<PathBuf> {
-    let venv = std::env::var("KDLAB_TORCH_VENV")
-        .unwrap_or_else(|_| format!("{}/.cache/kdlab-torch-venv", std::env::var("HOME").unwrap_or_default()));
-    let py = Path::new(&venv).join("bin/python");
-    py.exists().then_some(py)
-}
-
-fn json_of(cmd: &mut std::process::Command, what: &str) -> serde_json::Value {
-    let o = cmd.output().unwrap();
-    assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-/// |a − b| relative to |b|, with a floor at 10⁻⁹ of the largest |b| of the set (an entry that is
-/// zero in exact arithmetic is compared at the scale of the others).
-fn worst_rel(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-9 * scale)).fold(0.0, f64::max)
-}
-
-fn flat(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect()
 }
 
 /// The must-show check: every term, the total and the gradient with respect to the student's

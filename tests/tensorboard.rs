@@ -5,6 +5,7 @@
 //! SIGKILL) holds each step once, with the values of the epochs it trained.
 mod common;
 
+use common::serial;
 use kdlab::data::{self, Dataset};
 use kdlab::methods;
 use kdlab::train::config::TrainConfig;
@@ -16,14 +17,6 @@ use kdlab::util::tensorboard::{self, EventWriter};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tch::Device;
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tch::set_num_threads(2);
-    g
-}
 
 fn small() -> Dataset {
     // 700 training images, a validation split of 10 per class carved out: 600 train, 10 steps of

@@ -12,14 +12,8 @@ use kdlab::train::objective::CrossEntropy;
 use kdlab::train::run::EpochMetrics;
 use kdlab::train::trainer::{train, RunOptions};
 use tch::Device;
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    tch::set_num_threads(2);
-    guard
-}
+mod common;
+use common::serial;
 
 fn small_data() -> Dataset {
     data::embedded::load().unwrap().head(1200, 400)

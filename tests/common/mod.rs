@@ -105,3 +105,61 @@ pub fn feed_with_threads(
         Feed::Memory { .. } => panic!("transform=imagenet feeds from files"),
     }
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One test at a time within a test binary, on `threads` LibTorch threads: the tests that train
+/// compare numbers bit for bit, and the thread count changes the order of float reductions.
+pub fn serial_on(threads: i32) -> std::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::set_num_threads(threads);
+    guard
+}
+
+/// `serial_on(2)`.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    serial_on(2)
+}
+
+/// What the float64 reference checks share: the NumPy scripts' interpreter, their JSON, and the
+/// comparison.
+pub mod reference {
+    use std::path::{Path, PathBuf};
+
+    /// A standard normal draw (Box–Muller) from kdlab's generator, for test tensors.
+    pub fn normal(r: &mut kdlab::util::rng::Rng) -> f64 {
+        let (u, v) = (1.0 - r.unit(), r.unit());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// The venv's Python (with NumPy), where the Makefile installed it.
+    pub fn python() -> Option<PathBuf> {
+        let venv = std::env::var("KDLAB_TORCH_VENV")
+            .unwrap_or_else(|_| format!("{}/.cache/kdlab-torch-venv", std::env::var("HOME").unwrap_or_default()));
+        let py = Path::new(&venv).join("bin/python");
+        py.exists().then_some(py)
+    }
+
+    /// The JSON a command prints, failing the test with its stderr when it fails.
+    pub fn json_of(cmd: &mut std::process::Command, what: &str) -> serde_json::Value {
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// |a − b| relative to |b|, with a floor at 10⁻⁹ of the largest |b| of the set (an entry that
+    /// is zero in exact arithmetic is compared at the scale of the others).
+    pub fn worst_rel(a: &[f64], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+        a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-9 * scale)).fold(0.0, f64::max)
+    }
+
+    /// A JSON number, or nested lists of them, flattened in order.
+    pub fn flat(v: &serde_json::Value) -> Vec<f64> {
+        match v {
+            serde_json::Value::Array(a) => a.iter().flat_map(flat).collect(),
+            v => vec![v.as_f64().unwrap()],
+        }
+    }
+}
