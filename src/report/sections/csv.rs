@@ -5,6 +5,17 @@ use crate::report::results::{Stat, Student, StudyResults};
 use anyhow::Result;
 use std::collections::BTreeMap;
 
+/// A text field as CSV writes it: quoted (quotes doubled) where it holds a comma or a quote, as
+/// a series label may (`label = "ats control (4, 4)"`); unchanged otherwise, so files whose
+/// fields never needed it are written as before.
+pub(crate) fn field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
 fn results_csv(r: &StudyResults) -> String {
     let mut results = String::from(
         "id,kind,student,teacher,teacher_params,series,method,hyper,seed,final_acc,best_acc,best_epoch,final_val_acc,teacher_family\n",
@@ -38,7 +49,7 @@ fn results_csv(r: &StudyResults) -> String {
             s.id,
             s.student,
             s.teacher.clone().unwrap_or_default(),
-            s.series,
+            field(&s.series),
             s.method,
             s.hyper.to_string().replace('"', "'"),
             s.seed,
@@ -72,8 +83,16 @@ fn summary_csv(r: &StudyResults) -> String {
                     Stat::of(&mine.iter().map(|s| s.best_acc).collect::<Vec<_>>()),
                 );
                 summary += &format!(
-                    "{sm},{name},{},{},{},{},{},{},{},{}\n",
-                    mine[0].method, t.name, t.params, f.n, f.mean, f.std, b.mean, b.std
+                    "{sm},{},{},{},{},{},{},{},{},{}\n",
+                    field(name),
+                    mine[0].method,
+                    t.name,
+                    t.params,
+                    f.n,
+                    f.mean,
+                    f.std,
+                    b.mean,
+                    b.std
                 );
             }
         }
@@ -140,4 +159,23 @@ pub fn write(r: &StudyResults, out: &mut Output) -> Result<()> {
     out.file("timing.csv", &timing_csv(r))?;
     out.file("teachers.csv", &teachers_csv(r))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod field_tests {
+    use super::field;
+
+    /// A label with a comma or a quote is quoted, and reads back whole with the report's reader.
+    #[test]
+    fn fields_that_need_quotes_are_quoted_and_read_back() {
+        assert_eq!(field("kd τ=4"), "kd τ=4");
+        let labels = ["ats control (4, 4)", "say \"hi\", twice"];
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.csv");
+        let rows: Vec<String> = labels.iter().map(|l| format!("{},1", field(l))).collect();
+        std::fs::write(&p, format!("series,n\n{}\n", rows.join("\n"))).unwrap();
+        let back = crate::report::from_files::read_csv(&p, &["series", "n"]).unwrap();
+        let got: Vec<&str> = back.iter().map(|r| r["series"].as_str()).collect();
+        assert_eq!(got, labels);
+    }
 }
