@@ -44,7 +44,6 @@ pub struct MethodSpec {
     params: Arc<dyn AnyParams>,
     // What the edge asks of the built method before a run builds its own.
     min_topk: usize,
-    settled_epoch: f64,
     taps: TapNeeds,
 }
 
@@ -55,14 +54,7 @@ impl MethodSpec {
         let entry = entry_of(name)?;
         let params = entry.parse(&given)?;
         let built = params.build().with_context(|| format!("method '{name}'"))?;
-        Ok(MethodSpec {
-            entry,
-            given,
-            params,
-            min_topk: built.min_topk(),
-            settled_epoch: built.settled_epoch(),
-            taps: built.taps(),
-        })
+        Ok(MethodSpec { entry, given, params, min_topk: built.min_topk(), taps: built.taps() })
     }
 
     /// The method with its defaults.
@@ -97,11 +89,6 @@ impl MethodSpec {
     /// See `Method::min_topk`.
     pub(crate) fn min_topk(&self) -> usize {
         self.min_topk
-    }
-
-    /// See `Method::settled_epoch`.
-    pub fn settled_epoch(&self) -> f64 {
-        self.settled_epoch
     }
 
     /// See `Method::taps`.

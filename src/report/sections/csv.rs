@@ -134,7 +134,7 @@ fn teachers_csv(r: &StudyResults) -> String {
                 p.teachers.iter().find(|x| x.name == t.name),
             ) {
                 // A set's name may hold a comma ("transfer set, augmented views").
-                let label = if label.contains(',') { format!("\"{label}\"") } else { label.to_string() };
+                let label = field(label);
                 teachers += &format!(
                     "{},{},{label},{},{acc},{},{},{},{},{},{}\n",
                     t.name,
