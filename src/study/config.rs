@@ -38,6 +38,10 @@
 //! name = "kd"
 //! assistant = "cnn_w2"                # TAKD: teacher → assistant → student
 //!
+//! [[methods]]
+//! name = "kd"
+//! train = { optimizer = "dot" }       # the block's students trained otherwise (any training key)
+//!
 //! [slurm]                             # optional: what `--emit-slurm` arrays ask for (`slurm.rs`)
 //! partition = "cpu"
 //! time = "2:00:00"
@@ -97,6 +101,33 @@ pub struct StudentSet {
 }
 
 /// One `[[methods]]` block: a method and a grid of its hyper-parameters.
+/// The keys of `[students]` (and of one student's overrides) that are not training keys.
+const STUDENT_OWN_KEYS: &[&str] = &["models", "teacher_cache"];
+
+/// The `[students]` section as written, for a methods block that changes its students' training
+/// (`train = { ... }`): each student's settings are the section's, then its overrides, then the block's.
+struct StudentTables<'a> {
+    section: &'a toml::Table,
+    data: &'a str,
+}
+
+impl StudentTables<'_> {
+    /// Student `model`'s training table with `changes` on top.
+    fn with(&self, model: &str, changes: &toml::Table) -> toml::Table {
+        let mut merged = self.section.clone();
+        let overrides = merged.remove("overrides");
+        if let Some(o) = overrides.as_ref().and_then(|o| o.get(model)).and_then(|o| o.as_table()) {
+            merged.extend(o.clone());
+        }
+        merged.extend(changes.clone());
+        merged
+    }
+
+    fn models(&self, origin: &str) -> Result<Vec<String>> {
+        models(self.section, "students.models", origin)
+    }
+}
+
 impl StudentSet {
     /// The training settings of student `model` (its overrides applied).
     pub(crate) fn train_for(&self, model: &str) -> TrainConfig {
@@ -127,6 +158,11 @@ pub struct MethodBlock {
     pub teacher_fit: Vec<FitPick>,
     /// Distil from the temperature-scaled teacher (`teacher_calibrate = true`).
     pub teacher_calibrate: bool,
+    /// The block's changes to its students' training (`train = { optimizer = "dot" }`): each
+    /// student's settings with them applied; empty: the `[students]` settings.
+    pub train: BTreeMap<String, TrainConfig>,
+    /// Those changes as `key=value`, in key order: they label the block's series.
+    pub train_changes: Vec<String>,
 }
 
 /// A grid combination left out because the method declares its values incompatible.
@@ -161,7 +197,7 @@ const TOP_KEYS: [&str; 16] = [
 /// them): the data carving, so that the students' transfer set is the teachers' training set.
 const SHARED_TRAIN_KEYS: [&str; 3] = config::CARVING_KEYS;
 /// The keys of a `[[methods]]` block that are not the method's hyper-parameters.
-pub const BLOCK_KEYS: [&str; 9] = [
+pub const BLOCK_KEYS: [&str; 10] = [
     "name",
     "teachers",
     "students",
@@ -171,6 +207,7 @@ pub const BLOCK_KEYS: [&str; 9] = [
     "teacher_cache",
     "teacher_fit",
     "teacher_calibrate",
+    "train",
 ];
 
 fn unknown(origin: &str, key: &str, allowed: &[String]) -> anyhow::Error {
@@ -286,7 +323,7 @@ fn models(t: &toml::Table, key: &str, origin: &str) -> Result<Vec<String>> {
     Ok(models)
 }
 
-fn method_blocks(v: Option<&toml::Value>, origin: &str) -> Result<Vec<MethodBlock>> {
+fn method_blocks(v: Option<&toml::Value>, origin: &str, students: &StudentTables) -> Result<Vec<MethodBlock>> {
     let blocks = match v {
         None => bail!("{origin}: no [[methods]] (e.g. [[methods]] name = \"kd\")"),
         Some(toml::Value::Array(a)) => a,
@@ -297,9 +334,36 @@ fn method_blocks(v: Option<&toml::Value>, origin: &str) -> Result<Vec<MethodBloc
         .enumerate()
         .map(|(i, b)| {
             let b = b.as_table().with_context(|| format!("{origin}: methods[{i}] is not a table"))?;
-            MethodBlock::parse(b, &format!("{origin} methods[{i}]"))
+            MethodBlock::parse(b, &format!("{origin} methods[{i}]"), students)
         })
         .collect()
+}
+
+/// A block's `train = { ... }`: every student's training settings with the changes applied, and
+/// the changes as `key=value`. The transfer set is the teachers' training set, so the carving
+/// keys stay the study's.
+fn block_train(
+    b: &toml::Table,
+    origin: &str,
+    students: &StudentTables,
+) -> Result<(BTreeMap<String, TrainConfig>, Vec<String>)> {
+    let Some(v) = b.get("train") else { return Ok(Default::default()) };
+    let changes =
+        v.as_table().with_context(|| format!("{origin}: train should be a table of training keys, found {v}"))?;
+    if let Some(k) =
+        changes.keys().find(|k| SHARED_TRAIN_KEYS.contains(&k.as_str()) || STUDENT_OWN_KEYS.contains(&k.as_str()))
+    {
+        bail!("{origin}: train.{k} is the study's setting, not a block's (the students' transfer set is the teachers' training set)");
+    }
+    let origin = format!("{origin} train");
+    let mut train = BTreeMap::new();
+    for model in students.models(&origin)? {
+        let table = students.with(&model, changes);
+        train.insert(model, train_section(&table, &origin, STUDENT_OWN_KEYS, students.data)?);
+    }
+    let labels =
+        changes.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_string)));
+    Ok((train, labels.collect()))
 }
 
 impl TeacherSet {
@@ -365,7 +429,7 @@ impl StudentSet {
             merged.remove("overrides");
             merged.extend(changes.clone());
             let origin = format!("{origin} [students.overrides.{model}]");
-            overrides.insert(model.clone(), train_section(&merged, &origin, &["models", "teacher_cache"], data)?);
+            overrides.insert(model.clone(), train_section(&merged, &origin, STUDENT_OWN_KEYS, data)?);
         }
         Ok(overrides)
     }
@@ -386,13 +450,14 @@ impl StudyConfig {
         let name = optional_str(&table, "name", origin)?.unwrap_or_else(|| default_name.to_string());
         let data = optional_str(&table, "data", origin)?
             .with_context(|| format!("{origin}: no 'data' (e.g. data = \"fashion-mnist\")"))?;
+        let students = section(&table, "students", origin)?;
         let cfg = StudyConfig {
             name,
             seeds: seeds(table.get("seeds"), origin)?,
             probe_tau: probe_tau(table.get("probe_tau"), origin)?,
             teachers: TeacherSet::parse(&section(&table, "teachers", origin)?, &data, origin)?,
-            students: StudentSet::parse(&section(&table, "students", origin)?, &data, origin)?,
-            methods: method_blocks(table.get("methods"), origin)?,
+            students: StudentSet::parse(&students, &data, origin)?,
+            methods: method_blocks(table.get("methods"), origin, &StudentTables { section: &students, data: &data })?,
             featured: featured(&table, origin)?,
             threads: super::slurm_options::parse_threads(table.get("threads"), origin)?,
             slurm: super::slurm_options::SlurmOptions::parse(table.get("slurm"), origin)?,
@@ -505,7 +570,7 @@ pub(crate) fn external_name(spec: &str) -> String {
 }
 
 impl MethodBlock {
-    fn parse(b: &toml::Table, origin: &str) -> Result<MethodBlock> {
+    fn parse(b: &toml::Table, origin: &str, students: &StudentTables) -> Result<MethodBlock> {
         let name =
             b.get("name").and_then(|v| v.as_str()).with_context(|| format!("{origin}: no method 'name'"))?.to_string();
         let entry = methods::entry_of(&name).with_context(|| origin.to_string())?;
@@ -559,6 +624,10 @@ impl MethodBlock {
             bail!("{origin}: teacher_calibrate does not combine with assistant (which teacher would it calibrate?)");
         }
         let teacher_cache = block_caches(b, origin)?;
+        let (train, train_changes) = block_train(b, origin, students)?;
+        if !train.is_empty() && assistant.is_some() {
+            bail!("{origin}: train does not combine with assistant (the assistant is trained as the [students] say)");
+        }
         for (spec, cache) in grid.iter().flat_map(|p| teacher_cache.iter().map(move |c| (p, c))) {
             if let TeacherCache::TopK(k) = cache {
                 crate::train::distill::check_topk(spec, *k).with_context(|| origin.to_string())?;
@@ -577,7 +646,17 @@ impl MethodBlock {
             teacher_cache,
             teacher_fit,
             teacher_calibrate,
+            train,
+            train_changes,
         })
+    }
+
+    /// The training settings of this block's student `model`, before the seed.
+    pub(crate) fn train_for(&self, students: &StudentSet, model: &str) -> TrainConfig {
+        match self.train.get(model) {
+            Some(t) => TrainConfig { model: model.to_string(), ..t.clone() },
+            None => students.train_for(model),
+        }
     }
 
     /// The fit levels of this block's runs: None (the final checkpoint) when it sets none.

@@ -223,6 +223,9 @@ fn series_label(block: &MethodBlock, spec: &MethodSpec) -> String {
     if let Some(a) = &block.assistant {
         s += &format!(" (TAKD via {a})");
     }
+    for change in &block.train_changes {
+        s += &format!(" {change}");
+    }
     s
 }
 
@@ -296,13 +299,18 @@ pub fn expand(study: &StudyConfig, study_dir: &Path) -> Result<Vec<RunSpec>> {
                 .flat_map(|c| block.fits().into_iter().map(move |f| (c, f)))
             {
                 let point = GridPoint::new(block, spec, cache, fit)?;
-                let (first, hyper) = labels.entry(point.series.clone()).or_insert((b, point.hyper.clone()));
-                if *first != b && *hyper != point.hyper {
+                // A block's training changes count as its values here: they change its runs too.
+                let values = match block.train_changes.is_empty() {
+                    true => point.hyper.clone(),
+                    false => serde_json::json!({"hyper": point.hyper, "train": block.train_changes}),
+                };
+                let (first, hyper) = labels.entry(point.series.clone()).or_insert((b, values.clone()));
+                if *first != b && *hyper != values {
                     bail!(
                         "methods[{first}] and methods[{b}] both label their runs '{}' with other hyper-parameters ({hyper} and {}): \
                          the report would merge them; list the values in one block (e.g. tau = [4, 1]) or give each block a `label`",
                         point.series,
-                        point.hyper
+                        values
                     );
                 }
                 for teacher in point.teachers(&teachers) {
@@ -440,7 +448,7 @@ impl<'a> GridPoint<'a> {
             deps = vec![run.id.clone()];
             plan.add(run);
         }
-        let train = TrainConfig { seed, ..study.students.train_for(student) };
+        let train = TrainConfig { seed, ..block.train_for(&study.students, student) };
         let teacher_cache = if t.is_some() { self.teacher_cache } else { TeacherCache::Off };
         let identity = serde_json::json!({"kind": "student", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": teacher_cache,
             "teacher": t.as_ref().map(|t| teacher_identity(t, study_dir)).transpose()?});
@@ -611,5 +619,48 @@ mod tests {
                     [[methods]]\nname = 'dkd'\nteacher_cache = 'topk:1'\n";
         let e = format!("{:#}", StudyConfig::from_table(text.parse().unwrap(), "s.toml", "s").unwrap_err());
         assert!(e.contains("s.toml methods[0]") && e.contains("method 'dkd' cannot"), "{e}");
+    }
+
+    #[test]
+    fn a_block_trains_its_students_otherwise_in_a_series_of_its_own() {
+        use crate::train::engine::sgd::Optimizer;
+        let dir = Path::new("/tmp/unused");
+        let plain = expand(&study("[[methods]]\nname = 'kd'\n"), dir).unwrap();
+        let blocks = "[[methods]]\nname = 'kd'\n[[methods]]\nname = 'kd'\ntrain = { optimizer = 'dot', lr = 0.1 }\n";
+        let runs = expand(&study(blocks), dir).unwrap();
+        let dot: Vec<&RunSpec> = runs.iter().filter(|r| r.train.optimizer == Optimizer::Dot).collect();
+        assert_eq!(dot.len(), 2 * 2, "2 teachers × 2 seeds");
+        for r in &dot {
+            assert_eq!(
+                (r.series.as_str(), r.train.lr, r.train.epochs, r.train.model.as_str()),
+                ("kd lr=0.1 optimizer=dot", 0.1, 3, "mlp_32x1")
+            );
+        }
+        // The plain block's runs keep their ids; the changed ones are new runs.
+        assert!(plain.iter().all(|p| runs.iter().any(|r| r.id == p.id && r.series == p.series)));
+        assert!(dot.iter().all(|d| plain.iter().all(|p| p.id != d.id)));
+        // A student's overrides stay under the block's changes.
+        let over =
+            "[students.overrides.mlp_32x1]\nepochs = 5\n[[methods]]\nname = 'kd'\ntrain = { optimizer = 'dot' }\n";
+        assert!(expand(&study(over), dir)
+            .unwrap()
+            .iter()
+            .filter(|r| r.kind == Kind::Student)
+            .all(|r| r.train.epochs == 5));
+        // Labels with other training would merge in the report; the carving is the study's; keys are checked.
+        let same = "[[methods]]\nname = 'kd'\nlabel = 'x'\n[[methods]]\nname = 'kd'\nlabel = 'x'\ntrain = { optimizer = 'dot' }\n";
+        assert!(format!("{:#}", expand(&study(same), dir).unwrap_err()).contains("both label their runs 'x'"));
+        let refused = |extra: &str| {
+            let text = format!("data = 'fashion-mnist-mini'\n[teachers]\nmodels = ['cnn_w1']\n[students]\nmodels = ['mlp_32x1']\n[[methods]]\nname = 'kd'\n{extra}");
+            format!("{:#}", StudyConfig::from_table(text.parse().unwrap(), "s.toml", "s").unwrap_err())
+        };
+        let e = refused("train = { train_subset = 10 }");
+        assert!(e.contains("s.toml methods[0]: train.train_subset is the study's setting"), "{e}");
+        let e = refused("train = { optimiser = 'dot' }");
+        assert!(e.contains("methods[0] train") && e.contains("optimiser"), "{e}");
+        let e = refused("train = { optimizer = 'adam' }");
+        assert!(e.contains("methods[0] train"), "{e}");
+        let e = refused("assistant = 'cnn_w1'\ntrain = { optimizer = 'dot' }");
+        assert!(e.contains("train does not combine with assistant"), "{e}");
     }
 }
