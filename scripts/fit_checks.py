@@ -16,7 +16,7 @@ standard deviation over seeds); nothing of kdlab's own summaries is read. The ch
    accuracy with the teacher's test NLL, validation NLL, test accuracy, test ECE, σ(q) on the
    transfer set and size; and of the student's test cross-entropy with the teacher's test NLL;
 3. calibration: each final teacher's temperature, and KD τ = 4 from it against the plain one;
-4. KD (tuned) and ATS against the student alone, per point.
+4. KD (tuned), ATS, the ATS (4, 4) control and ISATS against the student alone, per point.
 
 Standard library only, so that it runs anywhere.
 """
@@ -197,14 +197,19 @@ def main():
         n_sig = sum(1 for q in points if q["gain"][1])
         p(f"KD (tuned) beats the student alone by > 2 std at {n_sig} of {len(points)} points; "
           f"margins {100 * min(q['gain'][0] for q in points):+.2f} to {100 * max(q['gain'][0] for q in points):+.2f} points.")
+        # The remedies (ATS, its (4, 4) control, ISATS): how far each sits from KD and from the
+        # student alone, and how much it still follows the teacher's fit.
         ats = defaultdict(list)
         for (setting, t, lvl), runs in groups.items():
-            if runs[0]["method"] == "ats":
-                ats[setting].append((t, lvl, stat([f(r, "final_acc") for r in runs])))
+            if runs[0]["method"] in ("ats", "isats"):
+                ats[setting].append((t, lvl, stat([f(r, "final_acc") for r in runs]), f(runs[0], "teacher_test_nll")))
         for setting, v in sorted(ats.items()):
-            better = sum(1 for t, lvl, s in v if (t, lvl) in kd and s[0] > stat([f(r, "final_acc") for r in kd[(t, lvl)][2]])[0])
+            better = sum(1 for t, lvl, s, _ in v if (t, lvl) in kd and s[0] > stat([f(r, "final_acc") for r in kd[(t, lvl)][2]])[0])
+            above = sum(1 for _, _, s, _ in v if s[0] - base[0] > 2 * max(s[1], base[1]))
+            rho = spearman([nll for *_, nll in v], [s[0] for _, _, s, _ in v])
             p(f"- `{setting}`: {len(v)} points, above KD (tuned) at {better}; against the student alone "
-              f"{100 * (min(s[0] for _, _, s in v) - base[0]):+.2f} to {100 * (max(s[0] for _, _, s in v) - base[0]):+.2f} points.")
+              f"{100 * (min(s[0] for _, _, s, _ in v) - base[0]):+.2f} to {100 * (max(s[0] for _, _, s, _ in v) - base[0]):+.2f} points, "
+              f"above it by > 2 std at {above}; Spearman ρ with the teacher's test NLL {rho:+.2f}.")
     print("\n".join(out))
 
 

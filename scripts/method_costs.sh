@@ -1,5 +1,7 @@
 #!/bin/bash
 # Cost of each method against the student alone, side by side in one run (3 rounds, interleaved).
+# "live": the teacher runs on every batch; "cache": the teacher-logit cache; "store": a feature
+# method's teacher taps filled once into memory (--teacher-cache on an unaugmented transfer set).
 set -e
 K=${K:-$(pwd)/target/release/kdlab}
 W=${W:-$(mktemp -d)}; rm -rf $W; mkdir -p $W; cd $W
@@ -18,10 +20,16 @@ add "A kd cache dot" "distill $A --method kd --teacher-cache --optimizer dot"
 add "A fitnet live" "distill $A --method fitnet"
 add "A at live" "distill $A --method at --stages 2"
 add "A crd live" "distill $A --method crd"
+add "A fitnet store" "distill $A --method fitnet --teacher-cache"
+add "A at store" "distill $A --method at --stages 2 --teacher-cache"
+add "A crd store" "distill $A --method crd --teacher-cache"
 add "B ce" "train --model resnet8"
 add "B kd live" "distill $B --method kd"
 add "B sdd live" "distill $B --method sdd"
 add "B reviewkd live" "distill $B --method reviewkd"
+add "B kd cache" "distill $B --method kd --teacher-cache"
+add "B sdd store" "distill $B --method sdd --teacher-cache"
+add "B reviewkd store" "distill $B --method reviewkd --teacher-cache"
 for r in 1 2 3; do
   for i in "${!NAMES[@]}"; do
     out="run-$r-$i"

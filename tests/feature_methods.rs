@@ -12,6 +12,7 @@ use kdlab::train::config::TrainConfig;
 use kdlab::train::distill::Distill;
 use kdlab::train::objective::CrossEntropy;
 use kdlab::train::run::EpochMetrics;
+use kdlab::train::tap_store::TapStore;
 use kdlab::train::teacher::Teacher;
 use kdlab::train::trainer::{train, RunOptions};
 use std::path::Path;
@@ -106,6 +107,53 @@ fn fitnet_trains_its_regressor_and_resumes_bit_identically() {
         train(&cfg("mlp_16x1", 1), &data, &mut fitnet(t.path(), ""), &quiet(m.path(), "distill")).unwrap_err()
     );
     assert!(e.contains("method 'fitnet' needs tap 'stage2' of student mlp_16x1, which has: hidden1"), "{e}");
+}
+
+/// With the teacher cached and one view per image, a feature method reads the teacher's taps from a
+/// store filled once (resumed runs read the same store); run.json says how they were served.
+#[test]
+fn a_feature_method_reads_the_teachers_taps_from_a_store_where_each_image_has_one_view() {
+    let _turn = serial();
+    let data = small_data();
+    let t = tempfile::tempdir().unwrap();
+    train(&cfg("resnet8", 1), &data, &mut CrossEntropy, &quiet(t.path(), "train")).unwrap();
+    let stored = || {
+        let mut d = fitnet(t.path(), "");
+        d.tap_store = Some(TapStore::build(&d.teacher.model, &data, &d.taps.teacher).unwrap());
+        d
+    };
+    let c = TrainConfig { augment: false, ..cfg("cnn_w1", 3) };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let full = train(&c, &data, &mut stored(), &quiet(a.path(), "distill")).unwrap();
+    let stop = RunOptions { stop_after: Some(1), ..quiet(b.path(), "distill") };
+    train(&c, &data, &mut stored(), &stop).unwrap();
+    let resumed = train(&c, &data, &mut stored(), &quiet(b.path(), "distill")).unwrap();
+    assert_eq!(resumed.resumed_at, 1);
+    assert_eq!(numbers(&full.history), numbers(&resumed.history));
+    let sha = |d: &Path| checkpoint::read_meta(&d.join("last.json")).unwrap().weights_sha256;
+    assert_eq!(sha(a.path()), sha(b.path()));
+
+    // From the command line: the store where the transfer set has one view per image.
+    let tmp = tempfile::tempdir().unwrap();
+    common::write_small_idx(&tmp.path().join("fm"), 256, 64);
+    let teacher = ["train", "--model", "resnet8", "--data", "fm", "--epochs", "1", "--out", "t", "--quiet"];
+    assert!(kdlab(&teacher, tmp.path()).status.success());
+    let served = |augment: &str, out: &str| {
+        let args = ["distill", "--teacher", "t", "--student", "cnn_w1", "--method", "fitnet", "--data", "fm"];
+        let more = ["--epochs", "1", "--teacher-cache", "--augment", augment, "--out", out, "--quiet"];
+        let o = kdlab(&[&args[..], &more[..]].concat(), tmp.path());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tmp.path().join(out).join("run.json")).unwrap()).unwrap();
+        rec["extra"]["teacher_cache"].as_str().unwrap_or_default().to_string()
+    };
+    let line = served("false", "plain");
+    assert!(line.starts_with("the teacher's taps in memory (stage2, logits:"), "{line}");
+    let line = served("true", "augmented");
+    assert_eq!(
+        line,
+        "the teacher's taps served live: the transfer set is augmented (a view per step, not one per image)"
+    );
 }
 
 /// FitNet is one file and one registry line: its own keys are named nowhere else in the sources,

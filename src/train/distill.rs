@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::Tensor;
 
+use super::tap_store::{self, TapStore};
 use super::teacher::InputNorm;
 pub use super::teacher::Teacher;
 use super::topk_cache::{self, TeacherCache, TopKCache};
@@ -28,6 +29,8 @@ pub struct Distill {
     pub taps: methods::TapNeeds,
     /// A calibrated teacher's temperature T: the method reads the teacher's logits divided by T.
     pub teacher_temperature: Option<f64>,
+    /// The teacher's taps of every training image, where they are not served live.
+    pub tap_store: Option<TapStore>,
 }
 
 impl Distill {
@@ -35,7 +38,7 @@ impl Distill {
     pub fn new(teacher: Teacher, spec: &MethodSpec, cache: Option<Cached>) -> Result<Distill> {
         let method = spec.build()?;
         let taps = method.taps();
-        Ok(Distill { teacher, method, hyper: spec.hyper(), cache, taps, teacher_temperature: None })
+        Ok(Distill { teacher, method, hyper: spec.hyper(), cache, taps, teacher_temperature: None, tap_store: None })
     }
 
     /// The teacher's logits as the method reads them: divided by a calibrated teacher's T.
@@ -125,11 +128,17 @@ impl Objective for Distill {
     }
     fn terms(&mut self, logits: &Tensor, input: &StepInput) -> Result<Vec<(String, Tensor)>> {
         if !self.taps.teacher.is_empty() {
-            // Feature methods run the teacher on every batch: its taps are served live.
-            let mut taps = crate::models::Taps::only(&self.taps.teacher);
-            let t = self.teacher.model.infer_taps(input.images, &mut taps).to_kind(logits.kind());
-            let t = self.calibrated(t);
+            // Feature methods read the teacher's taps from the store, or run it on every batch.
             let indices = sample_indices(input);
+            let (taps, t) = match &self.tap_store {
+                Some(store) => store.lookup(&indices, logits.device()),
+                None => {
+                    let mut taps = crate::models::Taps::only(&self.taps.teacher);
+                    let t = self.teacher.model.infer_taps(input.images, &mut taps);
+                    (taps, t)
+                }
+            };
+            let t = self.calibrated(t.to_kind(logits.kind()));
             let x = LossInput {
                 student_taps: Some(input.taps),
                 teacher_taps: Some(&taps),
@@ -421,11 +430,9 @@ pub fn run(
     if let (Some(o), Some(d)) = (record.as_object_mut(), described) {
         o.insert("teacher_cache".into(), d);
     }
-    if teacher_cache != cfg.teacher_cache {
-        // The cache holds logits only: a method that reads the teacher's features runs it live.
-        if let Some(o) = record.as_object_mut() {
-            o.insert("teacher_cache".into(), "unused: the method reads the teacher's taps, served live".into());
-        }
+    let (tap_store, served) = serve_taps(cfg, &teacher, &data, quiet)?;
+    if let (Some(o), Some(served)) = (record.as_object_mut(), served) {
+        o.insert("teacher_cache".into(), served.into());
     }
     let teacher_temperature = if cfg.teacher_calibrate {
         let t = calibrated_temperature(&teacher, &data)?;
@@ -439,9 +446,51 @@ pub fn run(
     } else {
         None
     };
-    let mut objective = Distill { teacher_temperature, ..Distill::new(teacher, &cfg.method, cache)? };
+    let mut objective = Distill { teacher_temperature, tap_store, ..Distill::new(teacher, &cfg.method, cache)? };
     let opts = RunOptions { extra: record, quiet, trace_steps, ..RunOptions::new(out, device, "distill") };
     trainer::train(&cfg.train, &data, &mut objective, &opts)
+}
+
+/// How a feature method is served the teacher's taps: from a store filled once before training
+/// where the run caches the teacher (`teacher_cache = true`) and the transfer set has one view per
+/// image, live otherwise; with the line run.json records. A top-k cache or none keeps them live.
+fn serve_taps(
+    cfg: &DistillConfig,
+    teacher: &Teacher,
+    data: &crate::data::Dataset,
+    quiet: bool,
+) -> Result<(Option<TapStore>, Option<String>)> {
+    let need = &cfg.method.taps().teacher;
+    if need.is_empty() {
+        return Ok((None, None));
+    }
+    let live = |why: &str| Ok((None, Some(format!("the teacher's taps served live: {why}"))));
+    if cfg.teacher_cache != TeacherCache::Logits {
+        return Ok((None, None));
+    }
+    if cfg.train.augment || data.stream.is_some() {
+        return live("the transfer set is augmented (a view per step, not one per image)");
+    }
+    let shapes = teacher.model.tap_shapes();
+    if !need.iter().all(|n| shapes.iter().any(|(s, _)| s == n)) {
+        return Ok((None, None)); // the method's setup refuses the teacher, naming the tap
+    }
+    let bytes = tap_store::bytes(&shapes, need, data.train.len());
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    if bytes > tap_store::LIMIT_BYTES {
+        return live(&format!(
+            "the store would take {:.0} MiB (limit {:.0} MiB)",
+            mib(bytes),
+            mib(tap_store::LIMIT_BYTES)
+        ));
+    }
+    let store = TapStore::build(&teacher.model, data, need)?;
+    let line =
+        format!("the teacher's taps in memory ({}, logits: {:.1} MiB, filled once)", need.join(", "), mib(bytes));
+    if !quiet {
+        println!("{line}");
+    }
+    Ok((Some(store), Some(line)))
 }
 
 /// The temperature that calibrates `teacher` on `data`'s validation split (see [`super::calibrate`]).

@@ -11,4 +11,4 @@ pub mod teachers;
 
 pub use engine::{amp, eval, model, objective, schedule, sgd, trainer};
 pub use runs::{checkpoint, config, events, run};
-pub use teachers::{cache, calibrate, import, pth, teacher, topk_cache};
+pub use teachers::{cache, calibrate, import, pth, tap_store, teacher, topk_cache};

@@ -229,6 +229,21 @@ pub(crate) fn teacher_logits(
     view_of: impl Fn(usize) -> View,
     mut each: impl FnMut(usize, usize, &[f32]) -> Result<()>,
 ) -> Result<()> {
+    teacher_inputs(split, aug, view_of, model.device(), |lo, hi, x| {
+        let logits = model.infer(x).to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+        each(lo, hi, &Vec::<f32>::try_from(logits.view(-1))?)
+    })
+}
+
+/// The teacher's inputs for every sample of `split`, sample i seen through `view_of(i)`, in
+/// batches of `EVAL_BATCH` on `device`: `each(lo, hi, x)` gets samples lo..hi's.
+pub(crate) fn teacher_inputs(
+    split: &Split,
+    aug: &Augment,
+    view_of: impl Fn(usize) -> View,
+    device: Device,
+    mut each: impl FnMut(usize, usize, &Tensor) -> Result<()>,
+) -> Result<()> {
     let (n, numel) = (split.len(), split.shape.numel());
     let batch = crate::train::eval::EVAL_BATCH;
     let mut buf = vec![0f32; batch * numel];
@@ -238,9 +253,7 @@ pub(crate) fn teacher_logits(
             aug.apply(split.image(i), split.shape, view_of(i), &mut buf[(i - lo) * numel..(i - lo + 1) * numel]);
         }
         let dims = [(hi - lo) as i64, split.shape.c as i64, split.shape.h as i64, split.shape.w as i64];
-        let x = Tensor::from_slice(&buf[..(hi - lo) * numel]).view(dims).to_device(model.device());
-        let logits = model.infer(&x).to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-        each(lo, hi, &Vec::<f32>::try_from(logits.view(-1))?)?;
+        each(lo, hi, &Tensor::from_slice(&buf[..(hi - lo) * numel]).view(dims).to_device(device))?;
     }
     Ok(())
 }
