@@ -210,6 +210,22 @@ def main():
             p(f"- `{setting}`: {len(v)} points, above KD (tuned) at {better}; against the student alone "
               f"{100 * (min(s[0] for _, _, s, _ in v) - base[0]):+.2f} to {100 * (max(s[0] for _, _, s, _ in v) - base[0]):+.2f} points, "
               f"above it by > 2 std at {above}; Spearman ρ with the teacher's test NLL {rho:+.2f}.")
+        # The control that could refute "the asymmetry helps": a remedy that does no better than
+        # ATS's loss form with τ1 = τ2 owes its gain over KD to the form, not to the asymmetry.
+        control = {(t, lvl): s for t, lvl, s, _ in ats.get("ats control (4, 4)", [])}
+        if control:
+            p("\n## 5. The remedies against the ATS (4, 4) control\n")
+            for setting, v in sorted(ats.items()):
+                if setting == "ats control (4, 4)":
+                    continue
+                pairs = [(s, control[(t, lvl)]) for t, lvl, s, _ in v if (t, lvl) in control]
+                if not pairs:
+                    continue
+                diffs = [100 * (s[0] - c[0]) for s, c in pairs]
+                better = sum(1 for s, c in pairs if s[0] - c[0] > 2 * max(s[1], c[1]))
+                worse = sum(1 for s, c in pairs if c[0] - s[0] > 2 * max(s[1], c[1]))
+                p(f"- `{setting}` minus the control: {len(pairs)} points, mean {sum(diffs) / len(diffs):+.2f}, "
+                  f"{min(diffs):+.2f} to {max(diffs):+.2f} points; above it by > 2 std at {better}, below it at {worse}.")
     print("\n".join(out))
 
 
