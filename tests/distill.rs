@@ -145,6 +145,13 @@ fn cli_distill_from_toml_with_takd_and_clear_errors() {
         s["extra"]["teacher"]["checkpoint"].as_str().unwrap().contains("assistant"),
         "the student learns from the assistant"
     );
+    // Each link records its place in the chain (src/train/takd.rs).
+    assert_eq!(a["extra"]["takd_role"], "assistant", "{a}");
+    assert_eq!(
+        (s["extra"]["takd_role"].as_str(), s["extra"]["takd_assistant"].as_str(), s["extra"]["takd_teacher"].as_str()),
+        (Some("student"), Some("cnn_w1"), Some("runs/t")),
+        "{s}"
+    );
     // Bad input: τ1 < τ2, an unknown key, a missing teacher.
     let o = kdlab(
         &["distill", "--teacher", "runs/t", "--student", "cnn_w1", "--method", "ats", "--tau1", "1", "--tau2", "3"],

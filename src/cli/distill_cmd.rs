@@ -6,6 +6,7 @@ use crate::data::npy;
 use crate::methods::{self, LossInput, MethodSpec};
 use crate::train::config;
 use crate::train::distill::{self, DistillConfig};
+use crate::train::takd;
 use crate::train::teacher;
 use crate::train::topk_cache;
 use crate::util::fmt;
@@ -257,21 +258,33 @@ pub fn distill(a: DistillArgs) -> Result<()> {
     let r = match &cfg.assistant {
         None => distill::run(&cfg, &cfg.teacher, &out, device, a.quiet, a.trace_steps, serde_json::json!({}))?,
         Some(assistant) => {
-            // TAKD: teacher → assistant → student, each a full distillation run.
-            let train = crate::train::config::TrainConfig { model: assistant.clone(), ..cfg.train.clone() };
-            let a_out = out.join("assistant");
-            let role = serde_json::json!({"takd_role": "assistant"});
-            let ar =
-                distill::run(&cfg.assistant_link(train), &cfg.teacher, &a_out, device, a.quiet, a.trace_steps, role)?;
-            println!(
-                "assistant {assistant}: final test accuracy {:.2}% ({})",
-                100.0 * ar.final_test_acc,
-                a_out.display()
-            );
-            let spec = a_out.display().to_string();
-            let role =
-                serde_json::json!({"takd_role": "student", "takd_teacher": cfg.teacher, "takd_assistant": assistant});
-            distill::run(&cfg.student_link(&spec), &spec, &out.join("student"), device, a.quiet, a.trace_steps, role)?
+            // TAKD: each link of the chain a full distillation run, taught by the one above it.
+            let mut teacher = cfg.teacher.clone();
+            let mut last = None;
+            for link in takd::chain(assistant, &cfg.train.model) {
+                let dir = out.join(link.dir_name());
+                let role = takd::role_record(&link, &cfg.teacher, assistant);
+                let r = distill::run(
+                    &cfg.link_config(&link, &teacher),
+                    &teacher,
+                    &dir,
+                    device,
+                    a.quiet,
+                    a.trace_steps,
+                    role,
+                )?;
+                if link.role == takd::Role::Assistant {
+                    println!(
+                        "assistant {}: final test accuracy {:.2}% ({})",
+                        link.model,
+                        100.0 * r.final_test_acc,
+                        dir.display()
+                    );
+                }
+                teacher = dir.display().to_string();
+                last = Some(r);
+            }
+            last.expect("a TAKD chain ends with its student")
         }
     };
     println!(

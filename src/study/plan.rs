@@ -6,6 +6,7 @@ use super::fit::FitPick;
 use crate::methods::{self, MethodSpec};
 use crate::train::checkpoint::{RunRef, Which};
 use crate::train::config::TrainConfig;
+use crate::train::takd;
 use crate::train::topk_cache::TeacherCache;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -434,16 +435,17 @@ impl<'a> GridPoint<'a> {
             ..t
         });
         let mut deps: Vec<String> = t.as_ref().and_then(|t| t.study_run().map(str::to_string)).into_iter().collect();
-        if let (Some(assistant), Some(tr)) = (&block.assistant, &t) {
-            let run = self.assistant_run(study, study_dir, tr, assistant, seed, deps)?;
+        if let (Some(assistant), Some(chain_teacher)) = (&block.assistant, t.clone()) {
+            let [first, second] = takd::chain(assistant, student);
+            let run = self.assistant_run(study, study_dir, &chain_teacher, &first, seed, deps)?;
+            let keep = second.taught_by.keeps_teacher_settings();
             t = Some(TeacherRef {
-                name: tr.name.clone(),
                 source: TeacherSource::StudyRun(run.id.clone()),
-                at_epoch: None,
                 via_assistant: Some(assistant.clone()),
-                root: tr.root.clone(),
-                fit: None,
-                calibrate: false,
+                at_epoch: chain_teacher.at_epoch.filter(|_| keep),
+                fit: chain_teacher.fit.clone().filter(|_| keep),
+                calibrate: chain_teacher.calibrate && keep,
+                ..chain_teacher
             });
             deps = vec![run.id.clone()];
             plan.add(run);
@@ -469,17 +471,18 @@ impl<'a> GridPoint<'a> {
         Ok(())
     }
 
-    /// TAKD: the assistant `assistant` distilled from `teacher`, which then teaches the student.
+    /// TAKD's first link: the assistant distilled from `teacher`, which then teaches the student.
     fn assistant_run(
         &self,
         study: &StudyConfig,
         study_dir: &Path,
         teacher: &TeacherRef,
-        assistant: &str,
+        link: &takd::Link,
         seed: u64,
         depends_on: Vec<String>,
     ) -> Result<RunSpec> {
         let block = self.block;
+        let assistant = &link.model;
         let train = TrainConfig { seed, ..study.students.train_for(assistant) };
         let identity = serde_json::json!({"kind": "assistant", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": self.teacher_cache,
             "teacher": teacher_identity(teacher, study_dir)?});

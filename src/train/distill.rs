@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::Tensor;
 
+use super::takd;
 use super::tap_store::{self, TapStore};
 use super::teacher::InputNorm;
 pub use super::teacher::Teacher;
@@ -301,23 +302,22 @@ impl DistillConfig {
         Ok(())
     }
 
-    /// TAKD's first link: the assistant `arch` distilled from this configuration's teacher with
-    /// its method, trained as `train` says (the student's settings, or a study's for `arch`).
-    pub(crate) fn assistant_link(&self, train: TrainConfig) -> DistillConfig {
-        DistillConfig { train, assistant: None, ..self.clone() }
-    }
-
-    /// TAKD's second link: the student distilled from the trained assistant `assistant_spec`. The
-    /// assistant is a kdlab run, so the teacher's input normalisation and calibration (settings
-    /// of the first teacher) do not carry over.
-    pub(crate) fn student_link(&self, assistant_spec: &str) -> DistillConfig {
-        DistillConfig {
-            teacher: assistant_spec.to_string(),
+    /// The configuration of one TAKD link (`train::takd`): the link's architecture with the
+    /// student's training settings, distilled from `teacher` with this method. A link taught by
+    /// the trained assistant reads a kdlab run, so the chain teacher's input normalisation and
+    /// calibration do not carry over.
+    pub(crate) fn link_config(&self, link: &takd::Link, teacher: &str) -> DistillConfig {
+        let mut cfg = DistillConfig {
+            train: TrainConfig { model: link.model.clone(), ..self.train.clone() },
+            teacher: teacher.to_string(),
             assistant: None,
-            teacher_norm: InputNorm::default(),
-            teacher_calibrate: false,
             ..self.clone()
+        };
+        if !link.taught_by.keeps_teacher_settings() {
+            cfg.teacher_norm = InputNorm::default();
+            cfg.teacher_calibrate = false;
         }
+        cfg
     }
 }
 

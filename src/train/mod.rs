@@ -7,6 +7,7 @@
 pub mod distill;
 pub mod engine;
 pub mod runs;
+pub mod takd;
 pub mod teachers;
 
 pub use engine::{amp, eval, model, objective, schedule, sgd, trainer};
