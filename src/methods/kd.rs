@@ -30,6 +30,8 @@ impl Default for Params {
 }
 
 impl MethodParams for Params {
+    const BASELINE: bool = true;
+
     fn build(self) -> Result<Box<dyn Method>> {
         let tau = positive("tau", self.tau)?;
         Ok(Box::new(Kd {

@@ -194,6 +194,9 @@ pub(crate) trait MethodParams: Default + Clone + Serialize + DeserializeOwned + 
     const NEEDS_TEACHER: bool = true;
     /// Two keys whose grid the report draws as a heat-map (ATS's τ1 × τ2).
     const GRID: Option<GridKeys> = None;
+    /// The baseline the report measures every other method against (KD, tuned on validation):
+    /// drawn first, and the one whose student the fit view follows across teachers.
+    const BASELINE: bool = false;
 
     /// Checks the values and builds the method. A value no run can use is an error that names its
     /// key (see `positive`, `weight`); values that are fine alone but not together return
@@ -255,6 +258,8 @@ pub struct Entry {
     pub needs_teacher: bool,
     /// The grid the report draws (`MethodParams::GRID`).
     pub grid: Option<GridKeys>,
+    /// The report's baseline (`MethodParams::BASELINE`).
+    pub baseline: bool,
     parse: fn(&Table) -> Result<std::sync::Arc<dyn spec::AnyParams>>,
     keys: fn() -> &'static [&'static str],
     defaults: fn() -> serde_json::Value,
@@ -267,6 +272,7 @@ const fn entry<P: MethodParams>(name: &'static str, about: &'static str) -> Entr
         about,
         needs_teacher: P::NEEDS_TEACHER,
         grid: P::GRID,
+        baseline: P::BASELINE,
         parse: spec::parse::<P>,
         keys: field_names::<P>,
         defaults: defaults_of::<P>,
@@ -373,6 +379,12 @@ pub(crate) fn needs_teacher(name: &str) -> bool {
     entry_of(name).map_or(true, |e| e.needs_teacher)
 }
 
+/// Whether method `name` is the report's baseline (an unknown name, as a run of a method since
+/// removed, is not).
+pub fn is_baseline(name: &str) -> bool {
+    entry_of(name).is_ok_and(|e| e.baseline)
+}
+
 /// Builds method `name` from hyper-parameters given as a table: `MethodSpec::parse`, then
 /// `build`, for callers at the edge that want the method at once (`kdlab loss`, tests).
 pub fn build(name: &str, params: &Table) -> Result<Box<dyn Method>> {
@@ -409,4 +421,17 @@ pub fn weight(key: &str, v: f64) -> Result<f64> {
         bail!("{key} must be ≥ 0, got {v}");
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_has_one_baseline_and_it_needs_a_teacher() {
+        let baselines: Vec<&str> = REGISTRY.iter().filter(|e| e.baseline).map(|e| e.name).collect();
+        assert_eq!(baselines, ["kd"], "the report tunes and draws first exactly one baseline");
+        assert!(is_baseline("kd") && !is_baseline("ats") && !is_baseline("no-such-method"));
+        assert!(REGISTRY.iter().filter(|e| e.baseline).all(|e| e.needs_teacher));
+    }
 }

@@ -3,6 +3,7 @@
 //! and checkpoint the study distilled from, with the student's cross-entropy against the teacher's
 //! (the distillation-scaling view). Drawn from the runs that recorded `teacher_stats`.
 use super::{strings, Output, StudentView};
+use crate::methods;
 use crate::probe::stats::spearman;
 use crate::report::doc::Block;
 use crate::report::results::{Stat, Student, StudyResults};
@@ -71,11 +72,12 @@ fn method_points<'a>(r: &StudyResults, runs: &[&'a Student]) -> Vec<(String, Vec
     let params = |t: &str| r.teachers.iter().find(|x| x.name == t).map_or(0, |x| x.params);
     let mut by_method: BTreeMap<String, BTreeMap<(String, String), Vec<&'a Student>>> = BTreeMap::new();
     for ((set, teacher, lvl), v) in &groups {
-        let is_kd = v[0].method == "kd" && set.starts_with("kd");
+        // The baseline's settings, tuned per point; a labelled block of it (its own series) stays apart.
+        let is_kd = methods::is_baseline(&v[0].method) && set.starts_with(v[0].method.as_str());
         if is_kd {
             let key = (teacher.clone(), lvl.clone());
             let val = |v: &[&Student]| Stat::of(&v.iter().filter_map(|s| s.val_acc).collect::<Vec<_>>()).mean;
-            let slot = by_method.entry("kd (tuned on val)".into()).or_default();
+            let slot = by_method.entry(format!("{} (tuned on val)", v[0].method)).or_default();
             let better = slot.get(&key).is_none_or(|cur| val(v) > val(cur));
             if better && v.iter().all(|s| s.val_acc.is_some()) {
                 slot.insert(key, v.clone());
@@ -229,7 +231,7 @@ fn correlations(r: &StudyResults, methods: &[(String, Vec<Point>)], out: &mut Ou
 
 /// The student's test cross-entropy against the teacher's, one line per teacher through its levels.
 fn scaling_plot(sm: &str, methods: &[(String, Vec<Point>)], out: &mut Output) -> Result<()> {
-    let Some((m, pts)) = methods.iter().find(|(m, _)| m == "kd (tuned on val)").or(methods.first()) else {
+    let Some((m, pts)) = methods.iter().find(|(m, _)| m.ends_with(" (tuned on val)")).or(methods.first()) else {
         return Ok(());
     };
     let mut by_teacher: BTreeMap<(u64, String), Vec<(f64, f64)>> = BTreeMap::new();

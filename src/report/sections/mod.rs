@@ -4,6 +4,7 @@
 //! before the next.
 use super::doc::Block;
 use super::results::{Stat, Student, StudyResults, Teacher};
+use crate::methods;
 use crate::probe::ProbeReport;
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -154,7 +155,7 @@ fn featured(
     }
     let tuned_methods: Vec<&str> = tuned.iter().map(|(m, _)| m.as_str()).collect();
     let mut v: Vec<String> = tuned.iter().map(|(m, _)| format!("{m} (tuned on val)")).collect();
-    v.sort_by_key(|n| !n.starts_with("kd ("));
+    v.sort_by_key(|n| !tuned.iter().any(|(m, _)| methods::is_baseline(m) && *n == format!("{m} (tuned on val)")));
     v.extend(
         curve_series
             .iter()
