@@ -180,7 +180,9 @@ pub(crate) struct DistillArgs {
     #[arg(long)]
     pub student: Option<String>,
     /// TAKD: train this architecture from the teacher first, then teach the student with it.
-    #[arg(long)]
+    /// DGKD (--method dgkd): several, largest first (a,b), each taught by the teacher and the
+    /// assistants above it, the student by all of them.
+    #[arg(long, value_name = "ARCH[,ARCH…]")]
     pub assistant: Option<String>,
     #[command(flatten)]
     pub cache: CacheFlag,
@@ -255,37 +257,43 @@ pub fn distill(a: DistillArgs) -> Result<()> {
             cfg.train.seed
         ))
     });
-    let r = match &cfg.assistant {
-        None => distill::run(&cfg, &cfg.teacher, &out, device, a.quiet, a.trace_steps, serde_json::json!({}))?,
-        Some(assistant) => {
-            // TAKD: each link of the chain a full distillation run, taught by the one above it.
-            let mut teacher = cfg.teacher.clone();
-            let mut last = None;
-            for link in takd::chain(assistant, &cfg.train.model) {
-                let dir = out.join(link.dir_name());
-                let role = takd::role_record(&link, &cfg.teacher, assistant);
-                let r = distill::run(
-                    &cfg.link_config(&link, &teacher),
-                    &teacher,
-                    &dir,
-                    device,
-                    a.quiet,
-                    a.trace_steps,
-                    role,
-                )?;
-                if link.role == takd::Role::Assistant {
-                    println!(
-                        "assistant {}: final test accuracy {:.2}% ({})",
-                        link.model,
-                        100.0 * r.final_test_acc,
-                        dir.display()
-                    );
-                }
-                teacher = dir.display().to_string();
-                last = Some(r);
+    let links = takd::links(cfg.method.name(), cfg.method.entry().guided, &cfg.assistants, &cfg.train.model)?;
+    let r = if links.is_empty() {
+        distill::run(&cfg, &cfg.teacher, &out, device, a.quiet, a.trace_steps, serde_json::json!({}))?
+    } else {
+        // An assistant chain (TAKD, DGKD): each link a full distillation run, taught by the chain's
+        // teacher or the assistant above it, and guided (DGKD) by the trained assistants above it.
+        let mut trained: Vec<String> = vec![];
+        let mut last = None;
+        for link in &links {
+            let dir = out.join(link.dir_name());
+            let teacher = match link.taught_by {
+                takd::TaughtBy::Teacher => cfg.teacher.clone(),
+                takd::TaughtBy::Assistant => trained.last().expect("an assistant comes first").clone(),
+            };
+            let guides: Vec<String> = link.guides.iter().map(|&i| trained[i].clone()).collect();
+            let role = takd::role_record(link, &cfg.teacher, &cfg.assistants);
+            let r = distill::run(
+                &cfg.link_config(link, &teacher, &guides),
+                &teacher,
+                &dir,
+                device,
+                a.quiet,
+                a.trace_steps,
+                role,
+            )?;
+            if link.role == takd::Role::Assistant {
+                println!(
+                    "assistant {}: final test accuracy {:.2}% ({})",
+                    link.model,
+                    100.0 * r.final_test_acc,
+                    dir.display()
+                );
             }
-            last.expect("a TAKD chain ends with its student")
+            trained.push(dir.display().to_string());
+            last = Some(r);
         }
+        last.expect("a chain ends with its student")
     };
     println!(
         "done: {} ({} params) by {} — final test accuracy {:.2}%, best {:.2}% at epoch {}, {} of training; {}",
@@ -349,9 +357,18 @@ pub(crate) struct LossArgs {
     /// (N, K) integer: each sample's negatives (CRD), given instead of drawn.
     #[arg(long)]
     pub negatives: Option<PathBuf>,
-    /// The seed of the method's random draws (CRD's negatives), where they are not given.
+    /// The seed of the method's random draws (CRD's negatives, DGKD's dropped guides), where they
+    /// are not given.
     #[arg(long = "draw-seed", default_value_t = 0)]
     pub draw_seed: u64,
+    /// A guided method's other guides (DGKD: the assistants, largest first), each (N, C) logits:
+    /// a.npy,b.npy. The teacher's logits stay --teacher.
+    #[arg(long, value_name = "FILE[,FILE…]", value_delimiter = ',')]
+    pub guides: Vec<PathBuf>,
+    /// Which guides the step keeps, 1 or 0 for the teacher then each of --guides (DGKD: 1,0,1),
+    /// given instead of drawn from --draw-seed.
+    #[arg(long, value_name = "B[,B…]", value_delimiter = ',')]
+    pub keep: Vec<u8>,
     /// Sets a method variable after setup, NAME=FILE.npy (CRD's `bank_s`, `embed_s.weight`, `z`;
     /// the names `--grad`'s "var_grad" lists, and any state), for reference checks.
     #[arg(long = "method-var", value_name = "NAME=FILE")]
@@ -454,6 +471,38 @@ fn logits_tensor(p: &Path) -> Result<(usize, usize, Tensor)> {
     Ok((n, c, Tensor::from_slice(&v).view([n as i64, c as i64])))
 }
 
+/// A guided method's other guides (`--guides`), each the student's shape; refused for a method
+/// that learns from one teacher.
+fn read_guides(a: &LossArgs, spec: &MethodSpec, (n, c): (usize, usize)) -> Result<Vec<Tensor>> {
+    if !spec.entry().guided && !(a.guides.is_empty() && a.keep.is_empty()) {
+        bail!("method '{}' learns from one teacher: --guides and --keep are for a guided method (dgkd)", spec.name());
+    }
+    let mut guides = vec![];
+    for p in &a.guides {
+        let (ng, cg, g) = logits_tensor(p)?;
+        if (ng, cg) != (n, c) {
+            bail!("{} is {ng} x {cg} but the student's logits are {n} x {c}", p.display());
+        }
+        guides.push(g);
+    }
+    Ok(guides)
+}
+
+/// `--keep`: one 0 or 1 for the teacher and each guide, or None (drawn from `--draw-seed`).
+fn read_keep(a: &LossArgs, guides: usize) -> Result<Option<Vec<bool>>> {
+    if a.keep.is_empty() {
+        return Ok(None);
+    }
+    if a.keep.len() != guides + 1 || a.keep.iter().any(|&b| b > 1) {
+        bail!(
+            "--keep takes a 0 or 1 for the teacher and for each of the {guides} guides ({} values), got {:?}",
+            guides + 1,
+            a.keep
+        );
+    }
+    Ok(Some(a.keep.iter().map(|&b| b == 1).collect()))
+}
+
 pub fn loss(a: LossArgs) -> Result<()> {
     let names: Vec<&str> = methods::REGISTRY.iter().map(|e| e.name).collect();
     let name = a.method.method.clone().with_context(|| format!("--method is required ({})", names.join(", ")))?;
@@ -475,6 +524,8 @@ pub fn loss(a: LossArgs) -> Result<()> {
         bail!("{}: label {v} at index {i} is out of range for {cs} classes", a.labels.display());
     }
     let labels = Tensor::from_slice(&y);
+    let guides = read_guides(&a, &spec, (ns, cs))?;
+    let keep = read_keep(&a, guides.len())?;
     let epoch = a.epoch.unwrap_or_else(|| method.settled_epoch());
     // A feature method reads taps and may own modules: built here as a run builds them (in f64,
     // the dtype of the inputs), from the seed a run would use.
@@ -526,6 +577,8 @@ pub fn loss(a: LossArgs) -> Result<()> {
         indices: Some(&indices),
         draw_seed: a.draw_seed,
         negatives: negatives.as_ref(),
+        guides: spec.entry().guided.then_some(guides.as_slice()),
+        keep: keep.as_deref(),
         ..LossInput::logits(&s, &t, &labels, epoch)
     };
     let terms = method.terms(&input);

@@ -10,6 +10,7 @@ pub mod ce;
 pub mod common;
 pub mod crd;
 pub mod ctkd;
+pub mod dgkd;
 pub mod dist;
 pub mod dkd;
 pub mod dtkd;
@@ -60,6 +61,13 @@ pub struct LossInput<'a> {
     /// Draws given instead of made, for reference checks (`kdlab loss --negatives`): CRD's
     /// (N, K) int64 sample indices of each anchor's negatives, on the CPU. None in training.
     pub negatives: Option<&'a Tensor>,
+    /// The other guides' (N, C) logits, without gradient, for a method that learns from several
+    /// (`MethodParams::GUIDED`, DGKD: the trained assistants above the model, largest first; the
+    /// teacher stays in `teacher`). None for every other method.
+    pub guides: Option<&'a [Tensor]>,
+    /// Which guides (the teacher, then `guides`) a step keeps, given instead of drawn from
+    /// `draw_seed`, for reference checks (`kdlab loss --keep`). None in training.
+    pub keep: Option<&'a [bool]>,
 }
 
 impl<'a> LossInput<'a> {
@@ -75,6 +83,8 @@ impl<'a> LossInput<'a> {
             indices: None,
             draw_seed: 0,
             negatives: None,
+            guides: None,
+            keep: None,
         }
     }
 
@@ -197,6 +207,11 @@ pub(crate) trait MethodParams: Default + Clone + Serialize + DeserializeOwned + 
     /// The baseline the report measures every other method against (KD, tuned on validation):
     /// drawn first, and the one whose student the fit view follows across teachers.
     const BASELINE: bool = false;
+    /// Whether the method learns from the teacher and a chain of trained assistants at once
+    /// (DGKD): it needs assistants (`--assistant a,b`, a study block's `assistants`) and reads
+    /// their logits in `LossInput::guides`. A method that is not guided takes one assistant at
+    /// most (TAKD's chain).
+    const GUIDED: bool = false;
 
     /// Checks the values and builds the method. A value no run can use is an error that names its
     /// key (see `positive`, `weight`); values that are fine alone but not together return
@@ -260,6 +275,8 @@ pub struct Entry {
     pub grid: Option<GridKeys>,
     /// The report's baseline (`MethodParams::BASELINE`).
     pub baseline: bool,
+    /// Whether it learns from the teacher and every assistant above it (`MethodParams::GUIDED`).
+    pub guided: bool,
     parse: fn(&Table) -> Result<std::sync::Arc<dyn spec::AnyParams>>,
     keys: fn() -> &'static [&'static str],
     defaults: fn() -> serde_json::Value,
@@ -273,6 +290,7 @@ const fn entry<P: MethodParams>(name: &'static str, about: &'static str) -> Entr
         needs_teacher: P::NEEDS_TEACHER,
         grid: P::GRID,
         baseline: P::BASELINE,
+        guided: P::GUIDED,
         parse: spec::parse::<P>,
         keys: field_names::<P>,
         defaults: defaults_of::<P>,
@@ -293,6 +311,7 @@ pub const REGISTRY: &[Entry] = &[
     entry::<wttm::Params>("wttm", "weighted TTM (Zheng & Yang, ICLR 2024): TTM with each sample weighted by Σ_c p_t,c^(1/τ)"),
     entry::<normkd::Params>("normkd", "NormKD (Chi et al., arXiv 2023): KD with per-sample temperatures τ_norm·std of each network's logits"),
     entry::<dtkd::Params>("dtkd", "dynamic temperature KD (Wei & Bai, arXiv 2024): per-sample temperatures from the ratio of the largest logits, plus KD, with warm-up"),
+    entry::<dgkd::Params>("dgkd", "densely guided KD (Son et al., ICCV 2021): a chain of assistants, each taught by the teacher and every assistant above it, the student by all: α·CE + β·τ²·Σ_g KL(p(g/τ) ‖ p(s/τ)), `drop` guides left out at random each step; needs assistants"),
     entry::<fitnet::Params>("fitnet", "FitNets (Romero et al., ICLR 2015): CE + β·MSE(regressor(student hint), teacher hint); taps: the hint (stage2)"),
     entry::<crd::Params>("crd", "contrastive representation distillation (Tian et al., ICLR 2020): CE + β·NCE contrast of student and teacher embeddings against memory banks of K negatives; taps: embedding"),
     entry::<at::Params>("at", "attention transfer (Zagoruyko & Komodakis, ICLR 2017): CE + β·Σ_k mean (Q_s,k − Q_t,k)², Q = L2-normalised mean_c |f_c|^p of each stage; taps: stage1 … stageK"),

@@ -39,6 +39,10 @@
 //! assistant = "cnn_w2"                # TAKD: teacher → assistant → student
 //!
 //! [[methods]]
+//! name = "dgkd"
+//! assistants = ["cnn_w4", "cnn_w2"]   # DGKD: each taught by the teacher and those above it
+//!
+//! [[methods]]
 //! name = "kd"
 //! train = { optimizer = "dot" }       # the block's students trained otherwise (any training key)
 //!
@@ -148,6 +152,9 @@ pub struct MethodBlock {
     pub students: Option<Vec<String>>,
     pub teacher_epoch: Option<usize>,
     pub assistant: Option<String>,
+    /// DGKD (a guided method): the chain's assistants, largest first, each taught by the teacher
+    /// and the assistants above it; the students by all of them (`train::takd`).
+    pub assistants: Vec<String>,
     pub label: Option<String>,
     /// The teacher caches this block's runs distil from, each a run of its own (`teacher_cache =
     /// ["topk:1", "topk:5", true]`); empty: the `[students]` setting.
@@ -197,12 +204,13 @@ const TOP_KEYS: [&str; 16] = [
 /// them): the data carving, so that the students' transfer set is the teachers' training set.
 const SHARED_TRAIN_KEYS: [&str; 3] = config::CARVING_KEYS;
 /// The keys of a `[[methods]]` block that are not the method's hyper-parameters.
-pub const BLOCK_KEYS: [&str; 10] = [
+pub const BLOCK_KEYS: [&str; 11] = [
     "name",
     "teachers",
     "students",
     "teacher_epoch",
     "assistant",
+    "assistants",
     "label",
     "teacher_cache",
     "teacher_fit",
@@ -601,18 +609,30 @@ impl MethodBlock {
                     .with_context(|| format!("{origin}: assistant must be an architecture name"))
             })
             .transpose()?;
-        if let Some(a) = &assistant {
+        let assistants = list("assistants")?.unwrap_or_default();
+        for a in assistant.iter().chain(&assistants) {
             crate::models::parse(a).with_context(|| origin.to_string())?;
         }
+        if entry.needs_teacher {
+            if assistant.is_some() && entry.guided {
+                bail!("{origin}: '{name}' is taught by a chain of assistants: list them as assistants = [\"a\", \"b\"] (largest first)");
+            }
+            if !assistants.is_empty() && !entry.guided {
+                bail!("{origin}: assistants = [...] is a guided method's chain (dgkd); '{name}' takes one assistant = \"x\" (TAKD)");
+            }
+            crate::train::takd::check(&name, entry.guided, &assistants).with_context(|| origin.to_string())?;
+        }
+        // What the checks below say of `assistant` holds for a chain of them.
+        let chained = assistant.is_some() || !assistants.is_empty();
         let teacher_uses = ["teacher_cache", "teacher_fit", "teacher_calibrate"];
         if !entry.needs_teacher
-            && (assistant.is_some() || teacher_epoch.is_some() || teacher_uses.iter().any(|k| b.contains_key(*k)))
+            && (chained || teacher_epoch.is_some() || teacher_uses.iter().any(|k| b.contains_key(*k)))
         {
             bail!("{origin}: '{name}' uses no teacher, so teacher_epoch, assistant, teacher_cache, teacher_fit and teacher_calibrate do not apply");
         }
         let teacher_fit =
             b.get("teacher_fit").map(|v| FitPick::parse_block(v, origin)).transpose()?.unwrap_or_default();
-        if !teacher_fit.is_empty() && (teacher_epoch.is_some() || assistant.is_some()) {
+        if !teacher_fit.is_empty() && (teacher_epoch.is_some() || chained) {
             bail!("{origin}: teacher_fit chooses the teacher's epoch itself; it does not combine with teacher_epoch or assistant");
         }
         let teacher_calibrate = match b.get("teacher_calibrate") {
@@ -620,12 +640,12 @@ impl MethodBlock {
             Some(toml::Value::Boolean(v)) => *v,
             Some(v) => bail!("{origin}: teacher_calibrate should be true or false, found {v}"),
         };
-        if teacher_calibrate && assistant.is_some() {
+        if teacher_calibrate && chained {
             bail!("{origin}: teacher_calibrate does not combine with assistant (which teacher would it calibrate?)");
         }
         let teacher_cache = block_caches(b, origin)?;
         let (train, train_changes) = block_train(b, origin, students)?;
-        if !train.is_empty() && assistant.is_some() {
+        if !train.is_empty() && chained {
             bail!("{origin}: train does not combine with assistant (the assistant is trained as the [students] say)");
         }
         for (spec, cache) in grid.iter().flat_map(|p| teacher_cache.iter().map(move |c| (p, c))) {
@@ -642,6 +662,7 @@ impl MethodBlock {
             students: list("students")?,
             teacher_epoch,
             assistant,
+            assistants,
             label: b.get("label").and_then(|v| v.as_str()).map(str::to_string),
             teacher_cache,
             teacher_fit,

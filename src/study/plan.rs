@@ -156,6 +156,10 @@ pub struct RunSpec {
     /// The line this run belongs to in the report (e.g. "kd τ=2", "kd (ESKD@3)").
     pub series: String,
     pub teacher: Option<TeacherRef>,
+    /// DGKD: the trained assistants that guide this run beside its teacher, largest first (left
+    /// out when none, so plans written before them read back, and write, unchanged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guides: Vec<TeacherRef>,
     pub depends_on: Vec<String>,
     /// Distil from a teacher cache instead of running the teacher (false/true in plans written
     /// before top-k caches).
@@ -224,6 +228,9 @@ fn series_label(block: &MethodBlock, spec: &MethodSpec) -> String {
     if let Some(a) = &block.assistant {
         s += &format!(" (TAKD via {a})");
     }
+    if !block.assistants.is_empty() {
+        s += &format!(" (DGKD via {})", block.assistants.join(", "));
+    }
     for change in &block.train_changes {
         s += &format!(" {change}");
     }
@@ -255,6 +262,11 @@ fn source_identity(t: &TeacherRef, study_dir: &Path) -> Result<serde_json::Value
             serde_json::json!({"external": ext, "at_epoch": t.at_epoch, "weights_sha256": meta.weights_sha256})
         }
     })
+}
+
+/// The guides' identities, in order, for a run's id (DGKD).
+fn guide_identity(guides: &[TeacherRef], study_dir: &Path) -> Result<serde_json::Value> {
+    Ok(serde_json::Value::Array(guides.iter().map(|g| teacher_identity(g, study_dir)).collect::<Result<_>>()?))
 }
 
 /// Runs in the order they are added, each id once.
@@ -343,6 +355,7 @@ fn trained_teacher(study: &StudyConfig, model: &str) -> Result<(RunSpec, Teacher
         hyper: ce.hyper(),
         series: "teacher".into(),
         teacher: None,
+        guides: vec![],
         depends_on: vec![],
         teacher_cache: TeacherCache::Off,
         threads: None,
@@ -450,10 +463,42 @@ impl<'a> GridPoint<'a> {
             deps = vec![run.id.clone()];
             plan.add(run);
         }
+        // DGKD: each assistant taught by the chain's teacher and guided by the ones above it; the
+        // student taught by the teacher and guided by them all.
+        let mut guides: Vec<TeacherRef> = vec![];
+        if let (false, Some(chain_teacher)) = (block.assistants.is_empty(), t.clone()) {
+            let links = takd::dense_chain(&block.assistants, student);
+            for link in links.iter().filter(|l| l.role == takd::Role::Assistant) {
+                let above: Vec<TeacherRef> = link.guides.iter().map(|&i| guides[i].clone()).collect();
+                let mut run_deps = deps.clone();
+                run_deps.extend(above.iter().filter_map(|g| g.study_run().map(str::to_string)));
+                let mut run = self.assistant_run(study, study_dir, &chain_teacher, link, seed, run_deps)?;
+                if !above.is_empty() {
+                    let mut identity = self.assistant_identity(study, study_dir, &chain_teacher, link, seed)?;
+                    identity["guides"] = guide_identity(&above, study_dir)?;
+                    run.id = hash_id(&identity);
+                }
+                run.guides = above;
+                guides.push(TeacherRef {
+                    name: link.model.clone(),
+                    source: TeacherSource::StudyRun(run.id.clone()),
+                    at_epoch: None,
+                    via_assistant: Some(link.model.clone()),
+                    root: chain_teacher.root.clone(),
+                    fit: None,
+                    calibrate: false,
+                });
+                plan.add(run);
+            }
+            deps.extend(guides.iter().filter_map(|g| g.study_run().map(str::to_string)));
+        }
         let train = TrainConfig { seed, ..block.train_for(&study.students, student) };
         let teacher_cache = if t.is_some() { self.teacher_cache } else { TeacherCache::Off };
-        let identity = serde_json::json!({"kind": "student", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": teacher_cache,
+        let mut identity = serde_json::json!({"kind": "student", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": teacher_cache,
             "teacher": t.as_ref().map(|t| teacher_identity(t, study_dir)).transpose()?});
+        if !guides.is_empty() {
+            identity["guides"] = guide_identity(&guides, study_dir)?;
+        }
         let from = t.as_ref().map(|t| format!(" ← {}", t.name)).unwrap_or_default();
         plan.add(RunSpec {
             id: hash_id(&identity),
@@ -465,13 +510,31 @@ impl<'a> GridPoint<'a> {
             series: self.series.clone(),
             teacher_cache,
             teacher: t,
+            guides,
             depends_on: deps,
             threads: None,
         });
         Ok(())
     }
 
-    /// TAKD's first link: the assistant distilled from `teacher`, which then teaches the student.
+    /// What an assistant's id hashes (a DGKD assistant adds its guides).
+    fn assistant_identity(
+        &self,
+        study: &StudyConfig,
+        study_dir: &Path,
+        teacher: &TeacherRef,
+        link: &takd::Link,
+        seed: u64,
+    ) -> Result<serde_json::Value> {
+        let train = TrainConfig { seed, ..study.students.train_for(&link.model) };
+        Ok(
+            serde_json::json!({"kind": "assistant", "train": train.identity(), "method": self.block.name, "hyper": self.hyper, "teacher_cache": self.teacher_cache,
+            "teacher": teacher_identity(teacher, study_dir)?}),
+        )
+    }
+
+    /// An assistant of the chain (TAKD's first link, or a DGKD assistant): distilled from
+    /// `teacher`, it then teaches (or guides) the links below it.
     fn assistant_run(
         &self,
         study: &StudyConfig,
@@ -484,8 +547,7 @@ impl<'a> GridPoint<'a> {
         let block = self.block;
         let assistant = &link.model;
         let train = TrainConfig { seed, ..study.students.train_for(assistant) };
-        let identity = serde_json::json!({"kind": "assistant", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": self.teacher_cache,
-            "teacher": teacher_identity(teacher, study_dir)?});
+        let identity = self.assistant_identity(study, study_dir, teacher, link, seed)?;
         Ok(RunSpec {
             id: hash_id(&identity),
             kind: Kind::Assistant,
@@ -495,6 +557,7 @@ impl<'a> GridPoint<'a> {
             hyper: self.hyper.clone(),
             series: format!("{} assistant", block.name),
             teacher: Some(teacher.clone()),
+            guides: vec![],
             depends_on,
             teacher_cache: self.teacher_cache,
             threads: None,

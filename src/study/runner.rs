@@ -630,7 +630,8 @@ pub(crate) fn run_one(spec_path: &Path, device: tch::Device) -> Result<()> {
             let cfg = crate::train::distill::DistillConfig {
                 train: spec.train.clone(),
                 teacher: tspec.clone(),
-                assistant: None,
+                assistants: vec![],
+                guides: spec.guides.iter().map(|g| g.spec(&study)).collect(),
                 method: spec.method.clone(),
                 teacher_cache: spec.teacher_cache,
                 teacher_norm: Default::default(),

@@ -37,6 +37,17 @@ pub fn emit(
     opts: &SlurmOptions,
     threads: Option<usize>,
 ) -> Result<Emitted> {
+    // A level's array runs at once: a run that needs another of its level (a DGKD chain's later
+    // assistant) cannot be in it.
+    let kind_of: std::collections::HashMap<&str, Kind> = specs.iter().map(|s| (s.id.as_str(), s.kind)).collect();
+    if let Some(s) = specs.iter().find(|s| s.depends_on.iter().any(|d| kind_of.get(d.as_str()) == Some(&s.kind))) {
+        anyhow::bail!(
+            "run '{}' depends on another {} run, and --emit-slurm runs each level (teachers, assistants, students) as \
+             one array: a DGKD chain of several assistants is not yet split into levels; run this study with kdlab sweep",
+            s.name,
+            s.kind.as_str()
+        );
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out_abs = std::fs::canonicalize(out)?;
     let exe = std::env::current_exe().context("finding kdlab's own executable")?.display().to_string();

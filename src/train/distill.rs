@@ -32,6 +32,9 @@ pub struct Distill {
     pub teacher_temperature: Option<f64>,
     /// The teacher's taps of every training image, where they are not served live.
     pub tap_store: Option<TapStore>,
+    /// A guided method's other guides (DGKD: the trained assistants above this link, largest
+    /// first), run on every batch; the method reads their logits in `LossInput::guides`.
+    pub guides: Vec<Teacher>,
 }
 
 impl Distill {
@@ -39,7 +42,16 @@ impl Distill {
     pub fn new(teacher: Teacher, spec: &MethodSpec, cache: Option<Cached>) -> Result<Distill> {
         let method = spec.build()?;
         let taps = method.taps();
-        Ok(Distill { teacher, method, hyper: spec.hyper(), cache, taps, teacher_temperature: None, tap_store: None })
+        Ok(Distill {
+            teacher,
+            method,
+            hyper: spec.hyper(),
+            cache,
+            taps,
+            teacher_temperature: None,
+            tap_store: None,
+            guides: vec![],
+        })
     }
 
     /// The teacher's logits as the method reads them: divided by a calibrated teacher's T.
@@ -128,6 +140,9 @@ impl Objective for Distill {
         self.taps.student.clone()
     }
     fn terms(&mut self, logits: &Tensor, input: &StepInput) -> Result<Vec<(String, Tensor)>> {
+        let guides: Vec<Tensor> =
+            self.guides.iter().map(|g| g.model.infer(input.images).to_kind(logits.kind())).collect();
+        let guides = (!self.guides.is_empty()).then_some(guides.as_slice());
         if !self.taps.teacher.is_empty() {
             // Feature methods read the teacher's taps from the store, or run it on every batch.
             let indices = sample_indices(input);
@@ -145,6 +160,7 @@ impl Objective for Distill {
                 teacher_taps: Some(&taps),
                 indices: Some(&indices),
                 draw_seed: draw_seed(input),
+                guides,
                 ..LossInput::logits(logits, &t, input.labels, (input.epoch + 1) as f64)
             };
             return Ok(self.method.terms(&x));
@@ -167,6 +183,7 @@ impl Objective for Distill {
             student_taps: Some(input.taps),
             indices: Some(&indices),
             draw_seed: draw_seed(input),
+            guides,
             ..LossInput::logits(logits, &t, input.labels, (input.epoch + 1) as f64)
         };
         Ok(self.method.terms(&x))
@@ -196,8 +213,15 @@ impl Objective for Distill {
 pub struct DistillConfig {
     pub train: TrainConfig,
     pub teacher: String,
-    /// TAKD: an architecture trained by distillation from the teacher first, which then teaches.
-    pub assistant: Option<String>,
+    /// TAKD: an architecture trained by distillation from the teacher first, which then teaches;
+    /// DGKD (a guided method): several, largest first (`assistant = "a,b"` or `["a", "b"]`), each
+    /// taught by the teacher and the assistants above it (`train::takd`).
+    #[serde(rename = "assistant", default, skip_serializing_if = "Vec::is_empty")]
+    pub assistants: Vec<String>,
+    /// The runs that guide this link beside the teacher (DGKD's trained assistants above it,
+    /// largest first), set per link by the chain; empty for every other run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guides: Vec<String>,
     /// The method and its hyper-parameters (stored as `method` and `params`).
     #[serde(flatten)]
     pub method: MethodSpec,
@@ -270,6 +294,14 @@ impl DistillConfig {
             Some(toml::Value::Boolean(b)) => b,
             Some(v) => bail!("{origin}: key 'teacher_calibrate' should be true or false, found {v}"),
         };
+        let assistants = match table.remove("assistant") {
+            None => vec![],
+            Some(toml::Value::String(s)) => s.split(',').map(|a| a.trim().to_string()).collect(),
+            Some(toml::Value::Array(a)) if a.iter().all(|v| v.is_str()) => {
+                a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+            }
+            Some(v) => bail!("{origin}: key 'assistant' should be an architecture or a list of them, found {v}"),
+        };
         let mut take_str = |k: &str| -> Result<Option<String>> {
             match table.remove(k) {
                 None => Ok(None),
@@ -278,7 +310,6 @@ impl DistillConfig {
             }
         };
         let teacher = take_str("teacher")?;
-        let assistant = take_str("assistant")?;
         let method = take_str("method")?.unwrap_or_else(|| "kd".into());
         let params = method_params(&mut table, origin)?;
         let train: TrainConfig = config::from_table(table, origin)?;
@@ -286,7 +317,16 @@ impl DistillConfig {
             bail!("{origin}: no teacher given (--teacher runs/NAME, optionally @epochN for an early-stopped teacher)")
         };
         let method = MethodSpec::parse(&method, params).map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
-        let cfg = DistillConfig { train, teacher, assistant, method, teacher_cache, teacher_norm, teacher_calibrate };
+        let cfg = DistillConfig {
+            train,
+            teacher,
+            assistants,
+            guides: vec![],
+            method,
+            teacher_cache,
+            teacher_norm,
+            teacher_calibrate,
+        };
         cfg.validate().map_err(|e| anyhow::anyhow!("{origin}: {e:#}"))?;
         Ok(cfg)
     }
@@ -296,21 +336,24 @@ impl DistillConfig {
         if let TeacherCache::TopK(k) = self.teacher_cache {
             check_topk(&self.method, k)?;
         }
-        if let Some(a) = &self.assistant {
+        takd::check(self.method.name(), self.method.entry().guided, &self.assistants)?;
+        for a in &self.assistants {
             crate::models::parse(a)?;
         }
         Ok(())
     }
 
-    /// The configuration of one TAKD link (`train::takd`): the link's architecture with the
-    /// student's training settings, distilled from `teacher` with this method. A link taught by
-    /// the trained assistant reads a kdlab run, so the chain teacher's input normalisation and
-    /// calibration do not carry over.
-    pub(crate) fn link_config(&self, link: &takd::Link, teacher: &str) -> DistillConfig {
+    /// The configuration of one link of an assistant chain (`train::takd`): the link's
+    /// architecture with the student's training settings, distilled from `teacher` (guided
+    /// besides by the runs `guides`, DGKD) with this method. A link taught by the trained
+    /// assistant reads a kdlab run, so the chain teacher's input normalisation and calibration do
+    /// not carry over.
+    pub(crate) fn link_config(&self, link: &takd::Link, teacher: &str, guides: &[String]) -> DistillConfig {
         let mut cfg = DistillConfig {
             train: TrainConfig { model: link.model.clone(), ..self.train.clone() },
             teacher: teacher.to_string(),
-            assistant: None,
+            assistants: vec![],
+            guides: guides.to_vec(),
             ..self.clone()
         };
         if !link.taught_by.keeps_teacher_settings() {
@@ -446,9 +489,44 @@ pub fn run(
     } else {
         None
     };
-    let mut objective = Distill { teacher_temperature, tap_store, ..Distill::new(teacher, &cfg.method, cache)? };
+    let guides = open_guides(cfg, &data, device, &mut record)?;
+    let mut objective =
+        Distill { teacher_temperature, tap_store, guides, ..Distill::new(teacher, &cfg.method, cache)? };
     let opts = RunOptions { extra: record, quiet, trace_steps, ..RunOptions::new(out, device, "distill") };
     trainer::train(&cfg.train, &data, &mut objective, &opts)
+}
+
+/// Opens a guided method's other guides (`DistillConfig::guides`: kdlab runs, read as they are,
+/// run on every batch) and records them in run.json (`guides`).
+fn open_guides(
+    cfg: &DistillConfig,
+    data: &crate::data::Dataset,
+    device: tch::Device,
+    record: &mut serde_json::Value,
+) -> Result<Vec<Teacher>> {
+    if cfg.guides.is_empty() {
+        return Ok(vec![]);
+    }
+    if !cfg.method.entry().guided {
+        bail!("method '{}' learns from one teacher; it takes no guides", cfg.method.name());
+    }
+    let mut guides = vec![];
+    for spec in &cfg.guides {
+        let g = Teacher::open(spec, device, data, &InputNorm::default())?;
+        if g.model.input() != data.shape() || g.model.classes() != data.classes {
+            bail!(
+                "guide {spec} takes {} inputs with {} classes, but the student's data {} has {} with {}",
+                g.model.input(),
+                g.model.classes(),
+                data.name,
+                data.shape(),
+                data.classes
+            );
+        }
+        guides.push(g);
+    }
+    record["guides"] = guides.iter().map(Teacher::record).collect();
+    Ok(guides)
 }
 
 /// How a feature method is served the teacher's taps: from a store filled once before training
