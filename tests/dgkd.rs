@@ -270,3 +270,49 @@ fn cli_distill_dgkd_trains_the_dense_chain_and_refuses_by_name() {
     let e = refused(&["--method", "kd", "--assistant", "cnn_w1,mlp_32x1"]);
     assert!(e.contains("method 'kd' takes one assistant") && e.contains("assistant = cnn_w1,mlp_32x1"), "{e}");
 }
+
+/// A study's `assistants = [...]` block: the sweep trains the dense chain in dependency order (the
+/// second assistant after the first, with two workers), each run guided by the assistants above it.
+#[test]
+fn a_study_sweeps_the_dense_chain() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::write_small_idx(&data, 300, 60);
+    let study = tmp.path().join("s.toml");
+    std::fs::write(
+        &study,
+        format!(
+            "name = 'dense'\ndata = '{}'\nseeds = [0]\n[teachers]\nmodels = ['cnn_w2']\nepochs = 1\n\
+             [students]\nmodels = ['mlp_16x1']\nepochs = 1\naugment = false\n\
+             [[methods]]\nname = 'dgkd'\nassistants = ['cnn_w1', 'mlp_32x1']\nalpha = 0.1\nbeta = 0.9\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    // --emit-slurm runs a level at once: a chain of assistants that depend on one another is refused.
+    let o = common::kdlab()
+        .args(["sweep", study.to_str().unwrap(), "--out", tmp.path().join("slurm-out").to_str().unwrap()])
+        .args(["--emit-slurm", tmp.path().join("arrays").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("depends on another assistant run"), "{e}");
+    let o = common::kdlab()
+        .args(["sweep", study.to_str().unwrap(), "--out", out.to_str().unwrap(), "--workers", "2", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let mut guides_of = std::collections::BTreeMap::new();
+    for d in std::fs::read_dir(out.join("runs")).unwrap().map(|e| e.unwrap().path()) {
+        let r = run_json(&d);
+        if r["objective"]["method"] == "dgkd" {
+            let g = r["extra"]["guides"].as_array().map_or(0, |g| g.len());
+            guides_of.insert(r["model"].as_str().unwrap().to_string(), g);
+        }
+    }
+    let want: std::collections::BTreeMap<String, usize> =
+        [("cnn_w1", 0), ("mlp_32x1", 1), ("mlp_16x1", 2)].iter().map(|(m, g)| (m.to_string(), *g)).collect();
+    assert_eq!(guides_of, want);
+}

@@ -450,7 +450,7 @@ impl<'a> GridPoint<'a> {
         let mut deps: Vec<String> = t.as_ref().and_then(|t| t.study_run().map(str::to_string)).into_iter().collect();
         if let (Some(assistant), Some(chain_teacher)) = (&block.assistant, t.clone()) {
             let [first, second] = takd::chain(assistant, student);
-            let run = self.assistant_run(study, study_dir, &chain_teacher, &first, seed, deps)?;
+            let run = self.assistant_run(study, study_dir, &chain_teacher, &first, seed, vec![], deps)?;
             let keep = second.taught_by.keeps_teacher_settings();
             t = Some(TeacherRef {
                 source: TeacherSource::StudyRun(run.id.clone()),
@@ -472,13 +472,7 @@ impl<'a> GridPoint<'a> {
                 let above: Vec<TeacherRef> = link.guides.iter().map(|&i| guides[i].clone()).collect();
                 let mut run_deps = deps.clone();
                 run_deps.extend(above.iter().filter_map(|g| g.study_run().map(str::to_string)));
-                let mut run = self.assistant_run(study, study_dir, &chain_teacher, link, seed, run_deps)?;
-                if !above.is_empty() {
-                    let mut identity = self.assistant_identity(study, study_dir, &chain_teacher, link, seed)?;
-                    identity["guides"] = guide_identity(&above, study_dir)?;
-                    run.id = hash_id(&identity);
-                }
-                run.guides = above;
+                let run = self.assistant_run(study, study_dir, &chain_teacher, link, seed, above, run_deps)?;
                 guides.push(TeacherRef {
                     name: link.model.clone(),
                     source: TeacherSource::StudyRun(run.id.clone()),
@@ -517,22 +511,6 @@ impl<'a> GridPoint<'a> {
         Ok(())
     }
 
-    /// What an assistant's id hashes (a DGKD assistant adds its guides).
-    fn assistant_identity(
-        &self,
-        study: &StudyConfig,
-        study_dir: &Path,
-        teacher: &TeacherRef,
-        link: &takd::Link,
-        seed: u64,
-    ) -> Result<serde_json::Value> {
-        let train = TrainConfig { seed, ..study.students.train_for(&link.model) };
-        Ok(
-            serde_json::json!({"kind": "assistant", "train": train.identity(), "method": self.block.name, "hyper": self.hyper, "teacher_cache": self.teacher_cache,
-            "teacher": teacher_identity(teacher, study_dir)?}),
-        )
-    }
-
     /// An assistant of the chain (TAKD's first link, or a DGKD assistant): distilled from
     /// `teacher`, it then teaches (or guides) the links below it.
     fn assistant_run(
@@ -542,12 +520,17 @@ impl<'a> GridPoint<'a> {
         teacher: &TeacherRef,
         link: &takd::Link,
         seed: u64,
+        guides: Vec<TeacherRef>,
         depends_on: Vec<String>,
     ) -> Result<RunSpec> {
         let block = self.block;
         let assistant = &link.model;
         let train = TrainConfig { seed, ..study.students.train_for(assistant) };
-        let identity = self.assistant_identity(study, study_dir, teacher, link, seed)?;
+        let mut identity = serde_json::json!({"kind": "assistant", "train": train.identity(), "method": block.name, "hyper": self.hyper, "teacher_cache": self.teacher_cache,
+            "teacher": teacher_identity(teacher, study_dir)?});
+        if !guides.is_empty() {
+            identity["guides"] = guide_identity(&guides, study_dir)?;
+        }
         Ok(RunSpec {
             id: hash_id(&identity),
             kind: Kind::Assistant,
@@ -557,7 +540,7 @@ impl<'a> GridPoint<'a> {
             hyper: self.hyper.clone(),
             series: format!("{} assistant", block.name),
             teacher: Some(teacher.clone()),
-            guides: vec![],
+            guides,
             depends_on,
             teacher_cache: self.teacher_cache,
             threads: None,
@@ -599,6 +582,53 @@ mod tests {
         let more = expand(&s3, dir).unwrap();
         assert!(runs.iter().all(|r| more.iter().any(|m| m.id == r.id)));
         assert_eq!(more.len(), runs.len() + 1 + 4 + 2);
+    }
+
+    #[test]
+    fn a_dgkd_block_plans_its_dense_chain_and_leaves_the_other_runs_alone() {
+        let dir = Path::new("/tmp/unused");
+        let takd = "[[methods]]\nname = 'kd'\nassistant = 'cnn_w1'\nteachers = ['cnn_w2']\n";
+        let before = expand(&study(takd), dir).unwrap();
+        let dense = "[[methods]]\nname = 'dgkd'\nassistants = ['cnn_w1', 'mlp_64x1']\nteachers = ['cnn_w2']\n";
+        let runs = expand(&study(&format!("{takd}{dense}")), dir).unwrap();
+        assert!(before.iter().all(|b| runs.contains(b)), "the TAKD block plans what it planned");
+        let dgkd: Vec<&RunSpec> = runs.iter().filter(|r| r.method.name() == "dgkd").collect();
+        // Per seed: two assistants and the student.
+        assert_eq!(dgkd.len(), 2 * 3);
+        let seed0: Vec<&&RunSpec> = dgkd.iter().filter(|r| r.train.seed == 0).collect();
+        let (a1, a2, s) = (seed0[0], seed0[1], seed0[2]);
+        assert_eq!((a1.kind, a2.kind, s.kind), (Kind::Assistant, Kind::Assistant, Kind::Student));
+        assert_eq!((a1.train.model.as_str(), a2.train.model.as_str()), ("cnn_w1", "mlp_64x1"));
+        // Every link taught by the chain's teacher, guided by the assistants above it.
+        for r in [a1, a2, s] {
+            assert_eq!(r.teacher.as_ref().unwrap().name, "cnn_w2");
+        }
+        let guide_ids = |r: &RunSpec| r.guides.iter().map(|g| g.study_run().unwrap().to_string()).collect::<Vec<_>>();
+        assert!(a1.guides.is_empty());
+        assert_eq!(guide_ids(a2), [a1.id.clone()]);
+        assert_eq!(guide_ids(s), [a1.id.clone(), a2.id.clone()]);
+        assert!(a2.depends_on.contains(&a1.id) && s.depends_on.contains(&a1.id) && s.depends_on.contains(&a2.id));
+        assert_eq!(s.series, "dgkd (DGKD via cnn_w1, mlp_64x1)");
+        // The guides are part of a run's identity: another chain is another student.
+        let other = "[[methods]]\nname = 'dgkd'\nassistants = ['cnn_w1']\nteachers = ['cnn_w2']\n";
+        let one = expand(&study(other), dir).unwrap();
+        assert!(one.iter().filter(|r| r.kind == Kind::Student).all(|r| !runs.iter().any(|x| x.id == r.id)));
+        // The spec round-trips with its guides; a run without guides writes none.
+        let json = serde_json::to_string(s).unwrap();
+        assert_eq!(&serde_json::from_str::<RunSpec>(&json).unwrap(), *s);
+        assert!(!serde_json::to_string(&before[0]).unwrap().contains("guides"));
+        let refused = |block: &str| {
+            let text = format!("data = 'fashion-mnist-mini'\n[teachers]\nmodels = ['cnn_w1']\n[students]\nmodels = ['mlp_32x1']\n[[methods]]\n{block}");
+            format!("{:#}", StudyConfig::from_table(text.parse().unwrap(), "s.toml", "s").unwrap_err())
+        };
+        let e = refused("name = 'dgkd'");
+        assert!(e.contains("method 'dgkd'") && e.contains("assistants = [\"a\", \"b\"]"), "{e}");
+        let e = refused("name = 'dgkd'\nassistant = 'cnn_w1'");
+        assert!(e.contains("list them as assistants"), "{e}");
+        let e = refused("name = 'kd'\nassistants = ['cnn_w1', 'mlp_64x1']");
+        assert!(e.contains("'kd' takes one assistant = \"x\" (TAKD)"), "{e}");
+        let e = refused("name = 'dgkd'\nassistants = ['cnn_w1']\nteacher_calibrate = true");
+        assert!(e.contains("does not combine with assistant"), "{e}");
     }
 
     #[test]
