@@ -474,7 +474,8 @@ fn logits_tensor(p: &Path) -> Result<(usize, usize, Tensor)> {
 /// A guided method's other guides (`--guides`), each the student's shape; refused for a method
 /// that learns from one teacher.
 fn read_guides(a: &LossArgs, spec: &MethodSpec, (n, c): (usize, usize)) -> Result<Vec<Tensor>> {
-    if !spec.entry().guided && !(a.guides.is_empty() && a.keep.is_empty()) {
+    let given = !a.guides.is_empty() || !a.keep.is_empty();
+    if given && !spec.entry().guided {
         bail!("method '{}' learns from one teacher: --guides and --keep are for a guided method (dgkd)", spec.name());
     }
     let mut guides = vec![];

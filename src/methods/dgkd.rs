@@ -119,7 +119,7 @@ impl Method for Dgkd {
         let log_s = log_softmax_t(x.student, self.tau);
         let mut kd = Tensor::zeros([], (x.student.kind(), x.student.device()));
         for (g, _) in guides.iter().zip(keep).filter(|(_, &k)| k) {
-            kd = kd + kl_from_log(&log_softmax_t(g, self.tau), &log_s);
+            kd += kl_from_log(&log_softmax_t(g, self.tau), &log_s);
         }
         vec![
             ("ce".into(), self.alpha * cross_entropy(x.student, x.labels)),

@@ -450,7 +450,10 @@ impl<'a> GridPoint<'a> {
         let mut deps: Vec<String> = t.as_ref().and_then(|t| t.study_run().map(str::to_string)).into_iter().collect();
         if let (Some(assistant), Some(chain_teacher)) = (&block.assistant, t.clone()) {
             let [first, second] = takd::chain(assistant, student);
-            let run = self.assistant_run(study, study_dir, &chain_teacher, &first, seed, vec![], deps)?;
+            let run = RunSpec {
+                depends_on: deps,
+                ..self.assistant_run(study, study_dir, &chain_teacher, &first, seed, vec![])?
+            };
             let keep = second.taught_by.keeps_teacher_settings();
             t = Some(TeacherRef {
                 source: TeacherSource::StudyRun(run.id.clone()),
@@ -472,7 +475,10 @@ impl<'a> GridPoint<'a> {
                 let above: Vec<TeacherRef> = link.guides.iter().map(|&i| guides[i].clone()).collect();
                 let mut run_deps = deps.clone();
                 run_deps.extend(above.iter().filter_map(|g| g.study_run().map(str::to_string)));
-                let run = self.assistant_run(study, study_dir, &chain_teacher, link, seed, above, run_deps)?;
+                let run = RunSpec {
+                    depends_on: run_deps,
+                    ..self.assistant_run(study, study_dir, &chain_teacher, link, seed, above)?
+                };
                 guides.push(TeacherRef {
                     name: link.model.clone(),
                     source: TeacherSource::StudyRun(run.id.clone()),
@@ -521,7 +527,6 @@ impl<'a> GridPoint<'a> {
         link: &takd::Link,
         seed: u64,
         guides: Vec<TeacherRef>,
-        depends_on: Vec<String>,
     ) -> Result<RunSpec> {
         let block = self.block;
         let assistant = &link.model;
@@ -541,7 +546,7 @@ impl<'a> GridPoint<'a> {
             series: format!("{} assistant", block.name),
             teacher: Some(teacher.clone()),
             guides,
-            depends_on,
+            depends_on: vec![],
             teacher_cache: self.teacher_cache,
             threads: None,
         })
@@ -605,7 +610,7 @@ mod tests {
         }
         let guide_ids = |r: &RunSpec| r.guides.iter().map(|g| g.study_run().unwrap().to_string()).collect::<Vec<_>>();
         assert!(a1.guides.is_empty());
-        assert_eq!(guide_ids(a2), [a1.id.clone()]);
+        assert_eq!(guide_ids(a2), vec![a1.id.clone()]);
         assert_eq!(guide_ids(s), [a1.id.clone(), a2.id.clone()]);
         assert!(a2.depends_on.contains(&a1.id) && s.depends_on.contains(&a1.id) && s.depends_on.contains(&a2.id));
         assert_eq!(s.series, "dgkd (DGKD via cnn_w1, mlp_64x1)");
