@@ -13,12 +13,15 @@
 //! uninterrupted one drew; `kdlab loss --keep` gives the mask instead.
 //!
 //! Conventions and where they come from:
-//! - the loss's form, (1 − λ)·L_CE + λ·Σ τ²·KL summed over the guides (not averaged), from the
-//!   paper's loss and the authors' `train.py` (github.com/wonchulSon/DGKD); α = 1 − λ and β = λ
-//!   in kdlab's naming (kd's α and β);
+//! - dense teaching and stochastic teaching "for each mini-batch, a teacher or teacher assistants
+//!   are randomly dropped" (per step, not per sample; the teacher may be dropped): the paper;
+//! - the loss's form, (1 − λ)·L_CE + λ·τ²·Σ KL summed over the guides (not averaged): the
+//!   authors' `train.py` (github.com/wonchulSon/DGKD), TAKD's KD loss extended to every guide;
+//!   α = 1 − λ and β = λ in kdlab's naming (kd's α and β);
 //! - τ = 5, λ = 1 (so α = 0, β = 1) and one guide dropped per mini-batch (`drop = 1`): the
 //!   authors' `train.py` defaults (`--T 5`, `--lamb 1`, `--drop-num 1`), which remove one guide
-//!   at random per step with `random.choice` over the teacher and the assistants alike;
+//!   at random per step with `random.choice` over the teacher and the assistants alike. With
+//!   λ = 1 the labels do not enter the loss (ce = 0): give `alpha` (and `beta`) to use them;
 //! - the KL is averaged over the batch (the paper's KL divergence, as kd's). The authors' code
 //!   calls `nn.KLDivLoss()` with PyTorch's default reduction, which also divides by the number of
 //!   classes; kdlab keeps the mathematical KL, as for every other method;
