@@ -6,7 +6,7 @@
 //! assistants above it, with clear refusals.
 mod common;
 
-use common::reference::{flat, json_of, normal, python, worst_rel};
+use common::reference::{flat, json_of, normal, python, terms_and_total, worst_rel};
 use common::serial;
 use kdlab::data::{self, Dataset};
 use kdlab::methods::{self, dgkd::keep_mask};
@@ -88,16 +88,7 @@ fn dgkd_loss_and_its_gradient_match_the_float64_reference() {
                     .current_dir(dir.path()),
                 &what,
             );
-            let names: Vec<&String> = theirs["terms"].as_object().unwrap().keys().collect();
-            let ours_names: Vec<&String> = ours["terms"].as_object().unwrap().keys().collect();
-            assert_eq!(ours_names, names, "{what}: term names");
-            let (mut a, mut b) = (vec![], vec![]);
-            for k in names {
-                a.push(ours["terms"][k].as_f64().unwrap());
-                b.push(theirs["terms"][k].as_f64().unwrap());
-            }
-            a.push(ours["total"].as_f64().unwrap());
-            b.push(theirs["total"].as_f64().unwrap());
+            let (a, b) = terms_and_total(&ours, &theirs, &what);
             let (terms, grad) = (worst_rel(&a, &b), worst_rel(&flat(&ours["grad"]), &flat(&theirs["grad"])));
             assert!(
                 terms <= 1e-6 && grad <= 1e-6,

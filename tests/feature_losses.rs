@@ -6,7 +6,7 @@
 //! unequal channel counts, and SDD maps smaller than its finest scale.
 use std::path::Path;
 mod common;
-use common::reference::{flat, json_of, normal, python, worst_rel};
+use common::reference::{flat, json_of, normal, python, terms_and_total, worst_rel};
 
 /// A case: N samples, C classes, and each tap's name with the student's and the teacher's shape
 /// (batch left out).
@@ -112,16 +112,7 @@ fn kdlab_loss_and_its_gradients_match_the_float64_reference() {
             std::process::Command::new(&py).arg(&script).args(&method).args(files).args(&taps).current_dir(dir.path()),
             &what,
         );
-        let names: Vec<&String> = theirs["terms"].as_object().unwrap().keys().collect();
-        let ours_names: Vec<&String> = ours["terms"].as_object().unwrap().keys().collect();
-        assert_eq!(ours_names, names, "{what}: term names");
-        let (mut a, mut b) = (vec![], vec![]);
-        for k in names {
-            a.push(ours["terms"][k].as_f64().unwrap());
-            b.push(theirs["terms"][k].as_f64().unwrap());
-        }
-        a.push(ours["total"].as_f64().unwrap());
-        b.push(theirs["total"].as_f64().unwrap());
+        let (a, b) = terms_and_total(&ours, &theirs, &what);
         assert!(b.iter().all(|v| *v > 0.0), "{what}: every term is positive on these data: {b:?}");
         let terms = worst_rel(&a, &b);
         let grad = worst_rel(&flat(&ours["grad"]), &flat(&theirs["grad"]));

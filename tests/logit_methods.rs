@@ -7,7 +7,7 @@ use kdlab::methods::{self, LossInput};
 use std::path::Path;
 use tch::{Kind, Tensor};
 mod common;
-use common::reference::{flat, json_of, normal, python, worst_rel};
+use common::reference::{flat, json_of, normal, python, terms_and_total, worst_rel};
 
 /// Writes s.npy, t.npy, y.npy: trained-looking teacher rows (a lead on a class, right on most
 /// samples), a student of another scale, and `negative` student rows whose logits are all below 0.
@@ -96,16 +96,7 @@ fn kdlab_loss_and_its_gradient_match_the_float64_reference() {
                 std::process::Command::new(&py).arg(&script).args(*case).args(files).current_dir(dir.path()),
                 &what,
             );
-            let names: Vec<&String> = theirs["terms"].as_object().unwrap().keys().collect();
-            let ours_names: Vec<&String> = ours["terms"].as_object().unwrap().keys().collect();
-            assert_eq!(ours_names, names, "{what}: term names");
-            let (mut a, mut b) = (vec![], vec![]);
-            for k in names {
-                a.push(ours["terms"][k].as_f64().unwrap());
-                b.push(theirs["terms"][k].as_f64().unwrap());
-            }
-            a.push(ours["total"].as_f64().unwrap());
-            b.push(theirs["total"].as_f64().unwrap());
+            let (a, b) = terms_and_total(&ours, &theirs, &what);
             let terms = worst_rel(&a, &b);
             let mut grad = worst_rel(&flat(&ours["grad"]), &flat(&theirs["grad"]));
             // A method's trainable modules (CTKD's θ): the gradient the optimiser sees.

@@ -155,6 +155,22 @@ pub mod reference {
         a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-9 * scale)).fold(0.0, f64::max)
     }
 
+    /// The named loss terms and the total of `kdlab loss --json` (`ours`) and of a reference
+    /// (`theirs`), in the reference's order; fails unless both name the same terms.
+    pub fn terms_and_total(ours: &serde_json::Value, theirs: &serde_json::Value, what: &str) -> (Vec<f64>, Vec<f64>) {
+        let names: Vec<&String> = theirs["terms"].as_object().unwrap().keys().collect();
+        let ours_names: Vec<&String> = ours["terms"].as_object().unwrap().keys().collect();
+        assert_eq!(ours_names, names, "{what}: term names");
+        let (mut a, mut b) = (vec![], vec![]);
+        for k in names {
+            a.push(ours["terms"][k].as_f64().unwrap());
+            b.push(theirs["terms"][k].as_f64().unwrap());
+        }
+        a.push(ours["total"].as_f64().unwrap());
+        b.push(theirs["total"].as_f64().unwrap());
+        (a, b)
+    }
+
     /// A JSON number, or nested lists of them, flattened in order.
     pub fn flat(v: &serde_json::Value) -> Vec<f64> {
         match v {
