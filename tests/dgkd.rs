@@ -282,14 +282,20 @@ fn a_study_sweeps_the_dense_chain() {
     )
     .unwrap();
     let out = tmp.path().join("out");
-    // --emit-slurm runs a level at once: a chain of assistants that depend on one another is refused.
+    // --emit-slurm: one array per link of the chain, each waiting for the one before.
+    let arrays = tmp.path().join("arrays");
     let o = common::kdlab()
         .args(["sweep", study.to_str().unwrap(), "--out", tmp.path().join("slurm-out").to_str().unwrap()])
-        .args(["--emit-slurm", tmp.path().join("arrays").to_str().unwrap()])
+        .args(["--emit-slurm", arrays.to_str().unwrap()])
         .output()
         .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && e.contains("depends on another assistant run"), "{e}");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let submit = std::fs::read_to_string(arrays.join("submit.sh")).unwrap();
+    let order: Vec<&str> = submit.lines().filter_map(|l| l.split_once("=$(sbatch").map(|(v, _)| v)).collect();
+    assert_eq!(order, ["teachers", "assistants1", "assistants2", "students"], "{submit}");
+    assert!(submit.contains("--dependency=afterok:$assistants1 assistants2.sbatch"), "{submit}");
+    let listed = |name: &str| std::fs::read_to_string(arrays.join(format!("{name}.txt"))).unwrap().lines().count();
+    assert_eq!((listed("teachers"), listed("assistants1"), listed("assistants2"), listed("students")), (1, 1, 1, 1));
     let o = common::kdlab()
         .args(["sweep", study.to_str().unwrap(), "--out", out.to_str().unwrap(), "--workers", "2", "--quiet"])
         .output()

@@ -23,8 +23,9 @@ pub struct Emitted {
 }
 
 /// Writes Slurm job arrays for the runs still to do: one array per dependency level (teachers,
-/// then assistants, then students; a level of more than `MAX_ARRAY` runs in several), each level
-/// waiting for the one before with `afterok`. Each task runs `kdlab sweep-run` on its run's spec —
+/// then assistants — one level per link of a DGKD chain, `assistants1`, `assistants2`, … — then
+/// students; a level of more than `MAX_ARRAY` runs in several), each level waiting for the one
+/// before with `afterok`. Each task runs `kdlab sweep-run` on its run's spec —
 /// which carries the thread count, so that an array task computes what a local worker computes —
 /// and writes only into its own run directory; `kdlab sweep` or `kdlab report` then imports the
 /// finished runs into the study's database (one writer, so SQLite never has to lock across a
@@ -37,17 +38,7 @@ pub fn emit(
     opts: &SlurmOptions,
     threads: Option<usize>,
 ) -> Result<Emitted> {
-    // A level's array runs at once: a run that needs another of its level (a DGKD chain's later
-    // assistant) cannot be in it.
-    let kind_of: std::collections::HashMap<&str, Kind> = specs.iter().map(|s| (s.id.as_str(), s.kind)).collect();
-    if let Some(s) = specs.iter().find(|s| s.depends_on.iter().any(|d| kind_of.get(d.as_str()) == Some(&s.kind))) {
-        anyhow::bail!(
-            "run '{}' depends on another {} run, and --emit-slurm runs each level (teachers, assistants, students) as \
-             one array: a DGKD chain of several assistants is not yet split into levels; run this study with kdlab sweep",
-            s.name,
-            s.kind.as_str()
-        );
-    }
+    let depth = depths(specs);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out_abs = std::fs::canonicalize(out)?;
     let exe = std::env::current_exe().context("finding kdlab's own executable")?.display().to_string();
@@ -61,10 +52,14 @@ pub fn emit(
     );
     // The arrays of the level before, which this level waits for.
     let mut prev: Vec<String> = vec![];
-    for kind in [Kind::Teacher, Kind::Assistant, Kind::Student] {
+    let levels = [Kind::Teacher, Kind::Assistant, Kind::Student].into_iter().flat_map(|kind| {
+        let deepest = specs.iter().filter(|s| s.kind == kind).map(|s| depth[s.id.as_str()]).max().unwrap_or(0);
+        (0..=deepest).map(move |d| (kind, d, deepest))
+    });
+    for (kind, d, deepest) in levels {
         let todo: Vec<&RunSpec> = specs
             .iter()
-            .filter(|s| s.kind == kind)
+            .filter(|s| s.kind == kind && depth[s.id.as_str()] == d)
             .filter(|s| store.get(&s.id).ok().flatten().is_some_and(|r| r.status != Status::Done))
             .collect();
         if todo.is_empty() {
@@ -73,9 +68,10 @@ pub fn emit(
         runs += todo.len();
         let chunks: Vec<&[&RunSpec]> = todo.chunks(MAX_ARRAY).collect();
         let mut level = vec![];
+        // A kind in one level keeps its plain name (`assistants`); a chain's levels are numbered.
+        let base = if deepest == 0 { format!("{}s", kind.as_str()) } else { format!("{}s{}", kind.as_str(), d + 1) };
         for (i, chunk) in chunks.iter().enumerate() {
-            let name =
-                if chunks.len() == 1 { format!("{}s", kind.as_str()) } else { format!("{}s-{}", kind.as_str(), i + 1) };
+            let name = if chunks.len() == 1 { base.clone() } else { format!("{base}-{}", i + 1) };
             let mut list = String::new();
             for s in chunk.iter() {
                 let rdir = plan::run_dir(dir, &s.id);
@@ -126,6 +122,37 @@ pub fn emit(
     std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o755))?;
     files.push(sp);
     Ok(Emitted { files, runs, threads, cpus })
+}
+
+/// Each run's depth within its kind: 0, or one more than the deepest run of its own kind it
+/// depends on (a DGKD chain's second assistant, taught by the first, is at depth 1). Runs of one
+/// kind and depth are independent, so they form one level, one array.
+fn depths(specs: &[RunSpec]) -> std::collections::HashMap<&str, usize> {
+    let by_id: std::collections::HashMap<&str, &RunSpec> = specs.iter().map(|s| (s.id.as_str(), s)).collect();
+    fn depth_of<'a>(
+        s: &'a RunSpec,
+        by_id: &std::collections::HashMap<&'a str, &'a RunSpec>,
+        memo: &mut std::collections::HashMap<&'a str, usize>,
+    ) -> usize {
+        if let Some(&d) = memo.get(s.id.as_str()) {
+            return d;
+        }
+        let d = s
+            .depends_on
+            .iter()
+            .filter_map(|d| by_id.get(d.as_str()).copied())
+            .filter(|p| p.kind == s.kind)
+            .map(|p| depth_of(p, by_id, memo) + 1)
+            .max()
+            .unwrap_or(0);
+        memo.insert(s.id.as_str(), d);
+        d
+    }
+    let mut memo = std::collections::HashMap::new();
+    for s in specs {
+        depth_of(s, &by_id, &mut memo);
+    }
+    memo
 }
 
 #[cfg(test)]
