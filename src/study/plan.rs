@@ -429,8 +429,8 @@ impl<'a> GridPoint<'a> {
         all.iter().filter(|t| self.block.teachers.as_ref().is_none_or(|f| f.contains(&t.name))).map(Some).collect()
     }
 
-    /// The run of `student` from `teacher` with `seed`, after its TAKD assistant's run when the
-    /// block has an assistant.
+    /// The run of `student` from `teacher` with `seed`, after the runs of its assistant chain
+    /// (TAKD, DGKD) when the block has one.
     fn add_runs(
         &self,
         plan: &mut Plan,
@@ -448,38 +448,36 @@ impl<'a> GridPoint<'a> {
             ..t
         });
         let mut deps: Vec<String> = t.as_ref().and_then(|t| t.study_run().map(str::to_string)).into_iter().collect();
-        if let (Some(assistant), Some(chain_teacher)) = (&block.assistant, t.clone()) {
-            let [first, second] = takd::chain(assistant, student);
-            let run = RunSpec {
-                depends_on: deps,
-                ..self.assistant_run(study, study_dir, &chain_teacher, &first, seed, vec![])?
-            };
-            let keep = second.taught_by.keeps_teacher_settings();
-            t = Some(TeacherRef {
-                source: TeacherSource::StudyRun(run.id.clone()),
-                via_assistant: Some(assistant.clone()),
-                at_epoch: chain_teacher.at_epoch.filter(|_| keep),
-                fit: chain_teacher.fit.clone().filter(|_| keep),
-                calibrate: chain_teacher.calibrate && keep,
-                ..chain_teacher
-            });
-            deps = vec![run.id.clone()];
-            plan.add(run);
-        }
-        // DGKD: each assistant taught by the chain's teacher and guided by the ones above it; the
-        // student taught by the teacher and guided by them all.
+        // An assistant chain (TAKD's one assistant, DGKD's several; its rules in `train::takd`):
+        // each assistant a run of its own before the student.
         let mut guides: Vec<TeacherRef> = vec![];
-        if let (false, Some(chain_teacher)) = (block.assistants.is_empty(), t.clone()) {
-            let links = takd::dense_chain(&block.assistants, student);
-            for link in links.iter().filter(|l| l.role == takd::Role::Assistant) {
-                let above: Vec<TeacherRef> = link.guides.iter().map(|&i| guides[i].clone()).collect();
-                let mut run_deps = deps.clone();
-                run_deps.extend(above.iter().filter_map(|g| g.study_run().map(str::to_string)));
-                let run = RunSpec {
-                    depends_on: run_deps,
-                    ..self.assistant_run(study, study_dir, &chain_teacher, link, seed, above)?
+        let assistants: Vec<String> = block.assistant.iter().chain(&block.assistants).cloned().collect();
+        if let (false, Some(chain_teacher)) = (assistants.is_empty(), t.clone()) {
+            // The trained assistants, in chain order, as references to their runs.
+            let mut trained: Vec<TeacherRef> = vec![];
+            for link in takd::links(&block.name, self.spec.entry().guided, &assistants, student)? {
+                let teacher = match link.taught_by {
+                    takd::TaughtBy::Teacher => chain_teacher.clone(),
+                    // A trained assistant is read as it is; the run is named after the chain's teacher.
+                    takd::TaughtBy::Assistant => TeacherRef {
+                        name: chain_teacher.name.clone(),
+                        ..trained.last().expect("a chain's first link is taught by its teacher").clone()
+                    },
                 };
-                guides.push(TeacherRef {
+                let link_guides: Vec<TeacherRef> = link.guides.iter().map(|&i| trained[i].clone()).collect();
+                let link_deps: Vec<String> = std::iter::once(&teacher)
+                    .chain(&link_guides)
+                    .filter_map(|r| r.study_run().map(str::to_string))
+                    .collect();
+                if link.role == takd::Role::Student {
+                    (t, guides, deps) = (Some(teacher), link_guides, link_deps);
+                    continue;
+                }
+                let run = RunSpec {
+                    depends_on: link_deps,
+                    ..self.assistant_run(study, study_dir, &teacher, &link, seed, link_guides)?
+                };
+                trained.push(TeacherRef {
                     name: link.model.clone(),
                     source: TeacherSource::StudyRun(run.id.clone()),
                     at_epoch: None,
@@ -490,7 +488,6 @@ impl<'a> GridPoint<'a> {
                 });
                 plan.add(run);
             }
-            deps.extend(guides.iter().filter_map(|g| g.study_run().map(str::to_string)));
         }
         let train = TrainConfig { seed, ..block.train_for(&study.students, student) };
         let teacher_cache = if t.is_some() { self.teacher_cache } else { TeacherCache::Off };
