@@ -195,3 +195,30 @@ fn bad_labels_and_negative_numbers_are_reported_by_file_and_flag() {
         assert!(t.contains(says) && !t.contains("unexpected argument"), "{args:?}: expected '{says}', got: {t}");
     }
 }
+
+/// A run records the memory layout it was trained in and resumes only in it: the layout changes
+/// the kernels' float rounding, so continuing in the other would not be the same run.
+#[test]
+fn a_run_resumes_only_in_the_memory_layout_it_was_trained_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_kdlab"))
+            .args(["train", "--model", "cnn_w1", "--data", "fashion-mnist-mini", "--train-subset", "30"])
+            .args(["--epochs", "1", "--threads", "1", "--device", "cpu", "--quiet", "--out", "runs/l"])
+            .args(["--memory-format", format])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let o = run("channels-last");
+    assert!(o.status.success(), "{}", text(&o));
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("runs/l/run.json")).unwrap()).unwrap();
+    assert_eq!(rec["memory_format"], "channels-last");
+    let o = run("contiguous");
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("runs/l") && t.contains("--memory-format channels-last"), "{t}");
+    let o = run("channels-last");
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -52,7 +52,7 @@ pub(crate) struct BenchArgs {
     /// --pytorch needs the CPU.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: crate::util::device::DeviceChoice,
-    /// kdlab's memory layout for convolutions (auto: channels-last on the CPU).
+    /// kdlab's memory layout for convolutions (auto: channels-last on the CPU when every convolution has at least 16 channels).
     #[arg(long, value_enum, default_value = "auto")]
     pub memory_format: crate::util::device::MemoryFormat,
     /// Mixed precision of the forward pass (off, bf16, fp16), on both sides of a comparison.

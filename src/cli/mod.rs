@@ -35,7 +35,7 @@ pub(crate) struct Runtime {
     /// LibTorch intra-op threads (0: every core).
     #[arg(long, default_value_t = 0, global = true)]
     pub threads: usize,
-    /// Memory layout of convolution weights and activations (auto: channels-last on the CPU).
+    /// Memory layout of convolution weights and activations (auto: channels-last on the CPU when every convolution has at least 16 channels).
     #[arg(long, value_enum, default_value = "auto", global = true)]
     pub memory_format: device::MemoryFormat,
 }

@@ -68,9 +68,10 @@ pub fn resolve(choice: DeviceChoice) -> Result<Device> {
 /// How convolution weights and activations are laid out in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub(crate) enum MemoryFormat {
-    /// Channels-last on the CPU for networks with convolutions (measured faster there; see
-    /// docs/performance.md), PyTorch's default layout elsewhere.
+pub enum MemoryFormat {
+    /// Channels-last on the CPU for networks whose convolutions all have at least 16 output
+    /// channels (measured faster there; see docs/performance.md), PyTorch's default layout
+    /// elsewhere and for narrower networks.
     Auto,
     /// PyTorch's default NCHW layout.
     Contiguous,
@@ -85,12 +86,19 @@ pub(crate) fn set_memory_format(f: MemoryFormat) {
     MEMORY_FORMAT.store(f as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether a model with convolutions on `device` should store its weights channels-last.
-pub(crate) fn channels_last_for(device: Device) -> bool {
+/// The fewest output channels a convolution may have for `auto` to choose channels-last. oneDNN's
+/// channels-last CPU kernels work on whole vectors of channels: `cnn_w1`, whose first convolution
+/// has 8, trained at 10,300 images/s in channels-last and 16,000 in NCHW, where `cnn_w2` (16) and
+/// every ResNet gain from channels-last (docs/performance.md).
+const CHANNELS_LAST_MIN_CHANNELS: i64 = 16;
+
+/// Whether a model on `device` whose narrowest convolution has `narrowest` output channels should
+/// store its weights channels-last.
+pub(crate) fn channels_last_for(device: Device, narrowest: i64) -> bool {
     match MEMORY_FORMAT.load(std::sync::atomic::Ordering::Relaxed) {
         x if x == MemoryFormat::ChannelsLast as u8 => true,
         x if x == MemoryFormat::Contiguous as u8 => false,
-        _ => device == Device::Cpu,
+        _ => device == Device::Cpu && narrowest >= CHANNELS_LAST_MIN_CHANNELS,
     }
 }
 

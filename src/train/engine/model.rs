@@ -1,6 +1,7 @@
 //! A network together with its variables, architecture name, input shape and class count.
 use crate::data::Shape;
 use crate::models;
+use crate::util::device::MemoryFormat;
 use anyhow::Result;
 use tch::nn;
 use tch::{Device, Tensor};
@@ -21,8 +22,10 @@ impl Model {
         let vs = nn::VarStore::new(device);
         let net = seeded(seed, crate::util::rng::stream::INIT, || models::build(&vs.root(), arch, input, classes))?;
         let mut model = Model { vs, net, arch: arch.to_string(), input, classes, channels_last: false };
-        if crate::util::device::channels_last_for(device) && model.has_convolutions() {
-            model.to_channels_last();
+        if let Some(narrowest) = model.narrowest_convolution() {
+            if crate::util::device::channels_last_for(device, narrowest) {
+                model.to_channels_last();
+            }
         }
         Ok(model)
     }
@@ -89,9 +92,23 @@ impl Model {
         }
     }
 
+    /// The layout the model's weights (and inputs) are stored in.
+    pub fn memory_format(&self) -> MemoryFormat {
+        if self.channels_last {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Contiguous
+        }
+    }
+
     /// Whether channels-last storage can matter (the model has convolutions).
     pub(crate) fn has_convolutions(&self) -> bool {
-        self.vs.variables().values().any(|v| v.dim() == 4)
+        self.narrowest_convolution().is_some()
+    }
+
+    /// The fewest output channels of any convolution (None: the model has none).
+    fn narrowest_convolution(&self) -> Option<i64> {
+        self.vs.variables().values().filter(|v| v.dim() == 4).map(|v| v.size()[0]).min()
     }
 
     /// Logits in inference mode: BatchNorm uses running statistics, no gradient is recorded.
@@ -140,8 +157,29 @@ impl std::fmt::Debug for Model {
 }
 
 /// A 4-D tensor with the same shape stored in channels-last (NHWC) order.
+///
+/// Its strides are written out rather than left to `permute().contiguous()`: that skips the copy
+/// when a dimension has size 1 and gives back the NCHW strides, so a one-channel image batch (or a
+/// convolution weight reading one channel) kept NCHW strides, LibTorch chose its NCHW kernels for
+/// the whole first block, and converted the activations before the second (a third of a plain
+/// CNN's forward pass on Fashion-MNIST; docs/performance.md).
 pub(crate) fn channels_last(t: &Tensor) -> Tensor {
-    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    let size = t.size();
+    let (c, h, w) = (size[1], size[2], size[3]);
+    let strides = [c * h * w, 1, w * c, c];
+    let out = Tensor::empty_strided(&size, strides, (t.kind(), t.device()));
+    let mut dst = out.shallow_clone();
+    dst.copy_(t);
+    out
+}
+
+/// Whether `t` has channels-last strides, as LibTorch's kernel choice reads them (a dimension of
+/// size 1 included).
+#[cfg(test)]
+pub(crate) fn has_channels_last_strides(t: &Tensor) -> bool {
+    let size = t.size();
+    let (c, h, w) = (size[1], size[2], size[3]);
+    t.stride() == [c * h * w, 1, w * c, c]
 }
 
 #[cfg(test)]
@@ -180,5 +218,39 @@ mod tests {
         crate::train::checkpoint::load_weights(&other, &saved, std::path::Path::new("test")).unwrap();
         let diff = (cl.infer(&x) - other.infer(&x)).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "logits after loading differ by {diff}");
+    }
+
+    /// `auto` stores a model channels-last on the CPU only when every convolution has at least 16
+    /// output channels: cnn_w1's 8-channel layer is faster in NCHW, cnn_w2 and the ResNets in
+    /// channels-last; a network without convolutions has nothing to reorder.
+    #[test]
+    fn auto_layout_follows_the_narrowest_convolution() {
+        let shape: Shape = "1x28x28".parse().unwrap();
+        let layout = |arch: &str| Model::new(arch, shape, 10, Device::Cpu, 1).unwrap().memory_format();
+        assert_eq!(layout("cnn_w1"), MemoryFormat::Contiguous);
+        assert_eq!(layout("cnn_w2"), MemoryFormat::ChannelsLast);
+        assert_eq!(layout("resnet8"), MemoryFormat::ChannelsLast);
+        assert_eq!(layout("mlp_16x1"), MemoryFormat::Contiguous);
+    }
+
+    /// A one-channel batch and a weight that reads one channel get channels-last strides too, so
+    /// the first block runs LibTorch's channels-last kernels: its output comes out channels-last.
+    /// (`permute().contiguous()` left both in NCHW strides, and the first block ran NCHW.)
+    #[test]
+    fn one_channel_inputs_and_weights_are_stored_channels_last() {
+        let x = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let y = channels_last(&x);
+        assert!(has_channels_last_strides(&y) && !has_channels_last_strides(&x));
+        assert!(y.equal(&x), "the layout is storage only");
+        let shape: Shape = "1x28x28".parse().unwrap();
+        let mut cl = Model::new("cnn_w2", shape, 10, Device::Cpu, 7).unwrap();
+        cl.to_channels_last();
+        for (n, t) in cl.named_variables().into_iter().filter(|(_, t)| t.dim() == 4) {
+            assert!(has_channels_last_strides(&t), "{n}: {:?}", t.stride());
+        }
+        let mut taps = models::Taps::only(&["stage1"]);
+        let _ = cl.forward_train_taps(&x, &mut taps);
+        let stage1 = taps.get("stage1").unwrap();
+        assert!(has_channels_last_strides(stage1), "stage1 strides {:?}", stage1.stride());
     }
 }

@@ -14,6 +14,7 @@ use crate::train::model::Model;
 use crate::train::objective::{Objective, StepInput, TASK_TERM};
 use crate::train::run::{self, DataRecord, EpochMetrics, RunRecord, RunStatus};
 use crate::train::sgd::{Optimizer, Sgd};
+use crate::util::device::MemoryFormat;
 use crate::util::fmt;
 use crate::util::progress;
 use anyhow::{bail, Context, Result};
@@ -101,14 +102,18 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, objective: &mut dyn Objective, o
         wall_time_s: 0.0,
         final_val_acc: None,
         final_extra: None,
+        memory_format: None,
     };
-    if let Some(old) = run::read_record(dir)? {
-        ensure_same_run(dir, &old, &record)?;
+    let old = run::read_record(dir)?;
+    if let Some(old) = &old {
+        ensure_same_run(dir, old, &record)?;
         record.wall_time_s = old.wall_time_s;
     }
 
     let model = Model::new(&cfg.model, data.shape(), data.classes, opts.device, cfg.seed)?;
     record.params = model.params();
+    record.memory_format = Some(model.memory_format());
+    ensure_same_layout(dir, old.as_ref(), &model)?;
     // A method's modules and state live beside the student, initialised from the seed (their own
     // stream), optimised with it and checkpointed with it.
     let method_vars = nn::VarStore::new(opts.device);
@@ -356,6 +361,25 @@ fn ensure_same_run(dir: &Path, old: &RunRecord, new: &RunRecord) -> Result<()> {
             &old.data.fingerprint[..12],
             new.data.name,
             &new.data.fingerprint[..12]
+        );
+    }
+    Ok(())
+}
+
+/// A run resumes in the memory layout it was trained in: the layout changes the kernels' float
+/// rounding, so another would not continue the run bit-identically. (Runs written before the
+/// layout was recorded resume in the process's.)
+fn ensure_same_layout(dir: &Path, old: Option<&RunRecord>, model: &Model) -> Result<()> {
+    let Some(was) = old.and_then(|o| o.memory_format) else { return Ok(()) };
+    let now = model.memory_format();
+    if was != now && model.has_convolutions() {
+        let flag = |f: MemoryFormat| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(String::from));
+        bail!(
+            "{} was trained in the {} memory layout, and this process would continue it in {}; resume it with --memory-format {}",
+            dir.display(),
+            flag(was).unwrap_or_default(),
+            flag(now).unwrap_or_default(),
+            flag(was).unwrap_or_default()
         );
     }
     Ok(())

@@ -103,6 +103,11 @@ pub struct RunRecord {
     /// The last epoch's objective statistics (ATS flip rates, ISATS's τ2 summary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_extra: Option<serde_json::Value>,
+    /// The memory layout the model was trained in (`channels-last` or `contiguous`; absent in runs
+    /// from before 2026-12-04). A run resumes only in its own: the layout changes the kernels'
+    /// float rounding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_format: Option<crate::util::device::MemoryFormat>,
 }
 
 /// The data a run was trained on, loaded again (or `data` if given), checked against the record.
