@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Re-derives the feature study's answers (issue 22) from its report's results.csv alone.
+
+    python3 scripts/feature_checks.py REPORT_DIR [--small resnet20] [--large resnet56]
+
+The question, per method: does it flatten the capacity-mismatch drop on the ResNet ladder, and by
+how much, against the ATS (4, 4) control? For every student and method series this recomputes,
+from the per-run rows (mean and sample standard deviation over seeds):
+
+1. the teachers' own test accuracy (the confound: a larger teacher that teaches worse may simply be
+   a worse teacher);
+2. each series' accuracy from every teacher, final epoch and best epoch;
+3. the drop from the smaller teacher (--small) to the larger (--large), its spread
+   (sqrt(s1^2 + s2^2)), and whether it exceeds twice that spread;
+4. each series against the control: the difference of drops (does it flatten the drop more than the
+   control does?) and the difference of accuracies from the larger teacher (is it better where the
+   drop is?), each with its spread and the "> 2 std" bar;
+5. teacher-assistant chains (series trained from the larger teacher only) against KD from the
+   larger teacher directly, the control from it, and KD from the smaller teacher (the drop a chain
+   tries to close).
+
+KD's temperature is chosen per teacher on the validation split (the mean final validation
+accuracy over seeds), never on the test set: the series "kd (tuned on val)".
+
+Standard library only, so that it runs anywhere.
+"""
+import argparse
+import csv
+import math
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+CONTROL = "ats control (4, 4)"
+TUNED = "kd (tuned on val)"
+
+
+def stat(v):
+    m = statistics.fmean(v)
+    s = statistics.stdev(v) if len(v) > 1 else 0.0
+    return m, s, len(v)
+
+
+def fmt(m, s, n):
+    return f"{100 * m:.2f} ± {100 * s:.2f} ({n})"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("report")
+    ap.add_argument("--small", default="resnet20", help="the smaller (better-teaching) teacher")
+    ap.add_argument("--large", default="resnet56", help="the larger teacher, where a drop would be")
+    a = ap.parse_args()
+    rows = list(csv.DictReader(open(os.path.join(a.report, "results.csv"))))
+    out = [f"# Feature-study checks, re-derived from {os.path.join(a.report, 'results.csv')}", ""]
+
+    # 1. Teachers.
+    out += ["## 1. Teachers (test accuracy, final epoch)", "", "| teacher | params | final | best |", "|---|---|---|---|"]
+    teacher_acc = {}
+    for r in sorted((r for r in rows if r["kind"] == "teacher"), key=lambda r: int(r["teacher_params"] or 0)):
+        teacher_acc[r["teacher"]] = float(r["final_acc"])
+        out.append(f"| {r['teacher']} | {r['teacher_params']} | {100 * float(r['final_acc']):.2f} | {100 * float(r['best_acc']):.2f} |")
+    out.append("")
+    if a.small in teacher_acc and a.large in teacher_acc:
+        d = teacher_acc[a.small] - teacher_acc[a.large]
+        out.append(
+            f"The larger teacher ({a.large}) is {'less' if d > 0 else 'more'} accurate than the smaller ({a.small}) "
+            f"by {abs(100 * d):.2f} points: a drop from {a.small} to {a.large} "
+            + ("cannot be told apart from a worse teacher." if d > 0 else "is a capacity effect, not an accuracy one.")
+        )
+        out.append("")
+
+    # Per (student, series, teacher): final, best and validation accuracies over seeds.
+    cell = defaultdict(lambda: defaultdict(list))
+    alone = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["kind"] != "student":
+            continue
+        key = (r["student"], r["series"], r["teacher"])
+        if not r["teacher"]:
+            alone[r["student"]]["final"].append(float(r["final_acc"]))
+            alone[r["student"]]["best"].append(float(r["best_acc"]))
+            continue
+        cell[key]["final"].append(float(r["final_acc"]))
+        cell[key]["best"].append(float(r["best_acc"]))
+        if r["final_val_acc"]:
+            cell[key]["val"].append(float(r["final_val_acc"]))
+
+    students = sorted({k[0] for k in cell})
+    for student in students:
+        series = sorted({k[1] for k in cell if k[0] == student})
+        teachers = sorted({k[2] for k in cell if k[0] == student}, key=lambda t: teacher_acc.get(t, 0) * 0 + size_of(rows, t))
+        # KD's τ per teacher, on validation.
+        kd = [s for s in series if s.startswith("kd τ=") and "+" not in s]
+        for t in teachers:
+            cands = [(statistics.fmean(cell[(student, s, t)]["val"]), s) for s in kd if cell[(student, s, t)]["val"]]
+            if cands:
+                _, best = max(cands)
+                cell[(student, TUNED, t)] = dict(cell[(student, best, t)])
+                cell[(student, TUNED, t)]["chosen"] = best
+        if any((student, TUNED, t) in cell for t in teachers):
+            series.append(TUNED)
+
+        out += [f"## 2. Student {student}: test accuracy by teacher (%, mean ± std (seeds))", ""]
+        if alone[student]["final"]:
+            out.append(
+                f"Student alone: final {fmt(*stat(alone[student]['final']))}, best epoch {fmt(*stat(alone[student]['best']))}"
+            )
+            out.append("")
+        out.append("| series | " + " | ".join(f"{t} final | {t} best" for t in teachers) + " |")
+        out.append("|---|" + "---|---|" * len(teachers))
+        for s in series:
+            cells = []
+            for t in teachers:
+                c = cell.get((student, s, t))
+                if c and c["final"]:
+                    extra = f" [{c['chosen']}]" if "chosen" in c else ""
+                    cells += [fmt(*stat(c["final"])) + extra, fmt(*stat(c["best"]))]
+                else:
+                    cells += ["–", "–"]
+            out.append(f"| {s} | " + " | ".join(cells) + " |")
+        out.append("")
+
+        # 3 and 4. The drop, and against the control.
+        def ms(s, t, which="final"):
+            c = cell.get((student, s, t))
+            return stat(c[which]) if c and c[which] else None
+
+        out += [
+            f"## 3–4. Student {student}: the drop from {a.small} to {a.large}, and against the control (final epoch, points)",
+            "",
+            f"drop = acc({a.small}) − acc({a.large}); spread = √(s₁² + s₂²); vs control: this series minus "
+            f"{CONTROL} (drop: negative flattens more than the control; at {a.large}: positive teaches better there).",
+            "",
+            f"| series | acc from {a.small} | acc from {a.large} | drop | drop > 2 spread | drop − control's | > 2 spread | at {a.large} − control | > 2 spread |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        ctrl = (ms(CONTROL, a.small), ms(CONTROL, a.large))
+        for s in series:
+            lo, hi = ms(s, a.small), ms(s, a.large)
+            if not lo or not hi:
+                continue
+            drop, dsd = lo[0] - hi[0], math.hypot(lo[1], hi[1])
+            row = [s, fmt(*lo), fmt(*hi), f"{100 * drop:+.2f} ± {100 * dsd:.2f}", yes(abs(drop) > 2 * dsd)]
+            if ctrl[0] and ctrl[1] and s != CONTROL:
+                cdrop, csd = ctrl[0][0] - ctrl[1][0], math.hypot(ctrl[0][1], ctrl[1][1])
+                dd, ddsd = drop - cdrop, math.hypot(dsd, csd)
+                at, atsd = hi[0] - ctrl[1][0], math.hypot(hi[1], ctrl[1][1])
+                row += [f"{100 * dd:+.2f} ± {100 * ddsd:.2f}", yes(abs(dd) > 2 * ddsd), f"{100 * at:+.2f} ± {100 * atsd:.2f}", yes(abs(at) > 2 * atsd)]
+            else:
+                row += ["", "", "", ""]
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+
+        # 5. Chains trained from the larger teacher only.
+        chains = [s for s in series if ms(s, a.large) and not ms(s, a.small)]
+        if chains:
+            out += [
+                f"## 5. Student {student}: teacher-assistant chains from {a.large} (final epoch, points)",
+                "",
+                f"| chain | acc from {a.large} | − KD τ=4 from {a.large} | − control from {a.large} | − KD (tuned) from {a.small} |",
+                "|---|---|---|---|---|",
+            ]
+            for s in chains:
+                m = ms(s, a.large)
+                row = [s, fmt(*m)]
+                for ref, t in (("kd τ=4", a.large), (CONTROL, a.large), (TUNED, a.small)):
+                    r = ms(ref, t)
+                    if r:
+                        d, sd = m[0] - r[0], math.hypot(m[1], r[1])
+                        row.append(f"{100 * d:+.2f} ± {100 * sd:.2f}{' (> 2 spread)' if abs(d) > 2 * sd else ''}")
+                    else:
+                        row.append("–")
+                out.append("| " + " | ".join(row) + " |")
+            out.append("")
+    print("\n".join(out))
+
+
+def size_of(rows, teacher):
+    for r in rows:
+        if r["teacher"] == teacher and r["teacher_params"]:
+            return int(r["teacher_params"])
+    return 0
+
+
+def yes(b):
+    return "yes" if b else "no"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
