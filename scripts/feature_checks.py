@@ -11,7 +11,8 @@ from the per-run rows (mean and sample standard deviation over seeds):
    a worse teacher);
 2. each series' accuracy from every teacher, final epoch and best epoch;
 3. the drop from the smaller teacher (--small) to the larger (--large), its spread
-   (sqrt(s1^2 + s2^2)), and whether it exceeds twice that spread;
+   (sqrt(s1^2 + s2^2)), and whether it exceeds twice that spread; and (3b) the paper's case: for
+   every pair of teachers where the larger is also the more accurate, whether it teaches worse;
 4. each series against the control: the difference of drops (does it flatten the drop more than the
    control does?) and the difference of accuracies from the larger teacher (is it better where the
    drop is?), each with its spread and the "> 2 std" bar;
@@ -153,8 +154,41 @@ def main():
             out.append("| " + " | ".join(row) + " |")
         out.append("")
 
+        # 3b. The paper's case: a larger teacher that is also more accurate teaching worse.
+        pairs = [
+            (x, y)
+            for i, x in enumerate(teachers)
+            for y in teachers[i + 1 :]
+            if x in teacher_acc and y in teacher_acc and teacher_acc[y] > teacher_acc[x]
+        ]
+        if pairs:
+            out += [
+                f"## 3b. Student {student}: the paper's case — a larger and more accurate teacher teaching worse (final epoch, points)",
+                "",
+                "Pairs of teachers where the larger is also the more accurate; drop = acc(smaller) − acc(larger), "
+                "flagged where it exceeds twice its spread.",
+                "",
+                "| series | " + " | ".join(f"{x} → {y} drop | > 2 spread" for x, y in pairs) + " |",
+                "|---|" + "---|---|" * len(pairs),
+            ]
+            found = []
+            for s in series:
+                row = [s]
+                for x, y in pairs:
+                    lo, hi = ms(s, x), ms(s, y)
+                    if not lo or not hi:
+                        row += ["–", ""]
+                        continue
+                    d, sd = lo[0] - hi[0], math.hypot(lo[1], hi[1])
+                    row += [f"{100 * d:+.2f} ± {100 * sd:.2f}", yes(d > 2 * sd)]
+                    if d > 2 * sd:
+                        found.append(f"{s} ({x} → {y})")
+                out.append("| " + " | ".join(row) + " |")
+            out += ["", "The paper's case, beyond twice the spread: " + (", ".join(found) if found else "none") + ".", ""]
+
         # 5. Chains trained from the larger teacher only.
-        chains = [s for s in series if ms(s, a.large) and not ms(s, a.small)]
+        # A chain's series names its assistants: "kd (TAKD via resnet8)", "dgkd (DGKD via resnet8)".
+        chains = [s for s in series if " via " in s and ms(s, a.large)]
         if chains:
             out += [
                 f"## 5. Student {student}: teacher-assistant chains from {a.large} (final epoch, points)",
