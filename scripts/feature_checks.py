@@ -47,6 +47,15 @@ def fmt(m, s, n):
     return f"{100 * m:.2f} ± {100 * s:.2f} ({n})"
 
 
+def diff(a, b):
+    """a − b of two (mean, std, n) and the difference's spread, sqrt(s_a^2 + s_b^2)."""
+    return a[0] - b[0], math.hypot(a[1], b[1])
+
+
+def points(d, sd):
+    return f"{100 * d:+.2f} ± {100 * sd:.2f}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("report")
@@ -91,7 +100,7 @@ def main():
     students = sorted({k[0] for k in cell})
     for student in students:
         series = sorted({k[1] for k in cell if k[0] == student})
-        teachers = sorted({k[2] for k in cell if k[0] == student}, key=lambda t: teacher_acc.get(t, 0) * 0 + size_of(rows, t))
+        teachers = sorted({k[2] for k in cell if k[0] == student}, key=lambda t: size_of(rows, t))
         # KD's τ per teacher, on validation.
         kd = [s for s in series if s.startswith("kd τ=") and "+" not in s]
         for t in teachers:
@@ -142,13 +151,13 @@ def main():
             lo, hi = ms(s, a.small), ms(s, a.large)
             if not lo or not hi:
                 continue
-            drop, dsd = lo[0] - hi[0], math.hypot(lo[1], hi[1])
-            row = [s, fmt(*lo), fmt(*hi), f"{100 * drop:+.2f} ± {100 * dsd:.2f}", yes(abs(drop) > 2 * dsd)]
+            drop, dsd = diff(lo, hi)
+            row = [s, fmt(*lo), fmt(*hi), points(drop, dsd), yes(abs(drop) > 2 * dsd)]
             if ctrl[0] and ctrl[1] and s != CONTROL:
-                cdrop, csd = ctrl[0][0] - ctrl[1][0], math.hypot(ctrl[0][1], ctrl[1][1])
-                dd, ddsd = drop - cdrop, math.hypot(dsd, csd)
-                at, atsd = hi[0] - ctrl[1][0], math.hypot(hi[1], ctrl[1][1])
-                row += [f"{100 * dd:+.2f} ± {100 * ddsd:.2f}", yes(abs(dd) > 2 * ddsd), f"{100 * at:+.2f} ± {100 * atsd:.2f}", yes(abs(at) > 2 * atsd)]
+                cdrop, csd = diff(*ctrl)
+                dd, ddsd = diff((drop, dsd), (cdrop, csd))
+                at, atsd = diff(hi, ctrl[1])
+                row += [points(dd, ddsd), yes(abs(dd) > 2 * ddsd), points(at, atsd), yes(abs(at) > 2 * atsd)]
             else:
                 row += ["", "", "", ""]
             out.append("| " + " | ".join(row) + " |")
@@ -179,8 +188,8 @@ def main():
                     if not lo or not hi:
                         row += ["–", ""]
                         continue
-                    d, sd = lo[0] - hi[0], math.hypot(lo[1], hi[1])
-                    row += [f"{100 * d:+.2f} ± {100 * sd:.2f}", yes(d > 2 * sd)]
+                    d, sd = diff(lo, hi)
+                    row += [points(d, sd), yes(d > 2 * sd)]
                     if d > 2 * sd:
                         found.append(f"{s} ({x} → {y})")
                 out.append("| " + " | ".join(row) + " |")
@@ -202,8 +211,8 @@ def main():
                 for ref, t in (("kd τ=4", a.large), (CONTROL, a.large), (TUNED, a.small)):
                     r = ms(ref, t)
                     if r:
-                        d, sd = m[0] - r[0], math.hypot(m[1], r[1])
-                        row.append(f"{100 * d:+.2f} ± {100 * sd:.2f}{' (> 2 spread)' if abs(d) > 2 * sd else ''}")
+                        d, sd = diff(m, r)
+                        row.append(points(d, sd) + (" (> 2 spread)" if abs(d) > 2 * sd else ""))
                     else:
                         row.append("–")
                 out.append("| " + " | ".join(row) + " |")

@@ -157,11 +157,6 @@ struct Side {
 /// from `cnn_w2` up and for the ResNets on this CPU, slower for `cnn_w1`; docs/performance.md).
 const PYTORCH_LAYOUTS: [(&str, &[&str]); 2] = [("contiguous", &[]), ("channels-last", &["--channels-last"])];
 
-/// How a value of a `--flag` enum is spelt on the command line.
-fn flag_value<T: clap::ValueEnum>(v: &T) -> String {
-    v.to_possible_value().expect("every value is named").get_name().to_string()
-}
-
 /// Medians over rounds of kdlab (and PyTorch, when given) for one spec, each side in a fresh process.
 fn compare(spec: &BenchSpec, a: &BenchArgs, python: Option<&Path>) -> Result<(Side, Option<Side>)> {
     let (reference, rounds) = (&a.reference, a.rounds);
@@ -170,9 +165,9 @@ fn compare(spec: &BenchSpec, a: &BenchArgs, python: Option<&Path>) -> Result<(Si
         "bench".to_string(),
         "--json".to_string(),
         "--memory-format".to_string(),
-        flag_value(&a.memory_format),
+        crate::util::fmt::flag_value(&a.memory_format),
         "--device".to_string(),
-        flag_value(&a.device),
+        crate::util::fmt::flag_value(&a.device),
     ];
     let mut ours = vec![];
     let mut theirs: [Vec<BenchResult>; 2] = [vec![], vec![]];

@@ -50,6 +50,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// How a value of a `--flag` enum is spelt on the command line.
+pub fn flag_value<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value().expect("every value is named").get_name().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,21 +165,23 @@ impl std::fmt::Debug for Model {
 /// CNN's forward pass on Fashion-MNIST; docs/performance.md).
 pub(crate) fn channels_last(t: &Tensor) -> Tensor {
     let size = t.size();
-    let (c, h, w) = (size[1], size[2], size[3]);
-    let strides = [c * h * w, 1, w * c, c];
-    let out = Tensor::empty_strided(&size, strides, (t.kind(), t.device()));
+    let out = Tensor::empty_strided(&size, channels_last_strides(&size), (t.kind(), t.device()));
     let mut dst = out.shallow_clone();
     dst.copy_(t);
     out
+}
+
+/// The strides of an N×C×H×W tensor stored in NHWC order.
+fn channels_last_strides(size: &[i64]) -> [i64; 4] {
+    let (c, h, w) = (size[1], size[2], size[3]);
+    [c * h * w, 1, w * c, c]
 }
 
 /// Whether `t` has channels-last strides, as LibTorch's kernel choice reads them (a dimension of
 /// size 1 included).
 #[cfg(test)]
 pub(crate) fn has_channels_last_strides(t: &Tensor) -> bool {
-    let size = t.size();
-    let (c, h, w) = (size[1], size[2], size[3]);
-    t.stride() == [c * h * w, 1, w * c, c]
+    t.stride() == channels_last_strides(&t.size())
 }
 
 #[cfg(test)]

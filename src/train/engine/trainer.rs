@@ -14,7 +14,6 @@ use crate::train::model::Model;
 use crate::train::objective::{Objective, StepInput, TASK_TERM};
 use crate::train::run::{self, DataRecord, EpochMetrics, RunRecord, RunStatus};
 use crate::train::sgd::{Optimizer, Sgd};
-use crate::util::device::MemoryFormat;
 use crate::util::fmt;
 use crate::util::progress;
 use anyhow::{bail, Context, Result};
@@ -373,13 +372,10 @@ fn ensure_same_layout(dir: &Path, old: Option<&RunRecord>, model: &Model) -> Res
     let Some(was) = old.and_then(|o| o.memory_format) else { return Ok(()) };
     let now = model.memory_format();
     if was != now && model.has_convolutions() {
-        let flag = |f: MemoryFormat| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(String::from));
+        let (was, now) = (fmt::flag_value(&was), fmt::flag_value(&now));
         bail!(
-            "{} was trained in the {} memory layout, and this process would continue it in {}; resume it with --memory-format {}",
-            dir.display(),
-            flag(was).unwrap_or_default(),
-            flag(now).unwrap_or_default(),
-            flag(was).unwrap_or_default()
+            "{} was trained in the {was} memory layout, and this process would continue it in {now}; resume it with --memory-format {was}",
+            dir.display()
         );
     }
     Ok(())
